@@ -1,0 +1,85 @@
+# arc.cu build. `make` builds what this machine supports and says what it found:
+#   train_etrm_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
+#   train_etrm       with nvcc (the CUDA backend; its kernels arrive with the CUDA issue)
+# Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
+#          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1, NO_MULTI_GPU=1 (skip MPI / NCCL detection).
+# Targets: all, run (train + evaluate a small ETRM on the synthetic data), test, clean.
+
+CXX ?= g++
+CXXFLAGS ?= -O3 -march=native
+CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter
+NVCC ?= nvcc
+PRECISION ?= BF16
+GPU_COMPUTE_CAPABILITY ?= 80 90
+PYTHON ?= python3
+
+ifeq ($(filter $(PRECISION),BF16 FP32),)
+  $(error PRECISION=$(PRECISION): expected BF16 or FP32)
+endif
+
+# --- feature detection --------------------------------------------------------------------------------------
+ifeq ($(NO_OMP),1)
+  OMP_STATUS := off (NO_OMP=1)
+else ifeq ($(shell echo 'int main(){return 0;}' | $(CXX) -fopenmp -x c++ - -o /dev/null 2>/dev/null && echo yes),yes)
+  CXXFLAGS += -fopenmp
+  OMP_STATUS := yes
+else
+  OMP_STATUS := no (compiler lacks -fopenmp)
+endif
+ifeq ($(shell echo 'int main(){return 0;}' | $(CXX) $(CXXFLAGS) -x c++ - -o /dev/null 2>/dev/null && echo yes),)
+  CXXFLAGS := $(filter-out -march=native,$(CXXFLAGS))
+endif
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+ifeq ($(NO_USE_MPI),1)
+  MPI_STATUS := off (NO_USE_MPI=1)
+else ifneq ($(shell command -v mpicxx 2>/dev/null),)
+  MPI_STATUS := yes (mpicxx; used from the multi-GPU issue on)
+else
+  MPI_STATUS := no (apt-get install libopenmpi-dev openmpi-bin)
+endif
+NCCL_FOUND := $(firstword $(wildcard /usr/include/nccl.h /usr/local/cuda/include/nccl.h $(dir $(NVCC_PATH))../include/nccl.h))
+ifeq ($(NO_MULTI_GPU),1)
+  NCCL_STATUS := off (NO_MULTI_GPU=1)
+else ifneq ($(NCCL_FOUND),)
+  NCCL_STATUS := yes ($(NCCL_FOUND))
+else
+  NCCL_STATUS := no
+endif
+NVCC_ARCH := $(foreach cc,$(GPU_COMPUTE_CAPABILITY),--generate-code arch=compute_$(cc),code=[compute_$(cc),sm_$(cc)])
+
+HEADERS := $(wildcard common/*.h kernels/*.cuh)
+
+.PHONY: all run test clean features
+all: features train_etrm_cpu
+
+features:
+	@echo "arc.cu build: CPU compiler $(CXX) [OpenMP: $(OMP_STATUS)]"
+	@echo "              nvcc: $(if $(NVCC_PATH),$(NVCC_PATH) (PRECISION=$(PRECISION), sm $(GPU_COMPUTE_CAPABILITY)); the GPU trainer arrives with the CUDA backend,not found)"
+	@echo "              MPI: $(MPI_STATUS)   NCCL: $(NCCL_STATUS)"
+
+train_etrm_cpu: train_etrm.cu $(HEADERS)
+	$(CXX) $(CXXFLAGS) -x c++ $< -o $@
+
+# --- the synthetic data and the quick-start run -------------------------------------------------------------
+SYNTH := data/synth
+$(SYNTH)/train.bin: data/synth.py data/arc_format.py
+	$(PYTHON) data/synth.py $(SYNTH)
+
+RUN_ARGS ?= data_paths=$(SYNTH)/train.bin data_paths_test=$(SYNTH)/eval.bin,$(SYNTH)/heldout.bin \
+	encoder_type=standard hidden_size=64 num_heads=4 H_cycles=2 L_cycles=2 puzzle_emb_len=4 encoder_num_layers=1 \
+	global_batch_size=32 epochs=48 eval_interval=16 lr=1e-3 lr_warmup_steps=50 num_aug=8 eval_num_aug=8 \
+	halt_max_steps=4 max_eval_groups=50 checkpoint_path=out/run
+run: train_etrm_cpu $(SYNTH)/train.bin
+	./train_etrm_cpu $(RUN_ARGS)
+
+# --- tests --------------------------------------------------------------------------------------------------
+TEST_BINS := build/test_ops build/test_augment build/test_safetensors
+build/%: test/%.cpp $(HEADERS) test/test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) $< -o $@
+
+test: train_etrm_cpu $(TEST_BINS)
+	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_safetensors" "$(PYTHON) test/test_data.py"
+
+clean:
+	rm -rf build train_etrm_cpu train_etrm

@@ -1,0 +1,83 @@
+// The two backends behind one source (see README "One source, two backends").
+//
+// A trainer is compiled twice from the same file: by nvcc into the GPU binary, and by the host C++
+// compiler (`-x c++`) into the CPU reference binary. This header gives both builds the same vocabulary:
+//
+//   floatX   activations and the compute copy of the weights: bf16 on the GPU (PRECISION=BF16, default),
+//            float on the GPU with PRECISION=FP32 and on the CPU; double in the CPU gradient-check build.
+//   floatS   "statistics" precision: master weights, gradients, optimizer state, norm statistics, losses:
+//            float, or double in the CPU gradient-check build (ENABLE_FP64).
+//   Stream   the stream argument every op launcher takes (cudaStream_t, or a placeholder on the CPU).
+//   device_malloc / device_free / copy_to_device / copy_to_host / device_memset: memory the ops work on.
+//
+// The CPU backend's "device" is host memory, so the copies are plain memcpy.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "utils.h"
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#define HOST_DEVICE __host__ __device__
+typedef cudaStream_t Stream;
+#else
+#define HOST_DEVICE
+typedef struct CpuStream* Stream;   // never dereferenced: CPU ops run synchronously on the calling thread
+#endif
+
+#if defined(ENABLE_FP64)
+#if defined(__CUDACC__)
+#error "ENABLE_FP64 is the CPU gradient-check build; it is not a GPU precision"
+#endif
+typedef double floatX;
+typedef double floatS;
+#define PRECISION_NAME "FP64"
+#elif defined(__CUDACC__) && !defined(ENABLE_FP32)
+typedef __nv_bfloat16 floatX;
+typedef float floatS;
+#define PRECISION_NAME "BF16"
+#else
+typedef float floatX;
+typedef float floatS;
+#define PRECISION_NAME "FP32"
+#endif
+
+#ifdef __CUDACC__
+#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
+inline void cuda_check(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) fatal("CUDA error at %s:%d: %s", file, line, cudaGetErrorString(err));
+}
+inline void* device_malloc(size_t bytes, const char* what) {
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
+    if (err != cudaSuccess) fatal("out of GPU memory allocating %zu bytes for %s: %s", bytes, what, cudaGetErrorString(err));
+    return p;
+}
+inline void device_free(void* p) { cudaCheck(cudaFree(p)); }
+inline void copy_to_device(void* dst, const void* src, size_t bytes) { cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
+inline void copy_to_host(void* dst, const void* src, size_t bytes) { cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
+inline void copy_on_device(void* dst, const void* src, size_t bytes) { cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
+inline void device_memset(void* p, int value, size_t bytes) { cudaCheck(cudaMemset(p, value, bytes)); }
+inline void device_synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+#else
+inline void* device_malloc(size_t bytes, const char* what) { return malloc_check(bytes, what); }
+inline void device_free(void* p) { free(p); }
+inline void copy_to_device(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
+inline void copy_to_host(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
+inline void copy_on_device(void* dst, const void* src, size_t bytes) { if (bytes && dst != src) memcpy(dst, src, bytes); }
+inline void device_memset(void* p, int value, size_t bytes) { if (bytes) memset(p, value, bytes); }
+inline void device_synchronize() {}
+#endif
+
+// Conversions between the storage types and float/double, usable in kernels and on the host.
+HOST_DEVICE inline float to_float(float x) { return x; }
+HOST_DEVICE inline double to_float(double x) { return x; }
+#ifdef __CUDACC__
+HOST_DEVICE inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+#endif
+template <typename T> HOST_DEVICE inline T from_float(double x) { return (T)x; }
+#ifdef __CUDACC__
+template <> HOST_DEVICE inline __nv_bfloat16 from_float<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
+#endif

@@ -1,0 +1,92 @@
+// Host utilities shared by every program: fatal errors with a hint, checked file I/O, atomic writes.
+//
+// Every error names what is wrong (the file, the flag, the value) and what was expected, then exits with
+// status 1. Nothing here ever leaves a half-written file behind: write_file_atomic() writes to a
+// temporary name and renames it over the target only when everything was written.
+#pragma once
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <string>
+#include <vector>
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+// Print "error: <message>" (printf-style) and exit(1).
+[[noreturn]] inline void fatal(const char* fmt, ...) {
+    fflush(stdout);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+inline void* malloc_check(size_t bytes, const char* what) {
+    void* p = malloc(bytes ? bytes : 1);
+    if (!p) fatal("out of host memory allocating %zu bytes for %s", bytes, what);
+    return p;
+}
+
+inline FILE* fopen_check(const char* path, const char* mode) {
+    FILE* f = fopen(path, mode);
+    if (!f) fatal("cannot open %s (mode %s): %s", path, mode, strerror(errno));
+    return f;
+}
+
+// Read exactly `bytes` or fail with a message that says whether the file ended early.
+inline void fread_check(void* dst, size_t bytes, FILE* f, const char* path) {
+    size_t got = fread(dst, 1, bytes, f);
+    if (got != bytes) {
+        if (feof(f)) fatal("%s ended early: wanted %zu more bytes, got %zu (truncated file?)", path, bytes, got);
+        fatal("reading %s failed: %s", path, strerror(errno));
+    }
+}
+
+inline void fwrite_check(const void* src, size_t bytes, FILE* f, const char* path) {
+    if (fwrite(src, 1, bytes, f) != bytes) fatal("writing %s failed: %s (disk full?)", path, strerror(errno));
+}
+
+inline long file_size(const char* path) {
+    FILE* f = fopen_check(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
+inline bool file_exists(const char* path) {
+    FILE* f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != nullptr;
+}
+
+// Writes a file through a callback on "<path>.tmp", then renames it to <path>: a crash or a full disk
+// never leaves a truncated file under the final name.
+template <typename WriteFn>
+void write_file_atomic(const std::string& path, WriteFn&& write_body) {
+    std::string tmp = path + ".tmp";
+    FILE* f = fopen_check(tmp.c_str(), "wb");
+    write_body(f, tmp.c_str());
+    if (fflush(f) != 0 || fclose(f) != 0) fatal("writing %s failed: %s (disk full?)", tmp.c_str(), strerror(errno));
+    if (rename(tmp.c_str(), path.c_str()) != 0)
+        fatal("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
+}
+
+// Split "a,b,c" into its non-empty parts.
+inline std::vector<std::string> split_commas(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        size_t end = s.find(',', start);
+        if (end == std::string::npos) end = s.size();
+        if (end > start) out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}

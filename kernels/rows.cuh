@@ -1,0 +1,65 @@
+// Moving whole rows (of width C) between tensors.
+//
+//   gather_rows    out[r, :] = inp[index[r], :]                          r < n_rows
+//   scatter_rows   out[index[r], :] = inp[r, :], every other of the n_out rows of out = 0
+//   (with distinct indices each is the other's backward; both overwrite, =)
+//
+//   broadcast_rows           out[b, offset + r, :] = src[r, :]            b < B, r < R; out rows (B, T, C)
+//   broadcast_rows_backward  dsrc[r, :] += sum_b dout[b, offset + r, :]   (a parameter gradient, +=)
+//
+// Uses: the valid demos of a batch are encoded as one compact list and scattered to their (sample, slot)
+// places for the set encoder; the q head reads position 0 of every sample (a gather); the LPN encoder's CLS
+// token and the set encoder's learned queries are parameters broadcast over the batch.
+#pragma once
+#include "../common/device.h"
+
+// ----------------------------------------------------------------------------------------------------------
+// CPU reference
+
+template <typename T>
+void gather_rows_ref(T* out, const T* inp, const int* index, int n_rows, int C) {
+    for (int r = 0; r < n_rows; r++)
+        for (int c = 0; c < C; c++) out[(size_t)r * C + c] = inp[(size_t)index[r] * C + c];
+}
+
+template <typename T>
+void scatter_rows_ref(T* out, const T* inp, const int* index, int n_rows, int n_out, int C) {
+    for (size_t i = 0; i < (size_t)n_out * C; i++) out[i] = 0;
+    for (int r = 0; r < n_rows; r++)
+        for (int c = 0; c < C; c++) out[(size_t)index[r] * C + c] = inp[(size_t)r * C + c];
+}
+
+template <typename T>
+void broadcast_rows_ref(T* out, const T* src, int B, int R, int C, int T_out, int offset) {
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) out[((size_t)b * T_out + offset + r) * C + c] = src[(size_t)r * C + c];
+}
+
+template <typename T>
+void broadcast_rows_backward_ref(T* dsrc, const T* dout, int B, int R, int C, int T_out, int offset) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            T sum = 0;
+            for (int b = 0; b < B; b++) sum += dout[((size_t)b * T_out + offset + r) * C + c];
+            dsrc[(size_t)r * C + c] += sum;
+        }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Launchers
+
+#ifndef __CUDACC__
+inline void gather_rows(floatX* out, const floatX* inp, const int* index, int n_rows, int C, Stream) {
+    gather_rows_ref(out, inp, index, n_rows, C);
+}
+inline void scatter_rows(floatX* out, const floatX* inp, const int* index, int n_rows, int n_out, int C, Stream) {
+    scatter_rows_ref(out, inp, index, n_rows, n_out, C);
+}
+inline void broadcast_rows(floatX* out, const floatX* src, int B, int R, int C, int T_out, int offset, Stream) {
+    broadcast_rows_ref(out, src, B, R, C, T_out, offset);
+}
+inline void broadcast_rows_backward(floatS* dsrc, const floatX* dout, int B, int R, int C, int T_out, int offset, Stream) {
+    broadcast_rows_backward_ref(dsrc, dout, B, R, C, T_out, offset);
+}
+#endif

@@ -1,0 +1,87 @@
+// Stablemax cross-entropy, TRM's replacement for softmax cross-entropy on the output grid tokens.
+//
+//   s(x) = x + 1 (x >= 0) ,  1 / (1 - x) (x < 0)        (positive, monotone, grows linearly instead of exp)
+//   logp_y = log s(x_y) - log sum_j s(x_j)               computed in double, as upstream does
+//   loss[b] = sum over the valid tokens t of sample b (label != -100) of -logp_y(t) / max(1, count_b)
+//   backward  d(-logp_y)/dx_i = s'(x_i) / sum_j s(x_j) - [i == y] * s'(x_y) / s(x_y),
+//             s'(x) = 1 (x >= 0), 1 / (1 - x)^2 (x < 0); each token scaled by dloss[b] / max(1, count_b)      (=)
+//
+// logits (B, T, V) cover all T = P + S decoder positions (the lm head runs on every row); the S grid tokens
+// start at row P and the P prefix rows get zero gradient. labels (B, S). Besides the loss, the forward pass
+// returns per sample the number of valid tokens, how many the argmax predicts right, and (optionally) the
+// argmax predictions themselves (B, S) (first maximum on ties, like torch.argmax).
+#pragma once
+#include <math.h>
+#include "../common/device.h"
+
+#define IGNORE_LABEL_ID (-100)
+
+HOST_DEVICE inline double stablemax_s(double x) { return x >= 0 ? x + 1.0 : 1.0 / (1.0 - x); }
+HOST_DEVICE inline double stablemax_ds(double x) { return x >= 0 ? 1.0 : 1.0 / ((1.0 - x) * (1.0 - x)); }
+
+// ----------------------------------------------------------------------------------------------------------
+// CPU reference
+
+template <typename T>
+void stablemax_loss_forward_ref(T* loss, int* n_valid, int* n_correct, int* preds, const T* logits, const int* labels,
+                                int B, int T_len, int P, int V) {
+    const int S = T_len - P;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        double sum = 0;
+        int count = 0, correct = 0;
+        for (int s = 0; s < S; s++) {
+            const T* x = logits + ((size_t)b * T_len + P + s) * V;
+            int argmax = 0;
+            for (int v = 1; v < V; v++) if (x[v] > x[argmax]) argmax = v;
+            if (preds) preds[(size_t)b * S + s] = argmax;
+            const int y = labels[(size_t)b * S + s];
+            if (y == IGNORE_LABEL_ID) continue;
+            double total = 0;
+            for (int v = 0; v < V; v++) total += stablemax_s((double)x[v]);
+            sum += -(log(stablemax_s((double)x[y])) - log(total));
+            count++;
+            correct += argmax == y;
+        }
+        loss[b] = (T)(sum / (count > 1 ? count : 1));
+        n_valid[b] = count;
+        n_correct[b] = correct;
+    }
+}
+
+template <typename T>
+void stablemax_loss_backward_ref(T* dlogits, const T* logits, const int* labels, const int* n_valid, const T* dloss,
+                                 int B, int T_len, int P, int V) {
+    const int S = T_len - P;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const double scale = (double)dloss[b] / (n_valid[b] > 1 ? n_valid[b] : 1);
+        for (int t = 0; t < T_len; t++) {
+            const T* x = logits + ((size_t)b * T_len + t) * V;
+            T* dx = dlogits + ((size_t)b * T_len + t) * V;
+            const int y = t < P ? IGNORE_LABEL_ID : labels[(size_t)b * S + t - P];
+            if (y == IGNORE_LABEL_ID) { for (int v = 0; v < V; v++) dx[v] = 0; continue; }
+            double total = 0;
+            for (int v = 0; v < V; v++) total += stablemax_s((double)x[v]);
+            for (int v = 0; v < V; v++) {
+                double g = stablemax_ds((double)x[v]) / total;
+                if (v == y) g -= stablemax_ds((double)x[v]) / stablemax_s((double)x[v]);
+                dx[v] = (T)(g * scale);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Launchers
+
+#ifndef __CUDACC__
+inline void stablemax_loss_forward(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
+                                   const int* labels, int B, int T, int P, int V, Stream) {
+    stablemax_loss_forward_ref(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V);
+}
+inline void stablemax_loss_backward(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
+                                    const floatS* dloss, int B, int T, int P, int V, Stream) {
+    stablemax_loss_backward_ref(dlogits, logits, labels, n_valid, dloss, B, T, P, V);
+}
+#endif

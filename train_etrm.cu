@@ -1,0 +1,2031 @@
+/*
+train_etrm.cu — TRM and ETRM on ARC-AGI grids: training, evaluation and checkpoints in one file.
+
+TRM (Tiny Recursive Model, Jolicoeur-Martineau 2025) solves a grid puzzle by recursion: one small 2-block
+transformer f is applied H_cycles x (L_cycles + 1) times per "ACT step", alternately refining a latent
+z_L (from z_L, z_H and the input x) and an answer state z_H (from z_H and z_L); the answer is read from
+z_H by a linear head, and a q head on position 0 decides when to stop. The state is carried from one
+optimizer step to the next (deep supervision), and only the last cycle receives gradient. TRM tells puzzles
+apart by a learned per-puzzle embedding in the 16 prefix positions of the sequence. ETRM replaces that
+embedding by the output of an encoder over the task's demonstration pairs, so unseen puzzles can be solved.
+
+This file reads like the papers, top to bottom:
+  1. configuration          6. update (AdamATan2 / AdamW, clipping, EMA, sign-SGD)
+  2. parameters             7. data (batches, the ACT carry's samples)
+  3. activations            8. evaluation (augmentation voting, pass@K, predictions)
+  4. forward                9. checkpoints, safetensors, debug state
+  5. loss and backward     10. main loop
+It is compiled twice (see common/device.h): `train_etrm_cpu` by the host compiler, the CPU reference;
+`train_etrm` by nvcc (the CUDA backend). Every op is a call to kernels/<op>.cuh with the same signature on
+both backends.
+*/
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <algorithm>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// defines: fatal, fopen_check, fread_check, fwrite_check, write_file_atomic, split_commas
+#include "common/utils.h"
+// defines: floatX, floatS, Stream, device_malloc, device_free, copy_to_device, copy_to_host, device_memset
+#include "common/device.h"
+// defines: hash_u64, hash_uniform, hash_below, Rng, rng_make, rng_trunc_normal
+#include "common/rand.h"
+// defines: ArgSpec, args_parse, args_dump
+#include "common/args.h"
+// defines: Logger, logger_open, log_printf, wall_time
+#include "common/logger.h"
+// defines: ArcTaskFile, arc_tasks_load
+#include "common/arc_tasks.h"
+// defines: Augmentation, augmentation_table, grid_augment, grid_unaugment, grid_tokenize, grid_crop_tokens
+#include "common/augment.h"
+// defines: Sample, DataLoader, loader_init, loader_next_train_batch, loader_next_eval_batch, loader_blank_sample
+#include "common/dataloader.h"
+// defines: Safetensors, safetensors_read, safetensors_get, SafetensorsWriter, safetensors_write
+#include "common/safetensors.h"
+// defines: matmul_forward, matmul_backward
+#include "kernels/matmul.cuh"
+// defines: rmsnorm_forward, rmsnorm_backward
+#include "kernels/rmsnorm.cuh"
+// defines: rope_tables, rope_forward, rope_backward
+#include "kernels/rope.cuh"
+// defines: attention_forward, attention_backward
+#include "kernels/attention.cuh"
+// defines: swiglu_forward, swiglu_backward
+#include "kernels/swiglu.cuh"
+// defines: add_forward
+#include "kernels/add.cuh"
+// defines: embedding_forward, embedding_backward, prefix_forward, prefix_backward
+#include "kernels/embedding.cuh"
+// defines: gather_rows, scatter_rows, broadcast_rows, broadcast_rows_backward
+#include "kernels/rows.cuh"
+// defines: masked_mean_forward, masked_mean_backward
+#include "kernels/masked_mean.cuh"
+// defines: gaussian_noise, reparameterize_forward, reparameterize_backward
+#include "kernels/variational.cuh"
+// defines: IGNORE_LABEL_ID, stablemax_loss_forward, stablemax_loss_backward
+#include "kernels/stablemax.cuh"
+// defines: q_halt_loss_forward, q_halt_loss_backward
+#include "kernels/q_halt_loss.cuh"
+// defines: act_reset, act_halt
+#include "kernels/act.cuh"
+// defines: adam_update
+#include "kernels/adam.cuh"
+// defines: ema_update
+#include "kernels/ema.cuh"
+// defines: global_norm_squared
+#include "kernels/global_norm.cuh"
+// defines: puzzle_emb_gather, sign_sgd_update
+#include "kernels/puzzle_embedding.cuh"
+
+// ----------------------------------------------------------------------------------------------------------
+// 1. Configuration: the upstream config names (TinyRecursiveModels cfg_pretrain.yaml + arch/trm.yaml, etrm
+//    cfg_pretrain_etrm_arc_agi_1.yaml + arch/etrm.yaml), defaults as upstream's ARC runs (L_cycles = 4, the
+//    value of the README command and the released checkpoint), plus the flags of our design decisions.
+
+typedef struct {
+    // model
+    int hidden_size, num_heads, L_layers, H_cycles, L_cycles, puzzle_emb_len, puzzle_emb_ndim, halt_max_steps;
+    float expansion, rope_theta, rms_norm_eps, halt_exploration_prob;
+    std::string encoder_type, encoder_norm_style, encoder_pooling_method, latent_mode;
+    int encoder_num_layers, encoder_set_layers, set_encoder_final_norm, max_demos, latent_hold_steps, kl_anneal_steps;
+    float encoder_prefix_scale, kl_weight;
+    // optimisation
+    int global_batch_size, micro_batch_size, epochs, eval_interval, max_steps, lr_warmup_steps, freeze_decoder_steps;
+    int ema, seed;
+    float lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps, encoder_lr_scale;
+    float puzzle_emb_lr, puzzle_emb_weight_decay, ema_rate;
+    std::string optimizer;
+    // data
+    std::string data_paths, data_paths_test;
+    int canvas, num_aug, max_train_groups, max_eval_groups, eval_num_aug;
+    // run control
+    std::string checkpoint_path, load_checkpoint, load_decoder, debug_state;
+    int resume, checkpoint_every, checkpoint_keep, save_safetensors, eval_only, log_every;
+} Config;
+
+static Config config_defaults() {
+    Config c;
+    c.hidden_size = 512; c.num_heads = 8; c.expansion = 4.0f; c.L_layers = 2; c.H_cycles = 3; c.L_cycles = 4;
+    c.puzzle_emb_len = 16; c.puzzle_emb_ndim = 0; c.rope_theta = 10000.0f; c.rms_norm_eps = 1e-5f;
+    c.halt_max_steps = 16; c.halt_exploration_prob = 0.1f;
+    c.encoder_type = "standard"; c.encoder_num_layers = 2; c.encoder_set_layers = 1; c.encoder_norm_style = "post";
+    c.encoder_pooling_method = "mean"; c.set_encoder_final_norm = 1; c.encoder_prefix_scale = 0.0f;
+    c.latent_mode = "sample"; c.latent_hold_steps = 100; c.kl_weight = 1e-4f; c.kl_anneal_steps = 0; c.max_demos = 10;
+    c.global_batch_size = 384; c.micro_batch_size = 0; c.epochs = 100000; c.eval_interval = 10000; c.max_steps = 0;
+    c.lr = 1e-4f; c.lr_min_ratio = 1.0f; c.lr_warmup_steps = 2000; c.beta1 = 0.9f; c.beta2 = 0.95f;
+    c.weight_decay = 0.1f; c.grad_clip_norm = 1.0f; c.optimizer = "adam_atan2"; c.adam_eps = 1e-8f;
+    c.encoder_lr_scale = 0.0f; c.freeze_decoder_steps = 0; c.puzzle_emb_lr = 1e-2f; c.puzzle_emb_weight_decay = 0.1f;
+    c.ema = 1; c.ema_rate = 0.999f; c.seed = 0;
+    c.data_paths = ""; c.data_paths_test = ""; c.canvas = 0; c.num_aug = 1000; c.max_train_groups = 0;
+    c.max_eval_groups = 0; c.eval_num_aug = 0;
+    c.checkpoint_path = "out"; c.load_checkpoint = ""; c.load_decoder = ""; c.debug_state = "";
+    c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_safetensors = 1; c.eval_only = 0; c.log_every = 1;
+    return c;
+}
+
+static std::vector<ArgSpec> config_specs(Config* c) {
+    return {
+        // model
+        {"hidden_size", ARG_INT, &c->hidden_size, "width D of the decoder and the encoders", nullptr},
+        {"num_heads", ARG_INT, &c->num_heads, "attention heads (head dim = hidden_size / num_heads)", nullptr},
+        {"expansion", ARG_FLOAT, &c->expansion, "SwiGLU width: round_up(expansion * D * 2/3, 256)", nullptr},
+        {"L_layers", ARG_INT, &c->L_layers, "blocks in the recursive net f", nullptr},
+        {"H_cycles", ARG_INT, &c->H_cycles, "outer cycles per ACT step (all but the last without gradient)", nullptr},
+        {"L_cycles", ARG_INT, &c->L_cycles, "z_L updates per H cycle", nullptr},
+        {"puzzle_emb_len", ARG_INT, &c->puzzle_emb_len, "prefix positions P (0: ceil(puzzle_emb_ndim / D))", nullptr},
+        {"puzzle_emb_ndim", ARG_INT, &c->puzzle_emb_ndim, "TRM puzzle-embedding size (0: hidden_size)", nullptr},
+        {"rope_theta", ARG_FLOAT, &c->rope_theta, "RoPE base", nullptr},
+        {"rms_norm_eps", ARG_FLOAT, &c->rms_norm_eps, "RMSNorm epsilon", nullptr},
+        {"halt_max_steps", ARG_INT, &c->halt_max_steps, "ACT steps at most (evaluation always runs this many)", nullptr},
+        {"halt_exploration_prob", ARG_FLOAT, &c->halt_exploration_prob, "probability a slot must run >= U{2..max} steps", nullptr},
+        {"encoder_type", ARG_STRING, &c->encoder_type, "demonstration encoder (ETRM), or none for TRM's puzzle embedding",
+         "none|standard|hybrid_standard|hybrid_variational|lpn_standard|lpn_variational"},
+        {"encoder_num_layers", ARG_INT, &c->encoder_num_layers, "blocks of the per-demo grid encoder", nullptr},
+        {"encoder_set_layers", ARG_INT, &c->encoder_set_layers, "cross-attention layers of the demo-set encoder", nullptr},
+        {"encoder_norm_style", ARG_STRING, &c->encoder_norm_style, "standard grid and set encoder blocks", "post|pre"},
+        {"encoder_pooling_method", ARG_STRING, &c->encoder_pooling_method, "standard grid encoder token pooling", "mean"},
+        {"set_encoder_final_norm", ARG_BOOL, &c->set_encoder_final_norm, "RMSNorm at the end of the set encoder (seed-001 fix; 0 = before the fix)", nullptr},
+        {"encoder_prefix_scale", ARG_FLOAT, &c->encoder_prefix_scale, "scale of the encoder context in the prefix (0: sqrt(hidden_size), upstream)", nullptr},
+        {"latent_mode", ARG_STRING, &c->latent_mode, "variational latents in training: sample (upstream), mean, hold (resample every latent_hold_steps)", "sample|mean|hold"},
+        {"latent_hold_steps", ARG_INT, &c->latent_hold_steps, "steps between resamples for latent_mode=hold", nullptr},
+        {"kl_weight", ARG_FLOAT, &c->kl_weight, "weight of the KL term (variational encoders)", nullptr},
+        {"kl_anneal_steps", ARG_INT, &c->kl_anneal_steps, "linear warm-up of the KL weight over this many steps (0: off)", nullptr},
+        {"max_demos", ARG_INT, &c->max_demos, "demonstration slots per sample (extra demos are dropped)", nullptr},
+        // optimisation
+        {"global_batch_size", ARG_INT, &c->global_batch_size, "samples per optimizer step", nullptr},
+        {"micro_batch_size", ARG_INT, &c->micro_batch_size, "samples per forward/backward, gradients accumulated (0: the whole batch)", nullptr},
+        {"epochs", ARG_INT, &c->epochs, "training length in epochs (upstream: total_steps = epochs * groups [* examples] / batch)", nullptr},
+        {"eval_interval", ARG_INT, &c->eval_interval, "evaluate (and checkpoint) every this many epochs (0: only at the end)", nullptr},
+        {"max_steps", ARG_INT, &c->max_steps, "stop after this many optimizer steps (0: from epochs)", nullptr},
+        {"lr", ARG_FLOAT, &c->lr, "learning rate", nullptr},
+        {"lr_min_ratio", ARG_FLOAT, &c->lr_min_ratio, "cosine decay to lr * this after warm-up (1: constant)", nullptr},
+        {"lr_warmup_steps", ARG_INT, &c->lr_warmup_steps, "linear warm-up steps", nullptr},
+        {"beta1", ARG_FLOAT, &c->beta1, "Adam beta1", nullptr},
+        {"beta2", ARG_FLOAT, &c->beta2, "Adam beta2", nullptr},
+        {"weight_decay", ARG_FLOAT, &c->weight_decay, "decoupled weight decay", nullptr},
+        {"grad_clip_norm", ARG_FLOAT, &c->grad_clip_norm, "clip the global gradient norm to this (0: off)", nullptr},
+        {"optimizer", ARG_STRING, &c->optimizer, "dense-parameter optimizer", "adam_atan2|adamw"},
+        {"adam_eps", ARG_FLOAT, &c->adam_eps, "AdamW epsilon (AdamATan2 has none)", nullptr},
+        {"encoder_lr_scale", ARG_FLOAT, &c->encoder_lr_scale, "encoder lr = lr * this and wd = wd * 0.1 (0: same as the decoder)", nullptr},
+        {"freeze_decoder_steps", ARG_INT, &c->freeze_decoder_steps, "do not update the decoder for this many steps", nullptr},
+        {"puzzle_emb_lr", ARG_FLOAT, &c->puzzle_emb_lr, "TRM puzzle-embedding sign-SGD learning rate", nullptr},
+        {"puzzle_emb_weight_decay", ARG_FLOAT, &c->puzzle_emb_weight_decay, "TRM puzzle-embedding weight decay", nullptr},
+        {"ema", ARG_BOOL, &c->ema, "keep an EMA of the weights and evaluate with it", nullptr},
+        {"ema_rate", ARG_FLOAT, &c->ema_rate, "EMA rate", nullptr},
+        {"seed", ARG_INT, &c->seed, "seed of initialisation, data order, augmentation and all sampling", nullptr},
+        // data
+        {"data_paths", ARG_STRING, &c->data_paths, "training task files (data/arc.py or data/synth.py output), comma-separated", nullptr},
+        {"data_paths_test", ARG_STRING, &c->data_paths_test, "evaluation task files, comma-separated, each reported separately", nullptr},
+        {"canvas", ARG_INT, &c->canvas, "canvas side (0: from the data files; ARC 30)", nullptr},
+        {"num_aug", ARG_INT, &c->num_aug, "augmentations per task besides the original (dihedral x colour permutation)", nullptr},
+        {"max_train_groups", ARG_INT, &c->max_train_groups, "train on the first N tasks only (0: all)", nullptr},
+        {"max_eval_groups", ARG_INT, &c->max_eval_groups, "evaluate the first N tasks of each file only (0: all)", nullptr},
+        {"eval_num_aug", ARG_INT, &c->eval_num_aug, "augmentations voted per test input (0: the whole table)", nullptr},
+        // run control
+        {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for the log, checkpoints, predictions", nullptr},
+        {"load_checkpoint", ARG_STRING, &c->load_checkpoint, "start from weights: an arc.cu checkpoint (.bin) or a safetensors file", nullptr},
+        {"load_decoder", ARG_STRING, &c->load_decoder, "load the decoder (inner.*) from a TRM safetensors file (alias: load_pretrained_decoder)", nullptr},
+        {"load_pretrained_decoder", ARG_STRING, &c->load_decoder, "upstream name of load_decoder", nullptr},
+        {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, outputs and gradients of the first step to this safetensors file", nullptr},
+        {"resume", ARG_BOOL, &c->resume, "continue from the latest checkpoint in checkpoint_path", nullptr},
+        {"checkpoint_every", ARG_INT, &c->checkpoint_every, "also checkpoint every this many steps (0: only at evaluations and the end)", nullptr},
+        {"checkpoint_keep", ARG_INT, &c->checkpoint_keep, "keep the newest N checkpoints (0: all)", nullptr},
+        {"save_safetensors", ARG_BOOL, &c->save_safetensors, "with each checkpoint, export the (EMA) weights as safetensors", nullptr},
+        {"eval_only", ARG_BOOL, &c->eval_only, "only evaluate the loaded weights and write predictions", nullptr},
+        {"log_every", ARG_INT, &c->log_every, "log a training line every this many steps", nullptr},
+    };
+}
+
+// The derived sizes of the model. Notation: B batch, T decoder sequence, D width, NH heads, HD head width,
+// I SwiGLU width, V vocabulary, P prefix positions, S grid tokens (canvas^2), K demo slots, S2 tokens per demo.
+typedef enum { ENC_NONE, ENC_STANDARD, ENC_HYBRID_STANDARD, ENC_HYBRID_VARIATIONAL, ENC_LPN_STANDARD, ENC_LPN_VARIATIONAL } EncoderKind;
+
+#define VOCAB 12          // 0 PAD, 1 EOS, 2..11 colours 0..9
+#define MAX_LAYERS 16
+
+typedef struct {
+    int D, NH, HD, I, V, P, S, T, canvas;
+    EncoderKind enc;
+    bool lpn_grid;        // LPN grid encoder (CLS token, pre-norm); else the standard grid encoder
+    bool set_encoder;     // standard, hybrid_*: cross-attention over the demo encodings
+    bool variational;
+    int K, S2;            // demo slots, tokens per encoded demo (2S, or 1 + 2S with the CLS token)
+    int ndim;             // TRM puzzle-embedding size
+    float prefix_scale;
+} Dims;
+
+static Dims make_dims(const Config& c, int canvas) {
+    Dims d;
+    d.D = c.hidden_size; d.NH = c.num_heads; d.HD = d.D / d.NH; d.V = VOCAB; d.canvas = canvas;
+    d.I = (int)lround(c.expansion * d.D * 2.0 / 3.0);
+    d.I = CEIL_DIV(d.I, 256) * 256;
+    const std::string& t = c.encoder_type;
+    d.enc = t == "none" ? ENC_NONE : t == "standard" ? ENC_STANDARD : t == "hybrid_standard" ? ENC_HYBRID_STANDARD
+          : t == "hybrid_variational" ? ENC_HYBRID_VARIATIONAL : t == "lpn_standard" ? ENC_LPN_STANDARD : ENC_LPN_VARIATIONAL;
+    d.ndim = d.enc == ENC_NONE ? (c.puzzle_emb_ndim > 0 ? c.puzzle_emb_ndim : d.D) : 0;
+    d.P = c.puzzle_emb_len > 0 ? c.puzzle_emb_len : CEIL_DIV(d.ndim, d.D);
+    d.S = canvas * canvas;
+    d.T = d.P + d.S;
+    d.lpn_grid = d.enc == ENC_HYBRID_STANDARD || d.enc == ENC_HYBRID_VARIATIONAL || d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL;
+    d.set_encoder = d.enc == ENC_STANDARD || d.enc == ENC_HYBRID_STANDARD || d.enc == ENC_HYBRID_VARIATIONAL;
+    d.variational = d.enc == ENC_HYBRID_VARIATIONAL || d.enc == ENC_LPN_VARIATIONAL;
+    d.K = d.enc == ENC_NONE ? 0 : c.max_demos;
+    d.S2 = 2 * d.S + (d.lpn_grid ? 1 : 0);
+    d.prefix_scale = (d.enc != ENC_NONE && c.encoder_prefix_scale > 0) ? c.encoder_prefix_scale : sqrtf((float)d.D);
+    return d;
+}
+
+// Checks that need the whole configuration; every message names the key and the value.
+static void config_validate(const Config& c) {
+    auto positive = [](const char* key, int v) { if (v <= 0) fatal("%s=%d: must be positive", key, v); };
+    positive("hidden_size", c.hidden_size); positive("num_heads", c.num_heads); positive("L_layers", c.L_layers);
+    positive("H_cycles", c.H_cycles); positive("L_cycles", c.L_cycles); positive("halt_max_steps", c.halt_max_steps);
+    positive("global_batch_size", c.global_batch_size); positive("epochs", c.epochs); positive("log_every", c.log_every);
+    if (c.hidden_size % c.num_heads) fatal("hidden_size=%d is not divisible by num_heads=%d", c.hidden_size, c.num_heads);
+    if ((c.hidden_size / c.num_heads) % 2) fatal("head dim hidden_size/num_heads=%d must be even (RoPE rotates pairs)", c.hidden_size / c.num_heads);
+    if (c.L_layers > MAX_LAYERS) fatal("L_layers=%d: at most %d", c.L_layers, MAX_LAYERS);
+    if (c.encoder_type != "none") {
+        positive("encoder_num_layers", c.encoder_num_layers); positive("max_demos", c.max_demos);
+        positive("puzzle_emb_len", c.puzzle_emb_len);
+        if (c.encoder_num_layers > MAX_LAYERS || c.encoder_set_layers > MAX_LAYERS)
+            fatal("encoder_num_layers=%d / encoder_set_layers=%d: at most %d", c.encoder_num_layers, c.encoder_set_layers, MAX_LAYERS);
+        if ((c.encoder_type == "standard" || c.encoder_type.rfind("hybrid", 0) == 0) && c.encoder_set_layers <= 0)
+            fatal("encoder_set_layers=%d: %s needs at least one set-encoder layer", c.encoder_set_layers, c.encoder_type.c_str());
+    }
+    if (c.puzzle_emb_ndim < 0) fatal("puzzle_emb_ndim=%d: must be >= 0", c.puzzle_emb_ndim);
+    if (c.encoder_type == "none" && c.puzzle_emb_len > 0 && (c.puzzle_emb_ndim > 0 ? c.puzzle_emb_ndim : c.hidden_size) > c.puzzle_emb_len * c.hidden_size)
+        fatal("puzzle_emb_ndim=%d does not fit in puzzle_emb_len=%d positions of hidden_size=%d", c.puzzle_emb_ndim, c.puzzle_emb_len, c.hidden_size);
+    if (c.micro_batch_size < 0 || (c.micro_batch_size > 0 && c.global_batch_size % c.micro_batch_size))
+        fatal("micro_batch_size=%d must divide global_batch_size=%d", c.micro_batch_size, c.global_batch_size);
+    if (c.halt_exploration_prob < 0 || c.halt_exploration_prob > 1) fatal("halt_exploration_prob=%g: must be in [0, 1]", c.halt_exploration_prob);
+    if (c.ema_rate < 0 || c.ema_rate >= 1) fatal("ema_rate=%g: must be in [0, 1)", c.ema_rate);
+    if (c.latent_mode == "hold" && c.latent_hold_steps <= 0) fatal("latent_hold_steps=%d: must be positive with latent_mode=hold", c.latent_hold_steps);
+    if (c.num_aug < 0 || c.eval_num_aug < 0 || c.max_train_groups < 0 || c.max_eval_groups < 0 || c.canvas < 0 || c.max_steps < 0)
+        fatal("num_aug, eval_num_aug, max_train_groups, max_eval_groups, canvas and max_steps must be >= 0");
+    if (c.canvas > 30) fatal("canvas=%d: at most 30 (the largest ARC grid)", c.canvas);
+    if (c.data_paths.empty() && !c.eval_only) fatal("data_paths is empty: give the training task files, e.g. data_paths=data/synth/train.bin (make the synthetic set with python3 data/synth.py data/synth)");
+    if (c.eval_only && c.data_paths_test.empty()) fatal("eval_only=1 needs data_paths_test (the tasks to evaluate)");
+    if (c.eval_only && c.load_checkpoint.empty() && !c.resume) fatal("eval_only=1 needs weights: load_checkpoint=PATH or resume=1");
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 2. Parameters. One flat buffer holds every trained dense tensor (decoder first, then the encoder), and a
+//    gradient buffer of the same layout, so the optimizer, clipping, EMA and the all-reduce see one vector.
+//    The list below is the single source of truth for names (upstream state_dict names), shapes and
+//    initialisation; ModelTensors<T> gives each tensor a readable name in code.
+
+template <typename T> struct BlockTensors {      // one transformer block (self- or cross-attention + SwiGLU)
+    T *qkv;                                      // (3D, D) self-attention: all Q heads, then K, then V
+    T *q, *k, *v;                                // (D, D) each: cross-attention (set encoder)
+    T *o, *gate_up, *down;                       // (D, D), (2I, D), (D, I)
+};
+
+template <typename T> struct ModelTensors {
+    // decoder ("inner."): token embedding, the recursive net f, the output and halting heads
+    T *embed_tokens;                             // (V, D)
+    BlockTensors<T> L_level[MAX_LAYERS];
+    T *lm_head;                                  // (V, D)
+    T *q_head_w, *q_head_b;                      // (2, D), (2)
+    // encoder ("encoder."): grid encoder over each demo pair, then aggregation over the demos
+    T *enc_input_embed, *enc_output_embed;       // (V, D)
+    T *cls_token;                                // (D) LPN grid encoder
+    BlockTensors<T> grid_layers[MAX_LAYERS];
+    T *pool_proj;                                // (D, D) standard grid encoder
+    T *query_tokens;                             // (P, D) set encoder
+    BlockTensors<T> set_layers[MAX_LAYERS];
+    T *mu_w, *mu_b, *logvar_w, *logvar_b;        // (D, D), (D) variational encoders
+    T *latent_proj;                              // (P*D, D) decode_proj (hybrid_variational) / output_proj (lpn_*)
+};
+
+typedef enum { INIT_LECUN, INIT_TRUNC_NORMAL, INIT_ZERO, INIT_CONST } InitKind;
+
+typedef struct {
+    std::string name;
+    std::vector<int64_t> shape;
+    size_t offset, numel;
+    InitKind init;
+    float value;        // std for the normal initialisers, the constant for INIT_CONST
+    bool encoder;
+} TensorInfo;
+
+// Lays out the tensors of the model; with a non-null base, also points every field of `t` into it.
+template <typename T>
+std::vector<TensorInfo> model_tensors(const Dims& d, const Config& c, T* base, ModelTensors<T>* t) {
+    std::vector<TensorInfo> list;
+    size_t offset = 0;
+    auto add = [&](T** field, const std::string& name, std::vector<int64_t> shape, InitKind init, float value) {
+        size_t n = 1;
+        for (int64_t s : shape) n *= (size_t)s;
+        list.push_back({name, shape, offset, n, init, value, name.rfind("encoder.", 0) == 0});
+        *field = base ? base + offset : nullptr;
+        offset += n;
+    };
+    auto linear = [&](T** field, const std::string& name, int out, int in) {
+        add(field, name + ".weight", {out, in}, INIT_LECUN, 1.0f / sqrtf((float)in));
+    };
+    auto mlp = [&](BlockTensors<T>* b, const std::string& prefix) {
+        linear(&b->gate_up, prefix + "mlp.gate_up_proj", 2 * d.I, d.D);
+        linear(&b->down, prefix + "mlp.down_proj", d.D, d.I);
+    };
+    const float emb_std = 1.0f / sqrtf((float)d.D);
+    *t = ModelTensors<T>();
+
+    add(&t->embed_tokens, "inner.embed_tokens.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
+    for (int l = 0; l < c.L_layers; l++) {
+        std::string p = "inner.L_level.layers." + std::to_string(l) + ".";
+        linear(&t->L_level[l].qkv, p + "self_attn.qkv_proj", 3 * d.D, d.D);
+        linear(&t->L_level[l].o, p + "self_attn.o_proj", d.D, d.D);
+        mlp(&t->L_level[l], p);
+    }
+    linear(&t->lm_head, "inner.lm_head", d.V, d.D);
+    add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, INIT_ZERO, 0);           // starts at "never halt":
+    add(&t->q_head_b, "inner.q_head.bias", {2}, INIT_CONST, -5.0f);            // sigmoid(-5) = 0.007
+    if (d.enc == ENC_NONE) return list;
+
+    add(&t->enc_input_embed, "encoder.grid_encoder.input_embed.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
+    add(&t->enc_output_embed, "encoder.grid_encoder.output_embed.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
+    if (d.lpn_grid) add(&t->cls_token, "encoder.grid_encoder.cls_token", {1, 1, d.D}, INIT_TRUNC_NORMAL, 0.02f);
+    for (int l = 0; l < c.encoder_num_layers; l++) {
+        std::string p = "encoder.grid_encoder.layers." + std::to_string(l) + ".";
+        std::string attn = d.lpn_grid ? p : p + "self_attn.";                   // LPN blocks own their projections
+        linear(&t->grid_layers[l].qkv, attn + "qkv_proj", 3 * d.D, d.D);
+        linear(&t->grid_layers[l].o, attn + "o_proj", d.D, d.D);
+        mlp(&t->grid_layers[l], p);
+    }
+    if (!d.lpn_grid) linear(&t->pool_proj, "encoder.grid_encoder.pool_proj", d.D, d.D);
+    if (d.set_encoder) {
+        add(&t->query_tokens, "encoder.set_encoder.query_tokens", {d.P, d.D}, INIT_TRUNC_NORMAL, 0.02f);
+        for (int l = 0; l < c.encoder_set_layers; l++) {
+            std::string p = "encoder.set_encoder.layers." + std::to_string(l) + ".";
+            linear(&t->set_layers[l].q, p + "q_proj", d.D, d.D);
+            linear(&t->set_layers[l].k, p + "k_proj", d.D, d.D);
+            linear(&t->set_layers[l].v, p + "v_proj", d.D, d.D);
+            linear(&t->set_layers[l].o, p + "o_proj", d.D, d.D);
+            mlp(&t->set_layers[l], p);
+        }
+    }
+    if (d.variational) {
+        linear(&t->mu_w, "encoder.mu_proj", d.D, d.D);
+        add(&t->mu_b, "encoder.mu_proj.bias", {d.D}, INIT_ZERO, 0);
+        if (d.enc == ENC_HYBRID_VARIATIONAL) add(&t->logvar_w, "encoder.logvar_proj.weight", {d.D, d.D}, INIT_ZERO, 0);
+        else linear(&t->logvar_w, "encoder.logvar_proj", d.D, d.D);
+        add(&t->logvar_b, "encoder.logvar_proj.bias", {d.D}, INIT_ZERO, 0);
+    }
+    if (d.enc == ENC_HYBRID_VARIATIONAL) linear(&t->latent_proj, "encoder.decode_proj", d.P * d.D, d.D);
+    if (d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL) linear(&t->latent_proj, "encoder.output_proj", d.P * d.D, d.D);
+    return list;
+}
+
+static size_t tensors_numel(const std::vector<TensorInfo>& list) { return list.empty() ? 0 : list.back().offset + list.back().numel; }
+
+// Upstream initialisation: LeCun truncated normal for linears, truncated normal for embeddings and learned
+// tokens, q head zero with bias -5, the zero-initialised logvar projection of hybrid_variational.
+static void init_tensors(floatS* w, const std::vector<TensorInfo>& list, Rng* rng) {
+    for (const TensorInfo& ti : list)
+        for (size_t i = 0; i < ti.numel; i++) {
+            double v = 0;
+            if (ti.init == INIT_LECUN || ti.init == INIT_TRUNC_NORMAL) v = rng_trunc_normal(rng, ti.value);
+            else if (ti.init == INIT_CONST) v = ti.value;
+            w[ti.offset + i] = (floatS)v;
+        }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 3. Activations. Everything a forward pass writes is laid out once, for one micro-batch, in a single device
+//    allocation (an arena: measured in a first pass, carved in a second). Names follow the block:
+//      post-norm (TRM decoder, standard encoders):  n1 = rms(x + o(attn(x))) ;  out = n2 = rms(n1 + mlp(n1))
+//      pre-norm  (LPN encoders, encoder_norm_style=pre):  n1 = rms(x) ; r1 = x + o(attn(n1)) ;
+//                                                         n2 = rms(r1) ; out = r1 + mlp(n2)
+//    with mlp(h) = down(swiglu(gate_up(h))) and attn either self-attention with RoPE over the fused qkv
+//    projection, or cross-attention from q(h) to k(memory), v(memory) (the set encoder).
+
+#define MAX_L_CYCLES 32
+
+typedef struct {
+    char* base;       // null while measuring
+    size_t used;
+} Arena;
+
+template <typename T> T* arena_take(Arena* a, size_t n) {
+    T* p = a->base ? (T*)(a->base + a->used) : nullptr;
+    a->used += CEIL_DIV(n * sizeof(T), 256) * 256;     // 256-byte aligned tensors
+    return p;
+}
+
+typedef struct {
+    floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
+    floatS *rstd1, *lse, *rstd2;
+} BlockActs;
+
+typedef struct {
+    floatX* in;                       // the stack's input (for the decoder: z + injection)
+    BlockActs layers[MAX_LAYERS];
+} StackActs;
+
+// The shape of one application of a stack of blocks.
+typedef struct {
+    int B, T, n_layers;
+    bool pre_norm;
+    bool cross;                           // cross-attention to `memory` instead of self-attention
+    const floatS *rope_cos, *rope_sin;    // self-attention RoPE tables
+    int rope_skip;                        // leading positions left unrotated (the LPN CLS token)
+    const floatX* memory;                 // cross-attention keys/values source (B, Tk, D)
+    int Tk;
+    const uint8_t* key_mask;              // (B, Tk) valid memory rows, or null
+} StackShape;
+
+static void stack_layout(Arena* a, StackActs* s, const StackShape& sh, const Dims& d) {
+    const size_t N = (size_t)sh.B * sh.T, D = d.D, I = d.I;
+    s->in = arena_take<floatX>(a, N * D);
+    for (int l = 0; l < sh.n_layers; l++) {
+        BlockActs* b = &s->layers[l];
+        *b = BlockActs();
+        b->n1 = arena_take<floatX>(a, N * D);
+        b->rstd1 = arena_take<floatS>(a, N);
+        if (sh.cross) {
+            b->q = arena_take<floatX>(a, N * D);
+            b->k = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * D);
+            b->v = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * D);
+        } else {
+            b->qkv = arena_take<floatX>(a, N * 3 * D);
+        }
+        b->att = arena_take<floatX>(a, N * D);
+        b->lse = arena_take<floatS>(a, N * d.NH);
+        b->n2 = arena_take<floatX>(a, N * D);
+        b->rstd2 = arena_take<floatS>(a, N);
+        b->gu = arena_take<floatX>(a, N * 2 * I);
+        b->sw = arena_take<floatX>(a, N * I);
+        if (sh.pre_norm) {
+            b->r1 = arena_take<floatX>(a, N * D);
+            b->out = arena_take<floatX>(a, N * D);
+        } else {
+            b->out = b->n2;
+        }
+    }
+}
+
+// The demonstration encoder's tensors for one micro-batch (B samples, at most B*K valid demos).
+typedef struct {
+    // the valid demos of the micro-batch, compacted (a padded demo slot would only contribute zeros)
+    int *demo_in, *demo_out;          // (Nd, S) tokens
+    int* demo_slot;                   // (Nd) b*K + k: where demo n's encoding goes in (B, K, D)
+    uint8_t* demo_mask;               // (B, K) valid demo slots
+    uint8_t* pool_mask;               // (Nd, S2) standard pooling: token != PAD
+    int* cls_index;                   // (B*K) n * S2: the CLS row of demo n
+    int* latent_key;                  // (B or Nd) global key of every latent row (for its noise)
+    StackActs grid;                   // grid encoder over (Nd, S2, D)
+    floatX* pooled;                   // (Nd, D) mean-pooled tokens (standard) / CLS outputs (LPN)
+    floatX* e;                        // (Nd, D) one encoding per demo
+    floatS* e_rstd;                   // (Nd) LPN: e = rms(CLS output)
+    floatX* E;                        // (B*K, D) encodings (lpn_variational: latents) at their slots, 0 elsewhere
+    StackActs set;                    // set encoder: P learned queries over the K demo slots
+    floatX* ctx;                      // (B, P, D) set-encoder output (after the final norm)
+    floatS* ctx_rstd;                 // (B*P)
+    floatX *ctx_mean, *zp;            // (B, D) hybrid_variational: mean of the context tokens, and rms of it
+    floatS* zp_rstd;
+    floatX *mu, *logvar, *z;          // (B or Nd, D) posterior mean, log-variance, latent
+    floatS *eps, *kl;                 // (B or Nd, D) noise, (B or Nd) KL per latent
+    floatX* agg;                      // (B, D) lpn_*: mean over the demos
+    floatX* context;                  // (B, P*D) the encoder output that becomes the decoder prefix
+    // gradients of the above (the grid and set stacks use the shared scratch of Acts)
+    floatX *d_pooled, *d_e, *d_E, *d_ctx, *d_ctx_mean, *d_zp, *d_mu, *d_logvar, *d_z, *d_agg;
+} EncoderActs;
+
+typedef struct {
+    // the micro-batch's data
+    int *inputs, *labels, *puzzle_ids;           // (B, S), (B, S), (B)
+    EncoderActs enc;
+    // decoder
+    floatX* prefix_src;                          // (B, ndim) TRM: the puzzle-embedding rows
+    floatX* x;                                   // (B, T, D) input embedding
+    StackActs scratch;                           // applications of f without gradient (overwritten each time)
+    StackActs calls[MAX_L_CYCLES + 1];           // the L_cycles + 1 applications with gradient
+    floatX* logits;                              // (B, T, V)
+    int* q_index;                                // (B) b * T: position 0 of every sample
+    floatX *q_in, *q;                            // (B, D), (B, 2) = (q_halt, q_continue)
+    // loss
+    floatS *lm_loss, *q_loss, *dloss_lm, *dloss_q;   // (B)
+    int *n_valid, *n_correct, *preds;                // (B), (B), (B, S)
+    int* eval_steps;                                 // (B) evaluation's own ACT counters and flags
+    uint8_t* eval_halted;
+    // backward: G carries the gradient through a stack (in place); the rest is per-block scratch, shared by
+    // the decoder and the encoder stacks (sized for the larger)
+    floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
+    floatX *dx, *dlogits, *dq, *dq_in, *dprefix;   // (B, T, D), (B, T, V), (B, 2), (B, D), (B, P*D)
+} Acts;
+
+typedef struct {
+    Config cfg;
+    Dims d;
+    int B_local, mb;                  // samples per optimizer step on this process; per micro-batch
+    std::vector<TensorInfo> tensors;
+    size_t n_params, n_decoder;       // all dense parameters; the decoder's are [0, n_decoder)
+    floatX* params;                   // compute copy of the weights
+    floatS* master;                   // fp32 master weights when floatX is not floatS, else null
+    floatS *grads, *adam_m, *adam_v;
+    floatS* ema;                      // EMA of the weights (null without ema)
+    floatX* ema_params;               // the EMA cast to floatX, what evaluation runs (null without ema)
+    ModelTensors<floatX> w, w_ema;    // pointers into params, ema_params
+    ModelTensors<floatS> g;           // pointers into grads
+    floatX *H_init, *L_init;          // (D) initial z_H / z_L (buffers, never trained)
+    floatS* puzzle_emb;               // (n_puzzle_ids, ndim) TRM table (a buffer trained by sign-SGD)
+    int n_puzzle_ids;
+    floatS *rope_cos, *rope_sin;      // decoder RoPE (T, HD)
+    floatS *enc_rope_cos, *enc_rope_sin;   // encoder RoPE (2S, HD)
+    int adam_t_decoder, adam_t_encoder;
+    Acts acts;
+    void* acts_memory;
+    size_t acts_bytes;
+    // the ACT carry of this process's B_local slots
+    floatX *z_H, *z_L;                // (B_local, T, D)
+    int* steps;                       // (B_local)
+    uint8_t* halted;                  // (B_local)
+    // TRM: the puzzle-embedding rows of this step and their gradients, for sign-SGD after the micro-batches
+    int* step_puzzle_ids;             // (B_local)
+    floatX* step_puzzle_grads;        // (B_local, ndim)
+    floatS* norm_scratch;             // (1) device result of global_norm_squared
+} Model;
+
+static StackShape decoder_shape(const Model& m, int B) {
+    StackShape s = StackShape();
+    s.B = B; s.T = m.d.T; s.n_layers = m.cfg.L_layers; s.pre_norm = false;
+    s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
+    return s;
+}
+
+static StackShape grid_shape(const Model& m, int Nd) {
+    StackShape s = StackShape();
+    s.B = Nd; s.T = m.d.S2; s.n_layers = m.cfg.encoder_num_layers;
+    s.pre_norm = m.d.lpn_grid || m.cfg.encoder_norm_style == "pre";
+    s.rope_cos = m.enc_rope_cos; s.rope_sin = m.enc_rope_sin; s.rope_skip = m.d.lpn_grid ? 1 : 0;
+    return s;
+}
+
+static StackShape set_shape(const Model& m, int B) {
+    StackShape s = StackShape();
+    s.B = B; s.T = m.d.P; s.n_layers = m.cfg.encoder_set_layers;
+    s.pre_norm = m.cfg.encoder_norm_style == "pre";
+    s.cross = true; s.memory = m.acts.enc.E; s.Tk = m.d.K; s.key_mask = m.acts.enc.demo_mask;
+    return s;
+}
+
+// Lays out (or, while measuring, sizes) every activation of a micro-batch of B samples.
+static void acts_layout(Arena* a, Model* m) {
+    const Dims& d = m->d;
+    const int B = m->mb, D = d.D;
+    const size_t BT = (size_t)B * d.T, Ndmax = (size_t)B * d.K;
+    Acts* ac = &m->acts;
+    *ac = Acts();
+    ac->inputs = arena_take<int>(a, (size_t)B * d.S);
+    ac->labels = arena_take<int>(a, (size_t)B * d.S);
+    ac->puzzle_ids = arena_take<int>(a, B);
+    if (d.enc == ENC_NONE) ac->prefix_src = arena_take<floatX>(a, (size_t)B * d.ndim);
+    ac->x = arena_take<floatX>(a, BT * D);
+    StackShape dec = decoder_shape(*m, B);
+    stack_layout(a, &ac->scratch, dec, d);
+    for (int i = 0; i <= m->cfg.L_cycles; i++) stack_layout(a, &ac->calls[i], dec, d);
+    ac->logits = arena_take<floatX>(a, BT * d.V);
+    ac->q_index = arena_take<int>(a, B);
+    ac->q_in = arena_take<floatX>(a, (size_t)B * D);
+    ac->q = arena_take<floatX>(a, (size_t)B * 2);
+    ac->lm_loss = arena_take<floatS>(a, B); ac->q_loss = arena_take<floatS>(a, B);
+    ac->dloss_lm = arena_take<floatS>(a, B); ac->dloss_q = arena_take<floatS>(a, B);
+    ac->n_valid = arena_take<int>(a, B); ac->n_correct = arena_take<int>(a, B);
+    ac->preds = arena_take<int>(a, (size_t)B * d.S);
+    ac->eval_steps = arena_take<int>(a, B);
+    ac->eval_halted = arena_take<uint8_t>(a, B);
+
+    size_t rows = BT;                                  // rows of the largest stack: sizes the backward scratch
+    if (d.enc != ENC_NONE) {
+        EncoderActs* e = &ac->enc;
+        e->demo_in = arena_take<int>(a, Ndmax * d.S);
+        e->demo_out = arena_take<int>(a, Ndmax * d.S);
+        e->demo_slot = arena_take<int>(a, Ndmax);
+        e->demo_mask = arena_take<uint8_t>(a, Ndmax);
+        e->pool_mask = arena_take<uint8_t>(a, Ndmax * d.S2);
+        e->cls_index = arena_take<int>(a, Ndmax);
+        e->latent_key = arena_take<int>(a, Ndmax);
+        stack_layout(a, &e->grid, grid_shape(*m, (int)Ndmax), d);
+        rows = std::max(rows, Ndmax * d.S2);
+        e->pooled = arena_take<floatX>(a, Ndmax * D);
+        e->e = arena_take<floatX>(a, Ndmax * D);
+        e->e_rstd = arena_take<floatS>(a, Ndmax);
+        e->E = arena_take<floatX>(a, Ndmax * D);
+        if (d.set_encoder) {
+            stack_layout(a, &e->set, set_shape(*m, B), d);
+            e->ctx = arena_take<floatX>(a, (size_t)B * d.P * D);
+            e->ctx_rstd = arena_take<floatS>(a, (size_t)B * d.P);
+        }
+        const size_t latent_rows = d.enc == ENC_LPN_VARIATIONAL ? Ndmax : (size_t)B;
+        e->ctx_mean = arena_take<floatX>(a, (size_t)B * D);
+        e->zp = arena_take<floatX>(a, (size_t)B * D);
+        e->zp_rstd = arena_take<floatS>(a, B);
+        e->mu = arena_take<floatX>(a, latent_rows * D);
+        e->logvar = arena_take<floatX>(a, latent_rows * D);
+        e->z = arena_take<floatX>(a, latent_rows * D);
+        e->eps = arena_take<floatS>(a, latent_rows * D);
+        e->kl = arena_take<floatS>(a, latent_rows);
+        e->agg = arena_take<floatX>(a, (size_t)B * D);
+        e->context = (d.enc == ENC_STANDARD || d.enc == ENC_HYBRID_STANDARD) ? e->ctx : arena_take<floatX>(a, (size_t)B * d.P * D);
+        e->d_pooled = arena_take<floatX>(a, Ndmax * D);
+        e->d_e = arena_take<floatX>(a, Ndmax * D);
+        e->d_E = arena_take<floatX>(a, Ndmax * D);
+        e->d_ctx = arena_take<floatX>(a, (size_t)B * d.P * D);
+        e->d_ctx_mean = arena_take<floatX>(a, (size_t)B * D);
+        e->d_zp = arena_take<floatX>(a, (size_t)B * D);
+        e->d_mu = arena_take<floatX>(a, latent_rows * D);
+        e->d_logvar = arena_take<floatX>(a, latent_rows * D);
+        e->d_z = arena_take<floatX>(a, latent_rows * D);
+        e->d_agg = arena_take<floatX>(a, (size_t)B * D);
+    }
+    // (cross-attention keeps dq, dk, dv side by side in d_qkv: B*P*D + 2*B*K*D values)
+    ac->G = arena_take<floatX>(a, rows * D);
+    ac->d_att = arena_take<floatX>(a, rows * D);
+    ac->d_qkv = arena_take<floatX>(a, std::max(rows * 3 * D, (size_t)B * (d.P + 2 * d.K) * D));
+    ac->d_gu = arena_take<floatX>(a, rows * 2 * d.I);
+    ac->d_sw = arena_take<floatX>(a, rows * d.I);
+    ac->d_tmp = arena_take<floatX>(a, rows * D);
+    ac->dx = arena_take<floatX>(a, BT * D);
+    ac->dlogits = arena_take<floatX>(a, BT * d.V);
+    ac->dq = arena_take<floatX>(a, (size_t)B * 2);
+    ac->dq_in = arena_take<floatX>(a, (size_t)B * D);
+    ac->dprefix = arena_take<floatX>(a, (size_t)B * d.P * D);
+}
+
+// Host <-> device copies of weights, converting between floatS on the host and floatX on the device.
+static void upload_floatX(floatX* dst, const floatS* src, size_t n) {
+    std::vector<floatX> tmp(n);
+    for (size_t i = 0; i < n; i++) tmp[i] = from_float<floatX>((double)src[i]);
+    copy_to_device(dst, tmp.data(), n * sizeof(floatX));
+}
+static void download_floatX(floatS* dst, const floatX* src, size_t n) {
+    std::vector<floatX> tmp(n);
+    copy_to_host(tmp.data(), src, n * sizeof(floatX));
+    for (size_t i = 0; i < n; i++) dst[i] = (floatS)to_float(tmp[i]);
+}
+
+// Allocates the model for B_local samples per step (micro-batches of mb) and initialises it as upstream.
+static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids, int B_local) {
+    m->cfg = c;
+    m->d = make_dims(c, canvas);
+    const Dims& d = m->d;
+    m->B_local = B_local;
+    m->mb = c.micro_batch_size > 0 ? std::min(c.micro_batch_size, B_local) : B_local;
+    if (B_local % m->mb) fatal("micro_batch_size=%d must divide the per-process batch %d", m->mb, B_local);
+    if (c.L_cycles > MAX_L_CYCLES) fatal("L_cycles=%d: at most %d", c.L_cycles, MAX_L_CYCLES);
+
+    ModelTensors<floatX> none;
+    m->tensors = model_tensors<floatX>(d, c, nullptr, &none);
+    m->n_params = tensors_numel(m->tensors);
+    m->n_decoder = m->n_params;
+    for (const TensorInfo& t : m->tensors) if (t.encoder) { m->n_decoder = t.offset; break; }
+    const size_t P = m->n_params;
+    m->params = (floatX*)device_malloc(P * sizeof(floatX), "parameters");
+    m->master = std::is_same<floatX, floatS>::value ? nullptr : (floatS*)device_malloc(P * sizeof(floatS), "master weights");
+    m->grads = (floatS*)device_malloc(P * sizeof(floatS), "gradients");
+    m->adam_m = (floatS*)device_malloc(P * sizeof(floatS), "Adam m");
+    m->adam_v = (floatS*)device_malloc(P * sizeof(floatS), "Adam v");
+    m->ema = c.ema ? (floatS*)device_malloc(P * sizeof(floatS), "EMA weights") : nullptr;
+    m->ema_params = c.ema ? (floatX*)device_malloc(P * sizeof(floatX), "EMA compute weights") : nullptr;
+    model_tensors<floatX>(d, c, m->params, &m->w);
+    model_tensors<floatS>(d, c, m->grads, &m->g);
+    if (c.ema) model_tensors<floatX>(d, c, m->ema_params, &m->w_ema);
+    else m->w_ema = m->w;
+    device_memset(m->grads, 0, P * sizeof(floatS));
+    device_memset(m->adam_m, 0, P * sizeof(floatS));
+    device_memset(m->adam_v, 0, P * sizeof(floatS));
+    m->adam_t_decoder = m->adam_t_encoder = 0;
+
+    m->H_init = (floatX*)device_malloc(d.D * sizeof(floatX), "H_init");
+    m->L_init = (floatX*)device_malloc(d.D * sizeof(floatX), "L_init");
+    m->n_puzzle_ids = d.enc == ENC_NONE ? n_puzzle_ids : 0;
+    m->puzzle_emb = (floatS*)device_malloc((size_t)m->n_puzzle_ids * d.ndim * sizeof(floatS), "puzzle embedding table");
+    device_memset(m->puzzle_emb, 0, (size_t)m->n_puzzle_ids * d.ndim * sizeof(floatS));   // upstream: zeros
+
+    // RoPE tables: decoder positions 0..T-1; encoder positions 0..2S-1 (the LPN CLS token is not rotated)
+    std::vector<floatS> cs((size_t)std::max(d.T, 2 * d.S) * d.HD), sn(cs.size());
+    rope_tables(cs.data(), sn.data(), d.T, d.HD, c.rope_theta);
+    m->rope_cos = (floatS*)device_malloc((size_t)d.T * d.HD * sizeof(floatS), "RoPE table");
+    m->rope_sin = (floatS*)device_malloc((size_t)d.T * d.HD * sizeof(floatS), "RoPE table");
+    copy_to_device(m->rope_cos, cs.data(), (size_t)d.T * d.HD * sizeof(floatS));
+    copy_to_device(m->rope_sin, sn.data(), (size_t)d.T * d.HD * sizeof(floatS));
+    m->enc_rope_cos = m->enc_rope_sin = nullptr;
+    if (d.enc != ENC_NONE) {
+        rope_tables(cs.data(), sn.data(), 2 * d.S, d.HD, 10000.0f);      // upstream encoders: fixed base 1e4
+        m->enc_rope_cos = (floatS*)device_malloc((size_t)2 * d.S * d.HD * sizeof(floatS), "RoPE table");
+        m->enc_rope_sin = (floatS*)device_malloc((size_t)2 * d.S * d.HD * sizeof(floatS), "RoPE table");
+        copy_to_device(m->enc_rope_cos, cs.data(), (size_t)2 * d.S * d.HD * sizeof(floatS));
+        copy_to_device(m->enc_rope_sin, sn.data(), (size_t)2 * d.S * d.HD * sizeof(floatS));
+    }
+
+    Arena arena = {nullptr, 0};
+    acts_layout(&arena, m);                                              // measure
+    m->acts_bytes = arena.used;
+    m->acts_memory = device_malloc(arena.used, "activations");
+    arena.base = (char*)m->acts_memory;
+    arena.used = 0;
+    acts_layout(&arena, m);                                              // carve
+
+    // constant index tables and loss weights
+    std::vector<int> idx(std::max(m->mb, m->mb * std::max(d.K, 1)));
+    for (int b = 0; b < m->mb; b++) idx[b] = b * d.T;
+    copy_to_device(m->acts.q_index, idx.data(), m->mb * sizeof(int));
+    if (d.enc != ENC_NONE) {
+        for (int n = 0; n < m->mb * d.K; n++) idx[n] = n * d.S2;
+        copy_to_device(m->acts.enc.cls_index, idx.data(), (size_t)m->mb * d.K * sizeof(int));
+    }
+    std::vector<floatS> w_lm(m->mb, (floatS)(1.0 / c.global_batch_size)), w_q(m->mb, (floatS)(0.5 / c.global_batch_size));
+    copy_to_device(m->acts.dloss_lm, w_lm.data(), m->mb * sizeof(floatS));
+    copy_to_device(m->acts.dloss_q, w_q.data(), m->mb * sizeof(floatS));
+
+    // the ACT carry: every slot starts halted, so the first step resets it from H_init / L_init
+    const size_t carry = (size_t)B_local * d.T * d.D;
+    m->z_H = (floatX*)device_malloc(carry * sizeof(floatX), "ACT carry z_H");
+    m->z_L = (floatX*)device_malloc(carry * sizeof(floatX), "ACT carry z_L");
+    m->steps = (int*)device_malloc(B_local * sizeof(int), "ACT steps");
+    m->halted = (uint8_t*)device_malloc(B_local, "ACT halted");
+    device_memset(m->z_H, 0, carry * sizeof(floatX));
+    device_memset(m->z_L, 0, carry * sizeof(floatX));
+    device_memset(m->steps, 0, B_local * sizeof(int));
+    device_memset(m->halted, 1, B_local);
+    m->step_puzzle_ids = (int*)device_malloc(B_local * sizeof(int), "puzzle ids of the step");
+    m->step_puzzle_grads = (floatX*)device_malloc((size_t)B_local * std::max(d.ndim, 1) * sizeof(floatX), "puzzle-row gradients");
+    m->norm_scratch = (floatS*)device_malloc(sizeof(floatS), "norm");
+}
+
+// Upstream initialisation of the weights and of the H_init / L_init buffers (truncated normal, std 1).
+static void model_init_weights(Model* m, uint64_t seed) {
+    Rng rng = rng_make(seed);
+    std::vector<floatS> w(m->n_params), init(2 * m->d.D);
+    init_tensors(w.data(), m->tensors, &rng);
+    for (floatS& v : init) v = (floatS)rng_trunc_normal(&rng, 1.0);
+    if (m->master) copy_to_device(m->master, w.data(), w.size() * sizeof(floatS));
+    upload_floatX(m->params, w.data(), w.size());
+    if (m->ema) copy_to_device(m->ema, w.data(), w.size() * sizeof(floatS));
+    upload_floatX(m->H_init, init.data(), m->d.D);
+    upload_floatX(m->L_init, init.data() + m->d.D, m->d.D);
+}
+
+// Sets the weights (and the EMA) from host fp32 values.
+static void model_set_weights(Model* m, const floatS* w) {
+    if (m->master) copy_to_device(m->master, w, m->n_params * sizeof(floatS));
+    upload_floatX(m->params, w, m->n_params);
+    if (m->ema) copy_to_device(m->ema, w, m->n_params * sizeof(floatS));
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 4. Forward.
+//
+// One transformer block, as described at the top of section 3. Shapes: x (B, T, D); attention over T (self)
+// or over memory (B, Tk, D) (cross); N = B*T rows.
+
+static void attention_sublayer_forward(BlockActs* a, const floatX* h, const BlockTensors<floatX>& w, const StackShape& s,
+                                       const Dims& d, Stream st) {
+    const int N = s.B * s.T, D = d.D;
+    if (s.cross) {
+        matmul_forward(a->q, h, w.q, nullptr, N, D, D, st);
+        matmul_forward(a->k, s.memory, w.k, nullptr, s.B * s.Tk, D, D, st);
+        matmul_forward(a->v, s.memory, w.v, nullptr, s.B * s.Tk, D, D, st);
+        attention_forward(a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.HD, D, D, st);
+    } else {
+        matmul_forward(a->qkv, h, w.qkv, nullptr, N, D, 3 * D, st);
+        rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
+        attention_forward(a->att, a->lse, a->qkv, a->qkv + D, a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.HD,
+                          3 * D, 3 * D, st);
+    }
+}
+
+static void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floatX>& w, const StackShape& s,
+                          const Dims& d, float eps, Stream st) {
+    const int N = s.B * s.T, D = d.D, I = d.I;
+    if (s.pre_norm) {
+        rmsnorm_forward(a->n1, a->rstd1, x, nullptr, N, D, eps, st);                 // n1 = rms(x)
+        attention_sublayer_forward(a, a->n1, w, s, d, st);
+        matmul_forward(a->r1, a->att, w.o, nullptr, N, D, D, st);
+        add_forward(a->r1, a->r1, x, nullptr, (size_t)N * D, st);                     // r1 = x + o(attn(n1))
+        rmsnorm_forward(a->n2, a->rstd2, a->r1, nullptr, N, D, eps, st);             // n2 = rms(r1)
+        matmul_forward(a->gu, a->n2, w.gate_up, nullptr, N, D, 2 * I, st);
+        swiglu_forward(a->sw, a->gu, N, I, st);
+        matmul_forward(a->out, a->sw, w.down, nullptr, N, I, D, st);
+        add_forward(a->out, a->out, a->r1, nullptr, (size_t)N * D, st);               // out = r1 + mlp(n2)
+    } else {
+        attention_sublayer_forward(a, x, w, s, d, st);
+        matmul_forward(a->n1, a->att, w.o, nullptr, N, D, D, st);
+        rmsnorm_forward(a->n1, a->rstd1, a->n1, x, N, D, eps, st);                   // n1 = rms(x + o(attn(x)))
+        matmul_forward(a->gu, a->n1, w.gate_up, nullptr, N, D, 2 * I, st);
+        swiglu_forward(a->sw, a->gu, N, I, st);
+        matmul_forward(a->n2, a->sw, w.down, nullptr, N, I, D, st);
+        rmsnorm_forward(a->n2, a->rstd2, a->n2, a->n1, N, D, eps, st);               // out = n2 = rms(n1 + mlp(n1))
+    }
+}
+
+// Applies the stack to s->in; returns the output (the last block's out).
+static const floatX* stack_forward(StackActs* a, const BlockTensors<floatX>* w, const StackShape& s, const Dims& d,
+                                   float eps, Stream st) {
+    const floatX* x = a->in;
+    for (int l = 0; l < s.n_layers; l++) {
+        block_forward(&a->layers[l], x, w[l], s, d, eps, st);
+        x = a->layers[l].out;
+    }
+    return x;
+}
+
+// The demonstration encoder: (demos of each sample) -> context (B, P*D), and the KL of each latent.
+//   grid encoder   standard: sqrt(D) [E_in(x); E_out(y)] (2S tokens) -> blocks -> mean over non-PAD -> pool_proj
+//                  LPN:      [CLS; sqrt(D) E_in(x); sqrt(D) E_out(y)] -> pre-norm blocks -> rms(CLS output)
+//   aggregation    standard, hybrid_standard: set encoder (P queries cross-attend to the demos) -> final rms
+//                  hybrid_variational: the above -> mean over P -> rms -> mu, logvar (clamped) -> z -> decode_proj
+//                  lpn_standard: mean over the demos -> output_proj
+//                  lpn_variational: per demo mu, logvar -> z_i -> mean over the demos -> output_proj
+static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int Nd, Stream st) {
+    const Dims& d = m->d;
+    EncoderActs* e = &m->acts.enc;
+    const int D = d.D, S = d.S, S2 = d.S2;
+    const float eps = m->cfg.rms_norm_eps, emb_scale = sqrtf((float)D);
+    if (Nd > 0) {
+        const int first = d.lpn_grid ? 1 : 0;
+        if (d.lpn_grid) broadcast_rows(e->grid.in, w.cls_token, Nd, 1, D, S2, 0, st);
+        embedding_forward(e->grid.in, e->demo_in, w.enc_input_embed, Nd, S, D, S2, first, emb_scale, st);
+        embedding_forward(e->grid.in, e->demo_out, w.enc_output_embed, Nd, S, D, S2, first + S, emb_scale, st);
+        const floatX* h = stack_forward(&e->grid, w.grid_layers, grid_shape(*m, Nd), d, eps, st);
+        if (d.lpn_grid) {
+            gather_rows(e->pooled, h, e->cls_index, Nd, D, st);
+            rmsnorm_forward(e->e, e->e_rstd, e->pooled, nullptr, Nd, D, eps, st);
+        } else {
+            masked_mean_forward(e->pooled, h, e->pool_mask, Nd, S2, D, st);
+            matmul_forward(e->e, e->pooled, w.pool_proj, nullptr, Nd, D, D, st);
+        }
+    }
+    const float lv_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
+    const float lv_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
+    if (d.enc == ENC_LPN_VARIATIONAL) {               // a latent per demo, then their mean
+        matmul_forward(e->mu, e->e, w.mu_w, w.mu_b, Nd, D, D, st);
+        matmul_forward(e->logvar, e->e, w.logvar_w, w.logvar_b, Nd, D, D, st);
+        reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, Nd, D, lv_lo, lv_hi, st);
+        scatter_rows(e->E, e->z, e->demo_slot, Nd, B * d.K, D, st);
+    } else {
+        scatter_rows(e->E, e->e, e->demo_slot, Nd, B * d.K, D, st);
+    }
+    if (d.set_encoder) {
+        StackShape ss = set_shape(*m, B);
+        broadcast_rows(e->set.in, w.query_tokens, B, d.P, D, d.P, 0, st);
+        const floatX* out = stack_forward(&e->set, w.set_layers, ss, d, eps, st);
+        if (m->cfg.set_encoder_final_norm) rmsnorm_forward(e->ctx, e->ctx_rstd, out, nullptr, B * d.P, D, eps, st);
+        else copy_on_device(e->ctx, out, (size_t)B * d.P * D * sizeof(floatX));
+        if (d.enc == ENC_HYBRID_VARIATIONAL) {        // one latent per sample from the pooled context
+            masked_mean_forward(e->ctx_mean, e->ctx, nullptr, B, d.P, D, st);
+            rmsnorm_forward(e->zp, e->zp_rstd, e->ctx_mean, nullptr, B, D, eps, st);
+            matmul_forward(e->mu, e->zp, w.mu_w, w.mu_b, B, D, D, st);
+            matmul_forward(e->logvar, e->zp, w.logvar_w, w.logvar_b, B, D, D, st);
+            reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, B, D, lv_lo, lv_hi, st);
+            matmul_forward(e->context, e->z, w.latent_proj, nullptr, B, D, d.P * D, st);
+        }
+    } else {                                          // lpn_standard, lpn_variational: mean over the valid demos
+        masked_mean_forward(e->agg, e->E, e->demo_mask, B, d.K, D, st);
+        matmul_forward(e->context, e->agg, w.latent_proj, nullptr, B, D, d.P * D, st);
+    }
+}
+
+// x = sqrt(D) * concat(prefix, E_tok[inputs]) with the prefix from the puzzle embedding (TRM) or the encoder
+// context (ETRM, scaled by encoder_prefix_scale).
+static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int B, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    const size_t batch_stride = (size_t)d.T * d.D;
+    if (d.enc == ENC_NONE) {
+        puzzle_emb_gather(a->prefix_src, m->puzzle_emb, a->puzzle_ids, B, d.ndim, st);
+        prefix_forward(a->x, a->prefix_src, B, d.ndim, d.P * d.D, batch_stride, sqrtf((float)d.D), st);
+    } else {
+        prefix_forward(a->x, a->enc.context, B, d.P * d.D, d.P * d.D, batch_stride, d.prefix_scale, st);
+    }
+    embedding_forward(a->x, a->inputs, w.embed_tokens, B, d.S, d.D, d.T, d.P, sqrtf((float)d.D), st);
+}
+
+// One ACT step of the recursive decoder on the carry (z_H, z_L) of B slots (TRM's inner model):
+//   repeat H_cycles: { repeat L_cycles: z_L = f(z_L + z_H + x) ;  z_H = f(z_H + z_L) }
+// with f the stack of L_layers post-norm blocks. With `with_grad`, the last H cycle keeps its L_cycles + 1
+// applications in acts.calls for the backward pass (the earlier cycles, and evaluation, keep nothing).
+// Then the heads: logits = lm_head(z_H) (B, T, V); q = q_head(z_H[:, 0]) (B, 2).
+static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H, floatX* z_L, int B, bool with_grad, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    const StackShape s = decoder_shape(*m, B);
+    const size_t n = (size_t)B * d.T * d.D;
+    const float eps = m->cfg.rms_norm_eps;
+    const int L = m->cfg.L_cycles;
+    for (int h = 0; h < m->cfg.H_cycles; h++) {
+        const bool grad = with_grad && h == m->cfg.H_cycles - 1;
+        for (int i = 0; i <= L; i++) {
+            StackActs* stack = grad ? &a->calls[i] : &a->scratch;
+            if (i < L) add_forward(stack->in, z_L, z_H, a->x, n, st);     // z_L = f(z_L + z_H + x)
+            else add_forward(stack->in, z_H, z_L, nullptr, n, st);        // z_H = f(z_H + z_L)
+            const floatX* out = stack_forward(stack, w.L_level, s, d, eps, st);
+            copy_on_device(i < L ? z_L : z_H, out, n * sizeof(floatX));
+        }
+    }
+    matmul_forward(a->logits, z_H, w.lm_head, nullptr, B * d.T, d.D, d.V, st);
+    gather_rows(a->q_in, z_H, a->q_index, B, d.D, st);
+    matmul_forward(a->q, a->q_in, w.q_head_w, w.q_head_b, B, d.D, 2, st);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 5. Loss and backward.
+//
+// Loss of one ACT step (upstream ACTLossHead), summed over the batch:
+//   loss = sum_b lm_loss_b + 0.5 * sum_b BCE(q_halt_b, exact_b) + kl_weight * KL
+// lm_loss_b is the stablemax cross-entropy averaged over the sample's valid tokens; exact_b says whether the
+// argmax prediction is right on every token; KL is the mean KL of the latents (variational encoders). As
+// upstream, the gradient is that of loss / global_batch_size; acts.dloss_lm and acts.dloss_q hold the weights
+// 1 / global_batch_size and 0.5 / global_batch_size of each sample's terms.
+
+static void loss_forward(Model* m, int B, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    stablemax_loss_forward(a->lm_loss, a->n_valid, a->n_correct, a->preds, a->logits, a->labels, B, d.T, d.P, d.V, st);
+    q_halt_loss_forward(a->q_loss, a->q, a->n_valid, a->n_correct, B, st);
+}
+
+// Backward of the attention sublayer given d_o, the gradient of its output projection o(attn(h)):
+// dh (=, or += when accumulate) gets the gradient of its input h; cross-attention adds into dmemory.
+static void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dmemory, const floatX* d_o, const BlockActs* a,
+                                        const floatX* h, const BlockTensors<floatX>& w, BlockTensors<floatS>& gw,
+                                        const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
+    const int N = s.B * s.T, D = d.D;
+    matmul_backward(sc.d_att, gw.o, nullptr, d_o, a->att, w.o, N, D, D, false, st);
+    if (s.cross) {
+        floatX *dq = sc.d_qkv, *dk = dq + (size_t)N * D, *dv = dk + (size_t)s.B * s.Tk * D;
+        attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.HD, D, D, st);
+        matmul_backward(dh, gw.q, nullptr, dq, h, w.q, N, D, D, accumulate, st);
+        matmul_backward(dmemory, gw.k, nullptr, dk, s.memory, w.k, s.B * s.Tk, D, D, true, st);
+        matmul_backward(dmemory, gw.v, nullptr, dv, s.memory, w.v, s.B * s.Tk, D, D, true, st);
+    } else {
+        attention_backward(sc.d_qkv, sc.d_qkv + D, sc.d_qkv + 2 * D, sc.d_att, a->att, a->lse, a->qkv, a->qkv + D,
+                           a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.HD, 3 * D, 3 * D, st);
+        rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
+        matmul_backward(dh, gw.qkv, nullptr, sc.d_qkv, h, w.qkv, N, D, 3 * D, accumulate, st);
+    }
+}
+
+// Backward of mlp(h) = down(swiglu(gate_up(h))) given dout: dh (=, or += when accumulate).
+static void mlp_sublayer_backward(floatX* dh, bool accumulate, const floatX* dout, const BlockActs* a, const floatX* h,
+                                  const BlockTensors<floatX>& w, BlockTensors<floatS>& gw, int N, const Dims& d,
+                                  const Acts& sc, Stream st) {
+    matmul_backward(sc.d_sw, gw.down, nullptr, dout, a->sw, w.down, N, d.I, d.D, false, st);
+    swiglu_backward(sc.d_gu, sc.d_sw, a->gu, N, d.I, st);
+    matmul_backward(dh, gw.gate_up, nullptr, sc.d_gu, h, w.gate_up, N, d.D, 2 * d.I, accumulate, st);
+}
+
+// G holds the gradient of the block's output on entry and of its input x on return.
+static void block_backward(floatX* G, floatX* dmemory, const BlockActs* a, const floatX* x, const BlockTensors<floatX>& w,
+                           BlockTensors<floatS>& gw, const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
+    const int N = s.B * s.T, D = d.D;
+    if (s.pre_norm) {
+        // out = r1 + mlp(n2): G is already d r1 through the residual; add the path through n2 = rms(r1)
+        mlp_sublayer_backward(sc.d_tmp, false, G, a, a->n2, w, gw, N, d, sc, st);
+        rmsnorm_backward(G, sc.d_tmp, a->n2, a->rstd2, N, D, true, st);
+        // r1 = x + o(attn(n1)): G is d x through the residual; add the path through n1 = rms(x)
+        attention_sublayer_backward(sc.d_tmp, false, dmemory, G, a, a->n1, w, gw, s, d, sc, st);
+        rmsnorm_backward(G, sc.d_tmp, a->n1, a->rstd1, N, D, true, st);
+    } else {
+        rmsnorm_backward(G, G, a->n2, a->rstd2, N, D, false, st);               // G = d(n1 + mlp(n1))
+        mlp_sublayer_backward(G, true, G, a, a->n1, w, gw, N, d, sc, st);      // G = d n1
+        rmsnorm_backward(G, G, a->n1, a->rstd1, N, D, false, st);               // G = d(x + o(attn(x)))
+        attention_sublayer_backward(G, true, dmemory, G, a, x, w, gw, s, d, sc, st);   // G = d x
+    }
+}
+
+static void stack_backward(floatX* G, floatX* dmemory, const StackActs* a, const BlockTensors<floatX>* w,
+                           BlockTensors<floatS>* gw, const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
+    for (int l = s.n_layers - 1; l >= 0; l--)
+        block_backward(G, dmemory, &a->layers[l], l ? a->layers[l - 1].out : a->in, w[l], gw[l], s, d, sc, st);
+}
+
+// Backward of the loss through the heads and the last H cycle of the decoder (the earlier cycles and the
+// carry are detached, as upstream) down to the input embedding; leaves d prefix in acts.dprefix.
+static void decoder_backward(Model* m, const floatX* z_H, int B, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    const ModelTensors<floatX>& w = m->w;
+    ModelTensors<floatS>& g = m->g;
+    const StackShape s = decoder_shape(*m, B);
+    const int BT = B * d.T, L = m->cfg.L_cycles;
+    const size_t n = (size_t)BT * d.D;
+    stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, a->dloss_lm, B, d.T, d.P, d.V, st);
+    q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, a->dloss_q, B, st);
+    matmul_backward(a->dq_in, g.q_head_w, g.q_head_b, a->dq, a->q_in, w.q_head_w, B, d.D, 2, false, st);
+    scatter_rows(a->G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
+    matmul_backward(a->G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
+    // z_H = f(z_H' + z_L): G becomes the gradient of the last z_L (z_H' came from a detached cycle)
+    stack_backward(a->G, nullptr, &a->calls[L], w.L_level, g.L_level, s, d, *a, st);
+    // z_L = f(z_L' + z_H' + x), L_cycles times: x collects every application's input gradient
+    for (int i = L - 1; i >= 0; i--) {
+        stack_backward(a->G, nullptr, &a->calls[i], w.L_level, g.L_level, s, d, *a, st);
+        if (i == L - 1) copy_on_device(a->dx, a->G, n * sizeof(floatX));
+        else add_forward(a->dx, a->dx, a->G, nullptr, n, st);
+    }
+    const float scale = d.enc == ENC_NONE ? sqrtf((float)d.D) : d.prefix_scale;
+    const int K = d.enc == ENC_NONE ? d.ndim : d.P * d.D;
+    embedding_backward(g.embed_tokens, a->dx, a->inputs, B, d.S, d.D, d.T, d.P, sqrtf((float)d.D), st);
+    prefix_backward(a->dprefix, a->dx, B, K, (size_t)d.T * d.D, scale, st);
+}
+
+// Backward of encoder_forward from acts.dprefix (the gradient of the context). dkl is the gradient of the
+// loss with respect to each latent's KL (kl_weight / (global batch * number of latents averaged)).
+static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    EncoderActs* e = &a->enc;
+    const ModelTensors<floatX>& w = m->w;
+    ModelTensors<floatS>& g = m->g;
+    const int D = d.D, S = d.S, S2 = d.S2;
+    const float lv_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
+    const float lv_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
+    if (d.set_encoder) {
+        const floatX* d_context = a->dprefix;
+        if (d.enc == ENC_HYBRID_VARIATIONAL) {
+            matmul_backward(e->d_z, g.latent_proj, nullptr, a->dprefix, e->z, w.latent_proj, B, D, d.P * D, false, st);
+            reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, B, D, lv_lo, lv_hi, st);
+            matmul_backward(e->d_zp, g.mu_w, g.mu_b, e->d_mu, e->zp, w.mu_w, B, D, D, false, st);
+            matmul_backward(e->d_zp, g.logvar_w, g.logvar_b, e->d_logvar, e->zp, w.logvar_w, B, D, D, true, st);
+            rmsnorm_backward(e->d_ctx_mean, e->d_zp, e->zp, e->zp_rstd, B, D, false, st);
+            masked_mean_backward(e->d_ctx, e->d_ctx_mean, nullptr, B, d.P, D, st);
+            d_context = e->d_ctx;
+        }
+        StackShape ss = set_shape(*m, B);
+        const size_t n_ctx = (size_t)B * d.P * D;
+        if (m->cfg.set_encoder_final_norm) rmsnorm_backward(a->G, d_context, e->ctx, e->ctx_rstd, B * d.P, D, false, st);
+        else copy_on_device(a->G, d_context, n_ctx * sizeof(floatX));
+        device_memset(e->d_E, 0, (size_t)B * d.K * D * sizeof(floatX));
+        stack_backward(a->G, e->d_E, &e->set, w.set_layers, g.set_layers, ss, d, *a, st);
+        broadcast_rows_backward(g.query_tokens, a->G, B, d.P, D, d.P, 0, st);
+    } else {
+        matmul_backward(e->d_agg, g.latent_proj, nullptr, a->dprefix, e->agg, w.latent_proj, B, D, d.P * D, false, st);
+        masked_mean_backward(e->d_E, e->d_agg, e->demo_mask, B, d.K, D, st);
+    }
+    if (Nd == 0) return;
+    if (d.enc == ENC_LPN_VARIATIONAL) {
+        gather_rows(e->d_z, e->d_E, e->demo_slot, Nd, D, st);
+        reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, Nd, D, lv_lo, lv_hi, st);
+        matmul_backward(e->d_e, g.mu_w, g.mu_b, e->d_mu, e->e, w.mu_w, Nd, D, D, false, st);
+        matmul_backward(e->d_e, g.logvar_w, g.logvar_b, e->d_logvar, e->e, w.logvar_w, Nd, D, D, true, st);
+    } else {
+        gather_rows(e->d_e, e->d_E, e->demo_slot, Nd, D, st);
+    }
+    if (d.lpn_grid) {
+        rmsnorm_backward(e->d_pooled, e->d_e, e->e, e->e_rstd, Nd, D, false, st);
+        scatter_rows(a->G, e->d_pooled, e->cls_index, Nd, Nd * S2, D, st);
+    } else {
+        matmul_backward(e->d_pooled, g.pool_proj, nullptr, e->d_e, e->pooled, w.pool_proj, Nd, D, D, false, st);
+        masked_mean_backward(a->G, e->d_pooled, e->pool_mask, Nd, S2, D, st);
+    }
+    stack_backward(a->G, nullptr, &e->grid, w.grid_layers, g.grid_layers, grid_shape(*m, Nd), d, *a, st);
+    const int first = d.lpn_grid ? 1 : 0;
+    const float emb_scale = sqrtf((float)D);
+    embedding_backward(g.enc_input_embed, a->G, e->demo_in, Nd, S, D, S2, first, emb_scale, st);
+    embedding_backward(g.enc_output_embed, a->G, e->demo_out, Nd, S, D, S2, first + S, emb_scale, st);
+    if (d.lpn_grid) broadcast_rows_backward(g.cls_token, a->G, Nd, 1, D, S2, 0, st);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 6. Update: learning-rate schedule, gradient norms and clipping, AdamATan2 / AdamW on the dense parameters
+//    (decoder and encoder as two groups), EMA, and sign-SGD on the puzzle-embedding rows of the batch.
+
+// Upstream schedule: linear warm-up lr * step / warmup, then cosine from lr to lr * min_ratio (steps from 1).
+static float lr_at(int step, float base, int warmup, int total, float min_ratio) {
+    if (step < warmup) return base * (float)step / (float)std::max(1, warmup);
+    const double progress = (double)(step - warmup) / std::max(1, total - warmup);
+    return (float)(base * (min_ratio + std::max(0.0, (1.0 - min_ratio) * 0.5 * (1.0 + cos(M_PI * progress)))));
+}
+
+// fp32 weights: the master copy, or params themselves when floatX is floatS.
+static floatS* master_weights(Model* m) { return m->master ? m->master : reinterpret_cast<floatS*>(m->params); }
+
+static double norm_squared(Model* m, size_t begin, size_t end, floatS* scratch, Stream st) {
+    if (end <= begin) return 0;
+    global_norm_squared(scratch, m->grads + begin, end - begin, st);
+    floatS host;
+    copy_to_host(&host, scratch, sizeof(floatS));
+    return (double)host;
+}
+
+typedef struct { double enc_norm, dec_norm, total_norm, lr; } UpdateStats;
+
+// puzzle_ids / puzzle_grads: the TRM rows of this step (B_local of them), ignored for ETRM.
+static UpdateStats model_update(Model* m, int step, int total_steps, const int* puzzle_ids, const floatX* puzzle_grads,
+                                floatS* scratch, Stream st) {
+    const Config& c = m->cfg;
+    UpdateStats u;
+    u.dec_norm = sqrt(norm_squared(m, 0, m->n_decoder, scratch, st));
+    u.enc_norm = sqrt(norm_squared(m, m->n_decoder, m->n_params, scratch, st));
+    u.total_norm = sqrt(u.dec_norm * u.dec_norm + u.enc_norm * u.enc_norm);
+    const bool decoder_frozen = step <= c.freeze_decoder_steps;
+    // as torch.nn.utils.clip_grad_norm_ over the parameters that train this step
+    const double trained_norm = decoder_frozen ? u.enc_norm : u.total_norm;
+    const float grad_scale = c.grad_clip_norm > 0 ? (float)std::min(1.0, c.grad_clip_norm / (trained_norm + 1e-6)) : 1.0f;
+    u.lr = lr_at(step, c.lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
+    const bool atan2_mode = c.optimizer == "adam_atan2";
+    if (!decoder_frozen)
+        adam_update(m->params, m->master, m->grads, m->adam_m, m->adam_v, m->n_decoder, (float)u.lr, c.beta1, c.beta2,
+                    c.adam_eps, c.weight_decay, grad_scale, ++m->adam_t_decoder, atan2_mode, st);
+    if (m->n_params > m->n_decoder) {
+        const bool separate = c.encoder_lr_scale > 0;      // upstream's second optimizer for the encoder
+        const float lr_enc = separate ? (float)u.lr * c.encoder_lr_scale : (float)u.lr;
+        const float wd_enc = separate ? c.weight_decay * 0.1f : c.weight_decay;
+        const size_t off = m->n_decoder;
+        adam_update(m->params + off, m->master ? m->master + off : nullptr, m->grads + off, m->adam_m + off, m->adam_v + off,
+                    m->n_params - off, lr_enc, c.beta1, c.beta2, c.adam_eps, wd_enc, grad_scale, ++m->adam_t_encoder, atan2_mode, st);
+    }
+    if (m->ema) ema_update(m->ema, master_weights(m), m->n_params, c.ema_rate, st);
+    if (m->d.enc == ENC_NONE) {
+        const float lr_puzzle = lr_at(step, c.puzzle_emb_lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
+        sign_sgd_update(m->puzzle_emb, puzzle_ids, puzzle_grads, m->B_local, m->d.ndim, lr_puzzle, c.puzzle_emb_weight_decay, st);
+    }
+    device_memset(m->grads, 0, m->n_params * sizeof(floatS));
+    return u;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 7. Data on the device. The ACT carry keeps, for every slot, the sample it is working on: a slot that halted
+//    at the previous step takes the new batch's sample, the others keep theirs (upstream's current_data).
+
+static void carry_take_new_samples(std::vector<Sample>* carry, std::vector<Sample>* batch, const std::vector<uint8_t>& halted) {
+    for (size_t b = 0; b < carry->size(); b++)
+        if (halted[b]) (*carry)[b] = std::move((*batch)[b]);
+}
+
+// Copies B samples to the device arrays of the micro-batch; returns the number of valid demos Nd.
+// global_slot0: global index of the first sample (the key of its random numbers).
+static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    std::vector<int> inputs((size_t)B * d.S), labels((size_t)B * d.S), ids(B);
+    for (int b = 0; b < B; b++) {
+        std::copy(s[b].inputs.begin(), s[b].inputs.end(), inputs.begin() + (size_t)b * d.S);
+        std::copy(s[b].labels.begin(), s[b].labels.end(), labels.begin() + (size_t)b * d.S);
+        ids[b] = s[b].puzzle_id;
+        if (ids[b] < 0 || ids[b] >= std::max(1, m->n_puzzle_ids)) fatal("puzzle id %d outside the table (%d rows)", ids[b], m->n_puzzle_ids);
+    }
+    copy_to_device(a->inputs, inputs.data(), inputs.size() * sizeof(int));
+    copy_to_device(a->labels, labels.data(), labels.size() * sizeof(int));
+    copy_to_device(a->puzzle_ids, ids.data(), ids.size() * sizeof(int));
+    if (d.enc == ENC_NONE) return 0;
+
+    EncoderActs* e = &a->enc;
+    std::vector<int> demo_in, demo_out, slot, latent_key;
+    std::vector<uint8_t> mask((size_t)B * d.K, 0), pool_mask;
+    for (int b = 0; b < B; b++) {
+        for (int k = 0; k < s[b].n_demos; k++) {
+            demo_in.insert(demo_in.end(), s[b].demo_inputs.begin() + (size_t)k * d.S, s[b].demo_inputs.begin() + (size_t)(k + 1) * d.S);
+            demo_out.insert(demo_out.end(), s[b].demo_labels.begin() + (size_t)k * d.S, s[b].demo_labels.begin() + (size_t)(k + 1) * d.S);
+            slot.push_back(b * d.K + k);
+            mask[(size_t)b * d.K + k] = 1;
+            if (d.enc == ENC_LPN_VARIATIONAL) latent_key.push_back((global_slot0 + b) * d.K + k);
+        }
+        if (d.enc == ENC_HYBRID_VARIATIONAL) latent_key.push_back(global_slot0 + b);
+    }
+    const int Nd = (int)slot.size();
+    if (!d.lpn_grid) {                              // standard pooling averages the non-PAD tokens
+        pool_mask.resize((size_t)Nd * d.S2);
+        for (int n = 0; n < Nd; n++)
+            for (int i = 0; i < d.S; i++) {
+                pool_mask[(size_t)n * d.S2 + i] = demo_in[(size_t)n * d.S + i] != ARC_TOKEN_PAD;
+                pool_mask[(size_t)n * d.S2 + d.S + i] = demo_out[(size_t)n * d.S + i] != ARC_TOKEN_PAD;
+            }
+        copy_to_device(e->pool_mask, pool_mask.data(), pool_mask.size());
+    }
+    copy_to_device(e->demo_in, demo_in.data(), demo_in.size() * sizeof(int));
+    copy_to_device(e->demo_out, demo_out.data(), demo_out.size() * sizeof(int));
+    copy_to_device(e->demo_slot, slot.data(), slot.size() * sizeof(int));
+    copy_to_device(e->demo_mask, mask.data(), mask.size());
+    copy_to_device(e->latent_key, latent_key.data(), latent_key.size() * sizeof(int));
+    return Nd;
+}
+
+enum { TAG_HALT = 101, TAG_LATENT = 102 };
+
+// The noise of the variational latents: fresh every step (latent_mode=sample, upstream), fixed for
+// latent_hold_steps steps (hold), or none (mean; and always in evaluation).
+static void latent_noise(Model* m, int rows, bool training, int step) {
+    if (!m->d.variational) return;
+    EncoderActs* e = &m->acts.enc;
+    const std::string& mode = m->cfg.latent_mode;
+    if (!training || mode == "mean" || rows == 0) {
+        device_memset(e->eps, 0, (size_t)rows * m->d.D * sizeof(floatS));
+        return;
+    }
+    const int draw = mode == "hold" ? (step - 1) / m->cfg.latent_hold_steps : step;
+    gaussian_noise(e->eps, e->latent_key, rows, m->d.D, hash_u64((uint64_t)m->cfg.seed, TAG_LATENT, (uint64_t)draw), Stream());
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 8. Evaluation (upstream evaluators/arc.py). Every test input is solved under every augmentation of its task
+//    (eval_num_aug of them): the model runs halt_max_steps ACT steps from a fresh carry (no early halting),
+//    the predicted grid is cropped from the canvas and mapped back by the inverse augmentation, and the
+//    distinct answers are ranked by their number of votes, then by their mean sigmoid(q_halt). pass@K: the
+//    true output is among the top K; a task scores the fraction of its test inputs passed; the result is the
+//    mean over the tasks evaluated. Predictions (top candidates per test input) go to a JSON file that
+//    dev/submission.py turns into an ARC Prize submission.
+
+typedef struct {
+    std::vector<uint8_t> cells;
+    int rows, cols, votes;
+    double q_sum;
+} Candidate;
+
+typedef struct {
+    std::string set;
+    int n_samples, n_labelled, n_tasks;
+    double lm_loss, token_acc, exact_acc, q_halt_acc, pass_at[3];
+} EvalResult;
+
+static const int PASS_KS[3] = {1, 2, 5};
+
+static uint64_t grid_hash(const uint8_t* cells, int rows, int cols) {
+    uint64_t h = hash_u64(0x6772696400000000ull, (uint64_t)rows, (uint64_t)cols);
+    for (int i = 0; i < rows * cols; i++) h = mix64(h ^ cells[i]);
+    return h;
+}
+
+static bool candidate_before(const Candidate& a, const Candidate& b) {
+    if (a.votes != b.votes) return a.votes > b.votes;
+    return a.q_sum / a.votes > b.q_sum / b.votes;
+}
+
+static void json_grid(FILE* f, const uint8_t* cells, int rows, int cols) {
+    fprintf(f, "[");
+    for (int r = 0; r < rows; r++) {
+        fprintf(f, r ? ",[" : "[");
+        for (int c = 0; c < cols; c++) fprintf(f, c ? ",%d" : "%d", cells[r * cols + c]);
+        fprintf(f, "]");
+    }
+    fprintf(f, "]");
+}
+
+// Evaluates one set with the given weights; fills the voting table `votes[(task, pair)]`.
+static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTensors<floatX>& w,
+                               std::map<std::pair<int, int>, std::vector<Candidate>>* votes) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    const int B = m->mb;
+    EvalResult r = EvalResult();
+    r.set = dl->test_names[set];
+    std::map<std::pair<int, int>, std::map<uint64_t, Candidate>> table;
+    EvalCursor cursor = loader_eval_begin(set);
+    std::vector<Sample> batch;
+    std::vector<int> preds((size_t)B * d.S), n_valid(B), n_correct(B);
+    std::vector<floatS> lm_loss(B);
+    std::vector<floatX> q((size_t)B * 2);
+    // A fresh carry for every batch (evaluation keeps nothing for a backward pass, so the carry borrows two
+    // (B, T, D) buffers of the first gradient application); every slot starts halted, i.e. from H_init/L_init.
+    floatX *z_H = a->calls[0].in, *z_L = a->calls[0].layers[0].n1;
+    device_memset(a->eval_halted, 1, B);
+    int real;
+    while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
+        const int Nd = upload_micro_batch(m, batch.data(), B, 0);
+        latent_noise(m, d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
+        if (d.enc != ENC_NONE) encoder_forward(m, w, B, Nd, Stream());
+        input_embedding_forward(m, w, B, Stream());                     // the same for all ACT steps
+        act_reset(z_H, z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
+        for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, z_H, z_L, B, false, Stream());
+        loss_forward(m, B, Stream());
+        copy_to_host(preds.data(), a->preds, preds.size() * sizeof(int));
+        copy_to_host(n_valid.data(), a->n_valid, B * sizeof(int));
+        copy_to_host(n_correct.data(), a->n_correct, B * sizeof(int));
+        copy_to_host(lm_loss.data(), a->lm_loss, B * sizeof(floatS));
+        copy_to_host(q.data(), a->q, q.size() * sizeof(floatX));
+        for (int b = 0; b < real; b++) {
+            const Sample& s = batch[b];
+            const double q_halt = to_float(q[(size_t)b * 2]);
+            const bool exact = n_correct[b] == n_valid[b];
+            r.n_samples++;
+            if (n_valid[b] > 0) {
+                r.n_labelled++;
+                r.lm_loss += lm_loss[b];
+                r.token_acc += (double)n_correct[b] / n_valid[b];
+                r.exact_acc += exact;
+                r.q_halt_acc += (q_halt >= 0) == exact;
+            }
+            uint8_t crop[ARC_MAX_SIDE * ARC_MAX_SIDE], grid[ARC_MAX_SIDE * ARC_MAX_SIDE];
+            int cr, cc, gr = 0, gc = 0;
+            std::vector<int32_t> tokens(preds.begin() + (size_t)b * d.S, preds.begin() + (size_t)(b + 1) * d.S);
+            grid_crop_tokens(tokens.data(), d.canvas, crop, &cr, &cc);
+            if (cr * cc > 0) grid_unaugment(crop, cr, cc, dl->tasks[s.task].augs[s.aug], grid, &gr, &gc);
+            Candidate& cand = table[{s.task, s.pair}][grid_hash(grid, gr, gc)];
+            if (cand.votes == 0) { cand.cells.assign(grid, grid + gr * gc); cand.rows = gr; cand.cols = gc; }
+            cand.votes++;
+            cand.q_sum += 1.0 / (1.0 + exp(-q_halt));
+        }
+    }
+    // rank the answers of every (task, test input), and score the tasks with known outputs
+    std::map<int, std::pair<double, int>> task_score[3];
+    for (auto& kv : table) {
+        std::vector<Candidate> ranked;
+        for (auto& c : kv.second) ranked.push_back(c.second);
+        std::stable_sort(ranked.begin(), ranked.end(), candidate_before);
+        const int t = kv.first.first;
+        const GridView& truth = loader_task(*dl, t).pairs[kv.first.second].output;
+        if (grid_known(truth)) {
+            for (int k = 0; k < 3; k++) {
+                bool ok = false;
+                for (int i = 0; i < (int)ranked.size() && i < PASS_KS[k]; i++)
+                    ok |= ranked[i].rows == truth.rows && ranked[i].cols == truth.cols &&
+                          std::equal(ranked[i].cells.begin(), ranked[i].cells.end(), truth.cells);
+                task_score[k][t].first += ok;
+                task_score[k][t].second += 1;
+            }
+        }
+        (*votes)[kv.first] = ranked;
+    }
+    r.n_tasks = (int)task_score[0].size();
+    for (int k = 0; k < 3; k++) {
+        for (auto& ts : task_score[k]) r.pass_at[k] += ts.second.first / ts.second.second;
+        r.pass_at[k] /= std::max(1, r.n_tasks);
+    }
+    const double n = std::max(1, r.n_labelled);
+    r.lm_loss /= n; r.token_acc /= n; r.exact_acc /= n; r.q_halt_acc /= n;
+    return r;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 9. Checkpoints, safetensors, debug state.
+//
+// Checkpoint file (ckpt_<step>.bin in checkpoint_path): int32 header[256] = {magic 20261122, version 1, step,
+// number of sections, config bytes, 0...}, the configuration as key=value lines, then named sections
+// {char name[48]; int64 bytes; bytes}: weights, adam_m, adam_v, ema, init_buffers (H_init, L_init),
+// puzzle_emb, state (step, Adam step counts, data-loader position), the ACT carry (z_H, z_L, steps, halted)
+// and the carry's samples. Everything a run needs to continue bit for bit; written to a temporary name and
+// renamed. Weights are also exported as safetensors with the upstream state_dict names.
+
+#define CHECKPOINT_MAGIC 20261122
+#define CHECKPOINT_VERSION 1
+#define SECTION_NAME_BYTES 48
+
+typedef struct { std::string name; const void* data; size_t bytes; } SectionOut;
+typedef std::map<std::string, std::vector<uint8_t>> Sections;
+
+static void checkpoint_write(const std::string& path, int step, const std::string& config, const std::vector<SectionOut>& sections) {
+    write_file_atomic(path, [&](FILE* f, const char* tmp) {
+        int32_t header[256] = {0};
+        header[0] = CHECKPOINT_MAGIC; header[1] = CHECKPOINT_VERSION; header[2] = step;
+        header[3] = (int32_t)sections.size(); header[4] = (int32_t)config.size();
+        fwrite_check(header, sizeof header, f, tmp);
+        fwrite_check(config.data(), config.size(), f, tmp);
+        for (const SectionOut& s : sections) {
+            char name[SECTION_NAME_BYTES] = {0};
+            strncpy(name, s.name.c_str(), SECTION_NAME_BYTES - 1);
+            int64_t bytes = (int64_t)s.bytes;
+            fwrite_check(name, sizeof name, f, tmp);
+            fwrite_check(&bytes, sizeof bytes, f, tmp);
+            fwrite_check(s.data, s.bytes, f, tmp);
+        }
+    });
+}
+
+static Sections checkpoint_read(const char* path, int* step, std::string* config) {
+    const long size = file_size(path);
+    FILE* f = fopen_check(path, "rb");
+    int32_t header[256];
+    if (size < (long)sizeof header) fatal("%s: %ld bytes, too short for an arc.cu checkpoint", path, size);
+    fread_check(header, sizeof header, f, path);
+    if (header[0] != CHECKPOINT_MAGIC) fatal("%s: not an arc.cu checkpoint (magic %d, expected %d)", path, header[0], CHECKPOINT_MAGIC);
+    if (header[1] != CHECKPOINT_VERSION)
+        fatal("%s: checkpoint version %d, this build reads version %d (retrain, or use the arc.cu version that wrote it)", path, header[1], CHECKPOINT_VERSION);
+    *step = header[2];
+    config->resize(header[4]);
+    fread_check(&(*config)[0], config->size(), f, path);
+    Sections sections;
+    long pos = (long)sizeof header + header[4];
+    for (int i = 0; i < header[3]; i++) {
+        char name[SECTION_NAME_BYTES];
+        int64_t bytes;
+        fread_check(name, sizeof name, f, path);
+        fread_check(&bytes, sizeof bytes, f, path);
+        pos += (long)(sizeof name + sizeof bytes);
+        name[SECTION_NAME_BYTES - 1] = 0;
+        if (bytes < 0 || pos + bytes > size) fatal("%s: section '%s' runs past the end of the file (truncated checkpoint?)", path, name);
+        std::vector<uint8_t>& data = sections[name];
+        data.resize((size_t)bytes);
+        fread_check(data.data(), data.size(), f, path);
+        pos += (long)bytes;
+    }
+    if (pos != size) fatal("%s: %ld bytes after the last section (corrupt checkpoint?)", path, size - pos);
+    fclose(f);
+    return sections;
+}
+
+template <typename T>
+static void section_get(const Sections& s, const char* path, const char* name, T* dst, size_t n) {
+    auto it = s.find(name);
+    if (it == s.end()) fatal("%s: no section '%s' (was it written by another configuration?)", path, name);
+    if (it->second.size() != n * sizeof(T))
+        fatal("%s: section '%s' has %zu bytes, this configuration needs %zu (hidden_size, layers, encoder_type, batch "
+              "or data differ from the run that wrote it)", path, name, it->second.size(), n * sizeof(T));
+    memcpy(dst, it->second.data(), it->second.size());
+}
+
+// The carry's samples as int32 records: n_demos, puzzle_id, task, aug, pair, then the tokens.
+static void samples_serialize(const std::vector<Sample>& samples, int S, std::vector<int32_t>* out) {
+    out->clear();
+    for (const Sample& s : samples) {
+        out->insert(out->end(), {s.n_demos, s.puzzle_id, s.task, s.aug, s.pair});
+        out->insert(out->end(), s.inputs.begin(), s.inputs.end());
+        out->insert(out->end(), s.labels.begin(), s.labels.end());
+        out->insert(out->end(), s.demo_inputs.begin(), s.demo_inputs.end());
+        out->insert(out->end(), s.demo_labels.begin(), s.demo_labels.end());
+        if ((int)s.inputs.size() != S) fatal("internal: sample of %zu tokens, expected %d", s.inputs.size(), S);
+    }
+}
+
+static std::vector<Sample> samples_deserialize(const std::vector<int32_t>& in, int n, int S, const char* path) {
+    std::vector<Sample> out(n);
+    size_t p = 0;
+    for (Sample& s : out) {
+        if (p + 5 + 2 * (size_t)S > in.size()) fatal("%s: the carry's samples are truncated", path);
+        s.n_demos = in[p]; s.puzzle_id = in[p + 1]; s.task = in[p + 2]; s.aug = in[p + 3]; s.pair = in[p + 4];
+        p += 5;
+        const size_t nd = (size_t)s.n_demos * S;
+        if (s.n_demos < 0 || p + 2 * S + 2 * nd > in.size()) fatal("%s: the carry's samples are corrupt", path);
+        s.inputs.assign(in.begin() + p, in.begin() + p + S); p += S;
+        s.labels.assign(in.begin() + p, in.begin() + p + S); p += S;
+        s.demo_inputs.assign(in.begin() + p, in.begin() + p + nd); p += nd;
+        s.demo_labels.assign(in.begin() + p, in.begin() + p + nd); p += nd;
+    }
+    return out;
+}
+
+// The training state a resumed run continues from (besides the model).
+typedef struct {
+    int step;
+    std::vector<Sample> carry;          // (B_local) the sample of every slot
+    std::vector<uint8_t> halted;        // (B_local) host copy of the halted flags
+} TrainState;
+
+static std::string checkpoint_name(const std::string& dir, const char* kind, int step, const char* ext) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/%s_%08d%s", kind, step, ext);
+    return dir + buf;
+}
+
+// Host copies of the weights: the fp32 master, or the EMA.
+static std::vector<floatS> weights_to_host(Model* m, bool ema) {
+    std::vector<floatS> w(m->n_params);
+    copy_to_host(w.data(), ema ? m->ema : master_weights(m), w.size() * sizeof(floatS));
+    return w;
+}
+
+static std::vector<floatS> init_buffers_to_host(Model* m) {
+    std::vector<floatS> b(2 * m->d.D);
+    download_floatX(b.data(), m->H_init, m->d.D);
+    download_floatX(b.data() + m->d.D, m->L_init, m->d.D);
+    return b;
+}
+
+// Weights (the EMA when ema=1, as upstream saves its evaluation model) with the upstream state_dict names.
+static void export_safetensors(Model* m, const std::string& path, int step, const std::string& config) {
+    const Dims& d = m->d;
+    const bool ema = m->ema != nullptr;
+    std::vector<floatS> w = weights_to_host(m, ema), buffers = init_buffers_to_host(m);
+    std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
+    copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
+    SafetensorsWriter st;
+    for (const TensorInfo& t : m->tensors) safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
+    safetensors_add_f32(&st, "inner.H_init", {d.D}, buffers.data());
+    safetensors_add_f32(&st, "inner.L_init", {d.D}, buffers.data() + d.D);
+    if (d.enc == ENC_NONE) safetensors_add_f32(&st, "inner.puzzle_emb.weights", {m->n_puzzle_ids, d.ndim}, table.data());
+    safetensors_add_meta(&st, "format", "arc.cu");
+    safetensors_add_meta(&st, "step", std::to_string(step));
+    safetensors_add_meta(&st, "weights", ema ? "ema" : "raw");
+    safetensors_add_meta(&st, "config", config);
+    safetensors_write(st, path);
+}
+
+// Steps of the checkpoints in a directory, ascending.
+static std::vector<int> list_checkpoint_steps(const std::string& dir) {
+    std::vector<int> steps;
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) return steps;
+    while (struct dirent* e = readdir(dp)) {
+        int step;
+        char tail[8];
+        if (sscanf(e->d_name, "ckpt_%d.bi%1s", &step, tail) == 2 && strcmp(tail, "n") == 0 && strlen(e->d_name) == 17) steps.push_back(step);
+    }
+    closedir(dp);
+    std::sort(steps.begin(), steps.end());
+    return steps;
+}
+
+static void make_dirs(const std::string& dir) {
+    for (size_t i = 1; i <= dir.size(); i++)
+        if (i == dir.size() || dir[i] == '/') {
+            std::string part = dir.substr(0, i);
+            if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) fatal("cannot create directory %s: %s", part.c_str(), strerror(errno));
+        }
+}
+
+static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts, const std::string& config, Logger* log) {
+    const Dims& d = m->d;
+    const std::string& dir = m->cfg.checkpoint_path;
+    std::vector<floatS> w = weights_to_host(m, false), mm(m->n_params), vv(m->n_params), ema;
+    copy_to_host(mm.data(), m->adam_m, mm.size() * sizeof(floatS));
+    copy_to_host(vv.data(), m->adam_v, vv.size() * sizeof(floatS));
+    if (m->ema) ema = weights_to_host(m, true);
+    std::vector<floatS> buffers = init_buffers_to_host(m), table((size_t)m->n_puzzle_ids * d.ndim);
+    copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
+    const size_t carry = (size_t)m->B_local * d.T * d.D;
+    std::vector<floatS> z(2 * carry);
+    download_floatX(z.data(), m->z_H, carry);
+    download_floatX(z.data() + carry, m->z_L, carry);
+    std::vector<int> steps(m->B_local);
+    copy_to_host(steps.data(), m->steps, steps.size() * sizeof(int));
+    std::vector<int32_t> samples;
+    samples_serialize(ts.carry, d.S, &samples);
+    int64_t state[8] = {ts.step, m->adam_t_decoder, m->adam_t_encoder, dl.epoch, dl.cursor, m->B_local,
+                        (int64_t)m->n_params, m->n_puzzle_ids};
+    std::vector<SectionOut> sections = {
+        {"state", state, sizeof state},
+        {"weights", w.data(), w.size() * sizeof(floatS)},
+        {"adam_m", mm.data(), mm.size() * sizeof(floatS)},
+        {"adam_v", vv.data(), vv.size() * sizeof(floatS)},
+        {"init_buffers", buffers.data(), buffers.size() * sizeof(floatS)},
+        {"puzzle_emb", table.data(), table.size() * sizeof(floatS)},
+        {"carry_z", z.data(), z.size() * sizeof(floatS)},
+        {"carry_steps", steps.data(), steps.size() * sizeof(int)},
+        {"carry_halted", ts.halted.data(), ts.halted.size()},
+        {"carry_samples", samples.data(), samples.size() * sizeof(int32_t)},
+    };
+    if (m->ema) sections.push_back({"ema", ema.data(), ema.size() * sizeof(floatS)});
+    const std::string path = checkpoint_name(dir, "ckpt", ts.step, ".bin");
+    checkpoint_write(path, ts.step, config, sections);
+    if (m->cfg.save_safetensors) export_safetensors(m, checkpoint_name(dir, "model", ts.step, ".safetensors"), ts.step, config);
+    log_printf(log, "checkpoint step=%d path=%s\n", ts.step, path.c_str());
+    // keep the newest checkpoint_keep checkpoints (and their exports)
+    if (m->cfg.checkpoint_keep > 0) {
+        std::vector<int> all = list_checkpoint_steps(dir);
+        for (size_t i = 0; i + m->cfg.checkpoint_keep < all.size(); i++) {
+            remove(checkpoint_name(dir, "ckpt", all[i], ".bin").c_str());
+            remove(checkpoint_name(dir, "model", all[i], ".safetensors").c_str());
+        }
+    }
+}
+
+// Continues a run: the model, optimizer, EMA, carry and data position of the checkpoint at `path`.
+static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char* path) {
+    const Dims& d = m->d;
+    int step;
+    std::string config;
+    Sections s = checkpoint_read(path, &step, &config);
+    int64_t state[8];
+    section_get(s, path, "state", state, 8);
+    if (state[5] != m->B_local)
+        fatal("%s: written with %lld samples per process, this run has %d: resume with the same global_batch_size", path, (long long)state[5], m->B_local);
+    if (state[7] != m->n_puzzle_ids)
+        fatal("%s: written with %lld puzzle identifiers, this run has %d: resume with the same data and num_aug", path, (long long)state[7], m->n_puzzle_ids);
+    const size_t P = m->n_params, carry = (size_t)m->B_local * d.T * d.D;
+    std::vector<floatS> w(P), buf(std::max(P, 2 * carry));
+    section_get(s, path, "weights", w.data(), P);
+    model_set_weights(m, w.data());
+    section_get(s, path, "adam_m", buf.data(), P); copy_to_device(m->adam_m, buf.data(), P * sizeof(floatS));
+    section_get(s, path, "adam_v", buf.data(), P); copy_to_device(m->adam_v, buf.data(), P * sizeof(floatS));
+    if (m->ema) { section_get(s, path, "ema", buf.data(), P); copy_to_device(m->ema, buf.data(), P * sizeof(floatS)); }
+    section_get(s, path, "init_buffers", buf.data(), 2 * d.D);
+    upload_floatX(m->H_init, buf.data(), d.D);
+    upload_floatX(m->L_init, buf.data() + d.D, d.D);
+    std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
+    section_get(s, path, "puzzle_emb", table.data(), table.size());
+    copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+    section_get(s, path, "carry_z", buf.data(), 2 * carry);
+    upload_floatX(m->z_H, buf.data(), carry);
+    upload_floatX(m->z_L, buf.data() + carry, carry);
+    std::vector<int> steps(m->B_local);
+    section_get(s, path, "carry_steps", steps.data(), steps.size());
+    copy_to_device(m->steps, steps.data(), steps.size() * sizeof(int));
+    ts->halted.resize(m->B_local);
+    section_get(s, path, "carry_halted", ts->halted.data(), ts->halted.size());
+    copy_to_device(m->halted, ts->halted.data(), ts->halted.size());
+    const std::vector<uint8_t>& raw = s["carry_samples"];
+    std::vector<int32_t> samples(raw.size() / sizeof(int32_t));
+    memcpy(samples.data(), raw.data(), samples.size() * sizeof(int32_t));
+    ts->carry = samples_deserialize(samples, m->B_local, d.S, path);
+    ts->step = (int)state[0];
+    m->adam_t_decoder = (int)state[1];
+    m->adam_t_encoder = (int)state[2];
+    dl->epoch = state[3];
+    dl->cursor = state[4];
+    dl->order.clear();
+}
+
+static bool ends_with(const std::string& s, const char* suffix) {
+    const size_t n = strlen(suffix);
+    return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+// Initial weights from a file: an arc.cu checkpoint (.bin) or safetensors with the upstream names. With
+// decoder_only, only the decoder (inner.*) is read (TRM -> ETRM transfer; the puzzle table is skipped) and the
+// encoder keeps its initialisation.
+static void load_weights(Model* m, const std::string& path, bool decoder_only) {
+    const Dims& d = m->d;
+    std::vector<floatS> w = weights_to_host(m, false), buffers(2 * d.D), table((size_t)m->n_puzzle_ids * d.ndim);
+    if (ends_with(path, ".safetensors")) {
+        Safetensors st = safetensors_read(path.c_str());
+        for (const TensorInfo& t : m->tensors)
+            if (!(decoder_only && t.encoder)) safetensors_get(st, t.name, t.shape, w.data() + t.offset);
+        safetensors_get(st, "inner.H_init", {d.D}, buffers.data());
+        safetensors_get(st, "inner.L_init", {d.D}, buffers.data() + d.D);
+        if (d.enc == ENC_NONE && !decoder_only) {
+            const SafetensorsEntry* e = safetensors_find(st, "inner.puzzle_emb.weights");
+            if (!e) fatal("%s: no inner.puzzle_emb.weights (a TRM model needs its puzzle table)", path.c_str());
+            if (e->shape != std::vector<int64_t>{m->n_puzzle_ids, d.ndim})
+                fatal("%s: puzzle table of shape %s, this run has %d identifiers x %d: identifiers depend on the data "
+                      "files and num_aug, which must match the run that trained it", path.c_str(),
+                      safetensors_shape_str(e->shape).c_str(), m->n_puzzle_ids, d.ndim);
+            safetensors_get(st, "inner.puzzle_emb.weights", e->shape, table.data());
+            copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+        }
+    } else {
+        if (decoder_only) fatal("load_decoder=%s: expected a .safetensors file (convert PyTorch checkpoints with dev/convert_trm_checkpoint.py)", path.c_str());
+        int step;
+        std::string config;
+        Sections s = checkpoint_read(path.c_str(), &step, &config);
+        section_get(s, path.c_str(), "weights", w.data(), w.size());
+        section_get(s, path.c_str(), "init_buffers", buffers.data(), buffers.size());
+        section_get(s, path.c_str(), "puzzle_emb", table.data(), table.size());
+        copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+    }
+    model_set_weights(m, w.data());
+    upload_floatX(m->H_init, buffers.data(), d.D);
+    upload_floatX(m->L_init, buffers.data() + d.D, d.D);
+}
+
+// What the first training step produced, for debug_state (gathered over the micro-batches).
+typedef struct {
+    std::vector<floatS> logits, q_halt, q_continue, eps, puzzle_grads;
+    double loss, lm_loss, q_halt_loss, kl;
+} DebugCapture;
+
+// One safetensors file with the initial weights, the batch, the first ACT step's outputs and every gradient,
+// for an independent implementation (e.g. PyTorch) to reproduce: same names as upstream; grads are those of
+// loss / global_batch_size; out.loss is upstream's summed loss.
+static void debug_state_write(Model* m, const TrainState& ts, const DebugCapture& cap, const std::string& path, const std::string& config) {
+    const Dims& d = m->d;
+    const int B = m->B_local, K = d.K;
+    std::vector<floatS> w = weights_to_host(m, false), buffers = init_buffers_to_host(m), grads(m->n_params);
+    copy_to_host(grads.data(), m->grads, grads.size() * sizeof(floatS));
+    SafetensorsWriter st;
+    for (const TensorInfo& t : m->tensors) {
+        safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
+        safetensors_add_f32(&st, "grad." + t.name, t.shape, grads.data() + t.offset);
+    }
+    safetensors_add_f32(&st, "inner.H_init", {d.D}, buffers.data());
+    safetensors_add_f32(&st, "inner.L_init", {d.D}, buffers.data() + d.D);
+    std::vector<int32_t> inputs, labels, ids, demo_in((size_t)B * K * d.S, 0), demo_out(demo_in.size(), 0);
+    std::vector<uint8_t> mask((size_t)B * K, 0);
+    for (int b = 0; b < B; b++) {
+        const Sample& s = ts.carry[b];
+        inputs.insert(inputs.end(), s.inputs.begin(), s.inputs.end());
+        labels.insert(labels.end(), s.labels.begin(), s.labels.end());
+        ids.push_back(s.puzzle_id);
+        std::copy(s.demo_inputs.begin(), s.demo_inputs.end(), demo_in.begin() + (size_t)b * K * d.S);
+        std::copy(s.demo_labels.begin(), s.demo_labels.end(), demo_out.begin() + (size_t)b * K * d.S);
+        for (int k = 0; k < s.n_demos; k++) mask[(size_t)b * K + k] = 1;
+    }
+    safetensors_add_i32(&st, "batch.inputs", {B, d.S}, inputs.data());
+    safetensors_add_i32(&st, "batch.labels", {B, d.S}, labels.data());
+    safetensors_add_i32(&st, "batch.puzzle_identifiers", {B}, ids.data());
+    if (d.enc != ENC_NONE) {
+        safetensors_add_i32(&st, "batch.demo_inputs", {B, K, d.S}, demo_in.data());
+        safetensors_add_i32(&st, "batch.demo_labels", {B, K, d.S}, demo_out.data());
+        safetensors_add_bool(&st, "batch.demo_mask", {B, K}, mask.data());
+    }
+    if (d.enc == ENC_HYBRID_VARIATIONAL) safetensors_add_f32(&st, "batch.eps", {B, d.D}, cap.eps.data());
+    if (d.enc == ENC_LPN_VARIATIONAL) safetensors_add_f32(&st, "batch.eps", {B, K, d.D}, cap.eps.data());
+    if (d.enc == ENC_NONE) {
+        std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
+        copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
+        safetensors_add_f32(&st, "inner.puzzle_emb.weights", {m->n_puzzle_ids, d.ndim}, table.data());
+        safetensors_add_f32(&st, "grad.inner.puzzle_emb.local_weights", {B, d.ndim}, cap.puzzle_grads.data());
+    }
+    safetensors_add_f32(&st, "out.logits", {B, d.S, d.V}, cap.logits.data());
+    safetensors_add_f32(&st, "out.q_halt_logits", {B}, cap.q_halt.data());
+    safetensors_add_f32(&st, "out.q_continue_logits", {B}, cap.q_continue.data());
+    const floatS scalars[4] = {(floatS)cap.loss, (floatS)cap.lm_loss, (floatS)cap.q_halt_loss, (floatS)cap.kl};
+    safetensors_add_f32(&st, "out.loss", {}, &scalars[0]);
+    safetensors_add_f32(&st, "out.lm_loss", {}, &scalars[1]);
+    safetensors_add_f32(&st, "out.q_halt_loss", {}, &scalars[2]);
+    safetensors_add_f32(&st, "out.kl", {}, &scalars[3]);
+    safetensors_add_meta(&st, "format", "arc.cu debug state");
+    safetensors_add_meta(&st, "config", config);
+    safetensors_add_meta(&st, "notes", "grad.* = d(out.loss / global_batch_size)/d(param); out.loss = sum_b lm_loss_b + "
+                         "0.5 * sum_b q_halt_loss_b + kl_weight * kl (upstream ACTLossHead); the step starts from an all-halted carry");
+    safetensors_write(st, path);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 10. Training step and main loop.
+
+static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logger* log);
+
+typedef struct {
+    double loss, lm_loss, q_halt_loss, kl;         // per sample of the global batch (kl: mean KL of the latents)
+    double count, accuracy, exact, q_halt_acc, steps;
+    double cross_sample_var;                       // ETRM: mean over (p, d) of the context's variance over samples
+} StepMetrics;
+
+// One optimizer step's forward and backward (gradients accumulated over the micro-batches); the update
+// follows in model_update. Metrics as upstream: ETRM counts every slot with labels, TRM the slots that halted.
+static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCapture* cap) {
+    const Config& c = m->cfg;
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    const int step = ts->step + 1, B = m->mb;
+    std::vector<Sample> batch;
+    loader_next_train_batch(dl, c.global_batch_size, &batch);
+    carry_take_new_samples(&ts->carry, &batch, ts->halted);
+
+    // KL = mean over the latents of the global batch: one per sample (hybrid), one per valid demo (lpn)
+    int kl_rows = 0;
+    for (const Sample& s : ts->carry) kl_rows += d.enc == ENC_LPN_VARIATIONAL ? s.n_demos : 1;
+    const float kl_weight = c.kl_weight * (c.kl_anneal_steps > 0 ? std::min(1.0f, (float)step / c.kl_anneal_steps) : 1.0f);
+    const float dkl = d.variational ? kl_weight / ((float)c.global_batch_size * std::max(1, kl_rows)) : 0.0f;
+
+    StepMetrics r = StepMetrics();
+    double kl_sum = 0;
+    std::vector<floatS> lm(B), ql(B), kl((size_t)B * std::max(d.K, 1)), context;
+    std::vector<int> n_valid(B), n_correct(B), steps(B);
+    std::vector<floatX> q((size_t)B * 2);
+    std::vector<uint8_t> halted(B);
+    const size_t ctx_size = (size_t)d.P * d.D;
+    if (d.enc != ENC_NONE) context.resize((size_t)m->B_local * ctx_size);
+    const uint64_t halt_seed = hash_u64((uint64_t)c.seed, TAG_HALT, (uint64_t)step);
+    for (int b0 = 0; b0 < m->B_local; b0 += B) {
+        floatX* z_H = m->z_H + (size_t)b0 * d.T * d.D;
+        floatX* z_L = m->z_L + (size_t)b0 * d.T * d.D;
+        const int Nd = upload_micro_batch(m, &ts->carry[b0], B, b0);
+        const int latent_rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
+        latent_noise(m, latent_rows, true, step);
+        act_reset(z_H, z_L, m->H_init, m->L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
+        if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
+        input_embedding_forward(m, m->w, B, Stream());
+        decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
+        loss_forward(m, B, Stream());
+        act_halt(m->halted + b0, m->steps + b0, a->q, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, b0, 1, Stream());
+
+        copy_to_host(lm.data(), a->lm_loss, B * sizeof(floatS));
+        copy_to_host(ql.data(), a->q_loss, B * sizeof(floatS));
+        copy_to_host(n_valid.data(), a->n_valid, B * sizeof(int));
+        copy_to_host(n_correct.data(), a->n_correct, B * sizeof(int));
+        copy_to_host(q.data(), a->q, q.size() * sizeof(floatX));
+        copy_to_host(steps.data(), m->steps + b0, B * sizeof(int));
+        copy_to_host(halted.data(), m->halted + b0, B);
+        std::copy(halted.begin(), halted.end(), ts->halted.begin() + b0);
+        if (d.variational) {
+            copy_to_host(kl.data(), a->enc.kl, latent_rows * sizeof(floatS));
+            for (int i = 0; i < latent_rows; i++) kl_sum += kl[i];
+        }
+        for (int b = 0; b < B; b++) {
+            r.lm_loss += lm[b];
+            r.q_halt_loss += ql[b];
+            const bool valid = n_valid[b] > 0 && (d.enc != ENC_NONE || halted[b]);
+            const bool exact = n_correct[b] == n_valid[b];
+            if (d.enc != ENC_NONE) r.steps += steps[b];
+            if (!valid) continue;
+            if (d.enc == ENC_NONE) r.steps += steps[b];
+            r.count++;
+            r.accuracy += (double)n_correct[b] / n_valid[b];
+            r.exact += exact;
+            r.q_halt_acc += (to_float(q[(size_t)b * 2]) >= 0) == exact;
+        }
+        if (cap) {                                  // debug_state: the outputs of the grid positions
+            std::vector<floatX> logits((size_t)B * d.T * d.V);
+            copy_to_host(logits.data(), a->logits, logits.size() * sizeof(floatX));
+            for (int b = 0; b < B; b++) {
+                for (size_t i = (size_t)d.P * d.V; i < (size_t)d.T * d.V; i++) cap->logits.push_back(to_float(logits[(size_t)b * d.T * d.V + i]));
+                cap->q_halt.push_back(to_float(q[(size_t)b * 2]));
+                cap->q_continue.push_back(to_float(q[(size_t)b * 2 + 1]));
+            }
+            if (d.variational) {                    // noise at (B, D) or (B, K, D), zeros at padded demo slots
+                std::vector<floatS> eps((size_t)latent_rows * d.D);
+                copy_to_host(eps.data(), a->enc.eps, eps.size() * sizeof(floatS));
+                int row = 0;
+                for (int b = 0; b < B; b++) {
+                    const int slots = d.enc == ENC_LPN_VARIATIONAL ? d.K : 1;
+                    for (int k = 0; k < slots; k++) {
+                        const bool real = d.enc != ENC_LPN_VARIATIONAL || k < ts->carry[b0 + b].n_demos;
+                        for (int i = 0; i < d.D; i++) cap->eps.push_back(real ? eps[(size_t)row * d.D + i] : 0);
+                        row += real;
+                    }
+                }
+            }
+        }
+        decoder_backward(m, z_H, B, Stream());
+        if (d.enc == ENC_NONE) {
+            copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
+            copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
+        } else {
+            download_floatX(context.data() + (size_t)b0 * ctx_size, a->enc.context, (size_t)B * ctx_size);
+            encoder_backward(m, B, Nd, dkl, Stream());
+        }
+    }
+    const double G = c.global_batch_size;
+    r.kl = d.variational ? kl_sum / std::max(1, kl_rows) : 0;
+    r.loss = (r.lm_loss + 0.5 * r.q_halt_loss) / G + kl_weight * r.kl / G;
+    r.lm_loss /= G;
+    r.q_halt_loss /= G;
+    if (cap) {
+        cap->lm_loss = r.lm_loss * G;
+        cap->q_halt_loss = r.q_halt_loss * G;
+        cap->kl = r.kl;
+        cap->loss = r.loss * G;
+        if (d.enc == ENC_NONE) {
+            std::vector<floatX> g((size_t)m->B_local * d.ndim);
+            copy_to_host(g.data(), m->step_puzzle_grads, g.size() * sizeof(floatX));
+            for (floatX v : g) cap->puzzle_grads.push_back(to_float(v));
+        }
+    }
+    const double count = std::max(1.0, r.count);
+    r.accuracy /= count; r.exact /= count; r.q_halt_acc /= count;
+    r.steps /= d.enc != ENC_NONE ? m->B_local : count;
+    if (d.enc != ENC_NONE) {                        // upstream encoder_cross_sample_var
+        std::vector<double> mean(ctx_size, 0);
+        for (int b = 0; b < m->B_local; b++)
+            for (size_t i = 0; i < ctx_size; i++) mean[i] += context[(size_t)b * ctx_size + i];
+        for (double& v : mean) v /= m->B_local;
+        double var = 0;
+        for (int b = 0; b < m->B_local; b++)
+            for (size_t i = 0; i < ctx_size; i++) { double x = context[(size_t)b * ctx_size + i] - mean[i]; var += x * x; }
+        r.cross_sample_var = var / ((double)m->B_local * ctx_size);
+    }
+    return r;
+}
+
+static std::string set_label(const std::string& path) {
+    std::string base = path.substr(path.find_last_of('/') + 1);
+    return ends_with(base, ".bin") ? base.substr(0, base.size() - 4) : base;
+}
+
+static void write_predictions(const std::string& path, const DataLoader& dl, int set, int step,
+                              const std::map<std::pair<int, int>, std::vector<Candidate>>& votes) {
+    write_file_atomic(path, [&](FILE* f, const char*) {
+        fprintf(f, "{\"step\": %d, \"set\": %s, \"tasks\": {", step, safetensors_json_string(dl.test_names[set]).c_str());
+        bool first_task = true;
+        for (int t : dl.test_tasks[set]) {
+            const ArcTask& task = loader_task(dl, t);
+            fprintf(f, "%s\n  %s: [", first_task ? "" : ",", safetensors_json_string(task.name).c_str());
+            first_task = false;
+            for (int p = task.n_train; p < task.n_train + task.n_test; p++) {
+                fprintf(f, p > task.n_train ? ", [" : "[");
+                auto it = votes.find({t, p});
+                const int n = it == votes.end() ? 0 : std::min((int)it->second.size(), 10);
+                for (int i = 0; i < n; i++) {
+                    const Candidate& c = it->second[i];
+                    fprintf(f, "%s{\"votes\": %d, \"mean_q\": %.6f, \"grid\": ", i ? ", " : "", c.votes, c.q_sum / c.votes);
+                    json_grid(f, c.cells.data(), c.rows, c.cols);
+                    fprintf(f, "}");
+                }
+                fprintf(f, "]");
+            }
+            fprintf(f, "]");
+        }
+        fprintf(f, "\n}}\n");
+    });
+}
+
+// Evaluates every set of data_paths_test with the evaluation weights (the EMA when ema=1).
+static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logger* log) {
+    ModelTensors<floatX> w = m->w;
+    if (m->ema) {
+        std::vector<floatS> e = weights_to_host(m, true);
+        upload_floatX(m->ema_params, e.data(), e.size());
+        w = m->w_ema;
+    }
+    std::vector<EvalResult> results;
+    for (int set = 0; set < (int)dl->test_names.size(); set++) {
+        const double t0 = wall_time();
+        std::map<std::pair<int, int>, std::vector<Candidate>> votes;
+        EvalResult r = evaluate_set(m, dl, set, w, &votes);
+        const std::string label = set_label(r.set);
+        log_printf(log, "eval step=%d set=%s tasks=%d samples=%d lm_loss=%.4f token_acc=%.4f exact_acc=%.4f q_halt_acc=%.4f "
+                   "pass@1=%.4f pass@2=%.4f pass@5=%.4f seconds=%.1f\n", step, label.c_str(), r.n_tasks, r.n_samples,
+                   r.lm_loss, r.token_acc, r.exact_acc, r.q_halt_acc, r.pass_at[0], r.pass_at[1], r.pass_at[2], wall_time() - t0);
+        char name[128];
+        snprintf(name, sizeof name, "/predictions_step%08d_%s.json", step, label.c_str());
+        write_predictions(m->cfg.checkpoint_path + name, *dl, set, step, votes);
+        results.push_back(r);
+    }
+    return results;
+}
+
+static std::string format_duration(double seconds) {
+    char buf[32];
+    const long s = (long)seconds;
+    if (s >= 3600) snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+    return buf;
+}
+
+#ifndef TESTING
+int main(int argc, char** argv) {
+    Config cfg = config_defaults();
+    std::vector<ArgSpec> specs = config_specs(&cfg);
+    if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)")) return 0;
+    config_validate(cfg);
+    const std::string config_text = args_dump(specs);
+    make_dirs(cfg.checkpoint_path);
+    Logger log;
+    logger_open(&log, cfg.checkpoint_path + "/log.txt", true);
+
+    DataLoader dl;
+    loader_init(&dl, split_commas(cfg.data_paths), split_commas(cfg.data_paths_test), cfg.encoder_type != "none",
+                cfg.canvas, cfg.num_aug, cfg.max_demos, cfg.max_train_groups, cfg.max_eval_groups, (uint64_t)cfg.seed);
+    Model model;
+    Model* m = &model;
+    model_build(m, cfg, dl.canvas, dl.n_puzzle_ids, cfg.global_batch_size);
+    model_init_weights(m, (uint64_t)cfg.seed);
+    if (!cfg.load_checkpoint.empty()) load_weights(m, cfg.load_checkpoint, false);
+    if (!cfg.load_decoder.empty()) load_weights(m, cfg.load_decoder, true);
+    TrainState ts;
+    ts.step = 0;
+    ts.carry.assign(m->B_local, loader_blank_sample(dl));
+    ts.halted.assign(m->B_local, 1);
+    if (cfg.resume) {
+        std::vector<int> found = list_checkpoint_steps(cfg.checkpoint_path);
+        if (found.empty()) {
+            if (cfg.eval_only) fatal("resume=1: no checkpoint in %s", cfg.checkpoint_path.c_str());
+            log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
+        } else {
+            const std::string path = checkpoint_name(cfg.checkpoint_path, "ckpt", found.back(), ".bin");
+            checkpoint_load(m, &dl, &ts, path.c_str());
+            log_printf(&log, "resumed from %s at step %d\n", path.c_str(), ts.step);
+        }
+    }
+
+    // upstream: total_steps = epochs * groups / batch (ETRM), epochs * groups * mean examples / batch (TRM)
+    const double examples_per_epoch = (double)dl.train_groups.size() * (dl.etrm ? 1.0 : dl.mean_group_examples);
+    const double steps_per_epoch = examples_per_epoch / cfg.global_batch_size;
+    int total_steps = (int)std::min(2e9, cfg.epochs * steps_per_epoch);
+    if (cfg.max_steps > 0) total_steps = std::min(total_steps, cfg.max_steps);
+    if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
+    const int eval_every = cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
+    const Dims& d = m->d;
+    log_printf(&log, "arc.cu train_etrm (%s backend, %s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
+               "CPU", PRECISION_NAME, cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
+               d.D, d.NH, cfg.L_layers, cfg.H_cycles, cfg.L_cycles, d.P, d.canvas);
+    log_printf(&log, "parameters: %zu (decoder %zu, encoder %zu)  puzzle identifiers: %d  activations: %.1f MiB for micro-batch %d\n",
+               m->n_params, m->n_decoder, m->n_params - m->n_decoder, m->n_puzzle_ids, m->acts_bytes / 1048576.0, m->mb);
+    log_printf(&log, "data: %zu training tasks, %zu evaluation sets  steps: %d (%.1f per epoch)  eval every %d steps\n",
+               dl.train_groups.size(), dl.test_names.size(), total_steps, steps_per_epoch, eval_every);
+    if (cfg.eval_only) {
+        evaluate(m, &dl, ts.step, &log);
+        return 0;
+    }
+
+    const double t_start = wall_time();
+    const int first_step = ts.step + 1;
+    bool saved = false;
+    for (int step = first_step; step <= total_steps; step++) {
+        const double t0 = wall_time();
+        DebugCapture cap;
+        const bool capture = step == 1 && !cfg.debug_state.empty();
+        StepMetrics r = train_step(m, &dl, &ts, capture ? &cap : nullptr);
+        if (capture) {
+            debug_state_write(m, ts, cap, cfg.debug_state, config_text);
+            log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
+        }
+        UpdateStats u = model_update(m, step, total_steps, m->step_puzzle_ids, m->step_puzzle_grads, m->norm_scratch, Stream());
+        device_synchronize();
+        ts.step = step;
+        const double ms = 1000 * (wall_time() - t0);
+        if (step % cfg.log_every == 0 || step == total_steps)
+            log_printf(&log, "train step=%d loss=%.4f lm_loss=%.4f q_halt_loss=%.4f kl=%.4f token_acc=%.4f exact_acc=%.4f "
+                       "q_halt_acc=%.4f act_steps=%.2f lr=%.3e grad_norm_enc=%.4f grad_norm_dec=%.4f grad_norm=%.4f "
+                       "encoder_cross_sample_var=%.4f ms=%.1f samples_per_s=%.1f\n",
+                       step, r.loss, r.lm_loss, r.q_halt_loss, r.kl, r.accuracy, r.exact, r.q_halt_acc, r.steps, u.lr,
+                       u.enc_norm, u.dec_norm, u.total_norm, r.cross_sample_var, ms, cfg.global_batch_size / (ms / 1000));
+        const int done = step - first_step + 1;
+        if (step == total_steps || done % std::max(1, (total_steps - first_step + 1) / 20) == 0) {
+            const double elapsed = wall_time() - t_start;
+            log_printf(&log, "progress step=%d/%d (%.1f%%) elapsed=%s eta=%s\n", step, total_steps, 100.0 * step / total_steps,
+                       format_duration(elapsed).c_str(), format_duration(elapsed / done * (total_steps - step)).c_str());
+        }
+        saved = false;
+        if ((eval_every && step % eval_every == 0) || step == total_steps) {
+            if (!dl.test_names.empty()) evaluate(m, &dl, step, &log);
+            checkpoint_save(m, dl, ts, config_text, &log);
+            saved = true;
+        } else if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) {
+            checkpoint_save(m, dl, ts, config_text, &log);
+            saved = true;
+        }
+    }
+    if (!saved && ts.step > 0 && first_step > total_steps) log_printf(&log, "nothing to do: the checkpoint is at step %d of %d\n", ts.step, total_steps);
+    logger_close(&log);
+    return 0;
+}
+#endif
