@@ -1171,7 +1171,7 @@ static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0
         std::copy(s[b].inputs.begin(), s[b].inputs.end(), inputs.begin() + (size_t)b * d.S);
         std::copy(s[b].labels.begin(), s[b].labels.end(), labels.begin() + (size_t)b * d.S);
         ids[b] = s[b].puzzle_id;
-        if (ids[b] < 0 || ids[b] >= std::max(1, m->n_puzzle_ids)) fatal("puzzle id %d outside the table (%d rows)", ids[b], m->n_puzzle_ids);
+        if (d.enc == ENC_NONE && (ids[b] < 0 || ids[b] >= m->n_puzzle_ids)) fatal("puzzle id %d outside the table (%d rows)", ids[b], m->n_puzzle_ids);
     }
     copy_to_device(a->inputs, inputs.data(), inputs.size() * sizeof(int));
     copy_to_device(a->labels, labels.data(), labels.size() * sizeof(int));

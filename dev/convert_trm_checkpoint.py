@@ -240,7 +240,8 @@ def summarize(tensors):
     params = sum(numel(t.shape) for t in tensors)
     nbytes = sum(t.nbytes for t in tensors)
     kinds = ", ".join(f"{n} {d}" for d, n in sorted(by_dtype.items()))
-    return f"{len(tensors)} tensors ({kinds or 'none'}), {params:,} parameters, {nbytes / 1e6:.1f} MB"
+    return (f"{len(tensors)} tensor{'' if len(tensors) == 1 else 's'} ({kinds or 'none'}), {params:,} parameters, "
+            f"{nbytes / 1e6:.1f} MB")
 
 
 def run(argv):
@@ -291,8 +292,10 @@ def main():
         run(sys.argv[1:])
     except ConvertError as e:
         sys.exit(f"error: {e}")
+    except BrokenPipeError:                     # e.g. `--list | head`
+        sys.stderr.close()
     except OSError as e:
-        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}")
+        sys.exit(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e.strerror or e}")
 
 
 if __name__ == "__main__":

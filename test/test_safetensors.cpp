@@ -508,7 +508,7 @@ static void test_converter() {
     safetensors_get(st, "inner.L_level.layers.0.self_attn.qkv_proj.weight", {6, 4}, qkv_back);
     check(memcmp(qkv_back, qkv, sizeof qkv) == 0, "convert_keeps_f32_values");
     check(safetensors_meta(st, "dropped") == "inner.puzzle_emb.*" && contains(log, "stripped prefix '_orig_mod.' from 3 names") &&
-              contains(log, "stripped prefix 'model.' from 4 names") && contains(log, "dropped inner.puzzle_emb.*: 1 tensors"),
+              contains(log, "stripped prefix 'model.' from 4 names") && contains(log, "dropped inner.puzzle_emb.*: 1 tensor (1 F32), 12 parameters"),
           "convert_summary", "log:\n%s", log.c_str());
     std::string py = shell("python3 test/read_safetensors.py " + out, &rc);
     check(rc == 0 && contains(py, "inner.H_init BF16 [4]\n"), "convert_output_valid_for_python_reader", "exit %d: %s", rc, py.c_str());

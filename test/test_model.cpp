@@ -1,0 +1,224 @@
+// Whole-graph gradient checks of train_etrm.cu, in double (built with -DENABLE_FP64).
+//
+// For TRM (puzzle embedding) and every ETRM encoder, on a tiny configuration with random weights and a
+// random batch (including a sample without demonstrations and ignored labels), one ACT step's loss
+//   L = sum_b lm_loss_b + 0.5 * sum_b q_halt_loss_b + kl_weight * KL
+// is differentiated by the trainer's backward pass and by central differences over sampled elements of
+// every parameter tensor (and the puzzle-embedding rows). With H_cycles = 1 every application of the net
+// gets gradient, so the two must agree. With H_cycles = 2 the first cycle runs without gradient (upstream's
+// 1-step gradient approximation): its gradients must equal those of an H_cycles = 1 model started from the
+// carry the no-gradient cycle produced, and that run is itself checked by central differences (so the
+// carry-in path of a later ACT step is covered too).
+#define TESTING
+#include "../train_etrm.cu"
+#include "test.h"
+
+static const int B = 3, CANVAS = 3, N_IDS = 5;
+
+static Config tiny_config(const char* encoder) {
+    Config c = config_defaults();
+    c.hidden_size = 8; c.num_heads = 2; c.expansion = 1.0f; c.L_layers = 2; c.H_cycles = 1; c.L_cycles = 2;
+    c.puzzle_emb_len = 2; c.encoder_type = encoder; c.encoder_num_layers = 2; c.encoder_set_layers = 1;
+    c.max_demos = 3; c.global_batch_size = B; c.kl_weight = 0.3f; c.ema = 0;
+    return c;
+}
+
+// Random tokens; labels with ignored positions; demo counts 3, 1, 0 (a sample without demonstrations).
+static std::vector<Sample> random_batch(const Model& m, Rng* rng) {
+    const int S = m.d.S;
+    std::vector<Sample> batch(B);
+    auto token = [&]() { return (int)(rng_u64(rng) % VOCAB); };
+    for (int b = 0; b < B; b++) {
+        Sample& s = batch[b];
+        s.task = b; s.aug = 0; s.pair = 0; s.puzzle_id = 1 + b % (N_IDS - 1);
+        for (int i = 0; i < S; i++) {
+            s.inputs.push_back(token());
+            s.labels.push_back(rng_uniform(rng) < 0.3 ? IGNORE_LABEL_ID : token());
+        }
+        s.n_demos = m.d.K ? (b == 0 ? 3 : b == 1 ? 1 : 0) : 0;
+        for (int i = 0; i < s.n_demos * S; i++) {
+            s.demo_inputs.push_back(rng_uniform(rng) < 0.3 ? 0 : token());     // some PAD for the pooling mask
+            s.demo_labels.push_back(rng_uniform(rng) < 0.3 ? 0 : token());
+        }
+    }
+    return batch;
+}
+
+// One ACT step from the carry in m (reset where halted) through the loss; returns L (see the top).
+static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_out) {
+    const Dims& d = m->d;
+    const int Nd = upload_micro_batch(m, batch.data(), B, 0);
+    const int rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
+    latent_noise(m, rows, true, 1);
+    act_reset(m->z_H, m->z_L, m->H_init, m->L_init, m->steps, m->halted, B, d.T, d.D, Stream());
+    if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
+    input_embedding_forward(m, m->w, B, Stream());
+    decoder_forward(m, m->w, m->z_H, m->z_L, B, true, Stream());
+    loss_forward(m, B, Stream());
+    double L = 0;
+    for (int b = 0; b < B; b++) L += m->acts.lm_loss[b] + 0.5 * m->acts.q_loss[b];
+    if (d.variational) {
+        double kl = 0;
+        for (int i = 0; i < rows; i++) kl += m->acts.enc.kl[i];
+        L += m->cfg.kl_weight * kl / std::max(1, rows);
+    }
+    *Nd_out = Nd;
+    return L;
+}
+
+// Analytic gradients of L (the trainer's are of L / global_batch_size): parameters, and the puzzle rows.
+static double backward(Model* m, const std::vector<Sample>& batch, std::vector<double>* grads, std::vector<double>* row_grads) {
+    int Nd;
+    device_memset(m->grads, 0, m->n_params * sizeof(floatS));
+    const double L = act_step_loss(m, batch, &Nd);
+    const int rows = m->d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
+    decoder_backward(m, m->z_H, B, Stream());
+    if (m->d.enc != ENC_NONE) encoder_backward(m, B, Nd, m->cfg.kl_weight / ((float)B * std::max(1, rows)), Stream());
+    grads->assign(m->grads, m->grads + m->n_params);
+    for (double& g : *grads) g *= B;
+    row_grads->assign(m->acts.dprefix, m->acts.dprefix + (m->d.enc == ENC_NONE ? (size_t)B * m->d.ndim : 0));
+    for (double& g : *row_grads) g *= B;
+    return L;
+}
+
+// The carry before the step is restored for every evaluation (act_reset only resets halted slots).
+struct Carry { std::vector<double> z_H, z_L; std::vector<int> steps; std::vector<uint8_t> halted; };
+static Carry save_carry(const Model& m) {
+    const size_t n = (size_t)B * m.d.T * m.d.D;
+    return {std::vector<double>(m.z_H, m.z_H + n), std::vector<double>(m.z_L, m.z_L + n),
+            std::vector<int>(m.steps, m.steps + B), std::vector<uint8_t>(m.halted, m.halted + B)};
+}
+static void restore_carry(Model* m, const Carry& c) {
+    std::copy(c.z_H.begin(), c.z_H.end(), m->z_H);
+    std::copy(c.z_L.begin(), c.z_L.end(), m->z_L);
+    std::copy(c.steps.begin(), c.steps.end(), m->steps);
+    std::copy(c.halted.begin(), c.halted.end(), m->halted);
+}
+
+// Central differences on sampled elements of every tensor (and of the used puzzle rows) against the analytic
+// gradients; one check line per tensor group.
+static void gradcheck(Model* m, const std::vector<Sample>& batch, const Carry& carry, const char* label, Rng* rng) {
+    std::vector<double> grads, row_grads;
+    restore_carry(m, carry);
+    backward(m, batch, &grads, &row_grads);
+    int Nd;
+    // fourth-order central difference (error O(h^4)); h large enough that rounding noise stays ~1e-11
+    auto derivative = [&](double* p) {
+        const double h = 1e-4, saved = *p;
+        double L[4];
+        const double offsets[4] = {-2 * h, -h, h, 2 * h};
+        for (int k = 0; k < 4; k++) {
+            *p = saved + offsets[k];
+            restore_carry(m, carry);
+            L[k] = act_step_loss(m, batch, &Nd);
+        }
+        *p = saved;
+        return (L[0] - 8 * L[1] + 8 * L[2] - L[3]) / (12 * h);
+    };
+    double worst = 0;
+    std::string worst_where = "-";
+    int checked = 0, nonzero = 0;
+    for (const TensorInfo& t : m->tensors) {
+        double gmax = 0;
+        for (size_t i = 0; i < t.numel; i++) gmax = std::max(gmax, fabs(grads[t.offset + i]));
+        const int samples = (int)std::min<size_t>(t.numel, 12);
+        for (int k = 0; k < samples; k++) {
+            const size_t i = t.offset + (samples == (int)t.numel ? k : rng_u64(rng) % t.numel);
+            double* p = &m->params[i];
+            const double fd = derivative(p);
+            const double err = fabs(fd - grads[i]) / (fabs(grads[i]) + 1e-3 * gmax + 1e-9);
+            checked++;
+            nonzero += grads[i] != 0;
+            if (getenv("GRADCHECK_VERBOSE") && err > 1e-6) printf("  %s[%zu] fd=%.10g an=%.10g err=%.3g\n", t.name.c_str(), i - t.offset, fd, grads[i], err);
+            if (!(err <= worst)) { worst = err; worst_where = t.name; }
+        }
+    }
+    if (m->d.enc == ENC_NONE) {                 // the puzzle rows: the table entry of each sample's id
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < m->d.ndim; j += 3) {
+                double* p = &m->puzzle_emb[(size_t)batch[b].puzzle_id * m->d.ndim + j];
+                double an = 0;                  // rows sharing an id add up
+                for (int b2 = 0; b2 < B; b2++) if (batch[b2].puzzle_id == batch[b].puzzle_id) an += row_grads[(size_t)b2 * m->d.ndim + j];
+                const double fd = derivative(p);
+                const double err = fabs(fd - an) / (fabs(an) + 1e-6);
+                checked++;
+                if (!(err <= worst)) { worst = err; worst_where = "puzzle_emb row"; }
+            }
+    }
+    char name[160];
+    snprintf(name, sizeof name, "gradcheck %s (%d elements)", label, checked);
+    check(worst < 1e-5 && nonzero > checked / 2, name, "max rel error %.3g at %s; %d of %d gradients nonzero", worst,
+          worst_where.c_str(), nonzero, checked);
+}
+
+// Random weights (every path active: the q head and zero-initialised projections included).
+static void randomize(Model* m, Rng* rng) {
+    for (const TensorInfo& t : m->tensors)
+        for (size_t i = 0; i < t.numel; i++) m->params[t.offset + i] = rng_normal(rng) * (t.shape.size() > 1 ? 0.7 / sqrt((double)t.shape.back()) : 0.3);
+    for (size_t i = 0; i < (size_t)m->n_puzzle_ids * m->d.ndim; i++) m->puzzle_emb[i] = rng_normal(rng) * 0.3;
+}
+
+static void test_variant(const char* encoder, const char* label, void (*tweak)(Config*)) {
+    Config c = tiny_config(encoder);
+    if (tweak) tweak(&c);
+    Rng rng = rng_make(1234);
+    Model m;
+    model_build(&m, c, CANVAS, N_IDS, B);
+    model_init_weights(&m, 7);
+    randomize(&m, &rng);
+    std::vector<Sample> batch = random_batch(m, &rng);
+    gradcheck(&m, batch, save_carry(m), label, &rng);
+}
+
+// H_cycles = 2: gradients == those of H_cycles = 1 from the carry after one cycle without gradient.
+static void test_truncated_gradient(const char* encoder) {
+    Config c2 = tiny_config(encoder);
+    c2.H_cycles = 2;
+    Rng rng = rng_make(99);
+    Model m2;
+    model_build(&m2, c2, CANVAS, N_IDS, B);
+    model_init_weights(&m2, 7);
+    randomize(&m2, &rng);
+    std::vector<Sample> batch = random_batch(m2, &rng);
+    std::vector<double> g2, r2, g1, r1;
+    backward(&m2, batch, &g2, &r2);
+
+    Config c1 = c2;
+    c1.H_cycles = 1;
+    Model m1;
+    model_build(&m1, c1, CANVAS, N_IDS, B);
+    std::copy(m2.params, m2.params + m2.n_params, m1.params);
+    std::copy(m2.puzzle_emb, m2.puzzle_emb + (size_t)m2.n_puzzle_ids * m2.d.ndim, m1.puzzle_emb);
+    std::copy(m2.H_init, m2.H_init + m2.d.D, m1.H_init);
+    std::copy(m2.L_init, m2.L_init + m2.d.D, m1.L_init);
+    // one cycle without gradient from H_init / L_init: what the H_cycles = 2 model's first cycle computes
+    const int Nd = upload_micro_batch(&m1, batch.data(), B, 0);
+    latent_noise(&m1, m1.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, true, 1);
+    act_reset(m1.z_H, m1.z_L, m1.H_init, m1.L_init, m1.steps, m1.halted, B, m1.d.T, m1.d.D, Stream());
+    if (m1.d.enc != ENC_NONE) encoder_forward(&m1, m1.w, B, Nd, Stream());
+    input_embedding_forward(&m1, m1.w, B, Stream());
+    decoder_forward(&m1, m1.w, m1.z_H, m1.z_L, B, false, Stream());
+    std::fill(m1.halted, m1.halted + B, 0);               // continue from this carry
+    const Carry carry = save_carry(m1);
+    backward(&m1, batch, &g1, &r1);
+    const double err = max_rel_error(g1.data(), g2.data(), g1.size(), 1e-12);
+    char name[128];
+    snprintf(name, sizeof name, "H_cycles=2 gradient == H_cycles=1 gradient from the detached carry (%s)", encoder);
+    check(err < 1e-9 && max_rel_error(r1.data(), r2.data(), r1.size(), 1e-12) < 1e-9, name, "max rel error %.3g", err);
+    snprintf(name, sizeof name, "%s from a carried state", encoder);
+    gradcheck(&m1, batch, carry, name, &rng);
+}
+
+int main() {
+    test_variant("none", "TRM puzzle embedding", nullptr);
+    test_variant("standard", "ETRM standard", nullptr);
+    test_variant("standard", "ETRM standard, pre-norm, no final norm", [](Config* c) { c->encoder_norm_style = "pre"; c->set_encoder_final_norm = 0; });
+    test_variant("standard", "ETRM standard, encoder_prefix_scale=1.5", [](Config* c) { c->encoder_prefix_scale = 1.5f; });
+    test_variant("hybrid_standard", "ETRM hybrid_standard", nullptr);
+    test_variant("hybrid_variational", "ETRM hybrid_variational", nullptr);
+    test_variant("lpn_standard", "ETRM lpn_standard", nullptr);
+    test_variant("lpn_variational", "ETRM lpn_variational", nullptr);
+    test_truncated_gradient("none");
+    test_truncated_gradient("hybrid_variational");
+    return test_summary();
+}
