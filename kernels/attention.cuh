@@ -18,9 +18,44 @@
 #include <math.h>
 #include <vector>
 #include "../common/device.h"
+#include "matmul.cuh"
 
 // ----------------------------------------------------------------------------------------------------------
-// CPU reference: one (batch, head) pair per OpenMP iteration, so every output element has a single writer.
+// CPU reference: per (batch, head) pair, the textbook matrix form with small GEMMs (gemm_ref):
+//   forward   S = Q K^T ; P = softmax(S / sqrt(HD)) ; O = P V
+//   backward  dP = dO V^T ; dS = P o (dP - D) / sqrt(HD) ; dQ = dS K ; dK = dS^T Q ; dV = P^T dO
+// One (batch, head) pair per OpenMP iteration (its Tq x Tk scores live in a buffer of that iteration), so
+// every output element has a single writer.
+
+// Copies head h's (T, HD) slice between rows of width `stride` and a contiguous (T, HD) matrix.
+template <typename T>
+void head_gather(T* dst, const T* rows, int T_len, int HD, int stride) {
+    for (int t = 0; t < T_len; t++)
+        for (int d = 0; d < HD; d++) dst[(size_t)t * HD + d] = rows[(size_t)t * stride + d];
+}
+template <typename T>
+void head_scatter(T* rows, const T* src, int T_len, int HD, int stride) {
+    for (int t = 0; t < T_len; t++)
+        for (int d = 0; d < HD; d++) rows[(size_t)t * stride + d] = src[(size_t)t * HD + d];
+}
+template <typename T>
+void transpose_ref(T* dst, const T* src, int rows, int cols) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+// Q (Tq, HD), K^T (HD, Tk) and V (Tk, HD) of one (batch, head) pair.
+template <typename T>
+struct HeadMatrices {
+    std::vector<T> q, k, kt, v;
+    HeadMatrices(const T* q_rows, const T* k_rows, const T* v_rows, int Tq, int Tk, int HD, int q_stride, int kv_stride)
+        : q((size_t)Tq * HD), k((size_t)Tk * HD), kt((size_t)HD * Tk), v((size_t)Tk * HD) {
+        head_gather(q.data(), q_rows, Tq, HD, q_stride);
+        head_gather(k.data(), k_rows, Tk, HD, kv_stride);
+        head_gather(v.data(), v_rows, Tk, HD, kv_stride);
+        transpose_ref(kt.data(), k.data(), Tk, HD);
+    }
+};
 
 template <typename T>
 void attention_forward_ref(T* out, T* lse, const T* q, const T* k, const T* v, const uint8_t* key_mask,
@@ -30,35 +65,28 @@ void attention_forward_ref(T* out, T* lse, const T* q, const T* k, const T* v, c
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; bh++) {
         const int b = bh / NH, h = bh % NH;
-        std::vector<T> s(Tk);
-        for (int i = 0; i < Tq; i++) {
-            const T* qi = q + (size_t)(b * Tq + i) * q_stride + h * HD;
-            T* oi = out + (size_t)(b * Tq + i) * C + h * HD;
+        const uint8_t* mask = key_mask ? key_mask + (size_t)b * Tk : nullptr;
+        HeadMatrices<T> m(q + (size_t)b * Tq * q_stride + h * HD, k + (size_t)b * Tk * kv_stride + h * HD,
+                          v + (size_t)b * Tk * kv_stride + h * HD, Tq, Tk, HD, q_stride, kv_stride);
+        std::vector<T> p((size_t)Tq * Tk), o((size_t)Tq * HD);
+        gemm_ref<T, false>(p.data(), m.q.data(), m.kt.data(), Tq, Tk, HD, false);        // S = Q K^T
+        for (int i = 0; i < Tq; i++) {                                                   // P = softmax(S * scale)
+            T* row = &p[(size_t)i * Tk];
             T maxval = -INFINITY;
             for (int j = 0; j < Tk; j++) {
-                if (key_mask && !key_mask[(size_t)b * Tk + j]) { s[j] = -INFINITY; continue; }
-                const T* kj = k + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                T dot = 0;
-                for (int d = 0; d < HD; d++) dot += qi[d] * kj[d];
-                s[j] = dot * scale;
-                if (s[j] > maxval) maxval = s[j];
+                row[j] = (mask && !mask[j]) ? -INFINITY : row[j] * scale;
+                maxval = row[j] > maxval ? row[j] : maxval;
             }
-            for (int d = 0; d < HD; d++) oi[d] = 0;
-            T* lse_i = lse + (size_t)bh * Tq + i;
-            if (maxval == -INFINITY) { *lse_i = -INFINITY; continue; }   // no valid key
             T sum = 0;
             for (int j = 0; j < Tk; j++) {
-                s[j] = (s[j] == -INFINITY) ? T(0) : exp(s[j] - maxval);
-                sum += s[j];
+                row[j] = row[j] == -INFINITY ? T(0) : exp(row[j] - maxval);
+                sum += row[j];
             }
-            for (int j = 0; j < Tk; j++) {
-                if (s[j] == 0) continue;
-                const T p = s[j] / sum;
-                const T* vj = v + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                for (int d = 0; d < HD; d++) oi[d] += p * vj[d];
-            }
-            *lse_i = maxval + log(sum);
+            for (int j = 0; j < Tk; j++) row[j] = sum > 0 ? row[j] / sum : T(0);      // no valid key: P = 0
+            lse[(size_t)bh * Tq + i] = sum > 0 ? maxval + log(sum) : -INFINITY;
         }
+        gemm_ref<T, false>(o.data(), p.data(), m.v.data(), Tq, HD, Tk, false);          // O = P V
+        head_scatter(out + (size_t)b * Tq * C + h * HD, o.data(), Tq, HD, C);
     }
 }
 
@@ -71,38 +99,32 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; bh++) {
         const int b = bh / NH, h = bh % NH;
-        for (int j = 0; j < Tk; j++) {
-            T* dkj = dk + (size_t)(b * Tk + j) * kv_stride + h * HD;
-            T* dvj = dv + (size_t)(b * Tk + j) * kv_stride + h * HD;
-            for (int d = 0; d < HD; d++) dkj[d] = dvj[d] = 0;
-        }
+        const uint8_t* mask = key_mask ? key_mask + (size_t)b * Tk : nullptr;
+        HeadMatrices<T> m(q + (size_t)b * Tq * q_stride + h * HD, k + (size_t)b * Tk * kv_stride + h * HD,
+                          v + (size_t)b * Tk * kv_stride + h * HD, Tq, Tk, HD, q_stride, kv_stride);
+        std::vector<T> p((size_t)Tq * Tk), dp((size_t)Tq * Tk), vt((size_t)HD * Tk), d_o((size_t)Tq * HD),
+            o((size_t)Tq * HD), g((size_t)std::max(Tq, Tk) * HD);
+        head_gather(d_o.data(), dout + (size_t)b * Tq * C + h * HD, Tq, HD, C);
+        head_gather(o.data(), out + (size_t)b * Tq * C + h * HD, Tq, HD, C);
+        transpose_ref(vt.data(), m.v.data(), Tk, HD);
+        gemm_ref<T, false>(p.data(), m.q.data(), m.kt.data(), Tq, Tk, HD, false);        // S, then P from lse
+        gemm_ref<T, false>(dp.data(), d_o.data(), vt.data(), Tq, Tk, HD, false);        // dP = dO V^T
         for (int i = 0; i < Tq; i++) {
-            const T* qi = q + (size_t)(b * Tq + i) * q_stride + h * HD;
-            const T* oi = out + (size_t)(b * Tq + i) * C + h * HD;
-            const T* doi = dout + (size_t)(b * Tq + i) * C + h * HD;
-            T* dqi = dq + (size_t)(b * Tq + i) * q_stride + h * HD;
-            for (int d = 0; d < HD; d++) dqi[d] = 0;
             const T lse_i = lse[(size_t)bh * Tq + i];
-            if (lse_i == -INFINITY) continue;
             T D = 0;
-            for (int d = 0; d < HD; d++) D += doi[d] * oi[d];
+            for (int d = 0; d < HD; d++) D += d_o[(size_t)i * HD + d] * o[(size_t)i * HD + d];
             for (int j = 0; j < Tk; j++) {
-                if (key_mask && !key_mask[(size_t)b * Tk + j]) continue;
-                const T* kj = k + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                const T* vj = v + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                T dot = 0, dp = 0;
-                for (int d = 0; d < HD; d++) { dot += qi[d] * kj[d]; dp += doi[d] * vj[d]; }
-                const T p = exp(dot * scale - lse_i);
-                const T ds = p * (dp - D) * scale;
-                T* dkj = dk + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                T* dvj = dv + (size_t)(b * Tk + j) * kv_stride + h * HD;
-                for (int d = 0; d < HD; d++) {
-                    dqi[d] += ds * kj[d];
-                    dkj[d] += ds * qi[d];
-                    dvj[d] += p * doi[d];
-                }
+                T& pij = p[(size_t)i * Tk + j];
+                pij = (lse_i == -INFINITY || (mask && !mask[j])) ? T(0) : exp(pij * scale - lse_i);
+                dp[(size_t)i * Tk + j] = pij * (dp[(size_t)i * Tk + j] - D) * scale;     // dS (scaled)
             }
         }
+        gemm_ref<T, false>(g.data(), dp.data(), m.k.data(), Tq, HD, Tk, false);          // dQ = dS K
+        head_scatter(dq + (size_t)b * Tq * q_stride + h * HD, g.data(), Tq, HD, q_stride);
+        gemm_ref<T, true>(g.data(), dp.data(), m.q.data(), Tk, HD, Tq, false);           // dK = dS^T Q
+        head_scatter(dk + (size_t)b * Tk * kv_stride + h * HD, g.data(), Tk, HD, kv_stride);
+        gemm_ref<T, true>(g.data(), p.data(), d_o.data(), Tk, HD, Tq, false);            // dV = P^T dO
+        head_scatter(dv + (size_t)b * Tk * kv_stride + h * HD, g.data(), Tk, HD, kv_stride);
     }
 }
 

@@ -10,8 +10,8 @@
 // input also feeds a residual branch whose gradient is already in dinp. bias and dbias may be null.
 //
 // CPU reference: every product goes through one register-tiled GEMM, C (M, N) (+)= A (M, K) @ B (K, N),
-// parallel over blocks of rows with OpenMP. Each output element is summed by one thread in a fixed k
-// order, so results do not depend on the number of threads.
+// parallel over blocks of rows with OpenMP (the attention reference uses it too). Each output element is
+// summed by one thread in a fixed k order, so results do not depend on the number of threads.
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -20,40 +20,44 @@
 // ----------------------------------------------------------------------------------------------------------
 // CPU reference
 
+// One MR x NR tile of C at (m0, n0), accumulated in registers over all k (fixed sizes: vectorised).
+template <typename T, bool A_TRANS, int MR, int NR>
+inline void gemm_tile(T* C, const T* A, const T* B, int M, int N, int K, int m0, int n0, bool accumulate) {
+    T acc[MR][NR];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = accumulate ? C[(size_t)(m0 + i) * N + n0 + j] : T(0);
+    for (int k = 0; k < K; k++) {
+        const T* b = B + (size_t)k * N + n0;
+        for (int i = 0; i < MR; i++) {
+            const T a = A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k];
+            for (int j = 0; j < NR; j++) acc[i][j] += a * b[j];
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) C[(size_t)(m0 + i) * N + n0 + j] = acc[i][j];
+}
+
 // C[m, n] (+)= sum_k A(m, k) * B[k, n], with A(m, k) = A[m*K + k], or A[k*M + m] when A_TRANS.
+// Full 4 x 32 and 4 x 16 tiles take the register-tiled path; the ragged edges a plain loop.
 template <typename T, bool A_TRANS>
 void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate) {
-    constexpr int MR = 4, NR = 32;    // a 4 x 32 tile of C lives in registers while k runs
+    constexpr int MR = 4;
     const int m_tiles = CEIL_DIV(M, MR);
 #pragma omp parallel for schedule(static)
     for (int mt = 0; mt < m_tiles; mt++) {
         const int m0 = mt * MR, mb = std::min(MR, M - m0);
-        for (int n0 = 0; n0 < N; n0 += NR) {
-            const int nb = std::min(NR, N - n0);
-            T acc[MR][NR];
-            for (int i = 0; i < MR; i++)
-                for (int j = 0; j < NR; j++)
-                    acc[i][j] = (accumulate && i < mb && j < nb) ? C[(size_t)(m0 + i) * N + n0 + j] : T(0);
-            if (mb == MR && nb == NR) {           // full tile: fixed trip counts, vectorised
-                for (int k = 0; k < K; k++) {
-                    const T* b = B + (size_t)k * N + n0;
-                    for (int i = 0; i < MR; i++) {
-                        const T a = A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k];
-                        for (int j = 0; j < NR; j++) acc[i][j] += a * b[j];
-                    }
-                }
-            } else {                              // ragged edge tile
-                for (int k = 0; k < K; k++) {
-                    const T* b = B + (size_t)k * N + n0;
-                    for (int i = 0; i < mb; i++) {
-                        const T a = A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k];
-                        for (int j = 0; j < nb; j++) acc[i][j] += a * b[j];
-                    }
-                }
-            }
-            for (int i = 0; i < mb; i++)
-                for (int j = 0; j < nb; j++) C[(size_t)(m0 + i) * N + n0 + j] = acc[i][j];
+        int n0 = 0;
+        if (mb == MR) {
+            for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, MR, 32>(C, A, B, M, N, K, m0, n0, accumulate);
+            for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, MR, 16>(C, A, B, M, N, K, m0, n0, accumulate);
         }
+        for (int i = 0; i < mb; i++)                      // what is left: rows of the last tile, last columns
+            for (int j = n0; j < N; j++) {
+                T sum = accumulate ? C[(size_t)(m0 + i) * N + j] : T(0);
+                for (int k = 0; k < K; k++)
+                    sum += (A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k]) * B[(size_t)k * N + j];
+                C[(size_t)(m0 + i) * N + j] = sum;
+            }
     }
 }
 

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Training curves from train_etrm run logs: a PNG (with matplotlib), a CSV and a text summary.
+
+Usage:  python3 dev/plot.py LOG [LOG ...] [--out curves.png] [--keys loss,exact_acc,...]
+                            [--csv out.csv] [--smooth N]
+
+LOG is a log.txt or a checkpoint directory holding one.  Only lines of the form
+  train step=12 loss=2.0155 lm_loss=2.0122 ... samples_per_s=13.8
+  eval step=20 set=eval tasks=10 ... pass@1=0.0000 pass@2=0.0000 pass@5=0.0000 seconds=3.3
+are read; anything else (headers, progress, checkpoint lines) is ignored.  A resumed run appends
+to the same log, so a step may appear twice: the later line wins.
+
+Keys are the train fields (loss, lm_loss, ..., samples_per_s) and the eval fields prefixed with
+"eval/" (eval/pass@1, eval/exact_acc, ...; one curve per eval set).  The default keys are those
+of DEFAULT_KEYS present in the logs; the grad_norm panel also shows grad_norm_enc/grad_norm_dec.
+The PNG has one panel per key, several logs overlaid and labelled by their directory names;
+--smooth N draws the train curves as a trailing N-step moving average.
+
+The CSV (--csv, or --out with a .csv suffix when matplotlib is missing) has the columns
+  log,kind,set,step,<every field in first-seen order>
+with one row per train step and per eval (set, step), values copied from the log as written,
+empty where a line lacks the field.  A summary (steps, last and best value of each key) is
+always printed.  Bad input (a missing log, no train/eval lines, an unknown key) exits 1 with one line.
+"""
+import argparse
+import csv
+import os
+import sys
+
+DEFAULT_KEYS = ("loss", "lm_loss", "q_halt_loss", "kl", "token_acc", "exact_acc", "q_halt_acc", "act_steps", "lr",
+                "grad_norm", "encoder_cross_sample_var", "samples_per_s", "eval/pass@1", "eval/pass@2",
+                "eval/exact_acc")
+COMPANIONS = {"grad_norm": ("grad_norm_enc", "grad_norm_dec")}   # drawn in the same panel
+HIGHER_BETTER = ("acc", "pass@", "samples_per_s")
+LOWER_BETTER = ("loss", "kl", "ms", "seconds")
+EVAL = "eval/"
+
+
+class InputError(Exception):
+    pass
+
+
+def log_path(arg):
+    path = os.path.join(arg, "log.txt") if os.path.isdir(arg) else arg
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such log file")
+    return path
+
+
+def parse_line(line):
+    """('train' | 'eval', fields) for a train/eval line, else None."""
+    tokens = line.split()
+    if len(tokens) < 2 or tokens[0] not in ("train", "eval") or not all("=" in t for t in tokens[1:]):
+        return None
+    fields = dict(t.split("=", 1) for t in tokens[1:])
+    if not fields.get("step", "").isdigit() or (tokens[0] == "eval" and not fields.get("set")):
+        return None
+    return tokens[0], fields
+
+
+def parse_log(path):
+    """{"path", "train": {step: fields}, "eval": {(set, step): fields}}, later lines winning."""
+    run = {"path": path, "train": {}, "eval": {}}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parsed = parse_line(line)
+                if parsed is None:
+                    continue
+                kind, fields = parsed
+                step = int(fields["step"])
+                run[kind][step if kind == "train" else (fields["set"], step)] = fields
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}")
+    if not run["train"] and not run["eval"]:
+        raise InputError(f"{path}: no train or eval lines")
+    return run
+
+
+def label_runs(runs, args):
+    """Label each run by its directory's name, or by the path given where those names collide."""
+    names = [os.path.basename(os.path.dirname(os.path.abspath(r["path"]))) for r in runs]
+    for run, name, arg in zip(runs, names, args):
+        run["label"] = name if names.count(name) == 1 else arg
+
+
+def rows(run):
+    """The run's records in CSV order: (kind, set, step, fields)."""
+    out = [("train", "", step, run["train"][step]) for step in sorted(run["train"])]
+    out += [("eval", s, step, run["eval"][(s, step)]) for s, step in sorted(run["eval"], key=lambda k: (k[1], k[0]))]
+    return out
+
+
+def write_csv(path, runs):
+    fields = []
+    for run in runs:
+        for _, _, _, rec in rows(run):
+            fields += [k for k in rec if k not in ("step", "set") and k not in fields]
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["log", "kind", "set", "step"] + fields)
+            for run in runs:
+                for kind, s, step, rec in rows(run):
+                    w.writerow([run["label"], kind, s, step] + [rec.get(k, "") for k in fields])
+    except OSError as e:
+        raise InputError(f"{path}: cannot write: {e.strerror}")
+
+
+def number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def series(run, key):
+    """{curve name: [(step, value, text)]}: one curve for a train key, one per eval set for an eval key."""
+    curves = {}
+    if key.startswith(EVAL):
+        for (s, step), rec in sorted(run["eval"].items(), key=lambda kv: kv[0][1]):
+            curves.setdefault(s, []).append((step, rec.get(key[len(EVAL):])))
+    else:
+        curves[""] = [(step, run["train"][step].get(key)) for step in sorted(run["train"])]
+    out = {}
+    for name, points in curves.items():
+        kept = [(step, number(text), text) for step, text in points if text is not None and number(text) is not None]
+        if kept:
+            out[name] = kept
+    return out
+
+
+def available_keys(runs):
+    keys = []
+    for run in runs:
+        for kind, _, _, rec in rows(run):
+            prefix = EVAL if kind == "eval" else ""
+            keys += [prefix + k for k, v in rec.items()
+                     if k not in ("step", "set") and number(v) is not None and prefix + k not in keys]
+    return keys
+
+
+def choose_keys(spec, runs):
+    available = available_keys(runs)
+    if spec is None:
+        return [k for k in DEFAULT_KEYS if k in available]
+    keys = [k.strip() for k in spec.split(",") if k.strip()]
+    for k in keys:
+        if k not in available:
+            raise InputError(f"unknown key '{k}'; available: {', '.join(available)}")
+    return keys
+
+
+def best(key, points):
+    """'best=... (step N)' in the key's better direction, or the range when it has none."""
+    name = key[len(EVAL):] if key.startswith(EVAL) else key
+    if any(s in name for s in HIGHER_BETTER):
+        step, _, text = max(points, key=lambda p: p[1])
+    elif any(s in name for s in LOWER_BETTER):
+        step, _, text = min(points, key=lambda p: p[1])
+    else:
+        return f"min={min(points, key=lambda p: p[1])[2]} max={max(points, key=lambda p: p[1])[2]}"
+    return f"best={text} (step {step})"
+
+
+def summary(runs, keys):
+    lines = []
+    for run in runs:
+        steps = sorted(run["train"])
+        sets = sorted({s for s, _ in run["eval"]})
+        head = f"{run['label']} ({run['path']}): {len(steps)} train steps"
+        head += f" ({steps[0]}..{steps[-1]})" if steps else ""
+        lines.append(head + f", {len(run['eval'])} eval points" + (f" (sets {', '.join(sets)})" if sets else ""))
+        for key in keys:
+            for name, points in series(run, key).items():
+                step, _, text = points[-1]
+                tag = f"{key}[{name}]" if name else key
+                lines.append(f"  {tag:28s} last={text} (step {step})  {best(key, points)}")
+    return "\n".join(lines)
+
+
+def moving_average(values, n):
+    """Trailing n-point moving average (shorter windows at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - n] if i >= n else 0.0)
+        out.append(total / min(i + 1, n))
+    return out
+
+
+def plot(path, runs, keys, smooth, plt):
+    cols = min(3, len(keys))
+    nrows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for run in runs:
+            prefix = run["label"] if len(runs) > 1 else ""
+            for k in (key,) + COMPANIONS.get(key, ()):
+                for name, points in series(run, k).items():
+                    xs, ys = [p[0] for p in points], [p[1] for p in points]
+                    if k.startswith(EVAL):
+                        ax.plot(xs, ys, marker="o", label=" ".join(filter(None, (prefix, name))))
+                    else:
+                        ys = moving_average(ys, smooth) if smooth > 1 else ys
+                        ax.plot(xs, ys, label=" ".join(filter(None, (prefix, k if k != key else ""))))
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if any(line.get_label() for line in ax.get_lines()):
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write: {e.strerror}")
+    finally:
+        plt.close(fig)
+
+
+def load_pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description="Plot / tabulate train_etrm run logs.")
+    ap.add_argument("logs", metavar="LOG", nargs="+", help="log.txt or checkpoint directory")
+    ap.add_argument("--out", default="curves.png", help="PNG to write (default curves.png)")
+    ap.add_argument("--keys", help="comma-separated keys (default: the usual ones present)")
+    ap.add_argument("--csv", help="also write the train and eval series to this CSV")
+    ap.add_argument("--smooth", type=int, default=1, metavar="N", help="moving average over N train steps")
+    args = ap.parse_args(argv)
+    if args.smooth < 1:
+        ap.error("--smooth must be at least 1")
+    try:
+        runs = [parse_log(log_path(arg)) for arg in args.logs]
+        label_runs(runs, args.logs)
+        keys = choose_keys(args.keys, runs)
+        plt = load_pyplot()
+        csv_path = args.csv or (None if plt else os.path.splitext(args.out)[0] + ".csv")
+        written = [csv_path] if csv_path else []
+        if csv_path:
+            write_csv(csv_path, runs)
+        if plt and keys:
+            plot(args.out, runs, keys, args.smooth, plt)
+            written.append(args.out)
+    except InputError as e:
+        print(f"{ap.prog}: {e}", file=sys.stderr)
+        return 1
+    print(summary(runs, keys))
+    print("wrote " + " and ".join(written) if written else "wrote nothing (no keys to plot)")
+    if plt is None:
+        print(f"{ap.prog}: matplotlib is not installed (pip install matplotlib): CSV only, no PNG", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
