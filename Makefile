@@ -73,13 +73,20 @@ run: train_etrm_cpu $(SYNTH)/train.bin
 	./train_etrm_cpu $(RUN_ARGS)
 
 # --- tests --------------------------------------------------------------------------------------------------
-TEST_BINS := build/test_ops build/test_augment build/test_safetensors
+# `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
+TEST_BINS := build/test_ops build/test_augment build/test_safetensors build/test_model
 build/%: test/%.cpp $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
+# the whole-graph gradient check includes the trainer and runs it in double precision
+build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 
-test: train_etrm_cpu $(TEST_BINS)
-	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_safetensors" "$(PYTHON) test/test_data.py"
+test: train_etrm_cpu $(TEST_BINS) $(SYNTH)/train.bin
+	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_safetensors" "./build/test_model" \
+		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
+		"$(PYTHON) test/test_learning.py"
 
 clean:
 	rm -rf build train_etrm_cpu train_etrm

@@ -124,7 +124,8 @@ def series(run, key):
         curves[""] = [(step, run["train"][step].get(key)) for step in sorted(run["train"])]
     out = {}
     for name, points in curves.items():
-        kept = [(step, number(text), text) for step, text in points if text is not None and number(text) is not None]
+        kept = [(step, number(text), text) for step, text in points if text is not None]
+        kept = [p for p in kept if p[1] is not None]
         if kept:
             out[name] = kept
     return out
@@ -199,14 +200,16 @@ def plot(path, runs, keys, smooth, plt):
                 for name, points in series(run, k).items():
                     xs, ys = [p[0] for p in points], [p[1] for p in points]
                     if k.startswith(EVAL):
-                        ax.plot(xs, ys, marker="o", label=" ".join(filter(None, (prefix, name))))
+                        label = " ".join(filter(None, (prefix, name)))
+                        ax.plot(xs, ys, marker="o", label=label or None)
                     else:
                         ys = moving_average(ys, smooth) if smooth > 1 else ys
-                        ax.plot(xs, ys, label=" ".join(filter(None, (prefix, k if k != key else ""))))
+                        label = " ".join(filter(None, (prefix, k if key in COMPANIONS else "")))
+                        ax.plot(xs, ys, label=label or None)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if any(line.get_label() for line in ax.get_lines()):
+        if any(not line.get_label().startswith("_") for line in ax.get_lines()):
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
