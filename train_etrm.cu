@@ -260,7 +260,18 @@ static void config_validate(const Config& c) {
         if ((c.encoder_type == "standard" || c.encoder_type.rfind("hybrid", 0) == 0) && c.encoder_set_layers <= 0)
             fatal("encoder_set_layers=%d: %s needs at least one set-encoder layer", c.encoder_set_layers, c.encoder_type.c_str());
     }
-    if (c.puzzle_emb_ndim < 0) fatal("puzzle_emb_ndim=%d: must be >= 0", c.puzzle_emb_ndim);
+    auto non_negative = [](const char* key, double v) { if (!(v >= 0)) fatal("%s=%g: must be >= 0", key, v); };
+    non_negative("lr", c.lr); non_negative("lr_warmup_steps", c.lr_warmup_steps); non_negative("weight_decay", c.weight_decay);
+    non_negative("grad_clip_norm", c.grad_clip_norm); non_negative("kl_weight", c.kl_weight);
+    non_negative("kl_anneal_steps", c.kl_anneal_steps); non_negative("encoder_lr_scale", c.encoder_lr_scale);
+    non_negative("freeze_decoder_steps", c.freeze_decoder_steps); non_negative("puzzle_emb_lr", c.puzzle_emb_lr);
+    non_negative("puzzle_emb_weight_decay", c.puzzle_emb_weight_decay); non_negative("lr_min_ratio", c.lr_min_ratio);
+    non_negative("checkpoint_every", c.checkpoint_every); non_negative("checkpoint_keep", c.checkpoint_keep);
+    non_negative("eval_interval", c.eval_interval); non_negative("puzzle_emb_ndim", c.puzzle_emb_ndim);
+    non_negative("puzzle_emb_len", c.puzzle_emb_len); non_negative("encoder_set_layers", c.encoder_set_layers);
+    if (!(c.expansion > 0) || !(c.rope_theta > 0) || !(c.rms_norm_eps > 0) || !(c.adam_eps > 0))
+        fatal("expansion=%g, rope_theta=%g, rms_norm_eps=%g and adam_eps=%g must be positive", c.expansion, c.rope_theta, c.rms_norm_eps, c.adam_eps);
+    if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1)) fatal("beta1=%g, beta2=%g: must be in [0, 1)", c.beta1, c.beta2);
     if (c.encoder_type == "none" && c.puzzle_emb_len > 0 && (c.puzzle_emb_ndim > 0 ? c.puzzle_emb_ndim : c.hidden_size) > c.puzzle_emb_len * c.hidden_size)
         fatal("puzzle_emb_ndim=%d does not fit in puzzle_emb_len=%d positions of hidden_size=%d", c.puzzle_emb_ndim, c.puzzle_emb_len, c.hidden_size);
     if (c.micro_batch_size < 0 || (c.micro_batch_size > 0 && c.global_batch_size % c.micro_batch_size))
@@ -1988,7 +1999,7 @@ int main(int argc, char** argv) {
 
     const double t_start = wall_time();
     const int first_step = ts.step + 1;
-    bool saved = false;
+    if (first_step > total_steps) log_printf(&log, "nothing to do: the run is at step %d of %d\n", ts.step, total_steps);
     for (int step = first_step; step <= total_steps; step++) {
         const double t0 = wall_time();
         DebugCapture cap;
@@ -2014,17 +2025,10 @@ int main(int argc, char** argv) {
             log_printf(&log, "progress step=%d/%d (%.1f%%) elapsed=%s eta=%s\n", step, total_steps, 100.0 * step / total_steps,
                        format_duration(elapsed).c_str(), format_duration(elapsed / done * (total_steps - step)).c_str());
         }
-        saved = false;
-        if ((eval_every && step % eval_every == 0) || step == total_steps) {
-            if (!dl.test_names.empty()) evaluate(m, &dl, step, &log);
-            checkpoint_save(m, dl, ts, config_text, &log);
-            saved = true;
-        } else if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) {
-            checkpoint_save(m, dl, ts, config_text, &log);
-            saved = true;
-        }
+        const bool eval_now = (eval_every && step % eval_every == 0) || step == total_steps;
+        if (eval_now && !dl.test_names.empty()) evaluate(m, &dl, step, &log);
+        if (eval_now || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)) checkpoint_save(m, dl, ts, config_text, &log);
     }
-    if (!saved && ts.step > 0 && first_step > total_steps) log_printf(&log, "nothing to do: the checkpoint is at step %d of %d\n", ts.step, total_steps);
     logger_close(&log);
     return 0;
 }

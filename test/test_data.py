@@ -13,10 +13,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "data"))
+from harness import Skip, check, finish  # noqa: E402
 import arc_format  # noqa: E402
 import synth  # noqa: E402
 
@@ -24,31 +24,7 @@ SHARED = os.path.join(ROOT, os.pardir, "shared", "data")
 REAL_SETS = ("arc-agi-1/data/training", "arc-agi-1/data/evaluation",
              "arc-agi-2/data/training", "arc-agi-2/data/evaluation")
 TMP = None  # scratch folder, made by main()
-counts = {"passed": 0, "failed": 0}
 
-
-class Skip(Exception):
-    pass
-
-
-def check(name, fn, *args):
-    """Run one check and print its PASS / FAIL / SKIP line."""
-    try:
-        fn(*args)
-    except Skip as e:
-        print(f"SKIP {name}: {e}")
-        return
-    except AssertionError as e:
-        print(f"FAIL {name}: {e}")
-        counts["failed"] += 1
-        return
-    except Exception as e:
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        print(f"FAIL {name}: {type(e).__name__}: {e} (line {where.lineno})")
-        counts["failed"] += 1
-        return
-    print(f"PASS {name}")
-    counts["passed"] += 1
 
 
 def tmp_dir(name):
@@ -461,8 +437,7 @@ def main():
         run_checks()
     finally:
         shutil.rmtree(TMP)
-    print(f"{counts['passed']} passed, {counts['failed']} failed")
-    return 1 if counts["failed"] else 0
+    finish()
 
 
 def run_checks():
@@ -494,4 +469,4 @@ def run_checks():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

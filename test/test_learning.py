@@ -12,8 +12,9 @@ The numbers measured on the development machine are in README.md ("Measured").
 import os
 import re
 import subprocess
-import sys
 import time
+
+from harness import expect, finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(ROOT, "data", "synth")
@@ -35,25 +36,21 @@ def main():
     try:
         p = subprocess.run(args, capture_output=True, text=True, timeout=TIME_LIMIT)
     except subprocess.TimeoutExpired:
-        print(f"FAIL learning: not finished within {TIME_LIMIT} s")
-        print("0 passed, 1 failed")
-        sys.exit(1)
+        expect(False, "learning", f"not finished within {TIME_LIMIT} s")
+        finish()
     seconds = time.time() - t0
     evals = {m.group(1): m.group(0) for m in re.finditer(r"^eval step=\d+ set=(\S+) .*$", p.stdout, re.M)}
     if p.returncode != 0 or "train" not in evals or "heldout" not in evals:
-        print(f"FAIL learning: train_etrm_cpu exited {p.returncode}: {p.stderr.strip()[-300:]}")
-        print("0 passed, 1 failed")
-        sys.exit(1)
+        expect(False, "learning", f"train_etrm_cpu exited {p.returncode}: {p.stderr.strip()[-300:]}")
+        finish()
     value = lambda line, key: float(re.search(rf" {re.escape(key)}=(\S+)", line).group(1))
     train_pass1 = value(evals["train"], "pass@1")
     print(f"  training tasks: exact_acc={value(evals['train'], 'exact_acc'):.3f} pass@1={train_pass1:.3f} "
           f"pass@2={value(evals['train'], 'pass@2'):.3f}   held-out families: exact_acc="
           f"{value(evals['heldout'], 'exact_acc'):.3f} pass@1={value(evals['heldout'], 'pass@1'):.3f}   ({seconds:.0f} s)")
-    ok = train_pass1 >= THRESHOLD
-    print(("PASS" if ok else "FAIL") + f" learning: pass@1 on the 32 training tasks {train_pass1:.3f} "
-          f"(>= {THRESHOLD}) after 800 steps in {seconds:.0f} s (<= {TIME_LIMIT})")
-    print(f"{int(ok)} passed, {int(not ok)} failed")
-    sys.exit(0 if ok else 1)
+    expect(train_pass1 >= THRESHOLD, f"learning: pass@1 on the 32 training tasks {train_pass1:.3f} (>= {THRESHOLD}) "
+           f"after 800 steps in {seconds:.0f} s (<= {TIME_LIMIT})", "below the threshold")
+    finish()
 
 
 if __name__ == "__main__":

@@ -158,15 +158,20 @@ static void randomize(Model* m, Rng* rng) {
     for (size_t i = 0; i < (size_t)m->n_puzzle_ids * m->d.ndim; i++) m->puzzle_emb[i] = rng_normal(rng) * 0.3;
 }
 
+// A model of configuration c with random weights (every path active), and a random batch for it.
+static std::vector<Sample> random_model(Model* m, const Config& c, Rng* rng) {
+    model_build(m, c, CANVAS, N_IDS, B);
+    model_init_weights(m, 7);
+    randomize(m, rng);
+    return random_batch(*m, rng);
+}
+
 static void test_variant(const char* encoder, const char* label, void (*tweak)(Config*)) {
     Config c = tiny_config(encoder);
     if (tweak) tweak(&c);
     Rng rng = rng_make(1234);
     Model m;
-    model_build(&m, c, CANVAS, N_IDS, B);
-    model_init_weights(&m, 7);
-    randomize(&m, &rng);
-    std::vector<Sample> batch = random_batch(m, &rng);
+    std::vector<Sample> batch = random_model(&m, c, &rng);
     gradcheck(&m, batch, save_carry(m), label, &rng);
 }
 
@@ -176,10 +181,7 @@ static void test_truncated_gradient(const char* encoder) {
     c2.H_cycles = 2;
     Rng rng = rng_make(99);
     Model m2;
-    model_build(&m2, c2, CANVAS, N_IDS, B);
-    model_init_weights(&m2, 7);
-    randomize(&m2, &rng);
-    std::vector<Sample> batch = random_batch(m2, &rng);
+    std::vector<Sample> batch = random_model(&m2, c2, &rng);
     std::vector<double> g2, r2, g1, r1;
     backward(&m2, batch, &g2, &r2);
 

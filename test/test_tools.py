@@ -13,34 +13,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "dev"))
+from harness import check, finish  # noqa: E402
 import plot  # noqa: E402
 import submission  # noqa: E402
 
 TMP = None  # scratch folder, made by main()
-counts = {"passed": 0, "failed": 0}
 
 G1, G2, G3, G4, G5 = [[1]], [[2, 2]], [[3], [3]], [[4, 4], [4, 4]], [[5, 0, 5]]
-
-
-def check(name, fn, *args):
-    """Run one check and print its PASS / FAIL line."""
-    try:
-        fn(*args)
-    except AssertionError as e:
-        print(f"FAIL {name}: {e}")
-        counts["failed"] += 1
-        return
-    except Exception as e:
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        print(f"FAIL {name}: {type(e).__name__}: {e} (line {where.lineno})")
-        counts["failed"] += 1
-        return
-    print(f"PASS {name}")
-    counts["passed"] += 1
 
 
 def path_in_tmp(*parts):
@@ -362,9 +344,8 @@ def main():
         run_checks()
     finally:
         shutil.rmtree(TMP)
-    print(f"{counts['passed']} passed, {counts['failed']} failed")
-    return 1 if counts["failed"] else 0
+    finish()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

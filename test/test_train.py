@@ -18,22 +18,16 @@ import subprocess
 import sys
 import tempfile
 
+from harness import expect as check, finish
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "train_etrm_cpu")
 SYNTH = os.path.join(ROOT, "data", "synth")
-passed = failed = 0
 
 # A configuration small enough that a step takes milliseconds.
 TINY = ["hidden_size=16", "num_heads=2", "L_layers=2", "H_cycles=2", "L_cycles=2", "puzzle_emb_len=2",
         "encoder_num_layers=1", "global_batch_size=8", "num_aug=3", "halt_max_steps=3", "max_demos=4",
         "lr=1e-3", "lr_warmup_steps=2", "log_every=1", "eval_num_aug=2", "max_eval_groups=4", "max_train_groups=40"]
-
-
-def check(ok, name, why=""):
-    global passed, failed
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else ": " + why), flush=True)
-    passed += bool(ok)
-    failed += not ok
 
 
 def run(args, cwd=None):
@@ -127,6 +121,7 @@ def test_micro_batches(tmp):
 
 def test_debug_state(tmp):
     torch_python = None
+    oracle = os.path.join(os.path.dirname(ROOT), "shared", "bench", "torch_trm.py")
     for py in (sys.executable, "/usr/bin/python3"):
         if os.path.exists(py) and subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0:
             torch_python = py
@@ -151,8 +146,9 @@ def test_debug_state(tmp):
         ok = needed <= names and h["out.logits"]["shape"] == [8, 64, 12] and "config" in h["__metadata__"]
         ok = ok and params - {"inner.H_init", "inner.L_init", "inner.puzzle_emb.weights"} <= grads
         check(ok, f"debug_state: names, shapes and config ({enc})", f"missing {sorted(needed - names)}")
-        if torch_python is None:
-            print(f"SKIP debug_state == PyTorch oracle ({enc}): torch is not installed (apt-get install python3-torch)")
+        if torch_python is None or not os.path.exists(oracle):
+            why = "torch is not installed (apt-get install python3-torch)" if torch_python is None else f"no {oracle}"
+            print(f"SKIP debug_state == PyTorch oracle ({enc}): {why}")
             continue
         p = subprocess.run([torch_python, os.path.join(ROOT, "dev", "check_debug_state.py"), path],
                            capture_output=True, text=True)
@@ -242,8 +238,7 @@ def main():
                 check(False, test.__name__, f"{type(e).__name__}: {e}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":
