@@ -28,6 +28,7 @@ both backends.
 #include <sys/stat.h>
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -84,6 +85,8 @@ both backends.
 #include "kernels/global_norm.cuh"
 // defines: puzzle_emb_gather, sign_sgd_update
 #include "kernels/puzzle_embedding.cuh"
+// defines: convert_to_floatS
+#include "kernels/convert.cuh"
 
 // ----------------------------------------------------------------------------------------------------------
 // 1. Configuration: the upstream config names (TinyRecursiveModels cfg_pretrain.yaml + arch/trm.yaml, etrm
@@ -97,6 +100,8 @@ typedef struct {
     std::string encoder_type, encoder_norm_style, encoder_pooling_method, latent_mode;
     int encoder_num_layers, encoder_set_layers, set_encoder_final_norm, max_demos, latent_hold_steps, kl_anneal_steps;
     float encoder_prefix_scale, kl_weight;
+    int latent_opt_steps;
+    float latent_opt_lr;
     // optimisation
     int global_batch_size, micro_batch_size, epochs, eval_interval, max_steps, lr_warmup_steps, freeze_decoder_steps;
     int ema, seed;
@@ -119,6 +124,7 @@ static Config config_defaults() {
     c.encoder_type = "standard"; c.encoder_num_layers = 2; c.encoder_set_layers = 1; c.encoder_norm_style = "post";
     c.encoder_pooling_method = "mean"; c.set_encoder_final_norm = 1; c.encoder_prefix_scale = 0.0f;
     c.latent_mode = "sample"; c.latent_hold_steps = 100; c.kl_weight = 1e-4f; c.kl_anneal_steps = 0; c.max_demos = 10;
+    c.latent_opt_steps = 0; c.latent_opt_lr = 1e-2f;
     c.global_batch_size = 384; c.micro_batch_size = 0; c.epochs = 100000; c.eval_interval = 10000; c.max_steps = 0;
     c.lr = 1e-4f; c.lr_min_ratio = 1.0f; c.lr_warmup_steps = 2000; c.beta1 = 0.9f; c.beta2 = 0.95f;
     c.weight_decay = 0.1f; c.grad_clip_norm = 1.0f; c.optimizer = "adam_atan2"; c.adam_eps = 1e-8f;
@@ -159,6 +165,8 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"kl_weight", ARG_FLOAT, &c->kl_weight, "weight of the KL term (variational encoders)", nullptr},
         {"kl_anneal_steps", ARG_INT, &c->kl_anneal_steps, "linear warm-up of the KL weight over this many steps (0: off)", nullptr},
         {"max_demos", ARG_INT, &c->max_demos, "demonstration slots per sample (extra demos are dropped)", nullptr},
+        {"latent_opt_steps", ARG_INT, &c->latent_opt_steps, "evaluation: Adam steps refining each sample's encoder latent on its demonstrations (LPN-style; 0: off)", nullptr},
+        {"latent_opt_lr", ARG_FLOAT, &c->latent_opt_lr, "learning rate of latent_opt_steps", nullptr},
         // optimisation
         {"global_batch_size", ARG_INT, &c->global_batch_size, "samples per optimizer step", nullptr},
         {"micro_batch_size", ARG_INT, &c->micro_batch_size, "samples per forward/backward, gradients accumulated (0: the whole batch)", nullptr},
@@ -269,6 +277,8 @@ static void config_validate(const Config& c) {
     non_negative("checkpoint_every", c.checkpoint_every); non_negative("checkpoint_keep", c.checkpoint_keep);
     non_negative("eval_interval", c.eval_interval); non_negative("puzzle_emb_ndim", c.puzzle_emb_ndim);
     non_negative("puzzle_emb_len", c.puzzle_emb_len); non_negative("encoder_set_layers", c.encoder_set_layers);
+    non_negative("latent_opt_steps", c.latent_opt_steps); non_negative("latent_opt_lr", c.latent_opt_lr);
+    if (c.latent_opt_steps > 0 && c.encoder_type == "none") fatal("latent_opt_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_opt_steps);
     if (!(c.expansion > 0) || !(c.rope_theta > 0) || !(c.rms_norm_eps > 0) || !(c.adam_eps > 0))
         fatal("expansion=%g, rope_theta=%g, rms_norm_eps=%g and adam_eps=%g must be positive", c.expansion, c.rope_theta, c.rms_norm_eps, c.adam_eps);
     if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1)) fatal("beta1=%g, beta2=%g: must be in [0, 1)", c.beta1, c.beta2);
@@ -508,6 +518,11 @@ typedef struct {
     floatX* context;                  // (B, P*D) the encoder output that becomes the decoder prefix
     // gradients of the above (the grid and set stacks use the shared scratch of Acts)
     floatX *d_pooled, *d_e, *d_E, *d_ctx, *d_ctx_mean, *d_zp, *d_mu, *d_logvar, *d_z, *d_agg;
+    // test-time latent optimisation (evaluation): the latent (B, L) of every sample, L = D or P*D, its Adam state
+    floatX *opt_latent, *opt_grad;
+    floatS *opt_master, *opt_grad_s, *opt_m, *opt_v;
+    floatX *opt_prefix, *opt_d_context, *opt_tmp;    // (B, P*D) demo rows' contexts; gradient; scatter scratch
+    int* opt_rows;                                   // (B) sample of each demo row
 } EncoderActs;
 
 typedef struct {
@@ -525,8 +540,10 @@ typedef struct {
     // loss
     floatS *lm_loss, *q_loss, *dloss_lm, *dloss_q;   // (B)
     int *n_valid, *n_correct, *preds;                // (B), (B), (B, S)
-    int* eval_steps;                                 // (B) evaluation's own ACT counters and flags
+    floatX *eval_z_H, *eval_z_L;                     // (B, T, D) evaluation's own carry, counters and flags
+    int* eval_steps;
     uint8_t* eval_halted;
+    floatS *weight_one, *weight_zero;                // (B) loss weights 1 and 0 (latent optimisation)
     // backward: G carries the gradient through a stack (in place); the rest is per-block scratch, shared by
     // the decoder and the encoder stacks (sized for the larger)
     floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
@@ -611,8 +628,12 @@ static void acts_layout(Arena* a, Model* m) {
     ac->dloss_lm = arena_take<floatS>(a, B); ac->dloss_q = arena_take<floatS>(a, B);
     ac->n_valid = arena_take<int>(a, B); ac->n_correct = arena_take<int>(a, B);
     ac->preds = arena_take<int>(a, (size_t)B * d.S);
+    ac->eval_z_H = arena_take<floatX>(a, BT * D);
+    ac->eval_z_L = arena_take<floatX>(a, BT * D);
     ac->eval_steps = arena_take<int>(a, B);
     ac->eval_halted = arena_take<uint8_t>(a, B);
+    ac->weight_one = arena_take<floatS>(a, B);
+    ac->weight_zero = arena_take<floatS>(a, B);
 
     size_t rows = BT;                                  // rows of the largest stack: sizes the backward scratch
     if (d.enc != ENC_NONE) {
@@ -656,6 +677,13 @@ static void acts_layout(Arena* a, Model* m) {
         e->d_logvar = arena_take<floatX>(a, latent_rows * D);
         e->d_z = arena_take<floatX>(a, latent_rows * D);
         e->d_agg = arena_take<floatX>(a, (size_t)B * D);
+        const size_t L = (size_t)B * d.P * D;             // the larger latent: the context tokens
+        e->opt_latent = arena_take<floatX>(a, L); e->opt_grad = arena_take<floatX>(a, L);
+        e->opt_master = arena_take<floatS>(a, L); e->opt_grad_s = arena_take<floatS>(a, L);
+        e->opt_m = arena_take<floatS>(a, L); e->opt_v = arena_take<floatS>(a, L);
+        e->opt_prefix = arena_take<floatX>(a, L); e->opt_d_context = arena_take<floatX>(a, L);
+        e->opt_tmp = arena_take<floatX>(a, L);
+        e->opt_rows = arena_take<int>(a, B);
     }
     // (cross-attention keeps dq, dk, dv side by side in d_qkv: B*P*D + 2*B*K*D values)
     ac->G = arena_take<floatX>(a, rows * D);
@@ -756,6 +784,9 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     std::vector<floatS> w_lm(m->mb, (floatS)(1.0 / c.global_batch_size)), w_q(m->mb, (floatS)(0.5 / c.global_batch_size));
     copy_to_device(m->acts.dloss_lm, w_lm.data(), m->mb * sizeof(floatS));
     copy_to_device(m->acts.dloss_q, w_q.data(), m->mb * sizeof(floatS));
+    std::vector<floatS> ones(m->mb, 1), zeros(m->mb, 0);
+    copy_to_device(m->acts.weight_one, ones.data(), m->mb * sizeof(floatS));
+    copy_to_device(m->acts.weight_zero, zeros.data(), m->mb * sizeof(floatS));
 
     // the ACT carry: every slot starts halted, so the first step resets it from H_init / L_init
     const size_t carry = (size_t)B_local * d.T * d.D;
@@ -906,8 +937,8 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
 }
 
 // x = sqrt(D) * concat(prefix, E_tok[inputs]) with the prefix from the puzzle embedding (TRM) or the encoder
-// context (ETRM, scaled by encoder_prefix_scale).
-static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int B, Stream st) {
+// context (B, P*D) (ETRM, scaled by encoder_prefix_scale).
+static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int B, const floatX* context, Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
     const size_t batch_stride = (size_t)d.T * d.D;
@@ -915,7 +946,7 @@ static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int
         puzzle_emb_gather(a->prefix_src, m->puzzle_emb, a->puzzle_ids, B, d.ndim, st);
         prefix_forward(a->x, a->prefix_src, B, d.ndim, d.P * d.D, batch_stride, sqrtf((float)d.D), st);
     } else {
-        prefix_forward(a->x, a->enc.context, B, d.P * d.D, d.P * d.D, batch_stride, d.prefix_scale, st);
+        prefix_forward(a->x, context, B, d.P * d.D, d.P * d.D, batch_stride, d.prefix_scale, st);
     }
     embedding_forward(a->x, a->inputs, w.embed_tokens, B, d.S, d.D, d.T, d.P, sqrtf((float)d.D), st);
 }
@@ -1020,8 +1051,9 @@ static void stack_backward(floatX* G, floatX* dmemory, const StackActs* a, const
 }
 
 // Backward of the loss through the heads and the last H cycle of the decoder (the earlier cycles and the
-// carry are detached, as upstream) down to the input embedding; leaves d prefix in acts.dprefix.
-static void decoder_backward(Model* m, const floatX* z_H, int B, Stream st) {
+// carry are detached, as upstream) down to the input embedding; leaves d prefix in acts.dprefix. dloss_lm,
+// dloss_q: (B) weights of each sample's lm and q_halt losses in the objective.
+static void decoder_backward(Model* m, const floatX* z_H, int B, const floatS* dloss_lm, const floatS* dloss_q, Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
     const ModelTensors<floatX>& w = m->w;
@@ -1029,8 +1061,8 @@ static void decoder_backward(Model* m, const floatX* z_H, int B, Stream st) {
     const StackShape s = decoder_shape(*m, B);
     const int BT = B * d.T, L = m->cfg.L_cycles;
     const size_t n = (size_t)BT * d.D;
-    stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, a->dloss_lm, B, d.T, d.P, d.V, st);
-    q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, a->dloss_q, B, st);
+    stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, dloss_lm, B, d.T, d.P, d.V, st);
+    q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, dloss_q, B, st);
     matmul_backward(a->dq_in, g.q_head_w, g.q_head_b, a->dq, a->q_in, w.q_head_w, B, d.D, 2, false, st);
     scatter_rows(a->G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
     matmul_backward(a->G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
@@ -1172,6 +1204,14 @@ static void carry_take_new_samples(std::vector<Sample>* carry, std::vector<Sampl
         if (halted[b]) (*carry)[b] = std::move((*batch)[b]);
 }
 
+// The decoder's queries: inputs and labels (B, S), puzzle identifiers (B).
+static void upload_queries(Model* m, const std::vector<int>& inputs, const std::vector<int>& labels, const std::vector<int>& ids) {
+    Acts* a = &m->acts;
+    copy_to_device(a->inputs, inputs.data(), inputs.size() * sizeof(int));
+    copy_to_device(a->labels, labels.data(), labels.size() * sizeof(int));
+    copy_to_device(a->puzzle_ids, ids.data(), ids.size() * sizeof(int));
+}
+
 // Copies B samples to the device arrays of the micro-batch; returns the number of valid demos Nd.
 // global_slot0: global index of the first sample (the key of its random numbers).
 static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0) {
@@ -1184,9 +1224,7 @@ static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0
         ids[b] = s[b].puzzle_id;
         if (d.enc == ENC_NONE && (ids[b] < 0 || ids[b] >= m->n_puzzle_ids)) fatal("puzzle id %d outside the table (%d rows)", ids[b], m->n_puzzle_ids);
     }
-    copy_to_device(a->inputs, inputs.data(), inputs.size() * sizeof(int));
-    copy_to_device(a->labels, labels.data(), labels.size() * sizeof(int));
-    copy_to_device(a->puzzle_ids, ids.data(), ids.size() * sizeof(int));
+    upload_queries(m, inputs, labels, ids);
     if (d.enc == ENC_NONE) return 0;
 
     EncoderActs* e = &a->enc;
@@ -1245,6 +1283,107 @@ static void latent_noise(Model* m, int rows, bool training, int step) {
 //    mean over the tasks evaluated. Predictions (top candidates per test input) go to a JSON file that
 //    dev/submission.py turns into an ARC Prize submission.
 
+// Test-time latent optimisation (DESIGN decision 4, LPN-style; latent_opt_steps > 0). Each sample's latent,
+// the vector the encoder's output projection maps to the 16 context tokens (hybrid_variational: z; lpn_*:
+// the mean over the demos) or the context tokens themselves (standard, hybrid_standard), is refined by Adam
+// on the reconstruction loss of the sample's own demonstrations: for every demo, one decoder ACT step from a
+// fresh carry with the demo input as the query and the latent's context as the prefix, stablemax
+// cross-entropy against the demo output. The latent with the lowest loss seen is kept (the first one
+// evaluated is the encoder's own), then the test input is solved with it as usual.
+
+static bool latent_has_projection(const Dims& d) {
+    return d.enc == ENC_HYBRID_VARIATIONAL || d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL;
+}
+
+// Per sample, the sum over its demos of the mean token loss given the contexts (B, P*D); with_grad also
+// leaves d loss / d context in enc.opt_d_context. Uses the query arrays: re-upload the queries afterwards.
+static void demo_loss(Model* m, const ModelTensors<floatX>& w, const Sample* s, int B, const floatX* context,
+                      bool with_grad, std::vector<double>* loss, Stream st) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    EncoderActs* e = &a->enc;
+    const int ctx = d.P * d.D;
+    loss->assign(B, 0.0);
+    if (with_grad) device_memset(e->opt_d_context, 0, (size_t)B * ctx * sizeof(floatX));
+    std::vector<floatS> row_loss(B);
+    for (int k = 0; k < d.K; k++) {                                  // the k-th demo of every sample that has one
+        std::vector<int> inputs, labels, rows;
+        for (int b = 0; b < B; b++) {
+            if (k >= s[b].n_demos) continue;
+            const int32_t* in = &s[b].demo_inputs[(size_t)k * d.S];
+            const int32_t* out = &s[b].demo_labels[(size_t)k * d.S];
+            inputs.insert(inputs.end(), in, in + d.S);
+            for (int i = 0; i < d.S; i++) labels.push_back(out[i] == ARC_TOKEN_PAD ? IGNORE_LABEL_ID : out[i]);
+            rows.push_back(b);
+        }
+        const int n = (int)rows.size();
+        if (n == 0) break;                                          // demos fill slots 0..n_demos-1
+        upload_queries(m, inputs, labels, std::vector<int>(n, 0));
+        copy_to_device(e->opt_rows, rows.data(), n * sizeof(int));
+        gather_rows(e->opt_prefix, context, e->opt_rows, n, ctx, st);
+        device_memset(a->eval_halted, 1, n);
+        act_reset(a->eval_z_H, a->eval_z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, n, d.T, d.D, st);
+        input_embedding_forward(m, w, n, e->opt_prefix, st);
+        decoder_forward(m, w, a->eval_z_H, a->eval_z_L, n, with_grad, st);
+        loss_forward(m, n, st);
+        copy_to_host(row_loss.data(), a->lm_loss, n * sizeof(floatS));
+        for (int r = 0; r < n; r++) (*loss)[rows[r]] += row_loss[r];
+        if (with_grad) {                                             // objective: the token loss only
+            decoder_backward(m, a->eval_z_H, n, a->weight_one, a->weight_zero, st);
+            scatter_rows(e->opt_tmp, a->dprefix, e->opt_rows, n, B, ctx, st);
+            add_forward(e->opt_d_context, e->opt_d_context, e->opt_tmp, nullptr, (size_t)B * ctx, st);
+        }
+    }
+}
+
+// Refines the latents of B samples after encoder_forward and leaves the best context in enc.context.
+// Returns the summed demo loss of the encoder's latents and of the kept ones.
+static void latent_optimise(Model* m, const ModelTensors<floatX>& w, const Sample* s, int B, double* loss_before,
+                            double* loss_after, Stream st) {
+    const Dims& d = m->d;
+    const Config& c = m->cfg;
+    EncoderActs* e = &m->acts.enc;
+    const bool projected = latent_has_projection(d);
+    const int L = projected ? d.D : d.P * d.D;
+    const size_t n = (size_t)B * L;
+    const floatX* encoder_latent = projected ? (d.enc == ENC_HYBRID_VARIATIONAL ? e->z : e->agg) : e->context;
+    copy_on_device(e->opt_latent, encoder_latent, n * sizeof(floatX));
+    convert_to_floatS(e->opt_master, e->opt_latent, n, st);
+    device_memset(e->opt_m, 0, n * sizeof(floatS));
+    device_memset(e->opt_v, 0, n * sizeof(floatS));
+    std::vector<floatX> best(n), current(n);
+    std::vector<double> best_loss(B, INFINITY), loss;
+    auto set_context = [&]() {                                     // context = latent_proj(latent), or the latent
+        if (projected) matmul_forward(e->context, e->opt_latent, w.latent_proj, nullptr, B, d.D, d.P * d.D, st);
+        else copy_on_device(e->context, e->opt_latent, n * sizeof(floatX));
+    };
+    for (int it = 0; it <= c.latent_opt_steps; it++) {
+        const bool last = it == c.latent_opt_steps;
+        set_context();
+        demo_loss(m, w, s, B, e->context, !last, &loss, st);
+        copy_to_host(current.data(), e->opt_latent, n * sizeof(floatX));
+        for (int b = 0; b < B; b++)
+            if (loss[b] < best_loss[b]) {
+                best_loss[b] = loss[b];
+                std::copy(current.begin() + (size_t)b * L, current.begin() + (size_t)(b + 1) * L, best.begin() + (size_t)b * L);
+            }
+        if (it == 0) *loss_before = std::accumulate(loss.begin(), loss.end(), 0.0);
+        if (last) break;
+        const floatX* grad = e->opt_d_context;
+        if (projected) {
+            matmul_backward(e->opt_grad, nullptr, nullptr, e->opt_d_context, e->opt_latent, w.latent_proj, B, d.D, d.P * d.D, false, st);
+            grad = e->opt_grad;
+        }
+        convert_to_floatS(e->opt_grad_s, grad, n, st);
+        adam_update(e->opt_latent, e->opt_master, e->opt_grad_s, e->opt_m, e->opt_v, n, c.latent_opt_lr, 0.9f, 0.999f,
+                    1e-8f, 0.0f, 1.0f, it + 1, false, st);
+    }
+    *loss_after = std::accumulate(best_loss.begin(), best_loss.end(), 0.0);
+    copy_to_device(e->opt_latent, best.data(), n * sizeof(floatX));
+    set_context();
+    device_memset(m->grads, 0, m->n_params * sizeof(floatS));      // the decoder's backward added parameter gradients
+}
+
 typedef struct {
     std::vector<uint8_t> cells;
     int rows, cols, votes;
@@ -1253,8 +1392,9 @@ typedef struct {
 
 typedef struct {
     std::string set;
-    int n_samples, n_labelled, n_tasks;
+    int n_samples, n_labelled, n_tasks, n_optimised;
     double lm_loss, token_acc, exact_acc, q_halt_acc, pass_at[3];
+    double opt_loss_before, opt_loss_after;       // latent_opt_steps: demo loss per sample, encoder's vs kept
 } EvalResult;
 
 static const int PASS_KS[3] = {1, 2, 5};
@@ -1294,18 +1434,24 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     std::vector<int> preds((size_t)B * d.S), n_valid(B), n_correct(B);
     std::vector<floatS> lm_loss(B);
     std::vector<floatX> q((size_t)B * 2);
-    // A fresh carry for every batch (evaluation keeps nothing for a backward pass, so the carry borrows two
-    // (B, T, D) buffers of the first gradient application); every slot starts halted, i.e. from H_init/L_init.
-    floatX *z_H = a->calls[0].in, *z_L = a->calls[0].layers[0].n1;
-    device_memset(a->eval_halted, 1, B);
     int real;
     while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
         const int Nd = upload_micro_batch(m, batch.data(), B, 0);
         latent_noise(m, d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
         if (d.enc != ENC_NONE) encoder_forward(m, w, B, Nd, Stream());
-        input_embedding_forward(m, w, B, Stream());                     // the same for all ACT steps
-        act_reset(z_H, z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
-        for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, z_H, z_L, B, false, Stream());
+        if (m->cfg.latent_opt_steps > 0) {
+            double before = 0, after = 0;
+            latent_optimise(m, w, batch.data(), B, &before, &after, Stream());
+            upload_micro_batch(m, batch.data(), B, 0);                  // the queries again
+            r.opt_loss_before += before;
+            r.opt_loss_after += after;
+            for (int b = 0; b < real; b++) r.n_optimised += batch[b].n_demos > 0;
+        }
+        input_embedding_forward(m, w, B, a->enc.context, Stream());     // the same for all ACT steps
+        // a fresh carry: every slot starts halted, i.e. from H_init / L_init, and runs halt_max_steps steps
+        device_memset(a->eval_halted, 1, B);
+        act_reset(a->eval_z_H, a->eval_z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
+        for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, a->eval_z_H, a->eval_z_L, B, false, Stream());
         loss_forward(m, B, Stream());
         copy_to_host(preds.data(), a->preds, preds.size() * sizeof(int));
         copy_to_host(n_valid.data(), a->n_valid, B * sizeof(int));
@@ -1362,6 +1508,8 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     }
     const double n = std::max(1, r.n_labelled);
     r.lm_loss /= n; r.token_acc /= n; r.exact_acc /= n; r.q_halt_acc /= n;
+    r.opt_loss_before /= std::max(1, r.n_optimised);
+    r.opt_loss_after /= std::max(1, r.n_optimised);
     return r;
 }
 
@@ -1783,7 +1931,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         latent_noise(m, latent_rows, true, step);
         act_reset(z_H, z_L, m->H_init, m->L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
         if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
-        input_embedding_forward(m, m->w, B, Stream());
+        input_embedding_forward(m, m->w, B, a->enc.context, Stream());
         decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
         loss_forward(m, B, Stream());
         act_halt(m->halted + b0, m->steps + b0, a->q, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, b0, 1, Stream());
@@ -1835,7 +1983,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
                 }
             }
         }
-        decoder_backward(m, z_H, B, Stream());
+        decoder_backward(m, z_H, B, a->dloss_lm, a->dloss_q, Stream());
         if (d.enc == ENC_NONE) {
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
             copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
@@ -1922,9 +2070,13 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
         std::map<std::pair<int, int>, std::vector<Candidate>> votes;
         EvalResult r = evaluate_set(m, dl, set, w, &votes);
         const std::string label = set_label(r.set);
+        char opt[96] = "";
+        if (m->cfg.latent_opt_steps > 0)
+            snprintf(opt, sizeof opt, " demo_loss_encoder=%.4f demo_loss_optimised=%.4f", r.opt_loss_before, r.opt_loss_after);
         log_printf(log, "eval step=%d set=%s tasks=%d samples=%d lm_loss=%.4f token_acc=%.4f exact_acc=%.4f q_halt_acc=%.4f "
-                   "pass@1=%.4f pass@2=%.4f pass@5=%.4f seconds=%.1f\n", step, label.c_str(), r.n_tasks, r.n_samples,
-                   r.lm_loss, r.token_acc, r.exact_acc, r.q_halt_acc, r.pass_at[0], r.pass_at[1], r.pass_at[2], wall_time() - t0);
+                   "pass@1=%.4f pass@2=%.4f pass@5=%.4f%s seconds=%.1f\n", step, label.c_str(), r.n_tasks, r.n_samples,
+                   r.lm_loss, r.token_acc, r.exact_acc, r.q_halt_acc, r.pass_at[0], r.pass_at[1], r.pass_at[2], opt,
+                   wall_time() - t0);
         char name[128];
         snprintf(name, sizeof name, "/predictions_step%08d_%s.json", step, label.c_str());
         write_predictions(m->cfg.checkpoint_path + name, *dl, set, step, votes);

@@ -52,7 +52,7 @@ static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_
     latent_noise(m, rows, true, 1);
     act_reset(m->z_H, m->z_L, m->H_init, m->L_init, m->steps, m->halted, B, d.T, d.D, Stream());
     if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
-    input_embedding_forward(m, m->w, B, Stream());
+    input_embedding_forward(m, m->w, B, m->acts.enc.context, Stream());
     decoder_forward(m, m->w, m->z_H, m->z_L, B, true, Stream());
     loss_forward(m, B, Stream());
     double L = 0;
@@ -72,7 +72,7 @@ static double backward(Model* m, const std::vector<Sample>& batch, std::vector<d
     device_memset(m->grads, 0, m->n_params * sizeof(floatS));
     const double L = act_step_loss(m, batch, &Nd);
     const int rows = m->d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
-    decoder_backward(m, m->z_H, B, Stream());
+    decoder_backward(m, m->z_H, B, m->acts.dloss_lm, m->acts.dloss_q, Stream());
     if (m->d.enc != ENC_NONE) encoder_backward(m, B, Nd, m->cfg.kl_weight / ((float)B * std::max(1, rows)), Stream());
     grads->assign(m->grads, m->grads + m->n_params);
     for (double& g : *grads) g *= B;
@@ -198,7 +198,7 @@ static void test_truncated_gradient(const char* encoder) {
     latent_noise(&m1, m1.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, true, 1);
     act_reset(m1.z_H, m1.z_L, m1.H_init, m1.L_init, m1.steps, m1.halted, B, m1.d.T, m1.d.D, Stream());
     if (m1.d.enc != ENC_NONE) encoder_forward(&m1, m1.w, B, Nd, Stream());
-    input_embedding_forward(&m1, m1.w, B, Stream());
+    input_embedding_forward(&m1, m1.w, B, m1.acts.enc.context, Stream());
     decoder_forward(&m1, m1.w, m1.z_H, m1.z_L, B, false, Stream());
     std::fill(m1.halted, m1.halted + B, 0);               // continue from this carry
     const Carry carry = save_carry(m1);
@@ -209,6 +209,47 @@ static void test_truncated_gradient(const char* encoder) {
     check(err < 1e-9 && max_rel_error(r1.data(), r2.data(), r1.size(), 1e-12) < 1e-9, name, "max rel error %.3g", err);
     snprintf(name, sizeof name, "%s from a carried state", encoder);
     gradcheck(&m1, batch, carry, name, &rng);
+}
+
+// Test-time latent optimisation: d(demo loss)/d(context) against central differences, and the optimisation
+// keeps a latent whose demo loss is no higher than the encoder's (and lower after a few steps).
+static void test_latent_optimisation(const char* encoder) {
+    Config c = tiny_config(encoder);
+    c.latent_opt_steps = 4;
+    c.latent_opt_lr = 0.05f;
+    Rng rng = rng_make(5);
+    Model m;
+    std::vector<Sample> batch = random_model(&m, c, &rng);
+    EncoderActs* e = &m.acts.enc;
+    const int Nd = upload_micro_batch(&m, batch.data(), B, 0);
+    latent_noise(&m, m.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
+    encoder_forward(&m, m.w, B, Nd, Stream());
+    const size_t n = (size_t)B * m.d.P * m.d.D;
+    std::vector<double> context(e->context, e->context + n), loss;
+    demo_loss(&m, m.w, batch.data(), B, e->context, true, &loss, Stream());
+    std::vector<double> grad(e->opt_d_context, e->opt_d_context + n);
+    auto total = [&](size_t i, double v) {
+        std::vector<double> ctx = context;
+        ctx[i] = v;
+        demo_loss(&m, m.w, batch.data(), B, ctx.data(), false, &loss, Stream());
+        return std::accumulate(loss.begin(), loss.end(), 0.0);
+    };
+    double worst = 0, gmax = 0;
+    for (double g : grad) gmax = std::max(gmax, fabs(g));
+    for (int k = 0; k < 24; k++) {
+        const size_t i = rng_u64(&rng) % n;
+        const double h = 1e-4, x = context[i];
+        const double fd = (total(i, x - 2 * h) - 8 * total(i, x - h) + 8 * total(i, x + h) - total(i, x + 2 * h)) / (12 * h);
+        worst = std::max(worst, fabs(fd - grad[i]) / (fabs(grad[i]) + 1e-3 * gmax + 1e-12));
+    }
+    char name[128];
+    snprintf(name, sizeof name, "latent optimisation: d demo loss / d context == central differences (%s)", encoder);
+    check(worst < 1e-5 && gmax > 0, name, "max rel error %.3g (largest gradient %.3g)", worst, gmax);
+    std::copy(context.begin(), context.end(), e->context);
+    double before = 0, after = 0;
+    latent_optimise(&m, m.w, batch.data(), B, &before, &after, Stream());
+    snprintf(name, sizeof name, "latent optimisation lowers the demonstrations' loss (%s)", encoder);
+    check(after < before, name, "encoder's latent %.6g, kept %.6g", before, after);
 }
 
 int main() {
@@ -222,5 +263,8 @@ int main() {
     test_variant("lpn_variational", "ETRM lpn_variational", nullptr);
     test_truncated_gradient("none");
     test_truncated_gradient("hybrid_variational");
+    test_latent_optimisation("standard");
+    test_latent_optimisation("hybrid_variational");
+    test_latent_optimisation("lpn_standard");
     return test_summary();
 }
