@@ -1151,23 +1151,22 @@ static float lr_at(int step, float base, int warmup, int total, float min_ratio)
 // fp32 weights: the master copy, or params themselves when floatX is floatS.
 static floatS* master_weights(Model* m) { return m->master ? m->master : reinterpret_cast<floatS*>(m->params); }
 
-static double norm_squared(Model* m, size_t begin, size_t end, floatS* scratch, Stream st) {
+static double norm_squared(Model* m, size_t begin, size_t end, Stream st) {
     if (end <= begin) return 0;
-    global_norm_squared(scratch, m->grads + begin, end - begin, st);
+    global_norm_squared(m->norm_scratch, m->grads + begin, end - begin, st);
     floatS host;
-    copy_to_host(&host, scratch, sizeof(floatS));
+    copy_to_host(&host, m->norm_scratch, sizeof(floatS));
     return (double)host;
 }
 
 typedef struct { double enc_norm, dec_norm, total_norm, lr; } UpdateStats;
 
-// puzzle_ids / puzzle_grads: the TRM rows of this step (B_local of them), ignored for ETRM.
-static UpdateStats model_update(Model* m, int step, int total_steps, const int* puzzle_ids, const floatX* puzzle_grads,
-                                floatS* scratch, Stream st) {
+// TRM: sign-SGD on the puzzle rows of this step (m->step_puzzle_ids, m->step_puzzle_grads).
+static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) {
     const Config& c = m->cfg;
     UpdateStats u;
-    u.dec_norm = sqrt(norm_squared(m, 0, m->n_decoder, scratch, st));
-    u.enc_norm = sqrt(norm_squared(m, m->n_decoder, m->n_params, scratch, st));
+    u.dec_norm = sqrt(norm_squared(m, 0, m->n_decoder, st));
+    u.enc_norm = sqrt(norm_squared(m, m->n_decoder, m->n_params, st));
     u.total_norm = sqrt(u.dec_norm * u.dec_norm + u.enc_norm * u.enc_norm);
     const bool decoder_frozen = step <= c.freeze_decoder_steps;
     // as torch.nn.utils.clip_grad_norm_ over the parameters that train this step
@@ -1189,7 +1188,8 @@ static UpdateStats model_update(Model* m, int step, int total_steps, const int* 
     if (m->ema) ema_update(m->ema, master_weights(m), m->n_params, c.ema_rate, st);
     if (m->d.enc == ENC_NONE) {
         const float lr_puzzle = lr_at(step, c.puzzle_emb_lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
-        sign_sgd_update(m->puzzle_emb, puzzle_ids, puzzle_grads, m->B_local, m->d.ndim, lr_puzzle, c.puzzle_emb_weight_decay, st);
+        sign_sgd_update(m->puzzle_emb, m->step_puzzle_ids, m->step_puzzle_grads, m->B_local, m->d.ndim, lr_puzzle,
+                        c.puzzle_emb_weight_decay, st);
     }
     device_memset(m->grads, 0, m->n_params * sizeof(floatS));
     return u;
@@ -1897,6 +1897,30 @@ typedef struct {
     double cross_sample_var;                       // ETRM: mean over (p, d) of the context's variance over samples
 } StepMetrics;
 
+// debug_state: keeps a micro-batch's outputs at the grid positions and its latent noise, at (B, D) or
+// (B, K, D) with zeros at padded demo slots.
+static void debug_capture(Model* m, DebugCapture* cap, const Sample* s, int B, int latent_rows, const std::vector<floatX>& q) {
+    const Dims& d = m->d;
+    std::vector<floatX> logits((size_t)B * d.T * d.V);
+    copy_to_host(logits.data(), m->acts.logits, logits.size() * sizeof(floatX));
+    for (int b = 0; b < B; b++) {
+        for (size_t i = (size_t)d.P * d.V; i < (size_t)d.T * d.V; i++) cap->logits.push_back(to_float(logits[(size_t)b * d.T * d.V + i]));
+        cap->q_halt.push_back(to_float(q[(size_t)b * 2]));
+        cap->q_continue.push_back(to_float(q[(size_t)b * 2 + 1]));
+    }
+    if (!d.variational) return;
+    std::vector<floatS> eps((size_t)latent_rows * d.D);
+    copy_to_host(eps.data(), m->acts.enc.eps, eps.size() * sizeof(floatS));
+    const int slots = d.enc == ENC_LPN_VARIATIONAL ? d.K : 1;
+    int row = 0;
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < slots; k++) {
+            const bool real = d.enc != ENC_LPN_VARIATIONAL || k < s[b].n_demos;
+            for (int i = 0; i < d.D; i++) cap->eps.push_back(real ? eps[(size_t)row * d.D + i] : 0);
+            row += real;
+        }
+}
+
 // One optimizer step's forward and backward (gradients accumulated over the micro-batches); the update
 // follows in model_update. Metrics as upstream: ETRM counts every slot with labels, TRM the slots that halted.
 static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCapture* cap) {
@@ -1953,7 +1977,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             r.q_halt_loss += ql[b];
             const bool valid = n_valid[b] > 0 && (d.enc != ENC_NONE || halted[b]);
             const bool exact = n_correct[b] == n_valid[b];
-            if (d.enc != ENC_NONE) r.steps += steps[b];
+            if (d.enc != ENC_NONE) r.steps += steps[b];           // ETRM averages every slot's steps (upstream)
             if (!valid) continue;
             if (d.enc == ENC_NONE) r.steps += steps[b];
             r.count++;
@@ -1961,28 +1985,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             r.exact += exact;
             r.q_halt_acc += (to_float(q[(size_t)b * 2]) >= 0) == exact;
         }
-        if (cap) {                                  // debug_state: the outputs of the grid positions
-            std::vector<floatX> logits((size_t)B * d.T * d.V);
-            copy_to_host(logits.data(), a->logits, logits.size() * sizeof(floatX));
-            for (int b = 0; b < B; b++) {
-                for (size_t i = (size_t)d.P * d.V; i < (size_t)d.T * d.V; i++) cap->logits.push_back(to_float(logits[(size_t)b * d.T * d.V + i]));
-                cap->q_halt.push_back(to_float(q[(size_t)b * 2]));
-                cap->q_continue.push_back(to_float(q[(size_t)b * 2 + 1]));
-            }
-            if (d.variational) {                    // noise at (B, D) or (B, K, D), zeros at padded demo slots
-                std::vector<floatS> eps((size_t)latent_rows * d.D);
-                copy_to_host(eps.data(), a->enc.eps, eps.size() * sizeof(floatS));
-                int row = 0;
-                for (int b = 0; b < B; b++) {
-                    const int slots = d.enc == ENC_LPN_VARIATIONAL ? d.K : 1;
-                    for (int k = 0; k < slots; k++) {
-                        const bool real = d.enc != ENC_LPN_VARIATIONAL || k < ts->carry[b0 + b].n_demos;
-                        for (int i = 0; i < d.D; i++) cap->eps.push_back(real ? eps[(size_t)row * d.D + i] : 0);
-                        row += real;
-                    }
-                }
-            }
-        }
+        if (cap) debug_capture(m, cap, &ts->carry[b0], B, latent_rows, q);
         decoder_backward(m, z_H, B, a->dloss_lm, a->dloss_q, Stream());
         if (d.enc == ENC_NONE) {
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
@@ -2009,8 +2012,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         }
     }
     const double count = std::max(1.0, r.count);
-    r.accuracy /= count; r.exact /= count; r.q_halt_acc /= count;
-    r.steps /= d.enc != ENC_NONE ? m->B_local : count;
+    r.accuracy /= count; r.exact /= count; r.q_halt_acc /= count; r.steps /= count;
     if (d.enc != ENC_NONE) {                        // upstream encoder_cross_sample_var
         std::vector<double> mean(ctx_size, 0);
         for (int b = 0; b < m->B_local; b++)
@@ -2161,7 +2163,7 @@ int main(int argc, char** argv) {
             debug_state_write(m, ts, cap, cfg.debug_state, config_text);
             log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
         }
-        UpdateStats u = model_update(m, step, total_steps, m->step_puzzle_ids, m->step_puzzle_grads, m->norm_scratch, Stream());
+        UpdateStats u = model_update(m, step, total_steps, Stream());
         device_synchronize();
         ts.step = step;
         const double ms = 1000 * (wall_time() - t0);
