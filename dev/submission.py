@@ -135,11 +135,17 @@ def attempts(cands):
     return {"attempt_1": grids[0], "attempt_2": grids[-1]}
 
 
-def load_challenges(path):
-    """Read an ARC *_challenges.json; returns {task: number of test inputs}, in file order."""
+def load_task_object(path):
+    """Read a JSON file whose top level maps task names to their data (Kaggle challenges / solutions)."""
     obj = load_json(path)
     if not isinstance(obj, dict):
         raise InputError(path, f"top level is {kind(obj)}, expected an object of tasks")
+    return obj
+
+
+def load_challenges(path):
+    """Read an ARC *_challenges.json; returns {task: number of test inputs}, in file order."""
+    obj = load_task_object(path)
     counts = {}
     for task, body in obj.items():
         if not isinstance(body, dict) or not isinstance(body.get("test"), list) or not body["test"]:
@@ -150,9 +156,7 @@ def load_challenges(path):
 
 def load_solutions(path):
     """Read an ARC *_solutions.json; returns {task: [grid tuple per test input]}."""
-    obj = load_json(path)
-    if not isinstance(obj, dict):
-        raise InputError(path, f"top level is {kind(obj)}, expected an object of tasks")
+    obj = load_task_object(path)
     solutions = {}
     for task, grids in obj.items():
         if not isinstance(grids, list) or not grids:

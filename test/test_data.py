@@ -8,7 +8,6 @@ the repository root) and are skipped when it is absent.
 """
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -432,11 +431,8 @@ def check_synth_bad_args():
 
 def main():
     global TMP
-    TMP = tempfile.mkdtemp(prefix="test_data_")
-    try:
+    with tempfile.TemporaryDirectory(prefix="test_data_") as TMP:
         run_checks()
-    finally:
-        shutil.rmtree(TMP)
     finish()
 
 

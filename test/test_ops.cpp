@@ -20,6 +20,7 @@
 #include "../kernels/adam.cuh"
 #include "../kernels/add.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/convert.cuh"
 #include "../kernels/ema.cuh"
 #include "../kernels/embedding.cuh"
 #include "../kernels/global_norm.cuh"
@@ -1047,6 +1048,18 @@ static void test_ema() {
     }
 }
 
+static void test_convert() {
+    const size_t n = 37;
+    auto x = rand_vec(n);
+    std::vector<float> xf = cast_vec<float>(x), yf(n, NAN);
+    std::vector<double> yd(n, NAN);
+    convert_to_floatS_ref(yf.data(), x.data(), n);         // double -> float rounds, float -> double is exact
+    convert_to_floatS_ref(yd.data(), xf.data(), n);
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) ok = ok && yf[i] == (float)x[i] && yd[i] == (double)xf[i];
+    check(ok, "convert_to_floatS: every element converted (double->float, float->double)");
+}
+
 static void test_global_norm() {
     for (size_t n : {(size_t)0, (size_t)1, (size_t)4096, (size_t)3 * 4096 + 123}) {
         vecd x = rand_vec(n, -2, 2);
@@ -1174,6 +1187,7 @@ int main() {
     test_adam<double>(true);
     test_adam<double>(false);
     test_ema();
+    test_convert();
     test_global_norm();
     test_puzzle_emb<float>();
     test_puzzle_emb<double>();

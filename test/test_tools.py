@@ -9,7 +9,6 @@ a stand-in package matplotlib/ whose __init__ raises ImportError, which shadows 
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -339,11 +338,8 @@ def run_checks():
 
 def main():
     global TMP
-    TMP = tempfile.mkdtemp(prefix="test_tools_")
-    try:
+    with tempfile.TemporaryDirectory(prefix="test_tools_") as TMP:
         run_checks()
-    finally:
-        shutil.rmtree(TMP)
     finish()
 
 
