@@ -228,6 +228,7 @@ typedef struct {
     int K, S2;            // demo slots, tokens per encoded demo (2S, or 1 + 2S with the CLS token)
     int ndim;             // TRM puzzle-embedding size
     float prefix_scale;
+    float logvar_lo, logvar_hi;   // variational clamp: [-10, 10] for hybrid_variational (upstream), none for lpn
 } Dims;
 
 static Dims make_dims(const Config& c, int canvas) {
@@ -248,6 +249,8 @@ static Dims make_dims(const Config& c, int canvas) {
     d.K = d.enc == ENC_NONE ? 0 : c.max_demos;
     d.S2 = 2 * d.S + (d.lpn_grid ? 1 : 0);
     d.prefix_scale = (d.enc != ENC_NONE && c.encoder_prefix_scale > 0) ? c.encoder_prefix_scale : sqrtf((float)d.D);
+    d.logvar_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
+    d.logvar_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
     return d;
 }
 
@@ -906,12 +909,10 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
             matmul_forward(e->e, e->pooled, w.pool_proj, nullptr, Nd, D, D, st);
         }
     }
-    const float lv_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
-    const float lv_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
     if (d.enc == ENC_LPN_VARIATIONAL) {               // a latent per demo, then their mean
         matmul_forward(e->mu, e->e, w.mu_w, w.mu_b, Nd, D, D, st);
         matmul_forward(e->logvar, e->e, w.logvar_w, w.logvar_b, Nd, D, D, st);
-        reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, Nd, D, lv_lo, lv_hi, st);
+        reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, Nd, D, d.logvar_lo, d.logvar_hi, st);
         scatter_rows(e->E, e->z, e->demo_slot, Nd, B * d.K, D, st);
     } else {
         scatter_rows(e->E, e->e, e->demo_slot, Nd, B * d.K, D, st);
@@ -927,7 +928,7 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
             rmsnorm_forward(e->zp, e->zp_rstd, e->ctx_mean, nullptr, B, D, eps, st);
             matmul_forward(e->mu, e->zp, w.mu_w, w.mu_b, B, D, D, st);
             matmul_forward(e->logvar, e->zp, w.logvar_w, w.logvar_b, B, D, D, st);
-            reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, B, D, lv_lo, lv_hi, st);
+            reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, B, D, d.logvar_lo, d.logvar_hi, st);
             matmul_forward(e->context, e->z, w.latent_proj, nullptr, B, D, d.P * D, st);
         }
     } else {                                          // lpn_standard, lpn_variational: mean over the valid demos
@@ -1089,13 +1090,11 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
     const ModelTensors<floatX>& w = m->w;
     ModelTensors<floatS>& g = m->g;
     const int D = d.D, S = d.S, S2 = d.S2;
-    const float lv_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
-    const float lv_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
     if (d.set_encoder) {
         const floatX* d_context = a->dprefix;
         if (d.enc == ENC_HYBRID_VARIATIONAL) {
             matmul_backward(e->d_z, g.latent_proj, nullptr, a->dprefix, e->z, w.latent_proj, B, D, d.P * D, false, st);
-            reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, B, D, lv_lo, lv_hi, st);
+            reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, B, D, d.logvar_lo, d.logvar_hi, st);
             matmul_backward(e->d_zp, g.mu_w, g.mu_b, e->d_mu, e->zp, w.mu_w, B, D, D, false, st);
             matmul_backward(e->d_zp, g.logvar_w, g.logvar_b, e->d_logvar, e->zp, w.logvar_w, B, D, D, true, st);
             rmsnorm_backward(e->d_ctx_mean, e->d_zp, e->zp, e->zp_rstd, B, D, false, st);
@@ -1116,7 +1115,7 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
     if (Nd == 0) return;
     if (d.enc == ENC_LPN_VARIATIONAL) {
         gather_rows(e->d_z, e->d_E, e->demo_slot, Nd, D, st);
-        reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, Nd, D, lv_lo, lv_hi, st);
+        reparameterize_backward(e->d_mu, e->d_logvar, e->d_z, e->mu, e->logvar, e->eps, dkl, Nd, D, d.logvar_lo, d.logvar_hi, st);
         matmul_backward(e->d_e, g.mu_w, g.mu_b, e->d_mu, e->e, w.mu_w, Nd, D, D, false, st);
         matmul_backward(e->d_e, g.logvar_w, g.logvar_b, e->d_logvar, e->e, w.logvar_w, Nd, D, D, true, st);
     } else {
@@ -1923,7 +1922,8 @@ static void debug_capture(Model* m, DebugCapture* cap, const Sample* s, int B, i
 
 // One optimizer step's forward and backward (gradients accumulated over the micro-batches); the update
 // follows in model_update. Metrics as upstream: ETRM counts every slot with labels, TRM the slots that halted.
-static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCapture* cap) {
+// With `diagnostics` (a logged step) the encoder context is also copied back for encoder_cross_sample_var.
+static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCapture* cap, bool diagnostics) {
     const Config& c = m->cfg;
     const Dims& d = m->d;
     Acts* a = &m->acts;
@@ -1945,7 +1945,8 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     std::vector<floatX> q((size_t)B * 2);
     std::vector<uint8_t> halted(B);
     const size_t ctx_size = (size_t)d.P * d.D;
-    if (d.enc != ENC_NONE) context.resize((size_t)m->B_local * ctx_size);
+    diagnostics = diagnostics && d.enc != ENC_NONE;
+    if (diagnostics) context.resize((size_t)m->B_local * ctx_size);
     const uint64_t halt_seed = hash_u64((uint64_t)c.seed, TAG_HALT, (uint64_t)step);
     for (int b0 = 0; b0 < m->B_local; b0 += B) {
         floatX* z_H = m->z_H + (size_t)b0 * d.T * d.D;
@@ -1991,7 +1992,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
             copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
         } else {
-            download_floatX(context.data() + (size_t)b0 * ctx_size, a->enc.context, (size_t)B * ctx_size);
+            if (diagnostics) download_floatX(context.data() + (size_t)b0 * ctx_size, a->enc.context, (size_t)B * ctx_size);
             encoder_backward(m, B, Nd, dkl, Stream());
         }
     }
@@ -2013,7 +2014,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     }
     const double count = std::max(1.0, r.count);
     r.accuracy /= count; r.exact /= count; r.q_halt_acc /= count; r.steps /= count;
-    if (d.enc != ENC_NONE) {                        // upstream encoder_cross_sample_var
+    if (diagnostics) {                              // upstream encoder_cross_sample_var
         std::vector<double> mean(ctx_size, 0);
         for (int b = 0; b < m->B_local; b++)
             for (size_t i = 0; i < ctx_size; i++) mean[i] += context[(size_t)b * ctx_size + i];
@@ -2158,7 +2159,8 @@ int main(int argc, char** argv) {
         const double t0 = wall_time();
         DebugCapture cap;
         const bool capture = step == 1 && !cfg.debug_state.empty();
-        StepMetrics r = train_step(m, &dl, &ts, capture ? &cap : nullptr);
+        const bool log_step = step % cfg.log_every == 0 || step == total_steps;
+        StepMetrics r = train_step(m, &dl, &ts, capture ? &cap : nullptr, log_step);
         if (capture) {
             debug_state_write(m, ts, cap, cfg.debug_state, config_text);
             log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
@@ -2167,7 +2169,7 @@ int main(int argc, char** argv) {
         device_synchronize();
         ts.step = step;
         const double ms = 1000 * (wall_time() - t0);
-        if (step % cfg.log_every == 0 || step == total_steps)
+        if (log_step)
             log_printf(&log, "train step=%d loss=%.4f lm_loss=%.4f q_halt_loss=%.4f kl=%.4f token_acc=%.4f exact_acc=%.4f "
                        "q_halt_acc=%.4f act_steps=%.2f lr=%.3e grad_norm_enc=%.4f grad_norm_dec=%.4f grad_norm=%.4f "
                        "encoder_cross_sample_var=%.4f ms=%.1f samples_per_s=%.1f\n",
