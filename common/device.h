@@ -44,15 +44,26 @@ typedef float floatS;
 #define PRECISION_NAME "FP32"
 #endif
 
+// Bytes allocated with device_malloc so far (the trainer prints it as the device memory it needs).
+inline size_t& device_bytes_allocated() { static size_t bytes = 0; return bytes; }
+
 #ifdef __CUDACC__
 #define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
 inline void cuda_check(cudaError_t err, const char* file, int line) {
     if (err != cudaSuccess) fatal("CUDA error at %s:%d: %s", file, line, cudaGetErrorString(err));
 }
+#include "cuda_common.h"
 inline void* device_malloc(size_t bytes, const char* what) {
     void* p = nullptr;
     cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
-    if (err != cudaSuccess) fatal("out of GPU memory allocating %zu bytes for %s: %s", bytes, what, cudaGetErrorString(err));
+    if (err != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        fatal("out of GPU memory allocating %.1f MiB for %s (%.1f MiB free of %.1f MiB; %.1f MiB allocated so far): %s; "
+              "try a smaller micro_batch_size", bytes / 1048576.0, what, free_b / 1048576.0, total_b / 1048576.0,
+              device_bytes_allocated() / 1048576.0, cudaGetErrorString(err));
+    }
+    device_bytes_allocated() += bytes;
     return p;
 }
 inline void device_free(void* p) { cudaCheck(cudaFree(p)); }
@@ -62,7 +73,11 @@ inline void copy_on_device(void* dst, const void* src, size_t bytes) { cudaCheck
 inline void device_memset(void* p, int value, size_t bytes) { cudaCheck(cudaMemset(p, value, bytes)); }
 inline void device_synchronize() { cudaCheck(cudaDeviceSynchronize()); }
 #else
-inline void* device_malloc(size_t bytes, const char* what) { return malloc_check(bytes, what); }
+inline void* device_malloc(size_t bytes, const char* what) {
+    device_bytes_allocated() += bytes;
+    return malloc_check(bytes, what);
+}
+inline std::string device_init(int = 0) { return "CPU"; }
 inline void device_free(void* p) { free(p); }
 inline void copy_to_device(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 inline void copy_to_host(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }

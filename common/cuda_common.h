@@ -1,0 +1,104 @@
+// Helpers shared by the CUDA kernels (included by device.h in the nvcc build only).
+//
+//   warp_reduce_sum / warp_reduce_max     butterfly reductions over the 32 lanes of a warp (every lane gets
+//                                         the result); the order of the additions is fixed, so they are
+//                                         deterministic
+//   block_reduce_sum                      the same over a whole block (warps reduce, then warp 0 reduces the
+//                                         per-warp sums): fixed order, no atomics
+//   Packed128<T>                          16 bytes of T (8 bf16 or 4 floats) loaded or stored in one instruction
+//   cublaslt_handle() / cublaslt_workspace()   the one cuBLASLt handle and workspace of the process
+//   device_init()                         picks the GPU, prints what it is, creates the cuBLASLt handle
+#pragma once
+#ifdef __CUDACC__
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include "utils.h"
+
+#define WARP_SIZE 32
+
+// A launch's configuration errors surface at the next call; check right away so the message names the kernel.
+#define cudaCheckLaunch(name) cuda_check_launch((name), __FILE__, __LINE__)
+inline void cuda_check_launch(const char* name, const char* file, int line) {
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) fatal("CUDA error launching %s at %s:%d: %s", name, file, line, cudaGetErrorString(err));
+}
+
+__device__ inline float warp_reduce_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffff, v, offset);
+    return v;
+}
+__device__ inline double warp_reduce_sum(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffff, v, offset);
+    return v;
+}
+__device__ inline float warp_reduce_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, offset));
+    return v;
+}
+
+// Sum of v over the block; every thread gets the result. blockDim.x must be a multiple of 32 (<= 1024).
+// `shared` needs 32 elements. Calls in a row are safe (the barrier at the start protects the scratch).
+template <typename T>
+__device__ inline T block_reduce_sum(T v, T* shared) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, n_warps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    T total = lane < n_warps ? shared[lane] : T(0);
+    return warp_reduce_sum(total);
+}
+
+// 16 bytes of T, moved with one 128-bit load/store. The address must be 16-byte aligned.
+template <typename T>
+struct alignas(16) Packed128 {
+    static constexpr int size = 16 / sizeof(T);
+    T payload[size];
+    __device__ T& operator[](int i) { return payload[i]; }
+    __device__ const T& operator[](int i) const { return payload[i]; }
+};
+template <typename T> __device__ inline Packed128<T> load128(const T* p) { return *reinterpret_cast<const Packed128<T>*>(p); }
+// streaming load: read once, keep it out of the caches' way
+template <typename T> __device__ inline Packed128<T> load128cs(const T* p) {
+    Packed128<T> r;
+    *reinterpret_cast<int4*>(&r) = __ldcs(reinterpret_cast<const int4*>(p));
+    return r;
+}
+template <typename T> __device__ inline void store128(T* p, const Packed128<T>& v) { *reinterpret_cast<Packed128<T>*>(p) = v; }
+
+// ----------------------------------------------------------------------------------------------------------
+// cuBLASLt: one handle and one workspace for the process (created by device_init).
+
+#define cublasCheck(status) cublas_check((status), __FILE__, __LINE__)
+inline void cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) fatal("cuBLAS error %d at %s:%d", (int)status, file, line);
+}
+
+struct CublasLtState {
+    cublasLtHandle_t handle = nullptr;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 32u << 20;      // Hopper's kernels like 32 MiB
+};
+inline CublasLtState& cublaslt_state() { static CublasLtState s; return s; }
+
+// Selects GPU `device` (the node-local rank later), creates the cuBLASLt handle; returns the device's name.
+inline std::string device_init(int device = 0) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0)
+        fatal("no CUDA GPU found (%s): this is the GPU build; use train_etrm_cpu on a machine without one",
+              err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    if (device >= count) fatal("GPU %d requested but only %d present", device, count);
+    cudaCheck(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, device));
+    CublasLtState& s = cublaslt_state();
+    if (!s.handle) {
+        cublasCheck(cublasLtCreate(&s.handle));
+        cudaCheck(cudaMalloc(&s.workspace, s.workspace_bytes));
+    }
+    return prop.name;
+}
+#endif
