@@ -1,9 +1,11 @@
 # arc.cu build. `make` builds what this machine supports and says what it found:
 #   train_etrm_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
-#   train_etrm       with nvcc (the CUDA backend; its kernels arrive with the CUDA issue)
+#   train_etrm       with nvcc: the CUDA backend (PRECISION=BF16 by default)
 # Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1, NO_MULTI_GPU=1 (skip MPI / NCCL detection).
-# Targets: all, run (train + evaluate a small ETRM on the synthetic data), test, clean.
+# Targets: all, run (train + evaluate a small ETRM on the synthetic data), test (the CPU suite; builds the CUDA
+#          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
+#          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), clean.
 
 CXX ?= g++
 CXXFLAGS ?= -O3 -march=native
@@ -46,19 +48,49 @@ else
   NCCL_STATUS := no
 endif
 NVCC_ARCH := $(foreach cc,$(GPU_COMPUTE_CAPABILITY),--generate-code arch=compute_$(cc),code=[compute_$(cc),sm_$(cc)])
+NVCCFLAGS ?= -O3
+NVCCFLAGS += -std=c++17 -lineinfo $(NVCC_ARCH) -Xcompiler -Wall,-Wno-unused-parameter,-Wno-unused-function
+ifneq ($(findstring yes,$(OMP_STATUS)),)
+  NVCCFLAGS += -Xcompiler -fopenmp
+  NVCC_LDLIBS := -lcublasLt -lgomp
+else
+  NVCC_LDLIBS := -lcublasLt
+endif
+PRECISION_FLAG := $(if $(filter FP32,$(PRECISION)),-DENABLE_FP32,)
 
 HEADERS := $(wildcard common/*.h kernels/*.cuh)
 
-.PHONY: all run test clean features
-all: features train_etrm_cpu
+# What nvcc builds: the trainer in the chosen precision, the FP32 trainer (compared with the CPU backend by the
+# GPU tests), the kernel tests in both precisions, and the kernel labs.
+LAB_SOURCES := $(wildcard dev/cuda/*.cu)
+LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
+GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
+
+.PHONY: all run test test-gpu labs bench clean features
+all: features train_etrm_cpu $(if $(NVCC_PATH),train_etrm)
 
 features:
 	@echo "arc.cu build: CPU compiler $(CXX) [OpenMP: $(OMP_STATUS)]"
-	@echo "              nvcc: $(if $(NVCC_PATH),$(NVCC_PATH) (PRECISION=$(PRECISION), sm $(GPU_COMPUTE_CAPABILITY)); the GPU trainer arrives with the CUDA backend,not found)"
+	@echo "              nvcc: $(if $(NVCC_PATH),$(NVCC_PATH) (PRECISION=$(PRECISION), sm $(GPU_COMPUTE_CAPABILITY)),not found: no GPU build)"
 	@echo "              MPI: $(MPI_STATUS)   NCCL: $(NCCL_STATUS)"
 
 train_etrm_cpu: train_etrm.cu $(HEADERS)
 	$(CXX) $(CXXFLAGS) -x c++ $< -o $@
+
+train_etrm: train_etrm.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $< -o $@ $(NVCC_LDLIBS)
+train_etrm_fp32: train_etrm.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $< -o $@ $(NVCC_LDLIBS)
+build/test_kernels: test/test_kernels.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVCC_LDLIBS)
+build/test_kernels_fp32: test/test_kernels.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $< -o $@ $(NVCC_LDLIBS)
+build/lab_%: dev/cuda/%.cu dev/cuda/lab.h $(HEADERS)
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $< -o $@ $(NVCC_LDLIBS)
+labs: $(LABS)
 
 # --- the synthetic data and the quick-start run -------------------------------------------------------------
 SYNTH := data/synth
@@ -85,10 +117,26 @@ build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 
-test: train_etrm_cpu $(TEST_BINS) $(SYNTH)/train.bin
+# The GPU tests: every kernel against its CPU reference in both precisions, then whole training runs (the FP32
+# GPU trainer against the CPU backend; determinism and resume of the GPU trainer). Without a GPU they print SKIP
+# lines; test-gpu sets ARC_REQUIRE_GPU=1, which turns a missing GPU into a failure.
+GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32" "$(PYTHON) test/test_gpu.py",\
+	"echo 'SKIP gpu tests: nvcc not found, the CUDA targets were not built'")
+
+test: train_etrm_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_safetensors" "./build/test_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
-		"$(PYTHON) test/test_learning.py"
+		"$(PYTHON) test/test_learning.py" $(GPU_TESTS)
+
+test-gpu: train_etrm_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
+	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
+	@ARC_REQUIRE_GPU=1 test/run.sh $(GPU_TESTS)
+
+# --- kernel labs and the training benchmark (a GPU machine) -----------------------------------------------------
+# Runs every lab, PyTorch's attention beside ours, and a fixed-length training run at the ARC default; writes
+# dev/results/bench_<device>_<date>.md (table) and .log (raw output). BENCH_ARGS passes options to dev/bench.py.
+bench: train_etrm $(LABS)
+	$(PYTHON) dev/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build train_etrm_cpu train_etrm
+	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32

@@ -714,14 +714,34 @@ static void download_floatX(floatS* dst, const floatX* src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = (floatS)to_float(tmp[i]);
 }
 
+// Samples per forward/backward: micro_batch_size when set; otherwise the whole per-process batch if its
+// activations (and the ACT carry still to be allocated) fit in the device's free memory, else the largest
+// divisor of the batch that fits (the ARC default, 768 x 916 tokens, needs a few micro-batches on 80 GB).
+static int choose_micro_batch(Model* m, int B_local) {
+    const Config& c = m->cfg;
+    if (c.micro_batch_size > 0) {
+        const int mb = std::min(c.micro_batch_size, B_local);
+        if (B_local % mb) fatal("micro_batch_size=%d must divide the per-process batch %d", mb, B_local);
+        return mb;
+    }
+    const size_t carry = (size_t)B_local * m->d.T * m->d.D * 2 * sizeof(floatX);
+    const size_t free_bytes = device_free_memory(), reserve = (size_t)1 << 30;      // cuBLASLt, scratch, fragmentation
+    for (int mb = B_local; mb >= 1; mb--) {
+        if (B_local % mb) continue;
+        m->mb = mb;
+        Arena measure = {nullptr, 0};
+        acts_layout(&measure, m);
+        if (measure.used + carry + reserve <= free_bytes) return mb;
+    }
+    fatal("even one sample's activations do not fit in the %.1f GiB of free device memory", free_bytes / 1073741824.0);
+}
+
 // Allocates the model for B_local samples per step (micro-batches of mb) and initialises it as upstream.
 static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids, int B_local) {
     m->cfg = c;
     m->d = make_dims(c, canvas);
     const Dims& d = m->d;
     m->B_local = B_local;
-    m->mb = c.micro_batch_size > 0 ? std::min(c.micro_batch_size, B_local) : B_local;
-    if (B_local % m->mb) fatal("micro_batch_size=%d must divide the per-process batch %d", m->mb, B_local);
     if (c.L_cycles > MAX_L_CYCLES) fatal("L_cycles=%d: at most %d", c.L_cycles, MAX_L_CYCLES);
 
     ModelTensors<floatX> none;
@@ -768,6 +788,7 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
         copy_to_device(m->enc_rope_sin, sn.data(), (size_t)2 * d.S * d.HD * sizeof(floatS));
     }
 
+    m->mb = choose_micro_batch(m, B_local);
     Arena arena = {nullptr, 0};
     acts_layout(&arena, m);                                              // measure
     m->acts_bytes = arena.used;
@@ -1890,7 +1911,34 @@ static void debug_state_write(Model* m, const TrainState& ts, const DebugCapture
 
 static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logger* log);
 
+// Model FLOPs of one forward application of a stack of blocks (2 per multiply-add): per layer the attention
+// projections (fused qkv and o; cross-attention: q and o on the queries, k and v on the memory rows), the MLP
+// (gate_up and down) and attention itself (scores and weighted values: 2 x 2 Tq Tk D).
+static double stack_flops(const StackShape& s, const Dims& d) {
+    const double N = (double)s.B * s.T, D = d.D, I = d.I, memory_rows = (double)s.B * s.Tk;
+    const double projections = s.cross ? 2 * N * 2 * D * D + 2 * memory_rows * 2 * D * D : 2 * N * 4 * D * D;
+    const double layer = projections + 2 * N * 3 * D * I + 4 * N * (s.cross ? s.Tk : s.T) * D;
+    return layer * s.n_layers;
+}
+
+// Model FLOPs of one micro-batch's training step: the forward pass (all H_cycles x (L_cycles + 1) applications
+// of the decoder, its heads, the encoder) and a backward pass of twice the forward FLOPs of what receives
+// gradient (the last H cycle, the heads, the encoder). Recomputation is not counted (MFU in the usual sense).
+static double micro_batch_flops(const Model& m, int B, int Nd) {
+    const Dims& d = m.d;
+    const Config& c = m.cfg;
+    const double app = stack_flops(decoder_shape(m, B), d), heads = 2.0 * B * d.T * d.D * d.V;
+    double flops = app * c.H_cycles * (c.L_cycles + 1) + heads + 2 * (app * (c.L_cycles + 1) + heads);
+    if (d.enc != ENC_NONE) {
+        double enc = Nd > 0 ? stack_flops(grid_shape(m, Nd), d) : 0;
+        if (d.set_encoder) enc += stack_flops(set_shape(m, B), d);
+        flops += 3 * enc;
+    }
+    return flops;
+}
+
 typedef struct {
+    double flops;                                  // model FLOPs of the step (forward + backward)
     double loss, lm_loss, q_halt_loss, kl;         // per sample of the global batch (kl: mean KL of the latents)
     double count, accuracy, exact, q_halt_acc, steps;
     double cross_sample_var;                       // ETRM: mean over (p, d) of the context's variance over samples
@@ -1953,6 +2001,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         floatX* z_L = m->z_L + (size_t)b0 * d.T * d.D;
         const int Nd = upload_micro_batch(m, &ts->carry[b0], B, b0);
         const int latent_rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
+        r.flops += micro_batch_flops(*m, B, Nd);
         latent_noise(m, latent_rows, true, step);
         act_reset(z_H, z_L, m->H_init, m->L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
         if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
@@ -2102,6 +2151,8 @@ int main(int argc, char** argv) {
     std::vector<ArgSpec> specs = config_specs(&cfg);
     if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)")) return 0;
     config_validate(cfg);
+    const std::string device_name = device_init(0);
+    const double peak_flops = device_peak_tflops(device_name) * 1e12;
     const std::string config_text = args_dump(specs);
     make_dirs(cfg.checkpoint_path);
     Logger log;
@@ -2140,11 +2191,14 @@ int main(int argc, char** argv) {
     if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
     const int eval_every = cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
     const Dims& d = m->d;
-    log_printf(&log, "arc.cu train_etrm (%s backend, %s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
-               "CPU", PRECISION_NAME, cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
+    log_printf(&log, "arc.cu train_etrm (%s backend on %s, %s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
+               BACKEND_NAME, device_name.c_str(), PRECISION_NAME, cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
                d.D, d.NH, cfg.L_layers, cfg.H_cycles, cfg.L_cycles, d.P, d.canvas);
-    log_printf(&log, "parameters: %zu (decoder %zu, encoder %zu)  puzzle identifiers: %d  activations: %.1f MiB for micro-batch %d\n",
-               m->n_params, m->n_decoder, m->n_params - m->n_decoder, m->n_puzzle_ids, m->acts_bytes / 1048576.0, m->mb);
+    log_printf(&log, "parameters: %zu (decoder %zu, encoder %zu)  puzzle identifiers: %d\n",
+               m->n_params, m->n_decoder, m->n_params - m->n_decoder, m->n_puzzle_ids);
+    log_printf(&log, "memory: %.2f GiB allocated (peak; activations %.2f GiB for micro-batch %d of %d per step); "
+               "%.2f GiB in use on the device\n", device_bytes_allocated() / 1073741824.0, m->acts_bytes / 1073741824.0,
+               m->mb, m->B_local, device_memory_in_use() / 1073741824.0);
     log_printf(&log, "data: %zu training tasks, %zu evaluation sets  steps: %d (%.1f per epoch)  eval every %d steps\n",
                dl.train_groups.size(), dl.test_names.size(), total_steps, steps_per_epoch, eval_every);
     if (cfg.eval_only) {
@@ -2154,6 +2208,8 @@ int main(int argc, char** argv) {
 
     const double t_start = wall_time();
     const int first_step = ts.step + 1;
+    double timed_seconds = 0, timed_flops = 0;         // the steps after the first (which includes warm-up)
+    int timed_steps = 0;
     if (first_step > total_steps) log_printf(&log, "nothing to do: the run is at step %d of %d\n", ts.step, total_steps);
     for (int step = first_step; step <= total_steps; step++) {
         const double t0 = wall_time();
@@ -2168,13 +2224,19 @@ int main(int argc, char** argv) {
         UpdateStats u = model_update(m, step, total_steps, Stream());
         device_synchronize();
         ts.step = step;
-        const double ms = 1000 * (wall_time() - t0);
+        const double seconds = wall_time() - t0;
+        if (step > first_step) { timed_seconds += seconds; timed_flops += r.flops; timed_steps++; }
+        if (step == first_step)
+            log_printf(&log, "memory: %.2f GiB in use on the device after the first step\n", device_memory_in_use() / 1073741824.0);
+        char mfu[32] = "";
+        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f", 100.0 * r.flops / seconds / peak_flops);
         if (log_step)
-            log_printf(&log, "train step=%d loss=%.4f lm_loss=%.4f q_halt_loss=%.4f kl=%.4f token_acc=%.4f exact_acc=%.4f "
+            log_printf(&log, "train step=%d loss=%.6f lm_loss=%.6f q_halt_loss=%.6f kl=%.6f token_acc=%.4f exact_acc=%.4f "
                        "q_halt_acc=%.4f act_steps=%.2f lr=%.3e grad_norm_enc=%.4f grad_norm_dec=%.4f grad_norm=%.4f "
-                       "encoder_cross_sample_var=%.4f ms=%.1f samples_per_s=%.1f\n",
+                       "encoder_cross_sample_var=%.4f ms=%.1f samples_per_s=%.1f%s\n",
                        step, r.loss, r.lm_loss, r.q_halt_loss, r.kl, r.accuracy, r.exact, r.q_halt_acc, r.steps, u.lr,
-                       u.enc_norm, u.dec_norm, u.total_norm, r.cross_sample_var, ms, cfg.global_batch_size / (ms / 1000));
+                       u.enc_norm, u.dec_norm, u.total_norm, r.cross_sample_var, 1000 * seconds,
+                       cfg.global_batch_size / seconds, mfu);
         const int done = step - first_step + 1;
         if (step == total_steps || done % std::max(1, (total_steps - first_step + 1) / 20) == 0) {
             const double elapsed = wall_time() - t_start;
@@ -2184,6 +2246,13 @@ int main(int argc, char** argv) {
         const bool eval_now = (eval_every && step % eval_every == 0) || step == total_steps;
         if (eval_now && !dl.test_names.empty()) evaluate(m, &dl, step, &log);
         if (eval_now || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)) checkpoint_save(m, dl, ts, config_text, &log);
+    }
+    if (timed_steps > 0) {                               // samples/s counts sample-ACT-steps, as upstream
+        char mfu[64] = "";
+        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f (of %.0f TFLOP/s peak)", 100.0 * timed_flops / timed_seconds / peak_flops, peak_flops / 1e12);
+        log_printf(&log, "timing steps=%d ms_per_step=%.1f steps_per_s=%.3f samples_per_s=%.1f tflops=%.3g%s\n", timed_steps,
+                   1000 * timed_seconds / timed_steps, timed_steps / timed_seconds,
+                   (double)timed_steps * cfg.global_batch_size / timed_seconds, timed_flops / timed_seconds / 1e12, mfu);
     }
     logger_close(&log);
     return 0;

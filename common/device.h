@@ -21,9 +21,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #define HOST_DEVICE __host__ __device__
+#define BACKEND_NAME "CUDA"
 typedef cudaStream_t Stream;
 #else
 #define HOST_DEVICE
+#define BACKEND_NAME "CPU"
 typedef struct CpuStream* Stream;   // never dereferenced: CPU ops run synchronously on the calling thread
 #endif
 
@@ -72,12 +74,25 @@ inline void copy_to_host(void* dst, const void* src, size_t bytes) { cudaCheck(c
 inline void copy_on_device(void* dst, const void* src, size_t bytes) { cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
 inline void device_memset(void* p, int value, size_t bytes) { cudaCheck(cudaMemset(p, value, bytes)); }
 inline void device_synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+inline size_t device_free_memory() {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+}
+// What the whole device has in use right now (ours, the CUDA context, the libraries' workspaces).
+inline size_t device_memory_in_use() {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return total_b - free_b;
+}
 #else
 inline void* device_malloc(size_t bytes, const char* what) {
     device_bytes_allocated() += bytes;
     return malloc_check(bytes, what);
 }
-inline std::string device_init(int = 0) { return "CPU"; }
+inline std::string device_init(int = 0) { return "the host"; }
+inline size_t device_free_memory() { return SIZE_MAX; }     // host memory: the batch is never split automatically
+inline size_t device_memory_in_use() { return device_bytes_allocated(); }
 inline void device_free(void* p) { free(p); }
 inline void copy_to_device(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 inline void copy_to_host(void* dst, const void* src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
@@ -96,3 +111,14 @@ template <typename T> HOST_DEVICE inline T from_float(double x) { return (T)x; }
 #ifdef __CUDACC__
 template <> HOST_DEVICE inline __nv_bfloat16 from_float<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
 #endif
+
+// Dense peak TFLOP/s of the precision the trainer runs (bf16 tensor cores, or fp32 without TF32), from the
+// vendor data sheets (SXM parts), for MFU. 0 when unknown (the CPU backend, other GPUs): MFU is not printed.
+inline double device_peak_tflops(const std::string& name) {
+    const bool bf16 = std::string(PRECISION_NAME) == "BF16";
+    if (name.find("H200") != std::string::npos) return bf16 ? 989.0 : 67.0;
+    if (name.find("H100") != std::string::npos)
+        return name.find("PCIe") != std::string::npos ? (bf16 ? 756.0 : 51.0) : (bf16 ? 989.0 : 67.0);
+    if (name.find("A100") != std::string::npos) return bf16 ? 312.0 : 19.5;
+    return 0.0;
+}

@@ -89,9 +89,120 @@ void matmul_backward_ref(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// Launchers (the GPU versions, through cuBLASLt, arrive with the CUDA backend)
+// GPU: cuBLASLt, bf16 (or fp32) operands with fp32 accumulation.
+//
+// cuBLASLt is column-major; a row-major (R, C) matrix is the column-major (C, R) matrix, its transpose. So
+//   forward   out^T (OC, N)    = W (OC, C) . inp^T (C, N)      A = weight (op T), B = inp,        m=OC n=N  k=C
+//   dinp      dinp^T (C, N)    = W^T (C, OC) . dout^T (OC, N)  A = weight,        B = dout,       m=C  n=N  k=OC
+//   dweight   dweight^T (C,OC) = inp^T (C, N) . dout (N, OC)   A = inp,           B = dout (op T), m=C  n=OC k=N
+// The bias is cuBLASLt's BIAS epilogue (a vector over m, added to every column); dweight accumulates in fp32
+// (beta = 1) straight from the bf16 operands; dbias is a small fixed-order column sum (no atomics).
+// The plan of every distinct call (descriptors, layouts, chosen algorithm) is made once and cached.
 
-#ifndef __CUDACC__
+#ifdef __CUDACC__
+#include <map>
+#include <tuple>
+
+template <typename T> constexpr cudaDataType_t cuda_data_type();
+template <> constexpr cudaDataType_t cuda_data_type<float>() { return CUDA_R_32F; }
+template <> constexpr cudaDataType_t cuda_data_type<__nv_bfloat16>() { return CUDA_R_16BF; }
+
+// Largest power of two (<= 256) dividing x: the alignment cuBLASLt may assume of an address or a row pitch.
+inline int alignment_of(uintptr_t x) {
+    int align = 256;
+    while (align > 1 && x % align) align /= 2;
+    return align;
+}
+
+struct MatmulPlan {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+// D (m, n) = alpha * op(A) (m, k) . op(B) (k, n) + beta * D (+ bias over m), column-major, D also the C input.
+template <typename TAB, typename TD>
+void matmul_cublaslt(TD* d, const TAB* a, const TAB* b, const TD* bias, int m, int n, int k, bool trans_a, bool trans_b,
+                     float beta, Stream st) {
+    CublasLtState& s = cublaslt_state();
+    if (!s.handle) fatal("matmul before device_init(): the cuBLASLt handle does not exist yet");
+    const int lda = trans_a ? k : m, ldb = trans_b ? n : k;
+    // what the algorithm may assume: each pointer's alignment, capped by the alignment of its leading dimension
+    const int align_a = std::min(alignment_of((uintptr_t)a), alignment_of((size_t)lda * sizeof(TAB)));
+    const int align_b = std::min(alignment_of((uintptr_t)b), alignment_of((size_t)ldb * sizeof(TAB)));
+    const int align_d = std::min(alignment_of((uintptr_t)d), alignment_of((size_t)m * sizeof(TD)));
+    const int align_bias = bias ? alignment_of((uintptr_t)bias) : 256;
+    typedef std::tuple<int, int, int, bool, bool, bool, bool, int, int, int, int, int> Key;
+    const Key key(m, n, k, trans_a, trans_b, bias != nullptr, beta != 0.0f, align_a, align_b, align_d, align_bias,
+                  (int)cuda_data_type<TAB>() * 100 + (int)cuda_data_type<TD>());
+    static std::map<Key, MatmulPlan> plans;
+    auto it = plans.find(key);
+    if (it == plans.end()) {
+        MatmulPlan p;
+        cublasCheck(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+        if (bias) {
+            const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+            cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+            const cudaDataType_t bias_type = cuda_data_type<TD>();
+            cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+        }
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.a, cuda_data_type<TAB>(), trans_a ? k : m, trans_a ? m : k, lda));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.b, cuda_data_type<TAB>(), trans_b ? n : k, trans_b ? k : n, ldb));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.c, cuda_data_type<TD>(), m, n, m));
+        cublasLtMatmulPreference_t pref;
+        cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &s.workspace_bytes, sizeof(size_t)));
+        const uint32_t aa = align_a, ab = align_b, ad = align_d;
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof(aa)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad, sizeof(ad)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad, sizeof(ad)));
+        cublasLtMatmulHeuristicResult_t heuristic;
+        int found = 0;
+        cublasCheck(cublasLtMatmulAlgoGetHeuristic(s.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &heuristic, &found));
+        cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+        if (!found)
+            fatal("cuBLASLt has no algorithm for m=%d n=%d k=%d transA=%d transB=%d bias=%d (alignments %d/%d/%d bytes)",
+                  m, n, k, trans_a, trans_b, bias != nullptr, align_a, align_b, align_d);
+        p.algo = heuristic.algo;
+        it = plans.emplace(key, p).first;
+    }
+    const MatmulPlan& p = it->second;
+    if (bias) cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(s.handle, p.op, &alpha, a, p.a, b, p.b, &beta, d, p.c, d, p.c, &p.algo, s.workspace,
+                               s.workspace_bytes, st));
+}
+
+// dbias[o] += sum_n dout[n, o]: one block per column, a fixed-order block reduction (deterministic).
+__global__ void matmul_bias_backward_kernel(floatS* dbias, const floatX* dout, int N, int OC) {
+    __shared__ float scratch[32];
+    const int o = blockIdx.x;
+    float sum = 0;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) sum += to_float(dout[(size_t)n * OC + o]);
+    sum = block_reduce_sum(sum, scratch);
+    if (threadIdx.x == 0) dbias[o] += sum;
+}
+
+inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
+                           int N, int C, int OC, Stream st) {
+    if (N == 0) return;
+    matmul_cublaslt(out, weight, inp, bias, OC, N, C, true, false, 0.0f, st);
+}
+inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
+                            const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream st) {
+    if (N == 0) return;
+    if (dinp) matmul_cublaslt(dinp, weight, dout, (const floatX*)nullptr, C, N, OC, false, false, accumulate_dinp ? 1.0f : 0.0f, st);
+    if (dweight) matmul_cublaslt(dweight, inp, dout, (const floatS*)nullptr, C, OC, N, false, true, 1.0f, st);
+    if (dbias) {
+        matmul_bias_backward_kernel<<<OC, 256, 0, st>>>(dbias, dout, N, OC);
+        cudaCheckLaunch("matmul_bias_backward_kernel");
+    }
+}
+#else  // CPU launchers
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
                            int N, int C, int OC, Stream) {
     matmul_forward_ref(out, inp, weight, bias, N, C, OC);
