@@ -6,6 +6,7 @@
 //   block_reduce_sum                      the same over a whole block (warps reduce, then warp 0 reduces the
 //                                         per-warp sums): fixed order, no atomics
 //   Packed128<T>                          16 bytes of T (8 bf16 or 4 floats) loaded or stored in one instruction
+//   load_floats / store_floats            P elements of a tensor to / from floats (128-bit or scalar)
 //   cublaslt_handle() / cublaslt_workspace()   the one cuBLASLt handle and workspace of the process
 //   device_init()                         picks the GPU, prints what it is, creates the cuBLASLt handle
 #pragma once
@@ -67,6 +68,28 @@ template <typename T> __device__ inline Packed128<T> load128cs(const T* p) {
     return r;
 }
 template <typename T> __device__ inline void store128(T* p, const Packed128<T>& v) { *reinterpret_cast<Packed128<T>*>(p) = v; }
+
+// P consecutive elements of a floatX tensor as floats: one 128-bit access when P is the pack size, a scalar one
+// when P = 1 (ragged sizes, unaligned pointers). Cached loads (a second pass over a row may find it in L1).
+template <int P, typename T> __device__ inline void load_floats(float (&x)[P], const T* p) {
+    if constexpr (P == 1) {
+        x[0] = to_float(*p);
+    } else {
+        static_assert(P == Packed128<T>::size, "P is 1 or the 128-bit pack size");
+        const Packed128<T> v = load128(p);
+        for (int k = 0; k < P; k++) x[k] = to_float(v[k]);
+    }
+}
+template <int P, typename T> __device__ inline void store_floats(T* p, const float (&x)[P]) {
+    if constexpr (P == 1) {
+        *p = from_float<T>(x[0]);
+    } else {
+        static_assert(P == Packed128<T>::size, "P is 1 or the 128-bit pack size");
+        Packed128<T> v;
+        for (int k = 0; k < P; k++) v[k] = from_float<T>(x[k]);
+        store128(p, v);
+    }
+}
 
 // ----------------------------------------------------------------------------------------------------------
 // cuBLASLt: one handle and one workspace for the process (created by device_init).

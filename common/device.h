@@ -46,6 +46,17 @@ typedef float floatS;
 #define PRECISION_NAME "FP32"
 #endif
 
+// Conversions between the storage types and float/double, usable in kernels and on the host.
+HOST_DEVICE inline float to_float(float x) { return x; }
+HOST_DEVICE inline double to_float(double x) { return x; }
+#ifdef __CUDACC__
+HOST_DEVICE inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+#endif
+template <typename T> HOST_DEVICE inline T from_float(double x) { return (T)x; }
+#ifdef __CUDACC__
+template <> HOST_DEVICE inline __nv_bfloat16 from_float<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
+#endif
+
 // Bytes allocated with device_malloc so far (the trainer prints it as the device memory it needs).
 inline size_t& device_bytes_allocated() { static size_t bytes = 0; return bytes; }
 
@@ -99,17 +110,6 @@ inline void copy_to_host(void* dst, const void* src, size_t bytes) { if (bytes) 
 inline void copy_on_device(void* dst, const void* src, size_t bytes) { if (bytes && dst != src) memcpy(dst, src, bytes); }
 inline void device_memset(void* p, int value, size_t bytes) { if (bytes) memset(p, value, bytes); }
 inline void device_synchronize() {}
-#endif
-
-// Conversions between the storage types and float/double, usable in kernels and on the host.
-HOST_DEVICE inline float to_float(float x) { return x; }
-HOST_DEVICE inline double to_float(double x) { return x; }
-#ifdef __CUDACC__
-HOST_DEVICE inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-#endif
-template <typename T> HOST_DEVICE inline T from_float(double x) { return (T)x; }
-#ifdef __CUDACC__
-template <> HOST_DEVICE inline __nv_bfloat16 from_float<__nv_bfloat16>(double x) { return __float2bfloat16((float)x); }
 #endif
 
 // Dense peak TFLOP/s of the precision the trainer runs (bf16 tensor cores, or fp32 without TF32), from the

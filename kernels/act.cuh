@@ -12,6 +12,7 @@
 // The random numbers are hash(seed, global slot, purpose), global slot = slot_offset + b * slot_stride, so
 // the decisions are identical on every backend and for any number of ranks.
 #pragma once
+#include <algorithm>
 #include "../common/device.h"
 #include "../common/rand.h"
 
@@ -59,5 +60,61 @@ inline void act_reset(floatX* z_H, floatX* z_L, const floatX* H_init, const floa
 inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int B, int max_steps, float explore_prob,
                      bool training, uint64_t seed, int slot_offset, int slot_stride, Stream) {
     act_halt_ref(halted, steps, q, B, max_steps, explore_prob, training, seed, slot_offset, slot_stride);
+}
+#endif
+
+// ----------------------------------------------------------------------------------------------------------
+// CUDA
+
+#ifdef __CUDACC__
+// Block (position tile, b): a slot that did not halt returns at once; otherwise its threads write z_H[b], z_L[b]
+// at positions t * D + d = blockIdx.x * blockDim.x + threadIdx.x (of T_len * D).
+template <typename T>
+__global__ void act_reset_kernel(T* z_H, T* z_L, const T* H_init, const T* L_init, int* steps, const uint8_t* halted,
+                                 int T_len, int D) {
+    const int b = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (!halted[b]) return;
+    if (i == 0) steps[b] = 0;
+    if (i >= T_len * D) return;
+    const size_t j = (size_t)b * T_len * D + i;
+    z_H[j] = H_init[i % D];
+    z_L[j] = L_init[i % D];
+}
+
+// One thread per slot; the same decisions as the reference (the same hash functions, the same comparisons).
+template <typename T>
+__global__ void act_halt_kernel(uint8_t* halted, int* steps, const T* q, int B, int max_steps, float explore_prob,
+                                bool training, uint64_t seed, int slot_offset, int slot_stride) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const int step = steps[b] + 1;
+    steps[b] = step;
+    bool halt = step >= max_steps;
+    if (training && max_steps > 1) {
+        halt = halt || (double)to_float(q[(size_t)b * 2]) > 0;
+        const uint64_t slot = (uint64_t)(slot_offset + b * slot_stride);
+        const bool explore = hash_uniform(seed, slot, 0) < explore_prob;
+        const int min_steps = explore ? 2 + (int)hash_below((uint32_t)(max_steps - 1), seed, slot, 1) : 0;
+        halt = halt && step >= min_steps;
+    }
+    halted[b] = halt;
+}
+
+inline void act_reset(floatX* z_H, floatX* z_L, const floatX* H_init, const floatX* L_init, int* steps,
+                      const uint8_t* halted, int B, int T, int D, Stream stream) {
+    if (B == 0) return;
+    const int block_size = 256;
+    const dim3 grid(CEIL_DIV(std::max(T * D, 1), block_size), B);    // at least one block: it resets steps
+    act_reset_kernel<<<grid, block_size, 0, stream>>>(z_H, z_L, H_init, L_init, steps, halted, T, D);
+    cudaCheckLaunch("act_reset_kernel");
+}
+
+inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int B, int max_steps, float explore_prob,
+                     bool training, uint64_t seed, int slot_offset, int slot_stride, Stream stream) {
+    if (B == 0) return;
+    const int block_size = 256;
+    act_halt_kernel<<<CEIL_DIV(B, block_size), block_size, 0, stream>>>(halted, steps, q, B, max_steps, explore_prob,
+                                                                       training, seed, slot_offset, slot_stride);
+    cudaCheckLaunch("act_halt_kernel");
 }
 #endif

@@ -12,3 +12,18 @@ void convert_to_floatS_ref(TS* dst, const TX* src, size_t n) {
 #ifndef __CUDACC__
 inline void convert_to_floatS(floatS* dst, const floatX* src, size_t n, Stream) { convert_to_floatS_ref(dst, src, n); }
 #endif
+
+#ifdef __CUDACC__
+template <typename TS, typename TX>
+__global__ void convert_to_floatS_kernel(TS* dst, const TX* src, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = (TS)to_float(src[i]);
+}
+
+inline void convert_to_floatS(floatS* dst, const floatX* src, size_t n, Stream stream) {
+    if (n == 0) return;
+    const int block_size = 256;
+    convert_to_floatS_kernel<<<(unsigned)CEIL_DIV(n, (size_t)block_size), block_size, 0, stream>>>(dst, src, n);
+    cudaCheckLaunch("convert_to_floatS_kernel");
+}
+#endif

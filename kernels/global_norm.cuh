@@ -3,6 +3,7 @@
 // The trainer takes sqrt on the host for logging and clipping (scale = min(1, clip / (norm + 1e-6)), as
 // torch.nn.utils.clip_grad_norm_).
 #pragma once
+#include <algorithm>
 #include <vector>
 #include "../common/device.h"
 
@@ -23,4 +24,41 @@ void global_norm_squared_ref(T* out, const T* x, size_t n) {
 
 #ifndef __CUDACC__
 inline void global_norm_squared(floatS* out, const floatS* x, size_t n, Stream) { global_norm_squared_ref(out, x, n); }
+#endif
+
+#ifdef __CUDACC__
+// Two stages of one kernel, in double: out[blockIdx.x] = sum of x[i] (squared with SQUARE) over the block's
+// elements i = blockIdx.x * blockDim.x + threadIdx.x + k * gridDim.x * blockDim.x, k = 0, 1, ...
+//   stage 1: a grid of at most GLOBAL_NORM_BLOCKS blocks writes one partial sum per block
+//   stage 2: one block sums those partial sums into out[0]
+// Each thread's elements and their order depend only on n and the launch shape, and block_reduce_sum adds in
+// a fixed order: the result is deterministic.
+constexpr int GLOBAL_NORM_BLOCKS = 1024;
+constexpr int GLOBAL_NORM_BLOCK_SIZE = 512;
+
+template <bool SQUARE, typename TOut, typename TIn>
+__global__ void global_norm_sum_kernel(TOut* out, const TIn* x, size_t n) {
+    __shared__ double scratch[32];
+    double sum = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const double v = (double)x[i];
+        sum += SQUARE ? v * v : v;
+    }
+    sum = block_reduce_sum(sum, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = (TOut)sum;
+}
+
+inline void global_norm_squared(floatS* out, const floatS* x, size_t n, Stream stream) {
+    if (n == 0) {                                            // the empty sum
+        cudaCheck(cudaMemsetAsync(out, 0, sizeof(floatS), stream));
+        return;
+    }
+    // the per-block partial sums, allocated at the first call and reused (the calls are ordered on one stream)
+    static double* partial = (double*)device_malloc(GLOBAL_NORM_BLOCKS * sizeof(double), "global_norm partial sums");
+    const int n_blocks = (int)std::min((size_t)GLOBAL_NORM_BLOCKS, CEIL_DIV(n, (size_t)GLOBAL_NORM_BLOCK_SIZE));
+    global_norm_sum_kernel<true><<<n_blocks, GLOBAL_NORM_BLOCK_SIZE, 0, stream>>>(partial, x, n);
+    cudaCheckLaunch("global_norm_sum_kernel (partial sums)");
+    global_norm_sum_kernel<false><<<1, GLOBAL_NORM_BLOCK_SIZE, 0, stream>>>(out, partial, (size_t)n_blocks);
+    cudaCheckLaunch("global_norm_sum_kernel (total)");
+}
 #endif

@@ -53,3 +53,53 @@ inline void sign_sgd_update(floatS* table, const int* ids, const floatX* grads, 
     sign_sgd_update_ref(table, ids, grads, B, ndim, lr, weight_decay);
 }
 #endif
+
+// ----------------------------------------------------------------------------------------------------------
+// CUDA
+
+#ifdef __CUDACC__
+// rows[b, d] = table[ids[b], d]; one thread per element.
+template <typename TX, typename TS>
+__global__ void puzzle_emb_gather_kernel(TX* rows, const TS* table, const int* ids, int B, int ndim) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * ndim) return;
+    rows[i] = from_float<TX>(table[(size_t)ids[i / ndim] * ndim + i % ndim]);
+}
+
+// One block per batch entry b. The first entry of each id updates the row; a later one (some b' < b has the
+// same id) does nothing, so every row is written by one block. The threads split the row's ndim columns and
+// each sums the column's gradients of all entries with that id in batch order, in double: deterministic,
+// with the same sums as the reference. O(B^2) id comparisons: B is a micro-batch (<= 768).
+template <typename TS, typename TX>
+__global__ void sign_sgd_update_kernel(TS* table, const int* ids, const TX* grads, int B, int ndim, float lr,
+                                       float weight_decay) {
+    const int b = blockIdx.x, id = ids[b];
+    int seen_before = 0;
+    for (int e = threadIdx.x; e < b; e += blockDim.x) seen_before |= ids[e] == id;
+    if (__syncthreads_or(seen_before)) return;
+    TS* row = table + (size_t)id * ndim;
+    for (int d = threadIdx.x; d < ndim; d += blockDim.x) {
+        double g = 0.0;
+        for (int e = b; e < B; e++)
+            if (ids[e] == id) g += (double)to_float(grads[(size_t)e * ndim + d]);
+        const double sign = (g > 0) - (g < 0);
+        row[d] = (TS)((double)row[d] * (1.0 - (double)lr * weight_decay) - (double)lr * sign);
+    }
+}
+
+inline void puzzle_emb_gather(floatX* rows, const floatS* table, const int* ids, int B, int ndim, Stream stream) {
+    const size_t n = (size_t)B * ndim;
+    if (n == 0) return;
+    const int block_size = 256;
+    puzzle_emb_gather_kernel<<<(unsigned)CEIL_DIV(n, (size_t)block_size), block_size, 0, stream>>>(rows, table, ids, B, ndim);
+    cudaCheckLaunch("puzzle_emb_gather_kernel");
+}
+
+inline void sign_sgd_update(floatS* table, const int* ids, const floatX* grads, int B, int ndim, float lr,
+                            float weight_decay, Stream stream) {
+    if (B == 0 || ndim == 0) return;
+    const int block_size = 256;
+    sign_sgd_update_kernel<<<B, block_size, 0, stream>>>(table, ids, grads, B, ndim, lr, weight_decay);
+    cudaCheckLaunch("sign_sgd_update_kernel");
+}
+#endif

@@ -85,3 +85,90 @@ inline void stablemax_loss_backward(floatX* dlogits, const floatX* logits, const
     stablemax_loss_backward_ref(dlogits, logits, labels, n_valid, dloss, B, T, P, V);
 }
 #endif
+
+// ----------------------------------------------------------------------------------------------------------
+// CUDA. Forward: a block per sample; each thread takes the sample's tokens threadIdx.x, + blockDim.x, ... and
+// sums its -logp_y in a fixed order, then block_reduce_sum adds the threads' sums in a fixed order: the loss is
+// deterministic (no atomics) for a given block size. Backward: a thread per (b, t) row of V logits.
+// s(x) and the sums are in double like the reference (V = 12 logits per row: the math is cheap, the rows tiny).
+
+#ifdef __CUDACC__
+__global__ void stablemax_loss_forward_kernel(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
+                                              const int* labels, int T, int P, int V) {
+    __shared__ double scratch[WARP_SIZE];
+    const int b = blockIdx.x, S = T - P;
+    double sum = 0, count = 0, correct = 0;        // counts in double: one block_reduce_sum for all three
+    for (int s = threadIdx.x; s < S; s += blockDim.x) {
+        const floatX* x = logits + ((size_t)b * T + P + s) * V;
+        int argmax = 0;
+        float best = to_float(x[0]);
+        double total = stablemax_s(best);
+        for (int v = 1; v < V; v++) {
+            const float xv = to_float(x[v]);
+            if (xv > best) { best = xv; argmax = v; }          // strict: the first maximum wins ties
+            total += stablemax_s(xv);
+        }
+        if (preds) preds[(size_t)b * S + s] = argmax;
+        const int y = labels[(size_t)b * S + s];
+        if (y == IGNORE_LABEL_ID) continue;
+        sum += log(total) - log(stablemax_s(to_float(x[y])));
+        count += 1;
+        correct += argmax == y;
+    }
+    sum = block_reduce_sum(sum, scratch);
+    count = block_reduce_sum(count, scratch);
+    correct = block_reduce_sum(correct, scratch);
+    if (threadIdx.x == 0) {
+        loss[b] = (floatS)(sum / (count > 1 ? count : 1));
+        n_valid[b] = (int)count;
+        n_correct[b] = (int)correct;
+    }
+}
+
+__global__ void stablemax_loss_backward_kernel(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
+                                               const floatS* dloss, int B, int T, int P, int V) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;   // (b, t)
+    if (row >= B * T) return;
+    const int b = row / T, t = row % T;
+    const floatX* x = logits + (size_t)row * V;
+    floatX* dx = dlogits + (size_t)row * V;
+    const int y = t < P ? IGNORE_LABEL_ID : labels[(size_t)b * (T - P) + t - P];
+    if (y == IGNORE_LABEL_ID) {
+        for (int v = 0; v < V; v++) dx[v] = from_float<floatX>(0.0);
+        return;
+    }
+    const double scale = (double)dloss[b] / (n_valid[b] > 1 ? n_valid[b] : 1);
+    double total = 0;
+    for (int v = 0; v < V; v++) total += stablemax_s(to_float(x[v]));
+    for (int v = 0; v < V; v++) {
+        const double xv = to_float(x[v]);
+        double g = stablemax_ds(xv) / total;
+        if (v == y) g -= stablemax_ds(xv) / stablemax_s(xv);
+        dx[v] = from_float<floatX>(g * scale);
+    }
+}
+
+// The launchers with the block size as a parameter; the lab sweeps it (a multiple of 32 for the forward).
+inline void stablemax_loss_forward_launch(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
+                                          const int* labels, int B, int T, int P, int V, int block_size, Stream stream) {
+    if (B == 0) return;
+    stablemax_loss_forward_kernel<<<B, block_size, 0, stream>>>(loss, n_valid, n_correct, preds, logits, labels, T, P, V);
+    cudaCheckLaunch("stablemax_loss_forward_kernel");
+}
+inline void stablemax_loss_backward_launch(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
+                                           const floatS* dloss, int B, int T, int P, int V, int block_size, Stream stream) {
+    if (B * T == 0) return;
+    stablemax_loss_backward_kernel<<<CEIL_DIV(B * T, block_size), block_size, 0, stream>>>(dlogits, logits, labels, n_valid,
+                                                                                           dloss, B, T, P, V);
+    cudaCheckLaunch("stablemax_loss_backward_kernel");
+}
+
+inline void stablemax_loss_forward(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
+                                   const int* labels, int B, int T, int P, int V, Stream stream) {
+    stablemax_loss_forward_launch(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V, 512, stream);
+}
+inline void stablemax_loss_backward(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
+                                    const floatS* dloss, int B, int T, int P, int V, Stream stream) {
+    stablemax_loss_backward_launch(dlogits, logits, labels, n_valid, dloss, B, T, P, V, 256, stream);
+}
+#endif

@@ -66,3 +66,75 @@ inline void reparameterize_backward(floatX* dmu, floatX* dlogvar, const floatX* 
     reparameterize_backward_ref(dmu, dlogvar, dz, mu, logvar, eps, dkl, N, C, lo, hi);
 }
 #endif
+
+// ----------------------------------------------------------------------------------------------------------
+// CUDA
+
+#ifdef __CUDACC__
+// The logvar clamp of the forward and backward (lo = -inf, hi = +inf: no clamp).
+__device__ inline float clamp_logvar(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// eps[n, c] = hash_normal(seed, row_key[n], c): the same function as the CPU's (rand.h is HOST_DEVICE).
+template <typename TS>
+__global__ void gaussian_noise_kernel(TS* eps, const int* row_key, int N, int C, uint64_t seed) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * C) return;
+    eps[i] = (TS)hash_normal(seed, (uint64_t)row_key[i / C], (uint64_t)(i % C));
+}
+
+// One block per row n: z elementwise (fp32), and kl[n] summed in double, each thread over its channels
+// c = threadIdx.x + k * blockDim.x in order, then block_reduce_sum (fixed order): deterministic.
+template <typename TX, typename TS>
+__global__ void reparameterize_forward_kernel(TX* z, TS* kl, const TX* mu, const TX* logvar, const TS* eps, int C,
+                                              float lo, float hi) {
+    __shared__ double scratch[32];
+    const size_t row = (size_t)blockIdx.x * C;
+    double sum = 0.0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float m = to_float(mu[row + c]), lv = clamp_logvar(to_float(logvar[row + c]), lo, hi);
+        z[row + c] = from_float<TX>(m + expf(lv / 2) * (float)eps[row + c]);
+        sum += 1.0 + (double)lv - (double)m * (double)m - exp((double)lv);
+    }
+    sum = block_reduce_sum(sum, scratch);
+    if (threadIdx.x == 0) kl[blockIdx.x] = (TS)(-0.5 * sum);
+}
+
+// Elementwise, in fp32.
+template <typename TX, typename TS>
+__global__ void reparameterize_backward_kernel(TX* dmu, TX* dlogvar, const TX* dz, const TX* mu, const TX* logvar,
+                                               const TS* eps, float dkl, size_t n, float lo, float hi) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = to_float(dz[i]), m = to_float(mu[i]), raw = to_float(logvar[i]), lv = clamp_logvar(raw, lo, hi);
+    const bool inside = raw >= lo && raw <= hi;     // the clamp passes no gradient outside [lo, hi]
+    dmu[i] = from_float<TX>(g + dkl * m);
+    dlogvar[i] = from_float<TX>(inside ? g * (float)eps[i] * expf(lv / 2) / 2 + dkl * (expf(lv) - 1) / 2 : 0.0f);
+}
+
+inline void gaussian_noise(floatS* eps, const int* row_key, int N, int C, uint64_t seed, Stream stream) {
+    const size_t n = (size_t)N * C;
+    if (n == 0) return;
+    const int block_size = 256;
+    gaussian_noise_kernel<<<(unsigned)CEIL_DIV(n, (size_t)block_size), block_size, 0, stream>>>(eps, row_key, N, C, seed);
+    cudaCheckLaunch("gaussian_noise_kernel");
+}
+
+inline void reparameterize_forward(floatX* z, floatS* kl, const floatX* mu, const floatX* logvar, const floatS* eps,
+                                   int N, int C, float lo, float hi, Stream stream) {
+    if (N == 0) return;
+    const int block_size = 256;
+    reparameterize_forward_kernel<<<N, block_size, 0, stream>>>(z, kl, mu, logvar, eps, C, lo, hi);
+    cudaCheckLaunch("reparameterize_forward_kernel");
+}
+
+inline void reparameterize_backward(floatX* dmu, floatX* dlogvar, const floatX* dz, const floatX* mu,
+                                    const floatX* logvar, const floatS* eps, float dkl, int N, int C, float lo,
+                                    float hi, Stream stream) {
+    const size_t n = (size_t)N * C;
+    if (n == 0) return;
+    const int block_size = 256;
+    reparameterize_backward_kernel<<<(unsigned)CEIL_DIV(n, (size_t)block_size), block_size, 0, stream>>>(
+        dmu, dlogvar, dz, mu, logvar, eps, dkl, n, lo, hi);
+    cudaCheckLaunch("reparameterize_backward_kernel");
+}
+#endif

@@ -1,0 +1,1182 @@
+// Every op launcher the trainer uses (kernels/*.cuh), run on the device backend and compared with the op's CPU
+// reference (the *_ref templates, in double unless a template needs matching types).
+//
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I. -Xcompiler -fopenmp test/test_kernels.cu -o build/test_kernels -lcublasLt -lgomp
+//   (add -DENABLE_FP32 for build/test_kernels_fp32)
+//
+// Compiled by nvcc it tests the GPU launchers in the build's precision (BF16 by default, FP32 with
+// -DENABLE_FP32); compiled as host C++ (g++ -fopenmp -x c++ test/test_kernels.cu) the same code tests the CPU
+// launchers (float) against the double references, and the checks are named "cpu ..." instead of "gpu ...".
+//
+// Method, for every op: fresh random inputs from common/rand.h (a new seed per draw), rounded through floatX /
+// floatS so that the reference sees exactly the device's inputs; every output buffer poisoned with 0xff bytes
+// (NaN, or -1 for integers) before the launch, except those the op adds into or updates in place, which start
+// from known random values on both sides; the launch on stream 0; the result downloaded and compared.
+// Regions an op must not write (rows outside [offset, offset + S), elements before/after a sub-range) are
+// checked too: they must still hold their poison (or initial values) afterwards.
+//
+// Without a CUDA device the nvcc build prints one SKIP line per op group and exits 0, or, with
+// ARC_REQUIRE_GPU=1 in the environment, prints a FAIL line and exits 1.
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../common/device.h"
+#include "../common/rand.h"
+#include "../kernels/act.cuh"
+#include "../kernels/adam.cuh"
+#include "../kernels/add.cuh"
+#include "../kernels/attention.cuh"
+#include "../kernels/convert.cuh"
+#include "../kernels/ema.cuh"
+#include "../kernels/embedding.cuh"
+#include "../kernels/global_norm.cuh"
+#include "../kernels/masked_mean.cuh"
+#include "../kernels/matmul.cuh"
+#include "../kernels/puzzle_embedding.cuh"
+#include "../kernels/q_halt_loss.cuh"
+#include "../kernels/rmsnorm.cuh"
+#include "../kernels/rope.cuh"
+#include "../kernels/rows.cuh"
+#include "../kernels/stablemax.cuh"
+#include "../kernels/swiglu.cuh"
+#include "../kernels/variational.cuh"
+#include "test.h"
+
+#if defined(ENABLE_FP64)
+#error "test_kernels compares a float/bf16 backend with double references; build it without ENABLE_FP64"
+#endif
+
+#ifdef __CUDACC__
+#define BK "gpu"
+#else
+#define BK "cpu"
+#endif
+
+typedef std::vector<double> vecd;
+typedef std::vector<int> veci;
+typedef std::vector<uint8_t> vecu8;
+
+static const double NaN = nan("");
+static const Stream st = Stream();      // stream 0
+
+// ---------------------------------------------------------------------------------------------------------
+// Tolerances. A check passes when |got - ref| <= rtol * |ref| + atol * scale for every element, where scale is
+// the RMS of the reference's finite elements (1 if they are all zero); implemented with max_rel_error.
+
+struct Tol { double rtol, atol; };
+#if defined(__CUDACC__) && !defined(ENABLE_FP32)
+static const bool BF16 = true;
+#else
+static const bool BF16 = false;
+#endif
+// elementwise results stored in floatX
+static const Tol TOL_EW = BF16 ? Tol{1e-2, 1e-2} : Tol{1e-5, 1e-6};
+// results of a reduction (matmul, attention, norms, means) stored in floatX
+static const Tol TOL_RED = BF16 ? Tol{1e-2, 1e-2} : Tol{1e-5, 1e-5};
+// attention backward in bf16 (probabilities and dS are rounded to bf16 for the tensor-core products)
+static const Tol TOL_ATT_BWD = BF16 ? Tol{2e-2, 2e-2} : Tol{1e-5, 1e-5};
+// fp32 (floatS) results computed from floatX inputs: parameter gradients, statistics, losses
+static const Tol TOL_S = BF16 ? Tol{5e-3, 5e-3} : Tol{1e-5, 1e-5};
+// fp32 results of fp32 inputs (optimizer state, EMA, norms, sign-SGD): the same in both builds
+static const Tol TOL_F32 = {1e-5, 1e-6};
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+static std::string fmt(const char* f, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return buf;
+}
+
+static uint64_t g_draw = 0;
+static uint64_t fresh_seed() { return hash_u64(0x6b65726e656c73ull, ++g_draw); }
+// Uniform in [lo, hi), a fresh seed per call.
+static vecd rnd(size_t n, double lo, double hi) {
+    const uint64_t seed = fresh_seed();
+    vecd v(n);
+    for (size_t i = 0; i < n; i++) v[i] = lo + (hi - lo) * (double)hash_uniform(seed, i);
+    return v;
+}
+static veci rnd_int(size_t n, int below) {
+    const uint64_t seed = fresh_seed();
+    veci v(n);
+    for (size_t i = 0; i < n; i++) v[i] = (int)hash_below((uint32_t)below, seed, i);
+    return v;
+}
+static double rx1(double x) { return (double)to_float(from_float<floatX>(x)); }
+static double rs1(double x) { return (double)to_float(from_float<floatS>(x)); }
+static vecd rx(vecd v) { for (auto& x : v) x = rx1(x); return v; }     // as floatX holds it
+static vecd rs(vecd v) { for (auto& x : v) x = rs1(x); return v; }     // as floatS holds it
+
+// A device buffer of n elements of T.
+template <typename T>
+struct Dev {
+    T* p = nullptr;
+    size_t n = 0;
+    explicit Dev(size_t n_) : n(n_) { p = (T*)device_malloc(std::max<size_t>(n, 1) * sizeof(T), "test_kernels buffer"); }
+    explicit Dev(const vecd& v) : Dev(v.size()) { set(v); }
+    explicit Dev(const std::vector<T>& v) : Dev(v.size()) { set_raw(v); }
+    ~Dev() { device_free(p); }
+    Dev(const Dev&) = delete;
+    Dev& operator=(const Dev&) = delete;
+    size_t bytes() const { return n * sizeof(T); }
+    void poison() { device_memset(p, 0xff, bytes()); }
+    void set(const vecd& v) {
+        std::vector<T> tmp(n);
+        for (size_t i = 0; i < n; i++) tmp[i] = from_float<T>(v[i]);
+        copy_to_device(p, tmp.data(), bytes());
+    }
+    void set_raw(const std::vector<T>& v) { copy_to_device(p, v.data(), bytes()); }
+    vecd get() const {
+        std::vector<T> tmp(n);
+        copy_to_host(tmp.data(), p, bytes());
+        vecd r(n);
+        for (size_t i = 0; i < n; i++) r[i] = (double)to_float(tmp[i]);
+        return r;
+    }
+    std::vector<T> raw() const {
+        std::vector<T> tmp(n);
+        copy_to_host(tmp.data(), p, bytes());
+        return tmp;
+    }
+};
+
+// After every launch: surface asynchronous errors under the check's name (a faulted context cannot go on).
+static void launched(const std::string& name) {
+#ifdef __CUDACC__
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+        check(false, name.c_str(), "CUDA error after the launch: %s (no further check can run)", cudaGetErrorString(err));
+        test_summary();
+        exit(1);
+    }
+#else
+    (void)name;
+#endif
+}
+
+// got vs ref within tol. A NaN in ref marks an element the op must not write: got must still hold the poison
+// (NaN); an infinite ref (lse of a query without keys) must be matched exactly.
+static bool expect_close(const std::string& name, const vecd& got, const vecd& ref, Tol tol) {
+    if (got.size() != ref.size()) return check(false, name.c_str(), "size %zu vs reference %zu", got.size(), ref.size());
+    double ss = 0;
+    size_t n_fin = 0;
+    for (double r : ref) if (isfinite(r)) { ss += r * r; n_fin++; }
+    const double scale = ss > 0 ? sqrt(ss / n_fin) : 1.0;
+    vecd g, r;
+    std::vector<size_t> idx;
+    size_t n_special_bad = 0, special_where = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        if (isfinite(ref[i])) { g.push_back(got[i]); r.push_back(ref[i]); idx.push_back(i); continue; }
+        const bool ok = isnan(ref[i]) ? (bool)isnan(got[i]) : got[i] == ref[i];
+        if (!ok && n_special_bad++ == 0) special_where = i;
+    }
+    size_t where = 0;
+    const double err = max_rel_error(g.data(), r.data(), g.size(), tol.atol * scale / tol.rtol, &where);
+    const bool ok = err <= tol.rtol && n_special_bad == 0;
+    if (ok) return check(true, name.c_str());
+    if (n_special_bad)
+        return check(false, name.c_str(), "%zu elements should be %s but are not: first at %zu (got %.9g, want %.9g); "
+                     "max rel err elsewhere %.3g (tol %.1g)", n_special_bad, "untouched poison or +-inf", special_where,
+                     got[special_where], ref[special_where], err, tol.rtol);
+    return check(false, name.c_str(), "max rel err %.3g (tol %.1g, atol %.3g = %.1g x RMS %.3g) at element %zu of %zu: got %.9g want %.9g",
+                 err, tol.rtol, tol.atol * scale, tol.atol, scale, idx[where], ref.size(), g[where], r[where]);
+}
+
+// Exact equality (NaN equals NaN: untouched poison).
+static bool expect_exact(const std::string& name, const vecd& got, const vecd& ref) {
+    if (got.size() != ref.size()) return check(false, name.c_str(), "size %zu vs reference %zu", got.size(), ref.size());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const bool ok = isnan(ref[i]) ? (bool)isnan(got[i]) : got[i] == ref[i];
+        if (!ok && bad++ == 0) first = i;
+    }
+    if (!bad) return check(true, name.c_str());
+    return check(false, name.c_str(), "%zu of %zu elements differ; first at %zu: got %.9g want %.9g", bad, ref.size(), first,
+                 got[first], ref[first]);
+}
+
+template <typename I>
+static bool expect_equal(const std::string& name, const std::vector<I>& got, const std::vector<I>& ref) {
+    if (got.size() != ref.size()) return check(false, name.c_str(), "size %zu vs reference %zu", got.size(), ref.size());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < ref.size(); i++)
+        if (got[i] != ref[i] && bad++ == 0) first = i;
+    if (!bad) return check(true, name.c_str());
+    return check(false, name.c_str(), "%zu of %zu differ; first at %zu: got %lld want %lld", bad, ref.size(), first,
+                 (long long)got[first], (long long)ref[first]);
+}
+
+template <typename T>
+static bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+template <typename T>
+static bool expect_bitwise(const std::string& name, const std::vector<T>& a, const std::vector<T>& b) {
+    size_t first = 0;
+    if (a.size() == b.size())
+        while (first < a.size() && !memcmp(&a[first], &b[first], sizeof(T))) first++;
+    return check(same_bits(a, b), name.c_str(), "two runs on the same inputs differ (first at element %zu of %zu)", first, a.size());
+}
+
+// =========================================================================================================
+// matmul
+
+static void test_matmul_forward(int N, int C, int OC, bool bias) {
+    const std::string name = fmt(BK " matmul_forward N=%d C=%d OC=%d%s", N, C, OC, bias ? " bias" : "");
+    const vecd inp = rx(rnd((size_t)N * C, -1, 1)), w = rx(rnd((size_t)OC * C, -1, 1)), b = rx(rnd(OC, -1, 1));
+    vecd ref((size_t)N * OC);
+    matmul_forward_ref<double>(ref.data(), inp.data(), w.data(), bias ? b.data() : nullptr, N, C, OC);
+    Dev<floatX> d_inp(inp), d_w(w), d_b(b), d_out(ref.size());
+    d_out.poison();
+    matmul_forward(d_out.p, d_inp.p, d_w.p, bias ? d_b.p : nullptr, N, C, OC, st);
+    launched(name);
+    expect_close(name, d_out.get(), ref, TOL_RED);
+}
+
+// dinp: accumulate_dinp (dinp starts from random values) or overwritten (poisoned); dweight / dbias always add
+// onto random initial values; with_dweight = false passes null dweight and dbias (test-time latent optimisation).
+static void test_matmul_backward(int N, int C, int OC, bool bias, bool acc_dinp, bool with_dweight = true) {
+    const std::string tag = fmt("N=%d C=%d OC=%d%s%s%s", N, C, OC, bias ? " bias" : "", acc_dinp ? " accumulate_dinp" : "",
+                                with_dweight ? "" : " dweight=null");
+    const std::string name = BK " matmul_backward " + tag;
+    const vecd dout = rx(rnd((size_t)N * OC, -1, 1)), inp = rx(rnd((size_t)N * C, -1, 1)), w = rx(rnd((size_t)OC * C, -1, 1));
+    const vecd dinp0 = rx(rnd((size_t)N * C, -1, 1)), dw0 = rs(rnd((size_t)OC * C, -1, 1)), db0 = rs(rnd(OC, -1, 1));
+    vecd dinp = acc_dinp ? dinp0 : vecd((size_t)N * C), dw = dw0, db = db0;
+    const bool with_db = bias && with_dweight;
+    matmul_backward_ref<double>(dinp.data(), with_dweight ? dw.data() : nullptr, with_db ? db.data() : nullptr, dout.data(),
+                                inp.data(), w.data(), N, C, OC, acc_dinp);
+    Dev<floatX> d_dout(dout), d_inp(inp), d_w(w), d_dinp(dinp0);
+    Dev<floatS> d_dw(dw0), d_db(db0);
+    if (!acc_dinp) d_dinp.poison();
+    matmul_backward(d_dinp.p, with_dweight ? d_dw.p : nullptr, with_db ? d_db.p : nullptr, d_dout.p, d_inp.p, d_w.p, N, C, OC,
+                    acc_dinp, st);
+    launched(name);
+    expect_close(name + " dinp", d_dinp.get(), dinp, TOL_RED);
+    if (with_dweight) expect_close(name + " dweight (+=)", d_dw.get(), dw, TOL_S);
+    if (with_db) expect_close(name + " dbias (+=)", d_db.get(), db, TOL_S);
+}
+
+static void test_matmul() {
+    // the trainer's shapes (D=512, T=916, B=2: N = 1832; I = 1536; V = 12; q head OC = 2; latent_proj P*D = 8192)
+    test_matmul_forward(37, 64, 2, true);
+    test_matmul_forward(1000, 64, 192, false);
+    test_matmul_forward(1832, 512, 1536, false);
+    test_matmul_forward(1832, 512, 12, false);
+    test_matmul_forward(8, 512, 8192, false);
+    test_matmul_forward(20, 64, 64, true);
+    test_matmul_forward(1, 64, 2, true);
+
+    test_matmul_backward(37, 64, 2, true, false);
+    test_matmul_backward(1, 64, 2, true, false);
+    test_matmul_backward(1000, 64, 192, false, true);
+    test_matmul_backward(20, 64, 64, true, false);
+    test_matmul_backward(20, 64, 64, true, true);
+    test_matmul_backward(1832, 512, 1536, false, true);
+    test_matmul_backward(1832, 1536, 512, false, false);
+    test_matmul_backward(1832, 512, 12, false, true);
+    test_matmul_backward(8, 512, 8192, false, false);
+    test_matmul_backward(8, 512, 8192, false, false, false);
+}
+
+// Odd sizes (rows of 37 or 1 elements: unaligned leading dimensions for cuBLASLt). Run last: a launcher that
+// cannot handle them exits through fatal(), which must not hide the other groups' results.
+static void test_matmul_odd() {
+    test_matmul_forward(1, 37, 37, true);
+    test_matmul_forward(1000, 37, 1, false);
+    test_matmul_forward(333, 96, 130, true);
+    test_matmul_forward(7, 33, 5, true);
+    test_matmul_backward(1, 37, 37, true, true);
+    test_matmul_backward(1000, 37, 1, false, false);
+    test_matmul_backward(333, 96, 130, true, true);
+    test_matmul_backward(7, 33, 5, true, false);
+    test_matmul_backward(5, 37, 70, false, false, false);
+}
+
+// =========================================================================================================
+// rmsnorm
+
+static const float RMS_EPS = 1e-5f;
+
+// Rows where eps matters: row 0 scaled by 1e-3, and (N > 2) the last row all zero (rstd = 1/sqrt(eps)), as the
+// zero-padded prefix rows of TRM's puzzle embedding.
+static void small_rows(vecd& x, int N, int C) {
+    if (N < 2) return;
+    for (int c = 0; c < C; c++) x[c] *= 1e-3;
+    if (N > 2) std::fill(x.end() - C, x.end(), 0.0);
+}
+
+static void test_rmsnorm_forward(int N, int C, bool residual, bool alias) {
+    const std::string name = fmt(BK " rmsnorm_forward N=%d C=%d%s%s", N, C, residual ? " residual" : "", alias ? " out==inp" : "");
+    vecd inp = rnd((size_t)N * C, -2, 2), res = rnd((size_t)N * C, -2, 2);
+    small_rows(inp, N, C);
+    small_rows(res, N, C);
+    inp = rx(inp);
+    res = rx(res);
+    vecd out((size_t)N * C), rstd(N);
+    rmsnorm_forward_ref<double>(out.data(), rstd.data(), inp.data(), residual ? res.data() : nullptr, N, C, RMS_EPS);
+    Dev<floatX> d_inp(inp), d_res(res), d_out(out.size());
+    Dev<floatS> d_rstd(N);
+    d_out.poison();
+    d_rstd.poison();
+    rmsnorm_forward(alias ? d_inp.p : d_out.p, d_rstd.p, d_inp.p, residual ? d_res.p : nullptr, N, C, RMS_EPS, st);
+    launched(name);
+    expect_close(name + " out", alias ? d_inp.get() : d_out.get(), out, TOL_RED);
+    expect_close(name + " rstd", d_rstd.get(), rstd, TOL_S);
+}
+
+// mode 0: dinp separate, overwritten; 1: dinp separate, accumulate; 2: dinp == dout, overwritten (post-norm blocks)
+static void test_rmsnorm_backward(int N, int C, int mode) {
+    static const char* modes[] = {"", " accumulate", " dinp==dout"};
+    const std::string name = fmt(BK " rmsnorm_backward N=%d C=%d%s", N, C, modes[mode]);
+    vecd x = rnd((size_t)N * C, -2, 2), y((size_t)N * C), r(N);
+    small_rows(x, N, C);
+    rmsnorm_forward_ref<double>(y.data(), r.data(), x.data(), nullptr, N, C, RMS_EPS);
+    y = rx(y);
+    r = rs(r);
+    const vecd dout = rx(rnd((size_t)N * C, -1, 1)), dinp0 = rx(rnd((size_t)N * C, -1, 1));
+    vecd ref = mode == 1 ? dinp0 : vecd((size_t)N * C);
+    rmsnorm_backward_ref<double>(ref.data(), dout.data(), y.data(), r.data(), N, C, mode == 1);
+    Dev<floatX> d_dout(dout), d_y(y), d_dinp(dinp0);
+    Dev<floatS> d_r(r);
+    if (mode == 0) d_dinp.poison();
+    floatX* dinp = mode == 2 ? d_dout.p : d_dinp.p;
+    rmsnorm_backward(dinp, d_dout.p, d_y.p, d_r.p, N, C, mode == 1, st);
+    launched(name);
+    expect_close(name, mode == 2 ? d_dout.get() : d_dinp.get(), ref, TOL_RED);
+}
+
+static void test_rmsnorm() {
+    const int shapes[][2] = {{1, 37}, {1000, 64}, {37, 384}, {1832, 512}, {5, 1000}};
+    for (auto& s : shapes) {
+        test_rmsnorm_forward(s[0], s[1], false, false);
+        test_rmsnorm_forward(s[0], s[1], true, false);
+        test_rmsnorm_forward(s[0], s[1], false, true);
+        test_rmsnorm_forward(s[0], s[1], true, true);
+        for (int mode = 0; mode < 3; mode++) test_rmsnorm_backward(s[0], s[1], mode);
+    }
+}
+
+// =========================================================================================================
+// rope: in place on fused qkv rows (q and k heads rotated, v heads and rows t < skip untouched)
+
+static void test_rope(int B, int T, int NH, int HD, int skip, bool backward) {
+    const std::string name = fmt(BK " %s B=%d T=%d NH=%d HD=%d skip=%d (fused qkv rows)", backward ? "rope_backward" : "rope_forward",
+                                 B, T, NH, HD, skip);
+    const int row_stride = 3 * NH * HD, n_heads = 2 * NH, n_pos = T - skip;
+    std::vector<float> cs((size_t)n_pos * HD), sn((size_t)n_pos * HD);
+    rope_tables(cs.data(), sn.data(), n_pos, HD, 10000.0f);
+    const vecd csd(cs.begin(), cs.end()), snd(sn.begin(), sn.end());
+    const vecd x = rx(rnd((size_t)B * T * row_stride, -1, 1));
+    vecd ref = x;
+    rope_rotate_ref<double>(ref.data(), csd.data(), snd.data(), B, T, n_heads, HD, row_stride, skip, backward ? -1 : 1);
+    Dev<floatS> d_cs(csd), d_sn(snd);
+    Dev<floatX> d_x(x);
+    if (backward) rope_backward(d_x.p, d_cs.p, d_sn.p, B, T, n_heads, HD, row_stride, skip, st);
+    else rope_forward(d_x.p, d_cs.p, d_sn.p, B, T, n_heads, HD, row_stride, skip, st);
+    launched(name);
+    expect_close(name, d_x.get(), ref, TOL_EW);
+}
+
+static void test_rope_all() {
+    for (int bwd = 0; bwd < 2; bwd++) {
+        test_rope(2, 916, 8, 64, 0, bwd);
+        test_rope(3, 33, 2, 16, 1, bwd);
+        test_rope(1, 7, 1, 16, 1, bwd);
+        test_rope(2, 101, 4, 64, 1, bwd);
+        test_rope(5, 1, 1, 64, 0, bwd);
+        test_rope(2, 17, 2, 24, 1, bwd);          // half-head 12: not a whole number of bf16 packs
+        test_rope(2, 9, 3, 4, 1, bwd);
+    }
+}
+
+// =========================================================================================================
+// attention
+
+// Random key mask (about 70% on); batch row `all_off` (if >= 0) fully masked; every other row has a valid key.
+static vecu8 make_mask(int B, int Tk, int all_off) {
+    const uint64_t seed = fresh_seed();
+    vecu8 m((size_t)B * Tk);
+    for (int b = 0; b < B; b++) {
+        for (int j = 0; j < Tk; j++) m[(size_t)b * Tk + j] = b == all_off ? 0 : hash_uniform(seed, (uint64_t)b * Tk + j) < 0.7f;
+        if (b != all_off) m[(size_t)b * Tk + hash_below((uint32_t)Tk, seed, b, 1)] = 1;
+    }
+    return m;
+}
+
+// q, k, v given as device pointers with strides; the host copies are the full tensors they point into.
+struct AttnCase {
+    int B, Tq, Tk, NH, HD, q_stride, kv_stride;
+    const uint8_t* mask;
+};
+
+static void run_attention(const std::string& name, const AttnCase& a, const vecd& qh, const vecd& kh, const vecd& vh,
+                          size_t q_off, size_t k_off, size_t v_off, bool fused) {
+    const int C = a.NH * a.HD;
+    // ---- forward
+    vecd out((size_t)a.B * a.Tq * C), lse((size_t)a.B * a.NH * a.Tq);
+    attention_forward_ref<double>(out.data(), lse.data(), qh.data() + q_off, kh.data() + k_off, vh.data() + v_off, a.mask, a.B,
+                                  a.Tq, a.Tk, a.NH, a.HD, a.q_stride, a.kv_stride);
+    Dev<floatX> d_q(qh), d_k(fused ? vecd() : kh), d_v(fused ? vecd() : vh);
+    const floatX* dq_base = d_q.p;
+    const floatX* dk_base = fused ? d_q.p : d_k.p;
+    const floatX* dv_base = fused ? d_q.p : d_v.p;
+    Dev<uint8_t> d_mask(a.mask ? (size_t)a.B * a.Tk : 0);
+    if (a.mask) copy_to_device(d_mask.p, a.mask, (size_t)a.B * a.Tk);
+    const uint8_t* mask = a.mask ? d_mask.p : nullptr;
+    Dev<floatX> d_out(out.size());
+    Dev<floatS> d_lse(lse.size());
+    d_out.poison();
+    d_lse.poison();
+    attention_forward(d_out.p, d_lse.p, dq_base + q_off, dk_base + k_off, dv_base + v_off, mask, a.B, a.Tq, a.Tk, a.NH, a.HD,
+                      a.q_stride, a.kv_stride, st);
+    launched(BK " attention_forward " + name);
+    expect_close(BK " attention_forward " + name + " out", d_out.get(), out, TOL_RED);
+    expect_close(BK " attention_forward " + name + " lse", d_lse.get(), lse, TOL_S);
+
+    // ---- backward from the reference forward's out / lse (rounded as the device stores them)
+    const vecd out_in = rx(out), lse_in = rs(lse), dout = rx(rnd(out.size(), -1, 1));
+    // gradients have the layouts of q, k, v: one dqkv tensor when fused, else three
+    vecd gq(qh.size(), NaN), gk(fused ? 0 : kh.size(), NaN), gv(fused ? 0 : vh.size(), NaN);
+    double* gk_base = fused ? gq.data() : gk.data();
+    double* gv_base = fused ? gq.data() : gv.data();
+    attention_backward_ref<double>(gq.data() + q_off, gk_base + k_off, gv_base + v_off, dout.data(), out_in.data(), lse_in.data(),
+                                   qh.data() + q_off, kh.data() + k_off, vh.data() + v_off, a.mask, a.B, a.Tq, a.Tk, a.NH, a.HD,
+                                   a.q_stride, a.kv_stride);
+    Dev<floatX> d_dout(dout), d_out_in(out_in);
+    Dev<floatS> d_lse_in(lse_in);
+    Dev<floatX> d_gq(gq.size()), d_gk(gk.size()), d_gv(gv.size());
+    floatX* gkp = fused ? d_gq.p : d_gk.p;
+    floatX* gvp = fused ? d_gq.p : d_gv.p;
+    std::vector<floatX> first[3];
+    const std::string bname = BK " attention_backward " + name;
+    for (int run = 0; run < 2; run++) {
+        d_gq.poison();
+        d_gk.poison();
+        d_gv.poison();
+        attention_backward(d_gq.p + q_off, gkp + k_off, gvp + v_off, d_dout.p, d_out_in.p, d_lse_in.p, dq_base + q_off,
+                           dk_base + k_off, dv_base + v_off, mask, a.B, a.Tq, a.Tk, a.NH, a.HD, a.q_stride, a.kv_stride, st);
+        launched(bname);
+        if (run == 0) {
+            if (fused) {
+                expect_close(bname + " dqkv", d_gq.get(), gq, TOL_ATT_BWD);
+            } else {
+                expect_close(bname + " dq", d_gq.get(), gq, TOL_ATT_BWD);
+                expect_close(bname + " dk", d_gk.get(), gk, TOL_ATT_BWD);
+                expect_close(bname + " dv", d_gv.get(), gv, TOL_ATT_BWD);
+            }
+            first[0] = d_gq.raw();
+            first[1] = d_gk.raw();
+            first[2] = d_gv.raw();
+        } else {
+            check(same_bits(first[0], d_gq.raw()) && same_bits(first[1], d_gk.raw()) && same_bits(first[2], d_gv.raw()),
+                  (bname + " deterministic (two runs bitwise identical)").c_str(), "two runs on the same inputs differ");
+        }
+    }
+}
+
+// Self-attention reading q, k, v from fused qkv rows (q_stride = kv_stride = 3*NH*HD), as the trainer's blocks.
+static void test_attention_self(int B, int T, int NH, int HD, bool masked) {
+    const int C = NH * HD, S3 = 3 * C;
+    const vecd qkv = rx(rnd((size_t)B * T * S3, -2, 2));
+    const vecu8 mask = masked ? make_mask(B, T, B > 1 ? B - 1 : -1) : vecu8();
+    const std::string name = fmt("self B=%d T=%d NH=%d HD=%d fused qkv%s", B, T, NH, HD,
+                                 masked ? (B > 1 ? " key mask (last batch row fully masked)" : " key mask") : "");
+    AttnCase a{B, T, T, NH, HD, S3, S3, masked ? mask.data() : nullptr};
+    run_attention(name, a, qkv, qkv, qkv, 0, C, 2 * C, true);
+}
+
+// Cross-attention with separate q (B, Tq, C) and k, v (B, Tk, C) tensors, as the set encoder.
+static void test_attention_cross(int B, int Tq, int Tk, int NH, int HD, int all_off) {
+    const int C = NH * HD;
+    const vecd q = rx(rnd((size_t)B * Tq * C, -2, 2)), k = rx(rnd((size_t)B * Tk * C, -2, 2)), v = rx(rnd((size_t)B * Tk * C, -1, 1));
+    const bool masked = all_off != -2;
+    const vecu8 mask = masked ? make_mask(B, Tk, all_off) : vecu8();
+    const std::string name = fmt("cross B=%d Tq=%d Tk=%d NH=%d HD=%d%s", B, Tq, Tk, NH, HD,
+                                 !masked ? "" : all_off >= 0 ? fmt(" key mask (batch row %d fully masked)", all_off).c_str() : " key mask");
+    AttnCase a{B, Tq, Tk, NH, HD, C, C, masked ? mask.data() : nullptr};
+    run_attention(name, a, q, k, v, 0, 0, 0, false);
+}
+
+static void test_attention() {
+    test_attention_self(2, 916, 8, 64, false);     // the decoder at D=512
+    test_attention_self(3, 33, 2, 16, false);
+    test_attention_self(1, 7, 1, 64, false);
+    test_attention_self(2, 100, 4, 16, true);
+    test_attention_self(3, 1, 2, 64, false);
+    test_attention_cross(3, 16, 10, 4, 16, 1);     // the set encoder: 16 queries over <= 10 demos
+    test_attention_cross(2, 7, 33, 2, 64, 0);
+    test_attention_cross(2, 100, 7, 1, 64, -2);
+    test_attention_cross(2, 33, 100, 8, 64, -1);
+    test_attention_cross(4, 16, 10, 8, 64, 3);
+    test_attention_cross(2, 200, 33, 2, 64, 1);    // Tq >= 128: the forward's two-row-block tiles
+    test_attention_self(2, 33, 2, 24, true);       // HD = 24: no tensor-core kernel, the SIMT path in both builds
+    test_attention_cross(3, 16, 10, 2, 24, 2);
+}
+
+// =========================================================================================================
+// swiglu, add
+
+static void test_swiglu(int N, int I) {
+    const std::string tag = fmt("N=%d I=%d", N, I);
+    const vecd gu = rx(rnd((size_t)N * 2 * I, -4, 4)), dout = rx(rnd((size_t)N * I, -1, 1));
+    vecd out((size_t)N * I), dgu((size_t)N * 2 * I);
+    swiglu_forward_ref<double>(out.data(), gu.data(), N, I);
+    swiglu_backward_ref<double>(dgu.data(), dout.data(), gu.data(), N, I);
+    Dev<floatX> d_gu(gu), d_dout(dout), d_out(out.size()), d_dgu(dgu.size());
+    d_out.poison();
+    d_dgu.poison();
+    swiglu_forward(d_out.p, d_gu.p, N, I, st);
+    launched(BK " swiglu_forward " + tag);
+    expect_close(BK " swiglu_forward " + tag, d_out.get(), out, TOL_EW);
+    swiglu_backward(d_dgu.p, d_dout.p, d_gu.p, N, I, st);
+    launched(BK " swiglu_backward " + tag);
+    expect_close(BK " swiglu_backward " + tag, d_dgu.get(), dgu, TOL_EW);
+}
+
+// The buffers hold offset + n + 9 elements; the op runs on [offset, offset + n) (offset 1: misaligned pointers).
+static void test_add(size_t n, bool three, bool alias, size_t offset) {
+    const std::string name = fmt(BK " add_forward n=%zu %s%s%s", n, three ? "a+b+c" : "a+b", alias ? " out==a" : "",
+                                 offset ? fmt(" at element offset %zu", offset).c_str() : "");
+    const size_t total = offset + n + 9;
+    const vecd a = rx(rnd(total, -1, 1)), b = rx(rnd(total, -1, 1)), c = rx(rnd(total, -1, 1));
+    vecd ref = alias ? a : vecd(total, NaN), sum(n);
+    add_forward_ref<double>(sum.data(), a.data() + offset, b.data() + offset, three ? c.data() + offset : nullptr, n);
+    std::copy(sum.begin(), sum.end(), ref.begin() + offset);
+    Dev<floatX> d_a(a), d_b(b), d_c(c), d_out(total);
+    d_out.poison();
+    floatX* out = alias ? d_a.p : d_out.p;
+    add_forward(out + offset, d_a.p + offset, d_b.p + offset, three ? d_c.p + offset : nullptr, n, st);
+    launched(name);
+    expect_close(name, alias ? d_a.get() : d_out.get(), ref, TOL_EW);
+}
+
+static void test_swiglu_add() {
+    test_swiglu(1, 37);
+    test_swiglu(1000, 64);
+    test_swiglu(37, 171);
+    test_swiglu(1832, 1536);
+    for (size_t n : {(size_t)1, (size_t)37, (size_t)1000, (size_t)1832 * 512, (size_t)1000003})
+        for (int three = 0; three < 2; three++)
+            for (int alias = 0; alias < 2; alias++) test_add(n, three, alias, 0);
+    test_add(1000, true, false, 1);
+    test_add(1001, false, true, 3);
+    test_add(37, true, true, 5);
+}
+
+// =========================================================================================================
+// embedding, prefix
+
+static void test_embedding(int V, int C, int B, int S, int T_out, int offset, float scale) {
+    const std::string tag = fmt("V=%d C=%d B=%d S=%d T_out=%d offset=%d scale=%.4g", V, C, B, S, T_out, offset, scale);
+    const veci ids = rnd_int((size_t)B * S, V);      // (B*S >> V: every id repeated)
+    const vecd table = rx(rnd((size_t)V * C, -1, 1));
+    vecd out((size_t)B * T_out * C, NaN);            // rows outside [offset, offset + S) must stay untouched
+    embedding_forward_ref<double>(out.data(), ids.data(), table.data(), B, S, C, T_out, offset, scale);
+    Dev<int> d_ids(ids);
+    Dev<floatX> d_table(table), d_out(out.size());
+    d_out.poison();
+    embedding_forward(d_out.p, d_ids.p, d_table.p, B, S, C, T_out, offset, scale, st);
+    launched(BK " embedding_forward " + tag);
+    expect_close(BK " embedding_forward " + tag, d_out.get(), out, TOL_EW);
+
+    const vecd dout = rx(rnd((size_t)B * T_out * C, -1, 1)), dt0 = rs(rnd((size_t)V * C, -1, 1));
+    vecd dt = dt0;
+    embedding_backward_ref<double>(dt.data(), dout.data(), ids.data(), B, S, C, T_out, offset, scale);
+    Dev<floatX> d_dout(dout);
+    Dev<floatS> d_dt(dt0);
+    const std::string bname = BK " embedding_backward " + tag;
+    embedding_backward(d_dt.p, d_dout.p, d_ids.p, B, S, C, T_out, offset, scale, st);
+    launched(bname);
+    expect_close(bname + " dtable (+=)", d_dt.get(), dt, TOL_S);
+    const auto first = d_dt.raw();
+    d_dt.set(dt0);
+    embedding_backward(d_dt.p, d_dout.p, d_ids.p, B, S, C, T_out, offset, scale, st);
+    launched(bname);
+    expect_bitwise(bname + " deterministic", first, d_dt.raw());
+}
+
+static void test_prefix(int B, int K, int prefix_size, size_t stride, float scale) {
+    const std::string tag = fmt("B=%d K=%d prefix_size=%d stride=%zu scale=%.4g", B, K, prefix_size, stride, scale);
+    const vecd src = rx(rnd((size_t)B * K, -1, 1));
+    vecd out((size_t)B * stride, NaN);                 // beyond the prefix: untouched
+    prefix_forward_ref<double>(out.data(), src.data(), B, K, prefix_size, stride, scale);
+    Dev<floatX> d_src(src), d_out(out.size());
+    d_out.poison();
+    prefix_forward(d_out.p, d_src.p, B, K, prefix_size, stride, scale, st);
+    launched(BK " prefix_forward " + tag);
+    expect_close(BK " prefix_forward " + tag, d_out.get(), out, TOL_EW);
+
+    const vecd dout = rx(rnd((size_t)B * stride, -1, 1));
+    vecd dsrc((size_t)B * K);
+    prefix_backward_ref<double>(dsrc.data(), dout.data(), B, K, stride, scale);
+    Dev<floatX> d_dout(dout), d_dsrc(dsrc.size());
+    d_dsrc.poison();
+    prefix_backward(d_dsrc.p, d_dout.p, B, K, stride, scale, st);
+    launched(BK " prefix_backward " + tag);
+    expect_close(BK " prefix_backward " + tag, d_dsrc.get(), dsrc, TOL_EW);
+}
+
+static void test_embedding_all() {
+    test_embedding(12, 512, 2, 900, 916, 16, sqrtf(512.f));     // decoder tokens after the 16 prefix rows
+    test_embedding(12, 64, 20, 900, 1800, 0, 8.0f);             // demo encoder: inputs, then outputs
+    test_embedding(12, 64, 20, 900, 1801, 901, 8.0f);           // lpn grid (CLS row first)
+    test_embedding(12, 37, 3, 5, 9, 2, 1.5f);
+    test_embedding(1000, 37, 1, 1, 1, 0, 0.5f);
+    test_embedding(5, 128, 4, 300, 301, 1, 11.3f);
+    test_embedding(20, 64, 4, 300, 301, 1, 8.0f);              // ids above and below 16 (two device paths)
+    test_prefix(2, 16 * 512, 16 * 512, (size_t)916 * 512, 1.0f);  // ETRM: the encoder's context
+    test_prefix(3, 37, 64, 64 * 10, sqrtf(64.f));                 // TRM: puzzle embedding, zero-padded
+    test_prefix(4, 300, 5 * 64, (size_t)905 * 64, 8.0f);
+    test_prefix(1, 1, 1, 1, 2.0f);
+}
+
+// =========================================================================================================
+// rows: gather, scatter, broadcast (+ backward)
+
+static void test_gather_rows(int n_rows, int n_in, int C) {
+    const std::string name = fmt(BK " gather_rows n_rows=%d n_in=%d C=%d", n_rows, n_in, C);
+    const vecd inp = rx(rnd((size_t)n_in * C, -1, 1));
+    const veci index = rnd_int(n_rows, n_in);
+    vecd out((size_t)n_rows * C);
+    gather_rows_ref<double>(out.data(), inp.data(), index.data(), n_rows, C);
+    Dev<floatX> d_inp(inp), d_out(out.size());
+    Dev<int> d_index(index);
+    d_out.poison();
+    gather_rows(d_out.p, d_inp.p, d_index.p, n_rows, C, st);
+    launched(name);
+    expect_exact(name, d_out.get(), out);
+}
+
+static void test_scatter_rows(int n_rows, int n_out, int C) {
+    const std::string name = fmt(BK " scatter_rows n_rows=%d n_out=%d C=%d", n_rows, n_out, C);
+    const vecd inp = rx(rnd((size_t)n_rows * C, -1, 1));
+    veci perm(n_out);                                  // distinct indices: a random permutation's first n_rows
+    for (int i = 0; i < n_out; i++) perm[i] = i;
+    const uint64_t seed = fresh_seed();
+    for (int i = n_out - 1; i > 0; i--) std::swap(perm[i], perm[hash_below((uint32_t)(i + 1), seed, i)]);
+    const veci index(perm.begin(), perm.begin() + n_rows);
+    vecd out((size_t)n_out * C);
+    scatter_rows_ref<double>(out.data(), inp.data(), index.data(), n_rows, n_out, C);
+    Dev<floatX> d_inp(inp), d_out(out.size());
+    Dev<int> d_index(index);
+    d_out.poison();
+    scatter_rows(d_out.p, d_inp.p, d_index.p, n_rows, n_out, C, st);
+    launched(name);
+    expect_exact(name, d_out.get(), out);
+}
+
+static void test_broadcast_rows(int B, int R, int C, int T_out, int offset) {
+    const std::string tag = fmt("B=%d R=%d C=%d T_out=%d offset=%d", B, R, C, T_out, offset);
+    const vecd src = rx(rnd((size_t)R * C, -1, 1));
+    vecd out((size_t)B * T_out * C, NaN);
+    broadcast_rows_ref<double>(out.data(), src.data(), B, R, C, T_out, offset);
+    Dev<floatX> d_src(src), d_out(out.size());
+    d_out.poison();
+    broadcast_rows(d_out.p, d_src.p, B, R, C, T_out, offset, st);
+    launched(BK " broadcast_rows " + tag);
+    expect_exact(BK " broadcast_rows " + tag, d_out.get(), out);
+
+    const vecd dout = rx(rnd((size_t)B * T_out * C, -1, 1)), ds0 = rs(rnd((size_t)R * C, -1, 1));
+    vecd ds = ds0;
+    broadcast_rows_backward_ref<double>(ds.data(), dout.data(), B, R, C, T_out, offset);
+    Dev<floatX> d_dout(dout);
+    Dev<floatS> d_ds(ds0);
+    broadcast_rows_backward(d_ds.p, d_dout.p, B, R, C, T_out, offset, st);
+    launched(BK " broadcast_rows_backward " + tag);
+    expect_close(BK " broadcast_rows_backward " + tag + " dsrc (+=)", d_ds.get(), ds, TOL_S);
+}
+
+static void test_rows() {
+    test_gather_rows(37, 100, 64);
+    test_gather_rows(1, 1, 37);
+    test_gather_rows(2, 1832, 512);           // the q head reads position 0 of every sample
+    test_gather_rows(5, 8, 16 * 512);         // latent optimisation: contexts of the samples with a k-th demo
+    test_gather_rows(1000, 37, 3);
+    test_scatter_rows(37, 100, 64);
+    test_scatter_rows(1, 1, 37);
+    test_scatter_rows(2, 1832, 512);
+    test_scatter_rows(5, 8, 16 * 512);
+    test_scatter_rows(20, 20 * 1801, 64);     // lpn grid: CLS rows of every demo
+    test_broadcast_rows(8, 16, 512, 16, 0);   // set encoder's learned queries
+    test_broadcast_rows(20, 1, 64, 1801, 0);  // lpn CLS token
+    test_broadcast_rows(3, 5, 37, 9, 2);
+    test_broadcast_rows(1, 1, 1, 1, 0);
+}
+
+// =========================================================================================================
+// masked_mean
+
+static void test_masked_mean(int B, int N, int C, bool masked) {
+    const std::string tag = fmt("B=%d N=%d C=%d %s", B, N, C, masked ? (B > 1 ? "mask (row 1 all zero)" : "mask") : "mask=null");
+    const vecd inp = rx(rnd((size_t)B * N * C, -1, 1)), dout = rx(rnd((size_t)B * C, -1, 1));
+    vecu8 mask((size_t)B * N, 1);
+    if (masked) {
+        const uint64_t seed = fresh_seed();
+        for (size_t i = 0; i < mask.size(); i++) mask[i] = hash_uniform(seed, i) < 0.6f;
+        if (B > 1) std::fill(mask.begin() + N, mask.begin() + 2 * N, 0);
+        mask[0] = 1;
+    }
+    const uint8_t* hm = masked ? mask.data() : nullptr;
+    vecd out((size_t)B * C), dinp((size_t)B * N * C);
+    masked_mean_forward_ref<double>(out.data(), inp.data(), hm, B, N, C);
+    masked_mean_backward_ref<double>(dinp.data(), dout.data(), hm, B, N, C);
+    Dev<floatX> d_inp(inp), d_dout(dout), d_out(out.size()), d_dinp(dinp.size());
+    Dev<uint8_t> d_mask(mask);
+    d_out.poison();
+    d_dinp.poison();
+    masked_mean_forward(d_out.p, d_inp.p, masked ? d_mask.p : nullptr, B, N, C, st);
+    launched(BK " masked_mean_forward " + tag);
+    expect_close(BK " masked_mean_forward " + tag, d_out.get(), out, TOL_RED);
+    masked_mean_backward(d_dinp.p, d_dout.p, masked ? d_mask.p : nullptr, B, N, C, st);
+    launched(BK " masked_mean_backward " + tag);
+    expect_close(BK " masked_mean_backward " + tag, d_dinp.get(), dinp, TOL_EW);
+}
+
+static void test_masked_mean_all() {
+    const int shapes[][3] = {{3, 16, 64}, {5, 10, 37}, {1, 1, 1}, {20, 1800, 64}, {8, 16, 512}, {2, 7, 1000}};
+    for (auto& s : shapes) {
+        test_masked_mean(s[0], s[1], s[2], false);
+        test_masked_mean(s[0], s[1], s[2], true);
+    }
+}
+
+// =========================================================================================================
+// variational: gaussian_noise, reparameterize
+
+static void test_gaussian_noise(int N, int C, uint64_t seed) {
+    const std::string name = fmt(BK " gaussian_noise N=%d C=%d seed=%llx (bitwise equal to the CPU numbers)", N, C,
+                                 (unsigned long long)seed);
+    veci keys = rnd_int(N, 1 << 30);
+    if (N > 1) keys[1] = 0x7fffffff;
+    std::vector<float> ref((size_t)N * C);
+    gaussian_noise_ref<float>(ref.data(), keys.data(), N, C, seed);
+    Dev<int> d_keys(keys);
+    Dev<floatS> d_eps(ref.size());
+    d_eps.poison();
+    gaussian_noise(d_eps.p, d_keys.p, N, C, seed, st);
+    launched(name);
+    expect_exact(name, d_eps.get(), vecd(ref.begin(), ref.end()));
+}
+
+static void test_reparameterize(int N, int C, float lo, float hi, float dkl) {
+    const bool bounded = isfinite(lo) && isfinite(hi);
+    const std::string tag = fmt("N=%d C=%d logvar clamp [%g, %g]%s dkl=%g", N, C, lo, hi, bounded ? " (bounds hit)" : "", dkl);
+    const vecd mu = rx(rnd((size_t)N * C, -2, 2)), dz = rx(rnd((size_t)N * C, -1, 1));
+    vecd lv = rx(bounded ? rnd((size_t)N * C, lo - 5, hi + 5) : rnd((size_t)N * C, -3, 3));
+    if (bounded && lv.size() >= 4) { lv[1] = lo; lv[2] = hi; }          // exactly on a bound: inside
+    vecd eps((size_t)N * C);
+    const uint64_t seed = fresh_seed();
+    for (size_t i = 0; i < eps.size(); i++) eps[i] = rs1(hash_normal(seed, i));
+    vecd z(eps.size()), kl(N), dmu(eps.size()), dlv(eps.size());
+    reparameterize_forward_ref<double>(z.data(), kl.data(), mu.data(), lv.data(), eps.data(), N, C, lo, hi);
+    reparameterize_backward_ref<double>(dmu.data(), dlv.data(), dz.data(), mu.data(), lv.data(), eps.data(), dkl, N, C, lo, hi);
+    Dev<floatX> d_mu(mu), d_lv(lv), d_dz(dz), d_z(z.size()), d_dmu(z.size()), d_dlv(z.size());
+    Dev<floatS> d_eps(eps), d_kl(N);
+    d_z.poison();
+    d_kl.poison();
+    d_dmu.poison();
+    d_dlv.poison();
+    reparameterize_forward(d_z.p, d_kl.p, d_mu.p, d_lv.p, d_eps.p, N, C, lo, hi, st);
+    launched(BK " reparameterize_forward " + tag);
+    expect_close(BK " reparameterize_forward " + tag + " z", d_z.get(), z, TOL_EW);
+    expect_close(BK " reparameterize_forward " + tag + " kl", d_kl.get(), kl, TOL_S);
+    reparameterize_backward(d_dmu.p, d_dlv.p, d_dz.p, d_mu.p, d_lv.p, d_eps.p, dkl, N, C, lo, hi, st);
+    launched(BK " reparameterize_backward " + tag);
+    expect_close(BK " reparameterize_backward " + tag + " dmu", d_dmu.get(), dmu, TOL_EW);
+    expect_close(BK " reparameterize_backward " + tag + " dlogvar", d_dlv.get(), dlv, TOL_EW);
+}
+
+static void test_variational() {
+    test_gaussian_noise(8, 512, 0xDEADBEEFCAFEF00Dull);
+    test_gaussian_noise(37, 37, 1);
+    test_gaussian_noise(1, 1, 0);
+    test_gaussian_noise(200, 64, hash_u64(7, 3, 11));
+    test_reparameterize(8, 512, -10.f, 10.f, 0.01f);
+    test_reparameterize(37, 64, -10.f, 10.f, 0.3f);
+    test_reparameterize(20, 64, -INFINITY, INFINITY, 0.05f);
+    test_reparameterize(1, 37, -INFINITY, INFINITY, 0.f);
+}
+
+// =========================================================================================================
+// stablemax loss, q_halt loss
+
+static void test_stablemax(int B, int T, int P, int V, bool with_preds) {
+    const std::string tag = fmt("B=%d T=%d P=%d V=%d preds=%s", B, T, P, V, with_preds ? "yes" : "null");
+    const int S = T - P;
+    vecd logits = rx(rnd((size_t)B * T * V, -4, 4));
+    veci labels((size_t)B * S);
+    const uint64_t seed = fresh_seed();
+    for (int b = 0; b < B; b++)
+        for (int s = 0; s < S; s++) {
+            double* x = &logits[((size_t)b * T + P + s) * V];
+            const size_t i = (size_t)b * S + s;
+            labels[i] = hash_uniform(seed, i, 0) < 0.2f ? IGNORE_LABEL_ID : (int)hash_below((uint32_t)V, seed, i, 1);
+            if (V >= 2 && s % 5 == 0) {        // a tie for the maximum: the first one is the prediction
+                int i1 = (int)hash_below((uint32_t)V, seed, i, 2), i2 = (int)hash_below((uint32_t)V, seed, i, 3);
+                if (i1 == i2) i2 = (i1 + 1) % V;
+                double mx = x[0];
+                for (int v = 1; v < V; v++) mx = std::max(mx, x[v]);
+                x[i1] = x[i2] = rx1(mx + 0.25);
+                if (labels[i] != IGNORE_LABEL_ID) labels[i] = (s / 5) % 2 ? std::min(i1, i2) : std::max(i1, i2);
+            }
+        }
+    if (B >= 2) std::fill(labels.begin() + S, labels.begin() + 2 * S, IGNORE_LABEL_ID);   // sample 1: nothing valid
+    vecd loss(B);
+    veci nv(B), nc(B), preds((size_t)B * S);
+    stablemax_loss_forward_ref<double>(loss.data(), nv.data(), nc.data(), preds.data(), logits.data(), labels.data(), B, T, P, V);
+    Dev<floatX> d_logits(logits);
+    Dev<int> d_labels(labels), d_nv(B), d_nc(B), d_preds(preds.size());
+    Dev<floatS> d_loss(B);
+    const std::string fname = BK " stablemax_loss_forward " + tag;
+    std::vector<floatS> first_loss;
+    veci first_nv, first_nc, first_preds;
+    for (int run = 0; run < 2; run++) {
+        d_loss.poison();
+        d_nv.poison();
+        d_nc.poison();
+        d_preds.poison();
+        stablemax_loss_forward(d_loss.p, d_nv.p, d_nc.p, with_preds ? d_preds.p : nullptr, d_logits.p, d_labels.p, B, T, P, V, st);
+        launched(fname);
+        if (run == 0) {
+            expect_close(fname + " loss", d_loss.get(), loss, TOL_S);
+            expect_equal(fname + " n_valid", d_nv.raw(), nv);
+            expect_equal(fname + " n_correct", d_nc.raw(), nc);
+            if (with_preds) expect_equal(fname + " preds (first maximum on ties)", d_preds.raw(), preds);
+            first_loss = d_loss.raw(), first_nv = d_nv.raw(), first_nc = d_nc.raw(), first_preds = d_preds.raw();
+        } else {
+            check(same_bits(first_loss, d_loss.raw()) && first_nv == d_nv.raw() && first_nc == d_nc.raw() &&
+                      (!with_preds || first_preds == d_preds.raw()),
+                  (fname + " deterministic (two runs bitwise identical)").c_str(), "two runs on the same inputs differ");
+        }
+    }
+
+    const vecd dloss = rs(rnd(B, 0.1, 2));
+    vecd dl((size_t)B * T * V);
+    stablemax_loss_backward_ref<double>(dl.data(), logits.data(), labels.data(), nv.data(), dloss.data(), B, T, P, V);
+    Dev<int> d_nv_in(nv);
+    Dev<floatS> d_dloss(dloss);
+    Dev<floatX> d_dl(dl.size());
+    d_dl.poison();
+    stablemax_loss_backward(d_dl.p, d_logits.p, d_labels.p, d_nv_in.p, d_dloss.p, B, T, P, V, st);
+    launched(BK " stablemax_loss_backward " + tag);
+    expect_close(BK " stablemax_loss_backward " + tag, d_dl.get(), dl, TOL_RED);
+}
+
+static void test_q_halt(int B) {
+    const std::string tag = fmt("B=%d", B);
+    const vecd q = rx(rnd((size_t)B * 2, -6, 6)), dloss = rs(rnd(B, 0.1, 2));
+    veci nv = rnd_int(B, 6), nc(B);
+    const uint64_t seed = fresh_seed();
+    for (int b = 0; b < B; b++) nc[b] = hash_uniform(seed, b) < 0.5f ? nv[b] : (int)hash_below((uint32_t)nv[b] + 1, seed, b, 1);
+    if (B >= 2) nv[1] = nc[1] = 0;            // no valid token: counts as right
+    vecd loss(B), dq((size_t)B * 2);
+    q_halt_loss_forward_ref<double>(loss.data(), q.data(), nv.data(), nc.data(), B);
+    q_halt_loss_backward_ref<double>(dq.data(), q.data(), nv.data(), nc.data(), dloss.data(), B);
+    Dev<floatX> d_q(q), d_dq(dq.size());
+    Dev<int> d_nv(nv), d_nc(nc);
+    Dev<floatS> d_dloss(dloss), d_loss(B);
+    d_loss.poison();
+    d_dq.poison();
+    q_halt_loss_forward(d_loss.p, d_q.p, d_nv.p, d_nc.p, B, st);
+    launched(BK " q_halt_loss_forward " + tag);
+    expect_close(BK " q_halt_loss_forward " + tag, d_loss.get(), loss, TOL_S);
+    q_halt_loss_backward(d_dq.p, d_q.p, d_nv.p, d_nc.p, d_dloss.p, B, st);
+    launched(BK " q_halt_loss_backward " + tag);
+    expect_close(BK " q_halt_loss_backward " + tag, d_dq.get(), dq, TOL_EW);
+}
+
+static void test_losses() {
+    test_stablemax(4, 916, 16, 12, true);      // decoder: 16 prefix rows, 30x30 canvas, 12 tokens
+    test_stablemax(4, 916, 16, 12, false);
+    test_stablemax(3, 37, 0, 37, false);
+    test_stablemax(1, 5, 1, 1000, true);
+    test_stablemax(7, 33, 3, 2, true);
+    test_q_halt(1);
+    test_q_halt(37);
+    test_q_halt(1000);
+}
+
+// =========================================================================================================
+// ACT
+
+static void test_act_reset(int B, int T, int D) {
+    const std::string name = fmt(BK " act_reset B=%d T=%d D=%d", B, T, D);
+    const vecd zH0 = rx(rnd((size_t)B * T * D, -1, 1)), zL0 = rx(rnd((size_t)B * T * D, -1, 1));
+    const vecd Hi = rx(rnd(D, -1, 1)), Li = rx(rnd(D, -1, 1));
+    veci steps0 = rnd_int(B, 16);
+    vecu8 halted(B);
+    const uint64_t seed = fresh_seed();
+    for (int b = 0; b < B; b++) { halted[b] = hash_uniform(seed, b) < 0.5f; steps0[b] += 1; }
+    halted[0] = 1;
+    if (B > 1) halted[B - 1] = 0;
+    vecd zH = zH0, zL = zL0;
+    veci steps = steps0;
+    act_reset_ref<double>(zH.data(), zL.data(), Hi.data(), Li.data(), steps.data(), halted.data(), B, T, D);
+    Dev<floatX> d_zH(zH0), d_zL(zL0), d_Hi(Hi), d_Li(Li);
+    Dev<int> d_steps(steps0);
+    Dev<uint8_t> d_halted(halted);
+    act_reset(d_zH.p, d_zL.p, d_Hi.p, d_Li.p, d_steps.p, d_halted.p, B, T, D, st);
+    launched(name);
+    expect_exact(name + " z_H", d_zH.get(), zH);
+    expect_exact(name + " z_L", d_zL.get(), zL);
+    expect_equal(name + " steps", d_steps.raw(), steps);
+}
+
+static void test_act_halt(int B, int max_steps, float explore, bool training, int slot_offset, int slot_stride) {
+    const uint64_t seed = fresh_seed();
+    const std::string name = fmt(BK " act_halt B=%d max_steps=%d explore=%g training=%d slot_offset=%d slot_stride=%d", B,
+                                 max_steps, explore, training, slot_offset, slot_stride);
+    vecd q = rx(rnd((size_t)B * 2, -1, 1));
+    for (int b = 3; b < B; b += 17) q[(size_t)b * 2] = 0.0;      // q == 0 does not halt
+    const veci steps0 = rnd_int(B, max_steps);
+    veci steps = steps0;
+    vecu8 halted(B);
+    act_halt_ref<double>(halted.data(), steps.data(), q.data(), B, max_steps, explore, training, seed, slot_offset, slot_stride);
+    Dev<floatX> d_q(q);
+    Dev<int> d_steps(steps0);
+    Dev<uint8_t> d_halted(B);
+    d_halted.poison();
+    act_halt(d_halted.p, d_steps.p, d_q.p, B, max_steps, explore, training, seed, slot_offset, slot_stride, st);
+    launched(name);
+    expect_equal(name + " halted", d_halted.raw(), halted);
+    expect_equal(name + " steps", d_steps.raw(), steps);
+}
+
+static void test_act() {
+    test_act_reset(5, 916, 64);
+    test_act_reset(1, 7, 37);
+    test_act_reset(64, 916, 512);
+    test_act_halt(1000, 16, 0.5f, true, 0, 1);
+    test_act_halt(1000, 16, 0.5f, false, 0, 1);
+    test_act_halt(37, 4, 0.5f, true, 1000, 3);
+    test_act_halt(1, 16, 0.5f, true, 7, 1);
+    test_act_halt(500, 1, 0.5f, true, 0, 1);
+    test_act_halt(500, 6, 0.0f, true, 64, 2);
+    test_act_halt(500, 6, 1.0f, true, 0, 1);
+}
+
+// =========================================================================================================
+// optimizer: adam, ema, global norm, puzzle embedding (gather, sign-SGD), convert
+
+// Buffers of offset + n + 7 elements; the update runs on [offset, offset + n) (offset: the encoder group's
+// parameters start at n_decoder, not a multiple of the vector width); the rest must stay as it was.
+// p_shift moves the params slice by that many more elements than the fp32 arrays (not co-aligned with them).
+static void test_adam(size_t n, bool use_atan2, bool with_master, int t, size_t offset, size_t p_shift = 0) {
+    const std::string name = fmt(BK " adam_update n=%zu %s master=%s t=%d offset=%zu%s", n, use_atan2 ? "atan2" : "AdamW",
+                                 with_master ? "yes" : "null", t, offset,
+                                 p_shift ? fmt(" params offset=%zu", offset + p_shift).c_str() : "");
+    const size_t total = offset + p_shift + n + 7;
+    const size_t po = offset + p_shift;
+    const float lr = 0.05f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.7f;
+    const vecd p0 = rx(rnd(total, -1, 1)), ms0 = rs(rnd(total, -1, 1)), g = rs(rnd(total, -1, 1));
+    const vecd m0 = rs(rnd(total, -0.1, 0.1)), v0 = rs(rnd(total, 0, 0.05));
+    vecd p = p0, ms = ms0, m = m0, v = v0;
+    adam_update_ref<double>(p.data() + po, with_master ? ms.data() + offset : nullptr, g.data() + offset, m.data() + offset,
+                            v.data() + offset, n, lr, beta1, beta2, eps, wd, grad_scale, t, use_atan2);
+    Dev<floatX> d_p(p0);
+    Dev<floatS> d_ms(ms0), d_g(g), d_m(m0), d_v(v0);
+    adam_update(d_p.p + po, with_master ? d_ms.p + offset : nullptr, d_g.p + offset, d_m.p + offset, d_v.p + offset, n, lr,
+                beta1, beta2, eps, wd, grad_scale, t, use_atan2, st);
+    launched(name);
+    const vecd got_p = d_p.get();
+    expect_close(name + " m", d_m.get(), m, TOL_F32);
+    expect_close(name + " v", d_v.get(), v, TOL_F32);
+    if (with_master) {
+        const vecd got_ms = d_ms.get();
+        expect_close(name + " master", got_ms, ms, TOL_F32);
+        expect_close(name + " params", got_p, p, TOL_EW);
+        vecd want = got_p;                     // params must be exactly floatX(the new master)
+        for (size_t i = 0; i < n; i++) want[po + i] = rx1(got_ms[offset + i]);
+        expect_exact(name + " params == floatX(master)", got_p, want);
+    } else {
+        expect_close(name + " params", got_p, p, TOL_F32);
+    }
+}
+
+static void test_ema(size_t n, float rate, size_t offset) {
+    const std::string name = fmt(BK " ema_update n=%zu rate=%g offset=%zu", n, rate, offset);
+    const size_t total = offset + n + 7;
+    const vecd e0 = rs(rnd(total, -1, 1)), w = rs(rnd(total, -1, 1));
+    vecd e = e0;
+    ema_update_ref<double>(e.data() + offset, w.data() + offset, n, rate);
+    Dev<floatS> d_e(e0), d_w(w);
+    ema_update(d_e.p + offset, d_w.p + offset, n, rate, st);
+    launched(name);
+    expect_close(name, d_e.get(), e, TOL_F32);
+}
+
+static void test_global_norm(size_t n, size_t offset) {
+    const std::string name = fmt(BK " global_norm_squared n=%zu offset=%zu", n, offset);
+    const vecd x = rs(rnd(offset + n, -1, 1));
+    double ref = 0;
+    global_norm_squared_ref<double>(&ref, x.data() + offset, n);
+    Dev<floatS> d_x(x), d_out(1);
+    std::vector<floatS> first;
+    for (int run = 0; run < 2; run++) {
+        d_out.poison();
+        global_norm_squared(d_out.p, d_x.p + offset, n, st);
+        launched(name);
+        if (run == 0) {
+            expect_close(name, d_out.get(), vecd{ref}, Tol{2e-6, 1e-7});     // accumulated in double (header)
+            first = d_out.raw();
+        } else {
+            expect_bitwise(name + " deterministic", first, d_out.raw());
+        }
+    }
+}
+
+static void test_puzzle_emb_gather(int n_table, int B, int ndim) {
+    const std::string name = fmt(BK " puzzle_emb_gather n_table=%d B=%d ndim=%d", n_table, B, ndim);
+    const vecd table = rs(rnd((size_t)n_table * ndim, -1, 1));
+    const veci ids = rnd_int(B, n_table);
+    vecd rows((size_t)B * ndim);
+    puzzle_emb_gather_ref<double, double>(rows.data(), table.data(), ids.data(), B, ndim);
+    Dev<floatS> d_table(table);
+    Dev<int> d_ids(ids);
+    Dev<floatX> d_rows(rows.size());
+    d_rows.poison();
+    puzzle_emb_gather(d_rows.p, d_table.p, d_ids.p, B, ndim, st);
+    launched(name);
+    expect_exact(name, d_rows.get(), rx(rows));
+}
+
+// ids repeat; samples 0 and 1 share an id no other sample has and opposite gradients on the first half of the
+// dimensions (sum exactly 0: sign 0, only the decay applies).
+static void test_sign_sgd(int n_table, int B, int ndim, float lr, float wd) {
+    const std::string name = fmt(BK " sign_sgd_update n_table=%d B=%d ndim=%d lr=%g wd=%g (repeated ids)", n_table, B, ndim, lr, wd);
+    const vecd t0 = rs(rnd((size_t)n_table * ndim, -1, 1));
+    vecd grads = rx(rnd((size_t)B * ndim, -1, 1));
+    veci ids = rnd_int(B, n_table - 1);
+    for (auto& id : ids) id += 1;
+    if (B >= 2) {
+        ids[0] = ids[1] = 0;
+        for (int d = 0; d < ndim / 2; d++) grads[(size_t)ndim + d] = -grads[d];
+    }
+    vecd t = t0;
+    sign_sgd_update_ref<double, double>(t.data(), ids.data(), grads.data(), B, ndim, lr, wd);
+    Dev<floatS> d_t(t0);
+    Dev<int> d_ids(ids);
+    Dev<floatX> d_g(grads);
+    sign_sgd_update(d_t.p, d_ids.p, d_g.p, B, ndim, lr, wd, st);
+    launched(name);
+    expect_close(name, d_t.get(), t, TOL_F32);
+    const auto first = d_t.raw();
+    d_t.set(t0);
+    sign_sgd_update(d_t.p, d_ids.p, d_g.p, B, ndim, lr, wd, st);
+    launched(name);
+    expect_bitwise(name + " deterministic", first, d_t.raw());
+}
+
+static void test_convert(size_t n) {
+    const std::string name = fmt(BK " convert_to_floatS n=%zu", n);
+    const vecd src = rx(rnd(n, -3, 3));
+    Dev<floatX> d_src(src);
+    Dev<floatS> d_dst(n);
+    d_dst.poison();
+    convert_to_floatS(d_dst.p, d_src.p, n, st);
+    launched(name);
+    expect_exact(name, d_dst.get(), src);
+}
+
+static void test_optimizer() {
+    const bool master_null_ok = std::is_same<floatX, floatS>::value;   // the trainer's FP32 build: params are the master
+    for (int atan2_mode = 1; atan2_mode >= 0; atan2_mode--)
+        for (size_t n : {(size_t)1, (size_t)1000, (size_t)1000003}) {
+            test_adam(n, atan2_mode, true, 1, 0);
+            test_adam(n, atan2_mode, true, 37, 3);
+            if (master_null_ok) {
+                test_adam(n, atan2_mode, false, 1, 0);
+                test_adam(n, atan2_mode, false, 37, 5);
+            }
+        }
+    test_adam(1000, true, true, 3, 2, 1);
+    if (master_null_ok) test_adam(1001, false, false, 3, 0, 3);
+    for (size_t n : {(size_t)1, (size_t)1000, (size_t)1000003}) {
+        test_ema(n, 0.999f, 0);
+        test_ema(n, 0.95f, 3);
+    }
+    for (size_t n : {(size_t)0, (size_t)1, (size_t)4095, (size_t)4096, (size_t)4097, (size_t)1000003, (size_t)12345678}) test_global_norm(n, 0);
+    test_global_norm(1000003, 5);
+    test_global_norm(4097, 1);
+    test_puzzle_emb_gather(1000, 64, 512);
+    test_puzzle_emb_gather(7, 37, 37);
+    test_puzzle_emb_gather(1, 1, 1);
+    test_sign_sgd(1000, 64, 512, 0.01f, 0.1f);
+    test_sign_sgd(5, 37, 37, 0.1f, 0.0f);
+    test_sign_sgd(3, 200, 64, 0.01f, 0.1f);
+    test_sign_sgd(2, 2, 3, 0.5f, 0.2f);
+    test_convert(1);
+    test_convert(1000);
+    test_convert(1000003);
+}
+
+// =========================================================================================================
+
+#ifdef __CUDACC__
+// What the SKIP lines name when there is no device.
+static const char* OP_GROUPS[] = {
+    "matmul_forward, matmul_backward (trainer shapes, then odd shapes last)",
+    "rmsnorm_forward, rmsnorm_backward",
+    "rope_forward, rope_backward",
+    "attention_forward, attention_backward",
+    "swiglu_forward, swiglu_backward, add_forward",
+    "embedding_forward, embedding_backward, prefix_forward, prefix_backward",
+    "gather_rows, scatter_rows, broadcast_rows, broadcast_rows_backward",
+    "masked_mean_forward, masked_mean_backward",
+    "gaussian_noise, reparameterize_forward, reparameterize_backward",
+    "stablemax_loss_forward, stablemax_loss_backward, q_halt_loss_forward, q_halt_loss_backward",
+    "act_reset, act_halt",
+    "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS",
+};
+#endif
+
+int main() {
+#ifdef __CUDACC__
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        const std::string reason = err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount found 0 devices";
+        const char* require = getenv("ARC_REQUIRE_GPU");
+        if (require && !strcmp(require, "1")) {
+            check(false, "gpu kernels", "no CUDA device (%s), and ARC_REQUIRE_GPU=1", reason.c_str());
+            return test_summary();
+        }
+        for (const char* group : OP_GROUPS)
+            printf("SKIP gpu kernels (%s): no CUDA device (%s) [%s]\n", PRECISION_NAME, reason.c_str(), group);
+        return 0;
+    }
+#endif
+    const std::string device = device_init(0);
+    printf("test_kernels: %s launchers (%s, %s) against the double CPU references\n", BK, device.c_str(), PRECISION_NAME);
+    fflush(stdout);
+    const auto start = std::chrono::steady_clock::now();
+    test_matmul();
+    test_rmsnorm();
+    test_rope_all();
+    test_attention();
+    test_swiglu_add();
+    test_embedding_all();
+    test_rows();
+    test_masked_mean_all();
+    test_variational();
+    test_losses();
+    test_act();
+    test_optimizer();
+    test_matmul_odd();
+    printf("test_kernels: %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return test_summary();
+}
