@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string>
 #include <vector>
 
 static int g_passed = 0, g_failed = 0;
@@ -27,6 +28,16 @@ inline bool check(bool ok, const char* name, const char* fmt = "", ...) {
     }
     fflush(stdout);
     return ok;
+}
+
+// printf-style formatting into a std::string (check names built from shapes).
+inline std::string fmt(const char* f, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return buf;
 }
 
 inline void skip(const char* name, const char* why) { printf("SKIP %s: %s\n", name, why); fflush(stdout); }

@@ -91,15 +91,6 @@ static const Tol TOL_F32 = {1e-5, 1e-6};
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 
-static std::string fmt(const char* f, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, sizeof buf, f, ap);
-    va_end(ap);
-    return buf;
-}
-
 static uint64_t g_draw = 0;
 static uint64_t fresh_seed() { return hash_u64(0x6b65726e656c73ull, ++g_draw); }
 // Uniform in [lo, hi), a fresh seed per call.

@@ -56,15 +56,6 @@ static vecd rand_away0(size_t n, double a, double b) {
 }
 template <typename T> static std::vector<T> cast_vec(const vecd& v) { return std::vector<T>(v.begin(), v.end()); }
 
-static std::string fmt(const char* f, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, sizeof buf, f, ap);
-    va_end(ap);
-    return buf;
-}
-
 // sum a[i] * b[i] in long double (keeps the rounding noise of L far below the finite-difference signal)
 template <typename A, typename B> static double dotl(const A& a, const B& b, size_t n) {
     long double s = 0;
