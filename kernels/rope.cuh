@@ -62,3 +62,71 @@ inline void rope_backward(floatX* dx, const floatS* cos_table, const floatS* sin
     rope_rotate_ref(dx, cos_table, sin_table, B, T, n_heads, HD, row_stride, skip, -1);
 }
 #endif
+
+// ----------------------------------------------------------------------------------------------------------
+// GPU: one thread per V consecutive pairs (x1_i, x2_i) of one head of one row, both directions in one kernel
+// (direction = +1 or -1 flips the sign of sin). fp32 math, floatX storage. V = 16 bytes of floatX (8 bf16 or
+// 4 floats, one 128-bit load per half) when the halves and rows allow it, else V = 1.
+
+#ifdef __CUDACC__
+template <int V>
+__global__ void rope_kernel(floatX* x, const floatS* cos_table, const floatS* sin_table, int B, int T, int n_heads,
+                            int HD, int row_stride, int skip, float direction) {
+    const int half = HD / 2, groups = half / V;                     // groups of V pairs per head
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * T * n_heads * groups) return;
+    const int i = (int)(idx % groups) * V;
+    const int h = (int)(idx / groups % n_heads);
+    const size_t bt = idx / groups / n_heads;                       // row b*T + t of x (B, T, row_stride)
+    const int t = (int)(bt % T);
+    if (t < skip) return;
+    floatX* x1 = x + bt * row_stride + h * HD + i;
+    floatX* x2 = x1 + half;
+    const floatS* c = cos_table + (size_t)(t - skip) * HD + i;
+    const floatS* s = sin_table + (size_t)(t - skip) * HD + i;
+    float a[V], b[V];
+    if constexpr (V == 1) {
+        a[0] = to_float(x1[0]);
+        b[0] = to_float(x2[0]);
+    } else {
+        const Packed128<floatX> pa = load128(x1), pb = load128(x2);
+        for (int k = 0; k < V; k++) { a[k] = to_float(pa[k]); b[k] = to_float(pb[k]); }
+    }
+    for (int k = 0; k < V; k++) {
+        const float ck = c[k], sk = direction * s[k], x1k = a[k], x2k = b[k];
+        a[k] = x1k * ck - x2k * sk;
+        b[k] = x2k * ck + x1k * sk;
+    }
+    if constexpr (V == 1) {
+        x1[0] = (floatX)a[0];
+        x2[0] = (floatX)b[0];
+    } else {
+        Packed128<floatX> pa, pb;
+        for (int k = 0; k < V; k++) { pa[k] = (floatX)a[k]; pb[k] = (floatX)b[k]; }
+        store128(x1, pa);
+        store128(x2, pb);
+    }
+}
+
+inline void rope_rotate(floatX* x, const floatS* cos_table, const floatS* sin_table, int B, int T, int n_heads, int HD,
+                        int row_stride, int skip, int direction, Stream stream) {
+    constexpr int V = Packed128<floatX>::size;
+    const bool vec = (HD / 2) % V == 0 && row_stride % V == 0 && (uintptr_t)x % 16 == 0;
+    const size_t n = (size_t)B * T * n_heads * (HD / 2) / (vec ? V : 1);
+    if (n == 0) return;
+    const int block = 256;
+    const unsigned grid = (unsigned)CEIL_DIV(n, (size_t)block);
+    const float dir = (float)direction;
+    if (vec) rope_kernel<V><<<grid, block, 0, stream>>>(x, cos_table, sin_table, B, T, n_heads, HD, row_stride, skip, dir);
+    else rope_kernel<1><<<grid, block, 0, stream>>>(x, cos_table, sin_table, B, T, n_heads, HD, row_stride, skip, dir);
+    cudaCheckLaunch("rope_kernel");
+}
+inline void rope_forward(floatX* x, const floatS* cos_table, const floatS* sin_table, int B, int T, int n_heads,
+                         int HD, int row_stride, int skip, Stream stream) {
+    rope_rotate(x, cos_table, sin_table, B, T, n_heads, HD, row_stride, skip, +1, stream);
+}
+inline void rope_backward(floatX* dx, const floatS* cos_table, const floatS* sin_table, int B, int T, int n_heads,
+                          int HD, int row_stride, int skip, Stream stream) {
+    rope_rotate(dx, cos_table, sin_table, B, T, n_heads, HD, row_stride, skip, -1, stream);
+}
+#endif

@@ -1,0 +1,147 @@
+// Kernel lab: attention forward (flash attention, non-causal, optional key mask), see kernels/attention.cuh.
+//
+//   v1  SIMT: a warp per query, exact fp32 math from shared memory (the FP32 build's kernel; the fallback)
+//   v2  tensor cores (BF16 build): mma.sync m16n8k16, 16 query rows per warp
+//   v3  tensor cores, 32 query rows per warp (the mainline for Tq >= 128)
+// block = warps per block (at most: short sequences take fewer). FLOPs counted: 4 B NH Tq Tk HD (S = Q K^T and
+// O = P V; masked keys included).
+//
+// The CPU reference runs on the first few samples (every sample is computed alike); the rest of the output is
+// checked to be written (it is poisoned with NaN first). Each configuration is run twice and must give the same
+// bits (determinism). Inputs are fresh every run (the seed is printed; pass it back to repeat a run).
+//
+// nvcc -O3 -std=c++17 -arch=sm_90 -I. -Xcompiler -fopenmp dev/cuda/attention_forward.cu -o attention_forward -lcublasLt -lgomp
+// usage: attention_forward [seed]
+#include <time.h>
+#include <cmath>
+#include "lab.h"
+#include "../../kernels/attention.cuh"
+
+struct Shape {
+    const char* op;           // the RESULT op name; null: validated only
+    int B, Tq, Tk, NH, HD;
+    bool self, masked;        // self: q, k, v read from fused qkv rows (Tk = Tq)
+};
+static const Shape shapes[] = {
+    {"attention_forward", 64, 916, 916, 8, 64, true, false},          // ARC default: 30x30 canvas + 16 puzzle tokens
+    {"attention_forward_cross", 768, 16, 10, 8, 64, false, true},     // ETRM: 16 learned queries over <= 10 demos
+    {nullptr, 2, 1800, 1800, 8, 64, true, false},                     // encoder: 2 x 900 tokens
+    {nullptr, 4, 100, 100, 4, 16, true, false},                       // the CPU tests' head size
+    {nullptr, 3, 33, 7, 2, 16, false, true},                          // ragged everything
+    {nullptr, 2, 70, 130, 2, 128, false, true},                       // HD 128: 32-row tiles
+    {nullptr, 2, 40, 40, 2, 32, true, true},
+    {nullptr, 2, 37, 37, 2, 24, true, false},                         // HD 24: SIMT only
+};
+
+// Key masks: sample b % 4 == 1 has no valid key, b % 4 == 2 only its last one, the others 70% at random.
+static std::vector<uint8_t> make_mask(int B, int Tk, uint64_t seed) {
+    std::vector<uint8_t> m((size_t)B * Tk);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < Tk; j++)
+            m[(size_t)b * Tk + j] = b % 4 == 1 ? 0 : b % 4 == 2 ? j == Tk - 1 : hash_uniform(seed, b, j, 0x3a5) < 0.7f;
+    return m;
+}
+
+// lab_validate cannot compare -inf with -inf (inf - inf = NaN): both sides map it to a large finite value.
+static std::vector<float> finite_inf(std::vector<float> v) {
+    for (float& x : v) x = x == -INFINITY ? -1e30f : x;
+    return v;
+}
+// Absolute tolerance: the lab's in the FP32 build; in bf16 (P, dS and the outputs rounded) 1% of the largest
+// reference value.
+static double atol_for(const std::vector<float>& ref) {
+#if defined(ENABLE_FP32)
+    (void)ref;
+    return LAB_ATOL;
+#else
+    double m = 0;
+    for (float x : ref) m = std::max(m, (double)fabsf(x));
+    return 1e-2 * m;
+#endif
+}
+
+static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
+    const int C = s.NH * s.HD, q_stride = s.self ? 3 * C : C, kv_stride = s.self ? 3 * C : C;
+    const int B_ref = std::min(s.B, 4);
+    printf("shape B=%d Tq=%d Tk=%d NH=%d HD=%d %s%s\n", s.B, s.Tq, s.Tk, s.NH, s.HD, s.self ? "self-attention (fused qkv)" : "cross-attention",
+           s.masked ? ", key mask" : "");
+    // self: qkv (B, T, 3C); cross: q (B, Tq, C), k and v (B, Tk, C)
+    const std::vector<float> q = lab_round(lab_random((size_t)s.B * s.Tq * q_stride, seed, -2.0f, 2.0f));
+    const std::vector<float> k = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * C, seed + 1, -2.0f, 2.0f));
+    const std::vector<float> v = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * C, seed + 2));
+    const std::vector<uint8_t> mask = make_mask(s.B, s.Tk, seed + 3);
+    floatX* d_q = lab_upload<floatX>(q);
+    floatX* d_k = s.self ? d_q + C : lab_upload<floatX>(k);
+    floatX* d_v = s.self ? d_q + 2 * C : lab_upload<floatX>(v);
+    uint8_t* d_mask = nullptr;
+    if (s.masked) {
+        d_mask = (uint8_t*)device_malloc(mask.size(), "mask");
+        copy_to_device(d_mask, mask.data(), mask.size());
+    }
+    const size_t n_out = (size_t)s.B * s.Tq * C, n_lse = (size_t)s.B * s.NH * s.Tq;
+    floatX* d_out = (floatX*)device_malloc(n_out * sizeof(floatX), "out");
+    floatS* d_lse = (floatS*)device_malloc(n_lse * sizeof(floatS), "lse");
+
+    // CPU reference on the first B_ref samples (a prefix of every tensor)
+    const size_t n_out_ref = (size_t)B_ref * s.Tq * C, n_lse_ref = (size_t)B_ref * s.NH * s.Tq;
+    std::vector<float> out_ref(n_out_ref), lse_ref(n_lse_ref);
+    attention_forward_ref(out_ref.data(), lse_ref.data(), q.data(), s.self ? q.data() + C : k.data(),
+                          s.self ? q.data() + 2 * C : v.data(), s.masked ? mask.data() : nullptr, B_ref, s.Tq, s.Tk, s.NH,
+                          s.HD, q_stride, kv_stride);
+    const double out_atol = atol_for(out_ref), lse_tol = std::min(LAB_RTOL, 1e-4);   // lse: fp32 statistics
+    const double flops = 4.0 * s.B * s.NH * (double)s.Tq * s.Tk * s.HD;
+
+    for (int version = 1; version <= 3; version++) {
+#if defined(ENABLE_FP32)
+        if (version > 1) continue;                                     // tensor-core versions: bf16 only
+#else
+        if (version > 1 && !attention_tc_ok(s.HD, q_stride, kv_stride, {d_out, d_q, d_k, d_v})) continue;
+#endif
+        for (int warps : {1, 2, 4, 8}) {
+            auto launch = [&] {
+                const uint8_t* m = s.masked ? d_mask : nullptr;
+                if (version == 1) attention_forward_simt(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.HD, q_stride, kv_stride, warps, 0);
+#if !defined(ENABLE_FP32)
+                else attention_forward_tc(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.HD, q_stride, kv_stride, warps, version - 1, 0);
+#endif
+            };
+            lab_poison(d_out, n_out * sizeof(floatX));
+            lab_poison(d_lse, n_lse * sizeof(floatS));
+            launch();
+            const std::vector<float> out = lab_download(d_out, n_out), lse = lab_download(d_lse, n_lse);
+            lab_validate("attention forward out", std::vector<float>(out.begin(), out.begin() + n_out_ref), out_ref, LAB_RTOL, out_atol);
+            lab_validate("attention forward lse", finite_inf(std::vector<float>(lse.begin(), lse.begin() + n_lse_ref)),
+                         finite_inf(lse_ref), lse_tol, lse_tol);
+            for (size_t i = 0; i < n_out; i++)
+                if (!std::isfinite(out[i])) { printf("FAIL out[%zu] = %g: not written or not finite\n", i, out[i]); exit(1); }
+            for (size_t i = 0; i < n_lse; i++)
+                if (std::isnan(lse[i])) { printf("FAIL lse[%zu] not written\n", i); exit(1); }
+            launch();
+            if (lab_download(d_out, n_out) != out || finite_inf(lab_download(d_lse, n_lse)) != finite_inf(lse)) {
+                printf("FAIL v%d warps=%d: a second run gave different bits\n", version, warps);
+                exit(1);
+            }
+            if (s.op) {
+                const float ms = lab_time_ms(20, launch);
+                const char* names[] = {"", "v1", "v2", "v3"};
+                lab_report(ceil, s.op, names[version], warps, ms, 0, flops);
+            } else {
+                printf("ok v%d warps=%d\n", version, warps);
+            }
+        }
+    }
+    device_free(d_q);
+    if (!s.self) { device_free(d_k); device_free(d_v); }
+    if (d_mask) device_free(d_mask);
+    device_free(d_out);
+    device_free(d_lse);
+}
+
+int main(int argc, char** argv) {
+    const Ceilings ceil = lab_begin("attention_forward");
+    const uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10) : (uint64_t)time(nullptr);
+    printf("seed %llu\n", (unsigned long long)seed);
+    for (const Shape& s : shapes) run_shape(ceil, s, seed);
+    printf("all validated\n");
+    return 0;
+}
