@@ -87,7 +87,7 @@ build/test_kernels: test/test_kernels.cu $(HEADERS) test/test.h
 build/test_kernels_fp32: test/test_kernels.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $< -o $@ $(NVCC_LDLIBS)
-build/lab_%: dev/cuda/%.cu dev/cuda/lab.h $(HEADERS)
+build/lab_%: dev/cuda/%.cu $(wildcard dev/cuda/*.h) $(HEADERS)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $< -o $@ $(NVCC_LDLIBS)
 labs: $(LABS)

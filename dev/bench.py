@@ -139,6 +139,19 @@ def main():
             md.append(f"| {op} | {version} | {r['block']} | {float(r['ms']):.4f} | {float(r['gbps']):.0f} | "
                       f"{float(r['tflops']):.1f} | {r['pct']}% of {r.get('of', '')} |")
         md.append("")
+    if results:                                     # forward + backward: our best versions against torch's
+        md += ["## Attention forward + backward against PyTorch (same shapes, same device, same run)", "",
+               "| shape | arc.cu forward + backward ms (best versions) | torch SDPA forward + backward ms | ratio |",
+               "|---|---|---|---|"]
+        for suffix, label in (("", "self, B=64 T=916 NH=8 HD=64"), ("_cross", "cross, B=768 Tq=16 Tk=10 (masked)")):
+            ours = [min((float(r["ms"]) for r in results if r["op"] == f"attention_{d}{suffix}" and
+                         r["version"] != "torch_sdpa"), default=None) for d in ("forward", "backward")]
+            torch_ms = [float(r["ms"]) for r in results if r["op"] == f"attention_forward_backward{suffix}"]
+            if None in ours or not torch_ms:
+                continue
+            total = sum(ours)
+            md.append(f"| {label} | {total:.3f} | {torch_ms[0]:.3f} | {torch_ms[0] / total:.2f}x |")
+        md.append("")
     if training:
         md += ["## Training at the ARC default (global batch 768, 30x30 canvas, D=512, H=3, L=4, bf16)", "",
                "| model | micro-batch | device memory GiB | ms/step | steps/s | samples/s | TFLOP/s | MFU (peak table) | "

@@ -17,45 +17,9 @@
 // usage: attention_backward [seed]
 #include <time.h>
 #include <cmath>
-#include "lab.h"
+#include "attention_lab.h"
 #include "../../kernels/attention.cuh"
 
-struct Shape {
-    const char* op;           // the RESULT op name; null: validated only
-    int B, Tq, Tk, NH, HD;
-    bool self, masked;        // self: q, k, v read from fused qkv rows and dq, dk, dv written to one dqkv
-};
-static const Shape shapes[] = {
-    {"attention_backward", 64, 916, 916, 8, 64, true, false},         // ARC default
-    {"attention_backward_cross", 768, 16, 10, 8, 64, false, true},    // ETRM demo-set cross attention
-    {nullptr, 2, 1800, 1800, 8, 64, true, false},                     // encoder: 2 x 900 tokens
-    {nullptr, 4, 100, 100, 4, 16, true, false},                       // the CPU tests' head size
-    {nullptr, 3, 33, 7, 2, 16, false, true},                          // ragged everything
-    {nullptr, 2, 70, 130, 2, 128, false, true},                       // HD 128: 32-row tiles
-    {nullptr, 2, 40, 40, 2, 32, true, true},
-    {nullptr, 2, 37, 37, 2, 24, true, false},                         // HD 24: SIMT only
-};
-
-// Key masks: sample b % 4 == 1 has no valid key, b % 4 == 2 only its last one, the others 70% at random.
-static std::vector<uint8_t> make_mask(int B, int Tk, uint64_t seed) {
-    std::vector<uint8_t> m((size_t)B * Tk);
-    for (int b = 0; b < B; b++)
-        for (int j = 0; j < Tk; j++)
-            m[(size_t)b * Tk + j] = b % 4 == 1 ? 0 : b % 4 == 2 ? j == Tk - 1 : hash_uniform(seed, b, j, 0x3a5) < 0.7f;
-    return m;
-}
-// Absolute tolerance: the lab's in the FP32 build; in bf16 (P, dS and the outputs rounded) 1% of the largest
-// reference value.
-static double atol_for(const std::vector<float>& ref) {
-#if defined(ENABLE_FP32)
-    (void)ref;
-    return LAB_ATOL;
-#else
-    double m = 0;
-    for (float x : ref) m = std::max(m, (double)fabsf(x));
-    return 1e-2 * m;
-#endif
-}
 // Validates the first ref.size() elements against the reference; the rest must be written (finite).
 static void check(const char* what, const std::vector<float>& gpu, const std::vector<float>& ref) {
     lab_validate(what, std::vector<float>(gpu.begin(), gpu.begin() + ref.size()), ref, LAB_RTOL, atol_for(ref));
@@ -136,10 +100,10 @@ static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
                 printf("FAIL v%d warps=%d: a second run gave different bits\n", version, warps);
                 exit(1);
             }
-            if (s.op) {
+            if (s.op_suffix) {
                 const float ms = lab_time_ms(20, launch);
                 const char* names[] = {"", "v1", "v2", "v3"};
-                lab_report(ceil, s.op, names[version], warps, ms, 0, flops);
+                lab_report(ceil, (std::string("attention_backward") + s.op_suffix).c_str(), names[version], warps, ms, 0, flops);
             } else {
                 printf("ok v%d warps=%d\n", version, warps);
             }
