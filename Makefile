@@ -2,7 +2,7 @@
 #   train_etrm_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
 #   train_etrm       with nvcc: the CUDA backend (PRECISION=BF16 by default)
 # Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
-#          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1, NO_MULTI_GPU=1 (skip MPI / NCCL detection).
+#          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
 # Targets: all, run (train + evaluate a small ETRM on the synthetic data), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
 #          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), clean.
@@ -32,20 +32,27 @@ ifeq ($(shell echo 'int main(){return 0;}' | $(CXX) $(CXXFLAGS) -x c++ - -o /dev
   CXXFLAGS := $(filter-out -march=native,$(CXXFLAGS))
 endif
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+# MPI (the trainers only; tests that include the trainer build it single-process)
 ifeq ($(NO_USE_MPI),1)
   MPI_STATUS := off (NO_USE_MPI=1)
 else ifneq ($(shell command -v mpicxx 2>/dev/null),)
-  MPI_STATUS := yes (mpicxx; used from the multi-GPU issue on)
+  MPI_STATUS := yes (mpicxx)
+  MPI_FLAGS := -DUSE_MPI $(shell mpicxx --showme:compile)
+  MPI_LIBS := $(filter-out -lmpi_cxx,$(shell mpicxx --showme:link))
 else
   MPI_STATUS := no (apt-get install libopenmpi-dev openmpi-bin)
 endif
 NCCL_FOUND := $(firstword $(wildcard /usr/include/nccl.h /usr/local/cuda/include/nccl.h $(dir $(NVCC_PATH))../include/nccl.h))
 ifeq ($(NO_MULTI_GPU),1)
   NCCL_STATUS := off (NO_MULTI_GPU=1)
-else ifneq ($(NCCL_FOUND),)
-  NCCL_STATUS := yes ($(NCCL_FOUND))
-else
+else ifeq ($(NCCL_FOUND),)
   NCCL_STATUS := no
+else ifeq ($(MPI_FLAGS),)
+  NCCL_STATUS := not used (NCCL is bootstrapped by MPI, which is off)
+else
+  NCCL_STATUS := yes ($(NCCL_FOUND))
+  NCCL_FLAGS := -DUSE_NCCL
+  NCCL_LIBS := -lnccl
 endif
 NVCC_ARCH := $(foreach cc,$(GPU_COMPUTE_CAPABILITY),--generate-code arch=compute_$(cc),code=[compute_$(cc),sm_$(cc)])
 NVCCFLAGS ?= -O3
@@ -75,12 +82,14 @@ features:
 	@echo "              MPI: $(MPI_STATUS)   NCCL: $(NCCL_STATUS)"
 
 train_etrm_cpu: train_etrm.cu $(HEADERS)
-	$(CXX) $(CXXFLAGS) -x c++ $< -o $@
+	$(CXX) $(CXXFLAGS) $(MPI_FLAGS) -x c++ $< -o $@ $(MPI_LIBS)
 
+# nvcc takes the MPI flags through the host compiler
+NVCC_MPI := $(if $(MPI_FLAGS),-DUSE_MPI $(filter -I%,$(MPI_FLAGS)) $(filter -L% -l%,$(MPI_LIBS))) $(NCCL_FLAGS) $(NCCL_LIBS)
 train_etrm: train_etrm.cu $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $< -o $@ $(NVCC_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
 train_etrm_fp32: train_etrm.cu $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $< -o $@ $(NVCC_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
 build/test_kernels: test/test_kernels.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVCC_LDLIBS)
@@ -126,7 +135,7 @@ GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32
 test: train_etrm_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_safetensors" "./build/test_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
-		"$(PYTHON) test/test_learning.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }

@@ -51,6 +51,8 @@ both backends.
 #include "common/dataloader.h"
 // defines: Safetensors, safetensors_read, safetensors_get, SafetensorsWriter, safetensors_write
 #include "common/safetensors.h"
+// defines: Dist, dist_init, dist_init_device, dist_sum, dist_allgather, dist_sum_host, dist_gather_host, ...
+#include "common/distributed.h"
 // defines: matmul_forward, matmul_backward
 #include "kernels/matmul.cuh"
 // defines: rmsnorm_forward, rmsnorm_backward
@@ -585,6 +587,10 @@ typedef struct {
     // TRM: the puzzle-embedding rows of this step and their gradients, for sign-SGD after the micro-batches
     int* step_puzzle_ids;             // (B_local)
     floatX* step_puzzle_grads;        // (B_local, ndim)
+    // ...and of every rank's slots, in global slot order (sign-SGD sees the whole global batch on every rank)
+    int* puzzle_ids_global;           // (B_global)
+    floatX *puzzle_grads_global, *puzzle_grads_gathered;   // (B_global, ndim); the latter in rank order
+    int* slot_order;                  // (B_global) row of global slot g in the rank-ordered gather
     floatS* norm_scratch;             // (1) device result of global_norm_squared
 } Model;
 
@@ -827,6 +833,14 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     device_memset(m->halted, 1, B_local);
     m->step_puzzle_ids = (int*)device_malloc(B_local * sizeof(int), "puzzle ids of the step");
     m->step_puzzle_grads = (floatX*)device_malloc((size_t)B_local * std::max(d.ndim, 1) * sizeof(floatX), "puzzle-row gradients");
+    const int W = dist().world, B_global = B_local * W;
+    m->puzzle_ids_global = (int*)device_malloc(B_global * sizeof(int), "puzzle ids of the global batch");
+    m->puzzle_grads_global = (floatX*)device_malloc((size_t)B_global * std::max(d.ndim, 1) * sizeof(floatX), "puzzle-row gradients");
+    m->puzzle_grads_gathered = (floatX*)device_malloc((size_t)B_global * std::max(d.ndim, 1) * sizeof(floatX), "puzzle-row gradients");
+    m->slot_order = (int*)device_malloc(B_global * sizeof(int), "slot order");
+    std::vector<int> order(B_global);
+    for (int g = 0; g < B_global; g++) order[g] = (g % W) * B_local + g / W;
+    copy_to_device(m->slot_order, order.data(), B_global * sizeof(int));
     m->norm_scratch = (floatS*)device_malloc(sizeof(floatS), "norm");
 }
 
@@ -1184,7 +1198,8 @@ static double norm_squared(Model* m, size_t begin, size_t end, Stream st) {
 
 typedef struct { double enc_norm, dec_norm, total_norm, lr; } UpdateStats;
 
-// TRM: sign-SGD on the puzzle rows of this step (m->step_puzzle_ids, m->step_puzzle_grads).
+// The gradients are already summed over the ranks, so every rank takes the same step. TRM: sign-SGD on the
+// puzzle rows of the global batch (m->puzzle_ids_global, m->puzzle_grads_global).
 static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) {
     const Config& c = m->cfg;
     UpdateStats u;
@@ -1211,8 +1226,8 @@ static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) 
     if (m->ema) ema_update(m->ema, master_weights(m), m->n_params, c.ema_rate, st);
     if (m->d.enc == ENC_NONE) {
         const float lr_puzzle = lr_at(step, c.puzzle_emb_lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
-        sign_sgd_update(m->puzzle_emb, m->step_puzzle_ids, m->step_puzzle_grads, m->B_local, m->d.ndim, lr_puzzle,
-                        c.puzzle_emb_weight_decay, st);
+        sign_sgd_update(m->puzzle_emb, m->puzzle_ids_global, m->puzzle_grads_global, m->B_local * dist().world,
+                        m->d.ndim, lr_puzzle, c.puzzle_emb_weight_decay, st);
     }
     device_memset(m->grads, 0, m->n_params * sizeof(floatS));
     return u;
@@ -1236,8 +1251,8 @@ static void upload_queries(Model* m, const std::vector<int>& inputs, const std::
 }
 
 // Copies B samples to the device arrays of the micro-batch; returns the number of valid demos Nd.
-// global_slot0: global index of the first sample (the key of its random numbers).
-static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0) {
+// Sample b is global slot slot0 + b * slot_stride of the batch (the key of its random numbers).
+static int upload_micro_batch(Model* m, const Sample* s, int B, int slot0, int slot_stride) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
     std::vector<int> inputs((size_t)B * d.S), labels((size_t)B * d.S), ids(B);
@@ -1259,9 +1274,9 @@ static int upload_micro_batch(Model* m, const Sample* s, int B, int global_slot0
             demo_out.insert(demo_out.end(), s[b].demo_labels.begin() + (size_t)k * d.S, s[b].demo_labels.begin() + (size_t)(k + 1) * d.S);
             slot.push_back(b * d.K + k);
             mask[(size_t)b * d.K + k] = 1;
-            if (d.enc == ENC_LPN_VARIATIONAL) latent_key.push_back((global_slot0 + b) * d.K + k);
+            if (d.enc == ENC_LPN_VARIATIONAL) latent_key.push_back((slot0 + b * slot_stride) * d.K + k);
         }
-        if (d.enc == ENC_HYBRID_VARIATIONAL) latent_key.push_back(global_slot0 + b);
+        if (d.enc == ENC_HYBRID_VARIATIONAL) latent_key.push_back(slot0 + b * slot_stride);
     }
     const int Nd = (int)slot.size();
     if (!d.lpn_grid) {                              // standard pooling averages the non-PAD tokens
@@ -1459,13 +1474,13 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     std::vector<floatX> q((size_t)B * 2);
     int real;
     while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
-        const int Nd = upload_micro_batch(m, batch.data(), B, 0);
+        const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
         latent_noise(m, d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
         if (d.enc != ENC_NONE) encoder_forward(m, w, B, Nd, Stream());
         if (m->cfg.latent_opt_steps > 0) {
             double before = 0, after = 0;
             latent_optimise(m, w, batch.data(), B, &before, &after, Stream());
-            upload_micro_batch(m, batch.data(), B, 0);                  // the queries again
+            upload_micro_batch(m, batch.data(), B, 0, 1);               // the queries again
             r.opt_loss_before += before;
             r.opt_loss_after += after;
             for (int b = 0; b < real; b++) r.n_optimised += batch[b].n_demos > 0;
@@ -1712,24 +1727,67 @@ static void make_dirs(const std::string& dir) {
         }
 }
 
+// The carry of a multi-process run is saved for the whole global batch in global slot order (rank 0 gathers
+// it), so a run resumes with any number of ranks: each takes its slots g = rank + b * world back.
+// slots_to_global: rank 0 gets every rank's per-slot records (slot_bytes each), in global slot order.
+static std::vector<uint8_t> slots_to_global(const void* local, size_t slot_bytes, int B_local) {
+    const int W = dist().world;
+    std::vector<uint8_t> by_rank = dist_gather_host(local, slot_bytes * B_local), out;
+    if (dist().rank != 0) return out;
+    out.resize(by_rank.size());
+    for (int g = 0; g < B_local * W; g++)
+        memcpy(&out[g * slot_bytes], &by_rank[((size_t)(g % W) * B_local + g / W) * slot_bytes], slot_bytes);
+    return out;
+}
+// This rank's slots of global per-slot records.
+template <typename T> static std::vector<T> slots_of_rank(const T* global, size_t per_slot, int B_local) {
+    std::vector<T> out((size_t)B_local * per_slot);
+    for (int b = 0; b < B_local; b++)
+        std::copy(global + (size_t)(dist().rank + b * dist().world) * per_slot,
+                  global + (size_t)(dist().rank + b * dist().world + 1) * per_slot, out.begin() + (size_t)b * per_slot);
+    return out;
+}
+
 static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts, const std::string& config, Logger* log) {
     const Dims& d = m->d;
     const std::string& dir = m->cfg.checkpoint_path;
+    const int Bl = m->B_local;
     std::vector<floatS> w = weights_to_host(m, false), mm(m->n_params), vv(m->n_params), ema;
     copy_to_host(mm.data(), m->adam_m, mm.size() * sizeof(floatS));
     copy_to_host(vv.data(), m->adam_v, vv.size() * sizeof(floatS));
     if (m->ema) ema = weights_to_host(m, true);
     std::vector<floatS> buffers = init_buffers_to_host(m), table((size_t)m->n_puzzle_ids * d.ndim);
     copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
-    const size_t carry = (size_t)m->B_local * d.T * d.D;
-    std::vector<floatS> z(2 * carry);
+    // the carry of every rank, in global slot order: z_H then z_L (B_global, T, D), steps, halted, samples
+    const size_t slot_z = (size_t)d.T * d.D, carry = (size_t)Bl * slot_z;
+    std::vector<floatS> z(carry);
     download_floatX(z.data(), m->z_H, carry);
-    download_floatX(z.data() + carry, m->z_L, carry);
-    std::vector<int> steps(m->B_local);
+    std::vector<uint8_t> z_all = slots_to_global(z.data(), slot_z * sizeof(floatS), Bl);
+    download_floatX(z.data(), m->z_L, carry);
+    std::vector<uint8_t> z_L_all = slots_to_global(z.data(), slot_z * sizeof(floatS), Bl);
+    z_all.insert(z_all.end(), z_L_all.begin(), z_L_all.end());
+    std::vector<int> steps(Bl);
     copy_to_host(steps.data(), m->steps, steps.size() * sizeof(int));
+    std::vector<uint8_t> steps_all = slots_to_global(steps.data(), sizeof(int), Bl);
+    std::vector<uint8_t> halted_all = slots_to_global(ts.halted.data(), 1, Bl);
+    // samples travel as fixed-size records (at most max_demos demos), then are stored compactly
+    const size_t record = 5 + 2 * (size_t)d.S + 2 * (size_t)std::max(d.K, 0) * d.S;
+    std::vector<int32_t> records(Bl * record, 0), one;
+    for (int b = 0; b < Bl; b++) {
+        samples_serialize({ts.carry[b]}, d.S, &one);
+        std::copy(one.begin(), one.end(), records.begin() + b * record);
+    }
+    std::vector<uint8_t> records_all = slots_to_global(records.data(), record * sizeof(int32_t), Bl);
+    if (dist().rank != 0) return;                   // only rank 0 writes
+    std::vector<Sample> carry_all;
+    for (int g = 0; g < Bl * dist().world; g++) {
+        std::vector<int32_t> r(record);
+        memcpy(r.data(), &records_all[g * record * sizeof(int32_t)], record * sizeof(int32_t));
+        carry_all.push_back(samples_deserialize(r, 1, d.S, "checkpoint")[0]);
+    }
     std::vector<int32_t> samples;
-    samples_serialize(ts.carry, d.S, &samples);
-    int64_t state[8] = {ts.step, m->adam_t_decoder, m->adam_t_encoder, dl.epoch, dl.cursor, m->B_local,
+    samples_serialize(carry_all, d.S, &samples);
+    int64_t state[8] = {ts.step, m->adam_t_decoder, m->adam_t_encoder, dl.epoch, dl.cursor, (int64_t)Bl * dist().world,
                         (int64_t)m->n_params, m->n_puzzle_ids};
     std::vector<SectionOut> sections = {
         {"state", state, sizeof state},
@@ -1738,9 +1796,9 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
         {"adam_v", vv.data(), vv.size() * sizeof(floatS)},
         {"init_buffers", buffers.data(), buffers.size() * sizeof(floatS)},
         {"puzzle_emb", table.data(), table.size() * sizeof(floatS)},
-        {"carry_z", z.data(), z.size() * sizeof(floatS)},
-        {"carry_steps", steps.data(), steps.size() * sizeof(int)},
-        {"carry_halted", ts.halted.data(), ts.halted.size()},
+        {"carry_z", z_all.data(), z_all.size()},
+        {"carry_steps", steps_all.data(), steps_all.size()},
+        {"carry_halted", halted_all.data(), halted_all.size()},
         {"carry_samples", samples.data(), samples.size() * sizeof(int32_t)},
     };
     if (m->ema) sections.push_back({"ema", ema.data(), ema.size() * sizeof(floatS)});
@@ -1766,11 +1824,13 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     Sections s = checkpoint_read(path, &step, &config);
     int64_t state[8];
     section_get(s, path, "state", state, 8);
-    if (state[5] != m->B_local)
-        fatal("%s: written with %lld samples per process, this run has %d: resume with the same global_batch_size", path, (long long)state[5], m->B_local);
+    const int Bl = m->B_local, B_global = Bl * dist().world;
+    if (state[5] != B_global)
+        fatal("%s: written with a global batch of %lld samples, this run has %d: resume with the same global_batch_size",
+              path, (long long)state[5], B_global);
     if (state[7] != m->n_puzzle_ids)
         fatal("%s: written with %lld puzzle identifiers, this run has %d: resume with the same data and num_aug", path, (long long)state[7], m->n_puzzle_ids);
-    const size_t P = m->n_params, carry = (size_t)m->B_local * d.T * d.D;
+    const size_t P = m->n_params, slot_z = (size_t)d.T * d.D, carry = (size_t)B_global * slot_z;
     std::vector<floatS> w(P), buf(std::max(P, 2 * carry));
     section_get(s, path, "weights", w.data(), P);
     model_set_weights(m, w.data());
@@ -1783,19 +1843,22 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
     section_get(s, path, "puzzle_emb", table.data(), table.size());
     copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+    // this rank's slots of the global carry
     section_get(s, path, "carry_z", buf.data(), 2 * carry);
-    upload_floatX(m->z_H, buf.data(), carry);
-    upload_floatX(m->z_L, buf.data() + carry, carry);
-    std::vector<int> steps(m->B_local);
+    upload_floatX(m->z_H, slots_of_rank(buf.data(), slot_z, Bl).data(), (size_t)Bl * slot_z);
+    upload_floatX(m->z_L, slots_of_rank(buf.data() + carry, slot_z, Bl).data(), (size_t)Bl * slot_z);
+    std::vector<int> steps(B_global);
     section_get(s, path, "carry_steps", steps.data(), steps.size());
-    copy_to_device(m->steps, steps.data(), steps.size() * sizeof(int));
-    ts->halted.resize(m->B_local);
-    section_get(s, path, "carry_halted", ts->halted.data(), ts->halted.size());
+    copy_to_device(m->steps, slots_of_rank(steps.data(), 1, Bl).data(), Bl * sizeof(int));
+    std::vector<uint8_t> halted(B_global);
+    section_get(s, path, "carry_halted", halted.data(), halted.size());
+    ts->halted = slots_of_rank(halted.data(), 1, Bl);
     copy_to_device(m->halted, ts->halted.data(), ts->halted.size());
     const std::vector<uint8_t>& raw = s["carry_samples"];
     std::vector<int32_t> samples(raw.size() / sizeof(int32_t));
     memcpy(samples.data(), raw.data(), samples.size() * sizeof(int32_t));
-    ts->carry = samples_deserialize(samples, m->B_local, d.S, path);
+    std::vector<Sample> carry_all = samples_deserialize(samples, B_global, d.S, path);
+    ts->carry = slots_of_rank(carry_all.data(), 1, Bl);
     ts->step = (int)state[0];
     m->adam_t_decoder = (int)state[1];
     m->adam_t_encoder = (int)state[2];
@@ -1971,38 +2034,44 @@ static void debug_capture(Model* m, DebugCapture* cap, const Sample* s, int B, i
         }
 }
 
-// One optimizer step's forward and backward (gradients accumulated over the micro-batches); the update
-// follows in model_update. Metrics as upstream: ETRM counts every slot with labels, TRM the slots that halted.
-// With `diagnostics` (a logged step) the encoder context is also copied back for encoder_cross_sample_var.
+// One optimizer step's forward and backward (gradients accumulated over the micro-batches and summed over
+// the ranks); the update follows in model_update. Every rank draws the same global batch and keeps its
+// interleaved slots (global slot rank + b * world). Metrics as upstream, over the global batch: ETRM counts
+// every slot with labels, TRM the slots that halted. With `diagnostics` (a logged step) the encoder context is
+// also copied back for encoder_cross_sample_var.
 static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCapture* cap, bool diagnostics) {
     const Config& c = m->cfg;
     const Dims& d = m->d;
     Acts* a = &m->acts;
-    const int step = ts->step + 1, B = m->mb;
-    std::vector<Sample> batch;
-    loader_next_train_batch(dl, c.global_batch_size, &batch);
+    const int step = ts->step + 1, B = m->mb, rank = dist().rank, W = dist().world;
+    std::vector<Sample> global_batch, batch(m->B_local);
+    loader_next_train_batch(dl, c.global_batch_size, &global_batch);
+    for (int b = 0; b < m->B_local; b++) batch[b] = std::move(global_batch[rank + b * W]);
     carry_take_new_samples(&ts->carry, &batch, ts->halted);
 
     // KL = mean over the latents of the global batch: one per sample (hybrid), one per valid demo (lpn)
     int kl_rows = 0;
     for (const Sample& s : ts->carry) kl_rows += d.enc == ENC_LPN_VARIATIONAL ? s.n_demos : 1;
+    dist_sum_host(&kl_rows, 1);
     const float kl_weight = c.kl_weight * (c.kl_anneal_steps > 0 ? std::min(1.0f, (float)step / c.kl_anneal_steps) : 1.0f);
     const float dkl = d.variational ? kl_weight / ((float)c.global_batch_size * std::max(1, kl_rows)) : 0.0f;
 
     StepMetrics r = StepMetrics();
     double kl_sum = 0;
-    std::vector<floatS> lm(B), ql(B), kl((size_t)B * std::max(d.K, 1)), context;
+    std::vector<floatS> lm(B), ql(B), kl((size_t)B * std::max(d.K, 1));
+    std::vector<floatX> context;
     std::vector<int> n_valid(B), n_correct(B), steps(B);
     std::vector<floatX> q((size_t)B * 2);
     std::vector<uint8_t> halted(B);
     const size_t ctx_size = (size_t)d.P * d.D;
     diagnostics = diagnostics && d.enc != ENC_NONE;
-    if (diagnostics) context.resize((size_t)m->B_local * ctx_size);
+    std::vector<double> ctx_sum(diagnostics ? ctx_size : 0), ctx_sum_sq(ctx_sum.size());
     const uint64_t halt_seed = hash_u64((uint64_t)c.seed, TAG_HALT, (uint64_t)step);
     for (int b0 = 0; b0 < m->B_local; b0 += B) {
         floatX* z_H = m->z_H + (size_t)b0 * d.T * d.D;
         floatX* z_L = m->z_L + (size_t)b0 * d.T * d.D;
-        const int Nd = upload_micro_batch(m, &ts->carry[b0], B, b0);
+        const int slot0 = rank + b0 * W;                                   // global slot of local slot b0
+        const int Nd = upload_micro_batch(m, &ts->carry[b0], B, slot0, W);
         const int latent_rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
         r.flops += micro_batch_flops(*m, B, Nd);
         latent_noise(m, latent_rows, true, step);
@@ -2011,7 +2080,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         input_embedding_forward(m, m->w, B, a->enc.context, Stream());
         decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
         loss_forward(m, B, Stream());
-        act_halt(m->halted + b0, m->steps + b0, a->q, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, b0, 1, Stream());
+        act_halt(m->halted + b0, m->steps + b0, a->q, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, slot0, W, Stream());
 
         copy_to_host(lm.data(), a->lm_loss, B * sizeof(floatS));
         copy_to_host(ql.data(), a->q_loss, B * sizeof(floatS));
@@ -2044,9 +2113,34 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
             copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
         } else {
-            if (diagnostics) download_floatX(context.data() + (size_t)b0 * ctx_size, a->enc.context, (size_t)B * ctx_size);
+            if (diagnostics) {
+                context.resize((size_t)B * ctx_size);
+                copy_to_host(context.data(), a->enc.context, context.size() * sizeof(floatX));
+                for (int b = 0; b < B; b++)
+                    for (size_t i = 0; i < ctx_size; i++) {
+                        const double x = to_float(context[(size_t)b * ctx_size + i]);
+                        ctx_sum[i] += x;
+                        ctx_sum_sq[i] += x * x;
+                    }
+            }
             encoder_backward(m, B, Nd, dkl, Stream());
         }
+    }
+    // the gradients and the metrics of the global batch
+    dist_sum(m->grads, m->n_params, Stream());
+    double sums[9] = {r.lm_loss, r.q_halt_loss, kl_sum, r.count, r.accuracy, r.exact, r.q_halt_acc, r.steps, 0};
+    dist_sum_host(sums, 9);
+    r.lm_loss = sums[0]; r.q_halt_loss = sums[1]; kl_sum = sums[2]; r.count = sums[3]; r.accuracy = sums[4];
+    r.exact = sums[5]; r.q_halt_acc = sums[6]; r.steps = sums[7];
+    if (d.enc == ENC_NONE) {                         // every rank's puzzle rows, in global slot order
+        std::vector<int> ids(m->B_local);
+        for (int b = 0; b < m->B_local; b++) ids[b] = ts->carry[b].puzzle_id;
+        std::vector<uint8_t> all = dist_allgather_host(ids.data(), ids.size() * sizeof(int));
+        std::vector<int> global_ids(m->B_local * W);
+        for (int g = 0; g < m->B_local * W; g++) memcpy(&global_ids[g], &all[((g % W) * m->B_local + g / W) * sizeof(int)], sizeof(int));
+        copy_to_device(m->puzzle_ids_global, global_ids.data(), global_ids.size() * sizeof(int));
+        dist_allgather(m->puzzle_grads_gathered, m->step_puzzle_grads, (size_t)m->B_local * d.ndim, Stream());
+        gather_rows(m->puzzle_grads_global, m->puzzle_grads_gathered, m->slot_order, m->B_local * W, d.ndim, Stream());
     }
     const double G = c.global_batch_size;
     r.kl = d.variational ? kl_sum / std::max(1, kl_rows) : 0;
@@ -2066,15 +2160,12 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     }
     const double count = std::max(1.0, r.count);
     r.accuracy /= count; r.exact /= count; r.q_halt_acc /= count; r.steps /= count;
-    if (diagnostics) {                              // upstream encoder_cross_sample_var
-        std::vector<double> mean(ctx_size, 0);
-        for (int b = 0; b < m->B_local; b++)
-            for (size_t i = 0; i < ctx_size; i++) mean[i] += context[(size_t)b * ctx_size + i];
-        for (double& v : mean) v /= m->B_local;
+    if (diagnostics) {                              // upstream encoder_cross_sample_var: the variance over samples
+        dist_sum_host(ctx_sum.data(), (int)ctx_size);
+        dist_sum_host(ctx_sum_sq.data(), (int)ctx_size);
         double var = 0;
-        for (int b = 0; b < m->B_local; b++)
-            for (size_t i = 0; i < ctx_size; i++) { double x = context[(size_t)b * ctx_size + i] - mean[i]; var += x * x; }
-        r.cross_sample_var = var / ((double)m->B_local * ctx_size);
+        for (size_t i = 0; i < ctx_size; i++) var += ctx_sum_sq[i] - ctx_sum[i] * ctx_sum[i] / G;
+        r.cross_sample_var = var / (G * ctx_size);
     }
     return r;
 }
@@ -2134,7 +2225,7 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
                    wall_time() - t0);
         char name[128];
         snprintf(name, sizeof name, "/predictions_step%08d_%s.json", step, label.c_str());
-        write_predictions(m->cfg.checkpoint_path + name, *dl, set, step, votes);
+        if (dist().rank == 0) write_predictions(m->cfg.checkpoint_path + name, *dl, set, step, votes);
         results.push_back(r);
     }
     return results;
@@ -2150,23 +2241,31 @@ static std::string format_duration(double seconds) {
 
 #ifndef TESTING
 int main(int argc, char** argv) {
+    dist_init(&argc, &argv);
+    const int rank = dist().rank, W = dist().world;
     Config cfg = config_defaults();
     std::vector<ArgSpec> specs = config_specs(&cfg);
-    if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)")) return 0;
+    if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)")) {
+        dist_finish();
+        return 0;
+    }
     config_validate(cfg);
-    const std::string device_name = device_init(0);
-    const double peak_flops = device_peak_tflops(device_name) * 1e12;
     const std::string config_text = args_dump(specs);
-    make_dirs(cfg.checkpoint_path);
-    Logger log;
-    logger_open(&log, cfg.checkpoint_path + "/log.txt", true);
+    dist_check_same(hash_bytes(config_text.data(), config_text.size()), "the configuration");
+    if (cfg.global_batch_size % W)
+        fatal("global_batch_size=%d must be a multiple of the number of processes (%d)", cfg.global_batch_size, W);
+    const std::string device_name = dist_init_device();
+    const double peak_flops = device_peak_tflops(device_name) * 1e12;
+    if (rank == 0) make_dirs(cfg.checkpoint_path);
+    Logger log;                                        // rank 0 logs; the others only compute
+    logger_open(&log, cfg.checkpoint_path + "/log.txt", rank == 0);
 
     DataLoader dl;
     loader_init(&dl, split_commas(cfg.data_paths), split_commas(cfg.data_paths_test), cfg.encoder_type != "none",
                 cfg.canvas, cfg.num_aug, cfg.max_demos, cfg.max_train_groups, cfg.max_eval_groups, (uint64_t)cfg.seed);
     Model model;
     Model* m = &model;
-    model_build(m, cfg, dl.canvas, dl.n_puzzle_ids, cfg.global_batch_size);
+    model_build(m, cfg, dl.canvas, dl.n_puzzle_ids, cfg.global_batch_size / W);
     model_init_weights(m, (uint64_t)cfg.seed);
     if (!cfg.load_checkpoint.empty()) load_weights(m, cfg.load_checkpoint, false);
     if (!cfg.load_decoder.empty()) load_weights(m, cfg.load_decoder, true);
@@ -2194,8 +2293,8 @@ int main(int argc, char** argv) {
     if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
     const int eval_every = cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
     const Dims& d = m->d;
-    log_printf(&log, "arc.cu train_etrm (%s backend on %s, %s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
-               BACKEND_NAME, device_name.c_str(), PRECISION_NAME, cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
+    log_printf(&log, "arc.cu train_etrm (%s backend on %s, %s, %d process%s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
+               BACKEND_NAME, device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
                d.D, d.NH, cfg.L_layers, cfg.H_cycles, cfg.L_cycles, d.P, d.canvas);
     size_t n_decoder = 0, n_encoder = 0;
     for (const TensorInfo& t : m->tensors) (t.encoder ? n_encoder : n_decoder) += t.numel;
@@ -2208,6 +2307,7 @@ int main(int argc, char** argv) {
                dl.train_groups.size(), dl.test_names.size(), total_steps, steps_per_epoch, eval_every);
     if (cfg.eval_only) {
         evaluate(m, &dl, ts.step, &log);
+        dist_finish();
         return 0;
     }
 
@@ -2222,7 +2322,7 @@ int main(int argc, char** argv) {
         const bool capture = step == 1 && !cfg.debug_state.empty();
         const bool log_step = step % cfg.log_every == 0 || step == total_steps;
         StepMetrics r = train_step(m, &dl, &ts, capture ? &cap : nullptr, log_step);
-        if (capture) {
+        if (capture && rank == 0) {
             debug_state_write(m, ts, cap, cfg.debug_state, config_text);
             log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
         }
@@ -2260,6 +2360,7 @@ int main(int argc, char** argv) {
                    (double)timed_steps * cfg.global_batch_size / timed_seconds, timed_flops / timed_seconds / 1e12, mfu);
     }
     logger_close(&log);
+    dist_finish();
     return 0;
 }
 #endif

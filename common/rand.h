@@ -23,6 +23,13 @@ HOST_DEVICE inline uint64_t hash_u64(uint64_t seed, uint64_t a, uint64_t b = 0, 
     return mix64(mix64(mix64(mix64(seed) ^ a) ^ b) ^ c);
 }
 
+// A hash of a byte string (e.g. comparing the configuration of every rank).
+inline uint64_t hash_bytes(const void* data, size_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < n; i++) h = mix64(h ^ ((const uint8_t*)data)[i]);
+    return h;
+}
+
 // Uniform in [0, 1) with 24 random bits (exactly representable in float).
 HOST_DEVICE inline float hash_uniform(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0) {
     return (float)(hash_u64(seed, a, b, c) >> 40) * (1.0f / 16777216.0f);

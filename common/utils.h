@@ -15,6 +15,9 @@
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
+// Called by fatal() instead of exit(1) when set: a multi-process run aborts every process (common/distributed.h).
+inline void (*&fatal_hook())() { static void (*hook)() = nullptr; return hook; }
+
 // Print "error: <message>" (printf-style) and exit(1).
 [[noreturn]] inline void fatal(const char* fmt, ...) {
     fflush(stdout);
@@ -24,6 +27,8 @@
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+    fflush(stderr);
+    if (fatal_hook()) fatal_hook()();
     exit(1);
 }
 

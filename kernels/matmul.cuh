@@ -38,7 +38,10 @@ inline void gemm_tile(T* C, const T* A, const T* B, int M, int N, int K, int m0,
 }
 
 // C[m, n] (+)= sum_k A(m, k) * B[k, n], with A(m, k) = A[m*K + k], or A[k*M + m] when A_TRANS.
-// Full 4 x 32 and 4 x 16 tiles take the register-tiled path; the ragged edges a plain loop.
+// Columns in full blocks of 32 and 16 take the register-tiled path (4 rows at a time, the last rows one at a
+// time through the same code), the last columns a plain loop. Every element of a column is computed by the
+// same arithmetic whatever its row: a sample's results do not depend on where it sits in the batch (so a
+// data-parallel run matches a single-process one).
 template <typename T, bool A_TRANS>
 void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate) {
     constexpr int MR = 4;
@@ -50,8 +53,14 @@ void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate
         if (mb == MR) {
             for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, MR, 32>(C, A, B, M, N, K, m0, n0, accumulate);
             for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, MR, 16>(C, A, B, M, N, K, m0, n0, accumulate);
+        } else {
+            for (int i = 0; i < mb; i++) {
+                n0 = 0;
+                for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, 1, 32>(C, A, B, M, N, K, m0 + i, n0, accumulate);
+                for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, 1, 16>(C, A, B, M, N, K, m0 + i, n0, accumulate);
+            }
         }
-        for (int i = 0; i < mb; i++)                      // what is left: rows of the last tile, last columns
+        for (int i = 0; i < mb; i++)                      // what is left: the last columns
             for (int j = n0; j < N; j++) {
                 T sum = accumulate ? C[(size_t)(m0 + i) * N + j] : T(0);
                 for (int k = 0; k < K; k++)
