@@ -47,7 +47,7 @@ static std::vector<Sample> random_batch(const Model& m, Rng* rng) {
 // One ACT step from the carry in m (reset where halted) through the loss; returns L (see the top).
 static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_out) {
     const Dims& d = m->d;
-    const int Nd = upload_micro_batch(m, batch.data(), B, 0);
+    const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
     const int rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
     latent_noise(m, rows, true, 1);
     act_reset(m->z_H, m->z_L, m->H_init, m->L_init, m->steps, m->halted, B, d.T, d.D, Stream());
@@ -194,7 +194,7 @@ static void test_truncated_gradient(const char* encoder) {
     std::copy(m2.H_init, m2.H_init + m2.d.D, m1.H_init);
     std::copy(m2.L_init, m2.L_init + m2.d.D, m1.L_init);
     // one cycle without gradient from H_init / L_init: what the H_cycles = 2 model's first cycle computes
-    const int Nd = upload_micro_batch(&m1, batch.data(), B, 0);
+    const int Nd = upload_micro_batch(&m1, batch.data(), B, 0, 1);
     latent_noise(&m1, m1.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, true, 1);
     act_reset(m1.z_H, m1.z_L, m1.H_init, m1.L_init, m1.steps, m1.halted, B, m1.d.T, m1.d.D, Stream());
     if (m1.d.enc != ENC_NONE) encoder_forward(&m1, m1.w, B, Nd, Stream());
@@ -221,7 +221,7 @@ static void test_latent_optimisation(const char* encoder) {
     Model m;
     std::vector<Sample> batch = random_model(&m, c, &rng);
     EncoderActs* e = &m.acts.enc;
-    const int Nd = upload_micro_batch(&m, batch.data(), B, 0);
+    const int Nd = upload_micro_batch(&m, batch.data(), B, 0, 1);
     latent_noise(&m, m.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
     encoder_forward(&m, m.w, B, Nd, Stream());
     const size_t n = (size_t)B * m.d.P * m.d.D;
