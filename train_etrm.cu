@@ -2109,6 +2109,9 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         }
         if (cap) debug_capture(m, cap, &ts->carry[b0], B, latent_rows, q);
         decoder_backward(m, z_H, B, a->dloss_lm, a->dloss_q, Stream());
+        // the decoder's gradients are complete after the last micro-batch's decoder backward: their sum over
+        // the ranks overlaps the encoder's backward (which writes only the encoder's gradients)
+        if (b0 + B == m->B_local) dist_sum_start(m->grads, m->n_decoder, Stream());
         if (d.enc == ENC_NONE) {
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
             copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
@@ -2127,7 +2130,8 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         }
     }
     // the gradients and the metrics of the global batch
-    dist_sum(m->grads, m->n_params, Stream());
+    dist_sum(m->grads + m->n_decoder, m->n_params - m->n_decoder, Stream());
+    dist_sum_wait(Stream());
     double sums[9] = {r.lm_loss, r.q_halt_loss, kl_sum, r.count, r.accuracy, r.exact, r.q_halt_acc, r.steps, 0};
     dist_sum_host(sums, 9);
     r.lm_loss = sums[0]; r.q_halt_loss = sums[1]; kl_sum = sums[2]; r.count = sums[3]; r.accuracy = sums[4];

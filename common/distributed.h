@@ -7,6 +7,7 @@
 //                       unique id broadcast by MPI from rank 0
 //   dist_sum            in-place sum over the ranks of a buffer in device memory (NCCL on the GPU backend, MPI on
 //                       the CPU backend, where device memory is host memory); floatS or floatX elements
+//   dist_sum_start/wait the same, overlapped with the work queued after it (GPU: NCCL on a communication stream)
 //   dist_allgather      every rank's block of a device buffer, in rank order, on every rank
 //   dist_sum_host       in-place sum over the ranks of host doubles / ints (metrics, counts)
 //   dist_gather_host    rank 0 receives every rank's equally sized host block, in rank order
@@ -129,6 +130,44 @@ template <typename T> inline void dist_allgather(T* all, const T* local, size_t 
 #elif defined(USE_MPI)
     (void)st;
     mpiCheck(MPI_Allgather(local, (int)(n * sizeof(T)), MPI_BYTE, all, (int)(n * sizeof(T)), MPI_BYTE, MPI_COMM_WORLD));
+#endif
+}
+
+// The same sum, started so that it overlaps the work queued after it: on the GPU backend NCCL runs on a
+// communication stream once the work queued so far on `st` is done, and dist_sum_wait(st) makes `st` wait for
+// it; on the CPU backend the sum is done at once.
+#if defined(__CUDACC__) && defined(USE_NCCL)
+struct DistOverlap {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t ready = nullptr, done = nullptr;
+};
+inline DistOverlap& dist_overlap() {
+    static DistOverlap o;
+    if (!o.stream) {
+        cudaCheck(cudaStreamCreateWithFlags(&o.stream, cudaStreamNonBlocking));   // not ordered by the legacy stream
+        cudaCheck(cudaEventCreateWithFlags(&o.ready, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&o.done, cudaEventDisableTiming));
+    }
+    return o;
+}
+#endif
+template <typename T> inline void dist_sum_start(T* buf, size_t n, Stream st) {
+#if defined(__CUDACC__) && defined(USE_NCCL)
+    if (dist().world == 1 || n == 0) return;
+    DistOverlap& o = dist_overlap();
+    cudaCheck(cudaEventRecord(o.ready, st));
+    cudaCheck(cudaStreamWaitEvent(o.stream, o.ready, 0));
+    dist_sum(buf, n, o.stream);
+    cudaCheck(cudaEventRecord(o.done, o.stream));
+#else
+    dist_sum(buf, n, st);
+#endif
+}
+inline void dist_sum_wait(Stream st) {
+#if defined(__CUDACC__) && defined(USE_NCCL)
+    if (dist().world > 1) cudaCheck(cudaStreamWaitEvent(st, dist_overlap().done, 0));
+#else
+    (void)st;
 #endif
 }
 
