@@ -1,10 +1,14 @@
 """The PASS / FAIL / SKIP protocol of the Python tests (the C++ tests use test/test.h).
 
 check(name, fn, *args) runs one check: fn passes by returning, fails by raising AssertionError (or anything else),
-and is skipped by raising Skip. expect(ok, name, why) records a check already evaluated. finish() prints
-"<N> passed, <M> failed" and exits 1 if anything failed. test/run.sh collects these lines for the suite.
+and is skipped by raising Skip. expect(ok, name, why) records a check already evaluated. run_groups() runs groups
+of checks that share a temporary folder, or reports them all as skipped. finish() prints "<N> passed, <M> failed"
+and exits 1 if anything failed. test/run.sh collects these lines for the suite.
 """
+import os
+import shutil
 import sys
+import tempfile
 import traceback
 
 counts = {"passed": 0, "failed": 0}
@@ -33,6 +37,27 @@ def check(name, fn, *args):
         expect(False, name, f"{type(e).__name__}: {e} (line {where.lineno})")
         return
     expect(True, name)
+
+
+def run_groups(groups, prefix, why_skipped=None):
+    """Runs every (name, fn) of groups as fn(tmp) with one temporary folder; a group that raises fails as a whole
+    and the others still run. With why_skipped, reports every group as SKIP instead, or, when the environment
+    sets ARC_REQUIRE_GPU=1 (make test-gpu), as one failure."""
+    if why_skipped is not None:
+        if os.environ.get("ARC_REQUIRE_GPU") == "1":
+            expect(False, prefix.strip("_"), why_skipped)
+        for name, _ in groups:
+            print(f"SKIP {name}: {why_skipped}", flush=True)
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        for name, fn in groups:
+            try:
+                fn(tmp)
+            except Exception as e:
+                expect(False, name, f"{type(e).__name__}: {e}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finish():

@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 
 import harness
@@ -122,37 +121,22 @@ def gpu_available():
 
 
 def main():
-    groups = ("GPU FP32 == CPU backend", "GPU determinism", "GPU resume", "GPU micro-batches")
-    if not os.path.exists(f"{SYNTH}/train.bin"):
-        subprocess.run([sys.executable, os.path.join(ROOT, "data", "synth.py"), SYNTH], check=True, capture_output=True)
-    why = gpu_available()
-    if why is not None:
-        if os.environ.get("ARC_REQUIRE_GPU") == "1":
-            check(False, "gpu end-to-end tests", f"no GPU: {why}")
-        else:
-            for g in groups:
-                print(f"SKIP {g}: {why}")
-        finish()
-    tmp = tempfile.mkdtemp(prefix="arc_test_gpu_")
-    try:
-        tiny = list(test_train.TINY)
+    test_train.ensure_synthetic_data()
+    tiny = list(test_train.TINY)
 
-        def on_gpu(binary, test):                   # test_train's checks, run on a GPU binary, named "gpu ..."
+    def on_gpu(binary, test):                       # test_train's checks, run on a GPU binary, named "gpu ..."
+        def run_test(tmp):
             test_train.BIN = binary
             test_train.check = lambda ok, name, why="": harness.expect(ok, f"gpu {name}", why)
             # head size 16 (D=32, 2 heads): the BF16 build then takes the tensor-core attention path
             test_train.TINY = ["hidden_size=32" if a.startswith("hidden_size=") else a for a in tiny]
             test(tmp)
-        for name, fn in ((groups[0], lambda: test_gpu_matches_cpu(tmp)),
-                         (groups[1], lambda: on_gpu(GPU_BIN, test_train.test_determinism)),
-                         (groups[2], lambda: on_gpu(GPU_BIN, test_train.test_resume)),
-                         (groups[3], lambda: on_gpu(GPU_FP32_BIN, test_train.test_micro_batches))):
-            try:
-                fn()
-            except Exception as e:                   # a crash in one group fails it, the others still run
-                check(False, name, f"{type(e).__name__}: {e}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return run_test
+    harness.run_groups([("GPU FP32 == CPU backend", test_gpu_matches_cpu),
+                        ("GPU determinism", on_gpu(GPU_BIN, test_train.test_determinism)),
+                        ("GPU resume", on_gpu(GPU_BIN, test_train.test_resume)),
+                        ("GPU micro-batches", on_gpu(GPU_FP32_BIN, test_train.test_micro_batches))],
+                       "arc_test_gpu_", gpu_available())
     finish()
 
 

@@ -22,11 +22,10 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 
 import test_train
-from harness import expect as check, finish
+from harness import expect as check, finish, run_groups
 
 ROOT = test_train.ROOT
 SYNTH = test_train.SYNTH
@@ -156,23 +155,10 @@ def mpi_available():
 
 
 def main():
-    groups = ("mpirun -np 2 == one process", "mpirun determinism and logging", "mpirun resume", "mpirun errors")
-    if not os.path.exists(f"{SYNTH}/train.bin"):
-        subprocess.run([sys.executable, os.path.join(ROOT, "data", "synth.py"), SYNTH], check=True, capture_output=True)
-    why = mpi_available()
-    if why is not None:
-        for g in groups:
-            print(f"SKIP {g}: {why}")
-        finish()
-    tmp = tempfile.mkdtemp(prefix="arc_test_mpi_")
-    try:
-        for name, test in zip(groups, (test_matches_one_process, test_determinism_and_logging, test_resume, test_errors)):
-            try:
-                test(tmp)
-            except Exception as e:
-                check(False, name, f"{type(e).__name__}: {e}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    test_train.ensure_synthetic_data()
+    run_groups([("mpirun -np 2 == one process", test_matches_one_process),
+                ("mpirun determinism and logging", test_determinism_and_logging),
+                ("mpirun resume", test_resume), ("mpirun errors", test_errors)], "arc_test_mpi_", mpi_available())
     finish()
 
 

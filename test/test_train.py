@@ -16,9 +16,8 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 
-from harness import expect as check, finish
+from harness import expect as check, finish, run_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "train_etrm_cpu")
@@ -224,20 +223,17 @@ def test_errors(tmp):
           "--help lists every key with its default")
 
 
+def ensure_synthetic_data():
+    if not os.path.exists(f"{SYNTH}/train.bin"):
+        subprocess.run([sys.executable, os.path.join(ROOT, "data", "synth.py"), SYNTH], check=True, capture_output=True)
+
+
 def main():
     if not os.path.exists(BIN):
         sys.exit(f"test/test_train.py: {BIN} is missing: run make train_etrm_cpu first")
-    if not os.path.exists(f"{SYNTH}/train.bin"):
-        subprocess.run([sys.executable, os.path.join(ROOT, "data", "synth.py"), SYNTH], check=True, capture_output=True)
-    tmp = tempfile.mkdtemp(prefix="arc_test_train_")
-    try:
-        for test in (test_determinism, test_resume, test_micro_batches, test_debug_state, test_export_import, test_errors):
-            try:
-                test(tmp)
-            except Exception as e:                       # a crash in one group fails it, the others still run
-                check(False, test.__name__, f"{type(e).__name__}: {e}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    ensure_synthetic_data()
+    run_groups([(t.__name__, t) for t in (test_determinism, test_resume, test_micro_batches, test_debug_state,
+                                          test_export_import, test_errors)], "arc_test_train_")
     finish()
 
 
