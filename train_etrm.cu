@@ -2129,8 +2129,9 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             encoder_backward(m, B, Nd, dkl, Stream());
         }
     }
-    // the gradients and the metrics of the global batch
-    dist_sum(m->grads + m->n_decoder, m->n_params - m->n_decoder, Stream());
+    // the gradients and the metrics of the global batch (the encoder's sum queued behind the decoder's on the
+    // communication stream: one communicator's collectives stay in one order on one stream)
+    dist_sum_start(m->grads + m->n_decoder, m->n_params - m->n_decoder, Stream());
     dist_sum_wait(Stream());
     double sums[9] = {r.lm_loss, r.q_halt_loss, kl_sum, r.count, r.accuracy, r.exact, r.q_halt_acc, r.steps, 0};
     dist_sum_host(sums, 9);

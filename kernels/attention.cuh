@@ -251,6 +251,7 @@ inline float* attention_scratch(size_t n, Stream stream) {
 template <typename T>
 float* attention_backward_dot(const T* dout, const T* out, int B, int Tq, int NH, int HD, Stream stream) {
     float* D = attention_scratch((size_t)B * NH * Tq, stream);
+    if ((size_t)B * NH * Tq == 0) return D;                         // no query: nothing to compute (no 0-block grid)
     constexpr int V = Packed128<T>::size;
     const unsigned grid = (unsigned)CEIL_DIV((size_t)B * Tq * NH, (size_t)256);
     if (HD % V == 0 && (uintptr_t)dout % 16 == 0 && (uintptr_t)out % 16 == 0)
@@ -450,12 +451,17 @@ void attention_backward_simt(T* dq, T* dk, T* dv, const T* dout, const T* out, c
     const float scale = 1.0f / sqrtf((float)HD);
     const float* D = attention_backward_dot(dout, out, B, Tq, NH, HD, stream);
     const size_t smem = (2 * SIMT_TILE * (HD + 1) + 2 * warps * HD + 2 * SIMT_TILE) * sizeof(float);
-    attention_backward_dkdv_simt_kernel<T><<<dim3(CEIL_DIV(Tk, warps), NH, B), warps * 32, smem, stream>>>(
-        dk, dv, dout, lse, D, q, k, v, key_mask, Tq, Tk, NH, HD, q_stride, kv_stride, scale);
-    cudaCheckLaunch("attention_backward_dkdv_simt_kernel");
-    attention_backward_dq_simt_kernel<T><<<dim3(CEIL_DIV(Tq, warps), NH, B), warps * 32, smem, stream>>>(
-        dq, dout, lse, D, q, k, v, key_mask, Tq, Tk, NH, HD, q_stride, kv_stride, scale);
-    cudaCheckLaunch("attention_backward_dq_simt_kernel");
+    if ((size_t)B * NH == 0) return;
+    if (Tk > 0) {                 // (Tq = 0: the kernel writes dk = dv = 0, as the reference)
+        attention_backward_dkdv_simt_kernel<T><<<dim3(CEIL_DIV(Tk, warps), NH, B), warps * 32, smem, stream>>>(
+            dk, dv, dout, lse, D, q, k, v, key_mask, Tq, Tk, NH, HD, q_stride, kv_stride, scale);
+        cudaCheckLaunch("attention_backward_dkdv_simt_kernel");
+    }
+    if (Tq > 0) {                 // (Tk = 0: the kernel writes dq = 0)
+        attention_backward_dq_simt_kernel<T><<<dim3(CEIL_DIV(Tq, warps), NH, B), warps * 32, smem, stream>>>(
+            dq, dout, lse, D, q, k, v, key_mask, Tq, Tk, NH, HD, q_stride, kv_stride, scale);
+        cudaCheckLaunch("attention_backward_dq_simt_kernel");
+    }
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -934,8 +940,9 @@ inline bool attention_tc_ok(int HD, int q_stride, int kv_stride, std::initialize
 template <typename T>
 void attention_forward_any(T* out, float* lse, const T* q, const T* k, const T* v, const uint8_t* key_mask, int B,
                            int Tq, int Tk, int NH, int HD, int q_stride, int kv_stride, Stream stream) {
+    if ((size_t)B * NH * Tq == 0) return;                           // nothing to write (a 0-block grid is an error)
     if constexpr (std::is_same<T, bf16>::value) {
-        if (attention_tc_ok(HD, q_stride, kv_stride, {out, q, k, v})) {
+        if (Tk > 0 && attention_tc_ok(HD, q_stride, kv_stride, {out, q, k, v})) {   // Tk = 0: SIMT writes 0 / -inf
             const int rm = Tq >= 128 ? 2 : 1;
             attention_forward_tc(out, lse, q, k, v, key_mask, B, Tq, Tk, NH, HD, q_stride, kv_stride, 4, rm, stream);
             return;
@@ -947,8 +954,9 @@ template <typename T>
 void attention_backward_any(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q, const T* k,
                             const T* v, const uint8_t* key_mask, int B, int Tq, int Tk, int NH, int HD, int q_stride,
                             int kv_stride, Stream stream) {
+    if ((size_t)B * NH == 0 || (Tq == 0 && Tk == 0)) return;
     if constexpr (std::is_same<T, bf16>::value) {
-        if (attention_tc_ok(HD, q_stride, kv_stride, {dq, dk, dv, dout, q, k, v})) {
+        if (Tq > 0 && Tk > 0 && attention_tc_ok(HD, q_stride, kv_stride, {dq, dk, dv, dout, q, k, v})) {
             attention_backward_tc(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, Tq, Tk, NH, HD, q_stride, kv_stride,
                                   4, 1, stream);
             return;
