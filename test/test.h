@@ -5,9 +5,14 @@
 // and test_summary() prints "<N> passed, <M> failed" and returns the exit status (1 if anything failed).
 // test/run.sh collects these lines over all test programs into the suite's final line.
 #pragma once
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,6 +43,45 @@ inline std::string fmt(const char* f, ...) {
     vsnprintf(buf, sizeof buf, f, ap);
     va_end(ap);
     return buf;
+}
+
+// Runs fn() in a forked child with its stderr captured (stdout discarded); returns the stderr text, and the
+// child's wait status in *status. Used to check that bad input ends in fatal() with a clear message.
+inline std::string run_in_child(const std::function<void()>& fn, int* status) {
+    fflush(stdout);
+    fflush(stderr);
+    int fds[2];
+    if (pipe(fds) != 0) { perror("pipe"); exit(2); }
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); exit(2); }
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        if (!freopen("/dev/null", "w", stdout)) _exit(3);
+        fn();
+        fflush(stderr);
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string err;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) err.append(buf, (size_t)n);
+    close(fds[0]);
+    waitpid(pid, status, 0);
+    while (!err.empty() && err.back() == '\n') err.pop_back();
+    return err;
+}
+
+// fn() must end in fatal(): exit status 1 and one "error: ..." on stderr containing every string of must_contain.
+inline void expect_fatal(const char* name, const std::function<void()>& fn, const std::vector<std::string>& must_contain) {
+    int status = 0;
+    const std::string err = run_in_child(fn, &status);
+    const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    bool ok = rc == 1 && err.rfind("error: ", 0) == 0;
+    for (const std::string& s : must_contain) ok = ok && err.find(s) != std::string::npos;
+    if (check(ok, name, "exit status %d, stderr \"%s\"", rc, err.c_str())) printf("     message: %s\n", err.c_str());
 }
 
 inline void skip(const char* name, const char* why) { printf("SKIP %s: %s\n", name, why); fflush(stdout); }

@@ -163,35 +163,6 @@ static std::vector<uint8_t> read_bytes(const std::string& path) {
 }
 static void set32(std::vector<uint8_t>& b, size_t at, int32_t v) { for (int k = 0; k < 4; k++) b[at + (size_t)k] = (uint8_t)((uint32_t)v >> (8 * k)); }
 
-// Runs fn in a forked child with stderr captured; returns the exit status (-1 if it did not exit normally).
-static int run_in_child(const std::function<void()>& fn, std::string* err) {
-    std::string errpath = "build/test_augment_child_stderr_" + std::to_string((long)getpid()) + ".txt";
-    fflush(stdout); fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(errpath.c_str(), "w", stderr)) _exit(99);
-        fn();
-        fflush(stderr);
-        _exit(0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    std::vector<uint8_t> b = read_bytes(errpath);
-    err->assign(b.begin(), b.end());
-    remove(errpath.c_str());
-    while (!err->empty() && err->back() == '\n') err->pop_back();
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static void expect_fatal(const char* name, const std::function<void()>& fn, const std::vector<std::string>& must_contain) {
-    std::string err;
-    int rc = run_in_child(fn, &err);
-    bool ok = rc == 1 && err.rfind("error: ", 0) == 0;
-    for (const std::string& s : must_contain) ok = ok && err.find(s) != std::string::npos;
-    check(ok, name, "exit status %d, stderr \"%s\"", rc, err.c_str());
-    if (ok) printf("     message: %s\n", err.c_str());
-}
-
 // Exact (slow) identity of an augmented task, as upstream's puzzle_hash sees it: the sorted list of its
 // augmented (input, output) pairs, shapes included, train and test pooled.
 static std::string slow_task_key(const ArcTask& task, const Augmentation& a) {

@@ -120,40 +120,6 @@ static void check_well_formed(const char* name, const ObjectSet& s) {
     check(well_formed(s, &why), name, "%s", why.c_str());
 }
 
-// Runs fn in a forked child with its stderr captured through a pipe; returns the exit status (-1 if abnormal).
-static int run_in_child(const std::function<void()>& fn, std::string* err) {
-    int fds[2];
-    if (pipe(fds) != 0) fatal("pipe failed");
-    fflush(stdout); fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        fn();
-        fflush(stderr);
-        _exit(0);
-    }
-    close(fds[1]);
-    char buf[512];
-    ssize_t got;
-    err->clear();
-    while ((got = read(fds[0], buf, sizeof buf)) > 0) err->append(buf, (size_t)got);
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    while (!err->empty() && err->back() == '\n') err->pop_back();
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static void expect_fatal(const char* name, const std::function<void()>& fn, const std::vector<std::string>& must_contain) {
-    std::string err;
-    int rc = run_in_child(fn, &err);
-    bool ok = rc == 1 && err.rfind("error: ", 0) == 0;
-    for (const std::string& s : must_contain) ok = ok && err.find(s) != std::string::npos;
-    check(ok, name, "exit status %d, stderr \"%s\"", rc, err.c_str());
-    if (ok) printf("     message: %s\n", err.c_str());
-}
-
 // ------------------------------------------------------------------------------------------------ slow reference
 // An independent, deliberately different implementation of the spec: labels by repeated min-propagation (each cell
 // ends with the smallest flat index of its component, i.e. the component's first cell in raster order), counts the

@@ -53,38 +53,10 @@ static bool contains(const std::string& s, const std::string& sub) { return s.fi
 
 static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-// Runs fn() in a forked child with stderr captured; returns the stderr text and the wait status.
-template <typename F>
-static std::string run_in_child(F fn, int* status) {
-    fflush(stdout);
-    fflush(stderr);
-    int fds[2];
-    if (pipe(fds) != 0) fatal("pipe failed: %s", strerror(errno));
-    pid_t pid = fork();
-    if (pid < 0) fatal("fork failed: %s", strerror(errno));
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        close(fds[1]);
-        if (!freopen("/dev/null", "w", stdout)) _exit(3);
-        fn();
-        fflush(stderr);
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string err;
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0) err.append(buf, (size_t)n);
-    close(fds[0]);
-    waitpid(pid, status, 0);
-    return err;
-}
-
 // fn() must fatal(): exit status 1, stderr "error: ..." naming `path` (unless empty) and containing `what` (and
 // `what2`, if given).
 template <typename F>
-static void expect_fatal(const char* name, const std::string& path, const std::string& what, F fn,
+static void expect_fatal_naming(const char* name, const std::string& path, const std::string& what, F fn,
                          const std::string& what2 = "") {
     int status = 0;
     std::string err = run_in_child(fn, &status);
@@ -318,23 +290,23 @@ static void test_hand_built() {
 
 static void test_errors(const std::string& good) {
     // reading
-    expect_fatal("error_missing_file", tmp_path("nope.safetensors"), "cannot open",
+    expect_fatal_naming("error_missing_file", tmp_path("nope.safetensors"), "cannot open",
                  [&] { safetensors_read(tmp_path("nope.safetensors").c_str()); });
-    expect_fatal("error_directory", g_dir, "not a regular file", [&] { safetensors_read(g_dir.c_str()); });
+    expect_fatal_naming("error_directory", g_dir, "not a regular file", [&] { safetensors_read(g_dir.c_str()); });
     std::string p = tmp_path("short.safetensors");
     write_bytes(p, "abcde");
-    expect_fatal("error_shorter_than_8_bytes", p, "fewer than the 8-byte", [&] { safetensors_read(p.c_str()); });
+    expect_fatal_naming("error_shorter_than_8_bytes", p, "fewer than the 8-byte", [&] { safetensors_read(p.c_str()); });
     std::string p_len = make_file("len.safetensors", "{}", std::string(18, ' '), 1000);
-    expect_fatal("error_header_length_beyond_file", p_len, "runs past the end", [&] { safetensors_read(p_len.c_str()); });
+    expect_fatal_naming("error_header_length_beyond_file", p_len, "runs past the end", [&] { safetensors_read(p_len.c_str()); });
     std::string whole = read_bytes(good);
     std::string p_trunc = tmp_path("truncated.safetensors");
     write_bytes(p_trunc, whole.substr(0, whole.size() - 4));
-    expect_fatal("error_truncated_data", p_trunc, "outside the", [&] { safetensors_read(p_trunc.c_str()); });
+    expect_fatal_naming("error_truncated_data", p_trunc, "outside the", [&] { safetensors_read(p_trunc.c_str()); });
     std::string p_trunc_h = tmp_path("truncated_header.safetensors");
     write_bytes(p_trunc_h, whole.substr(0, 20));
-    expect_fatal("error_truncated_header", p_trunc_h, "runs past the end", [&] { safetensors_read(p_trunc_h.c_str()); });
+    expect_fatal_naming("error_truncated_header", p_trunc_h, "runs past the end", [&] { safetensors_read(p_trunc_h.c_str()); });
     std::string p_empty = make_file("empty_header.safetensors", "", "");
-    expect_fatal("error_empty_header", p_empty, "header is empty", [&] { safetensors_read(p_empty.c_str()); });
+    expect_fatal_naming("error_empty_header", p_empty, "header is empty", [&] { safetensors_read(p_empty.c_str()); });
 
     const std::string T = "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
     struct { const char* name; std::string header; const char* what; } bad_json[] = {
@@ -372,7 +344,7 @@ static void test_errors(const std::string& good) {
     for (const auto& c : bad_json) {
         std::string path = make_file(std::string(c.name) + ".safetensors", c.header, std::string(4, '\0'));
         std::string name = std::string("error_") + c.name;
-        expect_fatal(name.c_str(), path, c.what, [&] { safetensors_read(path.c_str()); },
+        expect_fatal_naming(name.c_str(), path, c.what, [&] { safetensors_read(path.c_str()); },
                      "malformed safetensors header: ");
     }
 
@@ -389,45 +361,45 @@ static void test_errors(const std::string& good) {
     for (const auto& c : bad_tensor) {
         std::string path = make_file(std::string(c.name) + ".safetensors", c.header, std::string(c.data_bytes, '\0'));
         std::string name = std::string("error_") + c.name;
-        expect_fatal(name.c_str(), path, c.what, [&] { safetensors_read(path.c_str()); });
+        expect_fatal_naming(name.c_str(), path, c.what, [&] { safetensors_read(path.c_str()); });
     }
 
     // getting tensors
     Safetensors st = safetensors_read(good.c_str());
     float buf[16];
-    expect_fatal("error_get_shape_mismatch", good, "tensor 'weights' has shape [2, 3], expected [3, 2]",
+    expect_fatal_naming("error_get_shape_mismatch", good, "tensor 'weights' has shape [2, 3], expected [3, 2]",
                  [&] { safetensors_get(st, "weights", {3, 2}, buf); });
-    expect_fatal("error_get_scalar_vs_1d", good, "has shape [], expected [1]", [&] { safetensors_get(st, "scalar", {1}, buf); });
-    expect_fatal("error_get_missing_tensor", good, "no tensor named 'nope' (the file has 8 tensors: empty, from_double",
+    expect_fatal_naming("error_get_scalar_vs_1d", good, "has shape [], expected [1]", [&] { safetensors_get(st, "scalar", {1}, buf); });
+    expect_fatal_naming("error_get_missing_tensor", good, "no tensor named 'nope' (the file has 8 tensors: empty, from_double",
                  [&] { safetensors_get(st, "nope", {1}, buf); });
-    expect_fatal("error_get_integer_as_float", good, "tensor 'ids' has dtype I32, which cannot be read as floating point",
+    expect_fatal_naming("error_get_integer_as_float", good, "tensor 'ids' has dtype I32, which cannot be read as floating point",
                  [&] { safetensors_get(st, "ids", {5}, buf); });
 
     // writing
     float x[2] = {1, 2};
-    expect_fatal("error_write_duplicate_name", "", "tensor 'a' added twice", [&] {
+    expect_fatal_naming("error_write_duplicate_name", "", "tensor 'a' added twice", [&] {
         SafetensorsWriter w;
         safetensors_add_f32(&w, "a", {2}, x);
         safetensors_add_f32(&w, "a", {2}, x);
     });
-    expect_fatal("error_write_reserved_name", "", "cannot be named \"__metadata__\"", [&] {
+    expect_fatal_naming("error_write_reserved_name", "", "cannot be named \"__metadata__\"", [&] {
         SafetensorsWriter w;
         safetensors_add_f32(&w, "__metadata__", {2}, x);
     });
-    expect_fatal("error_write_wrong_byte_count", "", "needs 8 bytes, got 4", [&] {
+    expect_fatal_naming("error_write_wrong_byte_count", "", "needs 8 bytes, got 4", [&] {
         SafetensorsWriter w;
         safetensors_add_raw(&w, "a", "BF16", {4}, x, 4);
     });
-    expect_fatal("error_write_negative_dim", "", "invalid shape [-1]", [&] {
+    expect_fatal_naming("error_write_negative_dim", "", "invalid shape [-1]", [&] {
         SafetensorsWriter w;
         safetensors_add_f32(&w, "a", {-1}, x);
     });
-    expect_fatal("error_write_invalid_utf8_meta", "", "not valid UTF-8", [&] {
+    expect_fatal_naming("error_write_invalid_utf8_meta", "", "not valid UTF-8", [&] {
         SafetensorsWriter w;
         safetensors_add_meta(&w, "k", "\xc3(");
     });
     std::string unwritable = g_dir + "/no_such_dir/out.safetensors";
-    expect_fatal("error_write_unwritable_path", unwritable, "cannot open", [&] {
+    expect_fatal_naming("error_write_unwritable_path", unwritable, "cannot open", [&] {
         SafetensorsWriter w;
         safetensors_write(w, unwritable);
     });
