@@ -57,7 +57,7 @@ static std::string first_line(const std::string& s) { return s.substr(0, s.find(
 // `what2`, if given).
 template <typename F>
 static void expect_fatal_naming(const char* name, const std::string& path, const std::string& what, F fn,
-                         const std::string& what2 = "") {
+                                const std::string& what2 = "") {
     int status = 0;
     std::string err = run_in_child(fn, &status);
     bool exited1 = WIFEXITED(status) && WEXITSTATUS(status) == 1;
