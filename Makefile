@@ -117,7 +117,7 @@ run: train_etrm_cpu $(SYNTH)/train.bin
 
 # --- tests --------------------------------------------------------------------------------------------------
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
-TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_safetensors build/test_model
+TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model
 build/%: test/%.cpp $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -133,7 +133,7 @@ GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32
 	"echo 'SKIP gpu tests: nvcc not found, the CUDA targets were not built'")
 
 test: train_etrm_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
-	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_safetensors" "./build/test_model" \
+	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
 

@@ -45,6 +45,7 @@
 #include "../kernels/rmsnorm.cuh"
 #include "../kernels/rope.cuh"
 #include "../kernels/rows.cuh"
+#include "../kernels/sigreg.cuh"
 #include "../kernels/stablemax.cuh"
 #include "../kernels/swiglu.cuh"
 #include "../kernels/variational.cuh"
@@ -87,6 +88,9 @@ static const Tol TOL_ATT_BWD = BF16 ? Tol{2e-2, 2e-2} : Tol{1e-5, 1e-5};
 static const Tol TOL_S = BF16 ? Tol{5e-3, 5e-3} : Tol{1e-5, 1e-5};
 // fp32 results of fp32 inputs (optimizer state, EMA, norms, sign-SGD): the same in both builds
 static const Tol TOL_F32 = {1e-5, 1e-6};
+// SIGReg's per-slice values T_m = N sum_j w_j [(c_j - phi_j)^2 + s_j^2]: the factor N turns fp32 rounding of the
+// means c_j, s_j (~1e-7) into ~N |c_j - phi_j| 1e-7 ~ sqrt(N) 1e-7 of T_m ~ 1 (no bf16 rounding of the outputs)
+static const Tol TOL_SIGREG = BF16 ? Tol{5e-3, 5e-3} : Tol{1e-4, 1e-4};
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -746,6 +750,55 @@ static void test_masked_mean_all() {
 }
 
 // =========================================================================================================
+// sigreg (the forward's statistics cs, per-slice values and loss; the backward from the reference's cs)
+
+static void test_sigreg(int N, int K, int M, double std, bool with_per_slice) {
+    const std::string tag = fmt("N=%d K=%d M=%d std=%g%s", N, K, M, std, with_per_slice ? "" : " per_slice=null");
+    vecd z((size_t)N * K);
+    const uint64_t zseed = fresh_seed();
+    for (size_t i = 0; i < z.size(); i++) z[i] = std * hash_normal(zseed, i);
+    z = rx(z);
+    vecd A((size_t)K * M);
+    sigreg_directions_ref(A.data(), K, M, fresh_seed());
+    A = rs(A);
+    const int CS = 2 * SIGREG_POINTS;
+    vecd loss(1), ps(M), cs((size_t)M * CS);
+    sigreg_forward_ref<double>(loss.data(), ps.data(), cs.data(), z.data(), A.data(), N, K, M);
+    Dev<floatX> d_z(z);
+    Dev<floatS> d_A(A), d_loss(1), d_ps(M), d_cs(cs.size());
+    d_loss.poison();
+    d_ps.poison();
+    d_cs.poison();
+    sigreg_forward(d_loss.p, with_per_slice ? d_ps.p : nullptr, d_cs.p, d_z.p, d_A.p, N, K, M, st);
+    const std::string fname = BK " sigreg_forward " + tag;
+    launched(fname);
+    expect_close(fname + " loss", d_loss.get(), loss, TOL_SIGREG);
+    expect_close(fname + " cs", d_cs.get(), cs, TOL_S);
+    if (with_per_slice) expect_close(fname + " per_slice", d_ps.get(), ps, TOL_SIGREG);
+    else expect_exact(fname + " per_slice untouched", d_ps.get(), vecd(M, NaN));
+
+    // backward: both sides from the same cs (the reference's, rounded to floatS) and a fresh dloss
+    const vecd cs_in = rs(cs), dloss = rs(rnd(1, 0.5, 2));
+    vecd dz((size_t)N * K);
+    sigreg_backward_ref<double>(dz.data(), z.data(), A.data(), cs_in.data(), dloss.data(), N, K, M);
+    Dev<floatS> d_cs_in(cs_in), d_dloss(dloss);
+    Dev<floatX> d_dz(dz.size());
+    d_dz.poison();
+    sigreg_backward(d_dz.p, d_z.p, d_A.p, d_cs_in.p, d_dloss.p, N, K, M, st);
+    launched(BK " sigreg_backward " + tag);
+    expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, TOL_RED);
+}
+
+static void test_sigreg_all() {
+    test_sigreg(2048, 16, 64, 1.0, true);
+    test_sigreg(4096, 256, 512, 1.0 / 16, true);   // projection variance 1/256 (like L2-normalised 256-d rows)
+    test_sigreg(1024, 512, 1024, 0.05, false);     // the largest K, M
+    test_sigreg(37, 5, 3, 0.1, true);              // near-collapsed, odd shapes
+    test_sigreg(1, 1, 1, 1.0, true);
+    test_sigreg(300, 7, 33, 3.0, true);            // wide: the high-t knots oscillate
+}
+
+// =========================================================================================================
 // variational: gaussian_noise, reparameterize
 
 static void test_gaussian_noise(int N, int C, uint64_t seed) {
@@ -1128,6 +1181,7 @@ static const char* OP_GROUPS[] = {
     "embedding_forward, embedding_backward, prefix_forward, prefix_backward",
     "gather_rows, scatter_rows, broadcast_rows, broadcast_rows_backward",
     "masked_mean_forward, masked_mean_backward",
+    "sigreg_forward, sigreg_backward",
     "gaussian_noise, reparameterize_forward, reparameterize_backward",
     "stablemax_loss_forward, stablemax_loss_backward, q_halt_loss_forward, q_halt_loss_backward",
     "act_reset, act_halt",
@@ -1163,6 +1217,7 @@ int main() {
     test_embedding_all();
     test_rows();
     test_masked_mean_all();
+    test_sigreg_all();
     test_variational();
     test_losses();
     test_act();

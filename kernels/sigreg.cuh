@@ -1,0 +1,272 @@
+// SIGReg, the sketched isotropic-Gaussian regulariser of LeJEPA (jepa_reference.md section 9), in the package's
+// fast form: the Epps-Pulley statistic of M random 1-d projections, integrated on [0, t_max] by the trapezoid rule.
+//
+//   z (N, K) floatX (not normalised), A (K, M) floatS with unit-norm columns (sigreg_directions_ref draws them)
+//   knots     t_j = j dt, j = 0..P-1, P = 17, dt = t_max / (P - 1), t_max = 3;  phi_j = exp(-t_j^2 / 2)
+//   weights   w_j = 2 dt phi_j inside, dt phi_j at the two ends (the factor 2 folds in the mirror half [-t_max, 0])
+//   per slice m:   x_mn = sum_k z_nk A_km
+//                  c_mj = (1/N) sum_n cos(t_j x_mn),   s_mj = (1/N) sum_n sin(t_j x_mn)        (cs, (M, 2P): c then s)
+//                  T_m  = N sum_j w_j [(c_mj - phi_j)^2 + s_mj^2]                                (per_slice, (M), optional)
+//   loss     = (1/M) sum_m T_m                                                                    (floatS scalar)
+//
+//   For z ~ N(0, I): E[N (c_j - phi_j)^2 + N s_j^2] = Var cos + Var sin = 1 - exp(-t_j^2) exactly, so
+//   E[loss] = sum_j w_j (1 - exp(-t_j^2)) ~ 1.05, for every N.
+//
+//   backward, with dc_mj/dx_mn = -t_j sin(t_j x_mn) / N and ds_mj/dx_mn = t_j cos(t_j x_mn) / N:
+//     g_mn  = dT_m/dx_mn = N sum_j w_j [2 (c_mj - phi_j)(-t_j sin(t_j x_mn) / N) + 2 s_mj (t_j cos(t_j x_mn) / N)]
+//           = sum_j 2 w_j t_j [s_mj cos(t_j x_mn) - (c_mj - phi_j) sin(t_j x_mn)]
+//     dz_nk = dloss (1/M) sum_m g_mn A_km                                                         (=)
+//   The backward reads the forward's cs (c and s of every slice) and recomputes x = z A.
+//
+// The per-slice statistics are computed in fp32 on the GPU (double in the CPU reference). Deterministic: the sums
+// over n and over m run in a fixed order (block_reduce_sum), no atomics.
+// Multi-GPU (not done here): all-reduce(AVG) cs between the statistics and the loss, N = the global batch.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <vector>
+#include "../common/device.h"
+#include "../common/rand.h"
+
+#define SIGREG_POINTS 17
+#define SIGREG_TMAX 3.0
+
+// Knot j: t_j, phi_j = exp(-t_j^2 / 2) and the trapezoid weight w_j (phi included).
+HOST_DEVICE inline void sigreg_knot(int j, double* t, double* phi, double* w) {
+    const double dt = SIGREG_TMAX / (SIGREG_POINTS - 1);
+    *t = j * dt;
+    *phi = exp(-0.5 * (*t) * (*t));
+    *w = (j == 0 || j == SIGREG_POINTS - 1 ? dt : 2.0 * dt) * (*phi);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// CPU reference
+
+// The M slice directions, the same on every backend and rank for a given seed (the caller passes the step):
+// A[k, m] = hash_normal(seed, k, m), each column then scaled to unit norm (in double).
+template <typename T>
+void sigreg_directions_ref(T* A, int K, int M, uint64_t seed) {
+    for (int m = 0; m < M; m++) {
+        double ss = 0;
+        for (int k = 0; k < K; k++) {
+            const double a = (double)hash_normal(seed, (uint64_t)k, (uint64_t)m);
+            A[(size_t)k * M + m] = (T)a;
+            ss += a * a;
+        }
+        const double inv = ss > 0 ? 1.0 / sqrt(ss) : 0.0;
+        for (int k = 0; k < K; k++) A[(size_t)k * M + m] = (T)((double)hash_normal(seed, (uint64_t)k, (uint64_t)m) * inv);
+    }
+}
+
+// T_m of one slice from its c, s (2P values).
+template <typename T>
+double sigreg_slice_value(const T* cs, int N) {
+    double sum = 0;
+    for (int j = 0; j < SIGREG_POINTS; j++) {
+        double t, phi, w;
+        sigreg_knot(j, &t, &phi, &w);
+        const double dc = (double)cs[j] - phi, s = (double)cs[SIGREG_POINTS + j];
+        sum += w * (dc * dc + s * s);
+    }
+    return N * sum;
+}
+
+template <typename T>
+void sigreg_forward_ref(T* loss, T* per_slice, T* cs, const T* z, const T* A, int N, int K, int M) {
+    std::vector<double> Tm(M);
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++) {
+        double c[SIGREG_POINTS] = {0}, s[SIGREG_POINTS] = {0}, t[SIGREG_POINTS], phi, w;
+        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi, &w);
+        for (int n = 0; n < N; n++) {
+            double x = 0;
+            for (int k = 0; k < K; k++) x += (double)z[(size_t)n * K + k] * (double)A[(size_t)k * M + m];
+            for (int j = 0; j < SIGREG_POINTS; j++) {
+                c[j] += cos(t[j] * x);
+                s[j] += sin(t[j] * x);
+            }
+        }
+        double csd[2 * SIGREG_POINTS];
+        for (int j = 0; j < SIGREG_POINTS; j++) {
+            csd[j] = c[j] / (N > 0 ? N : 1);
+            csd[SIGREG_POINTS + j] = s[j] / (N > 0 ? N : 1);
+            cs[(size_t)m * 2 * SIGREG_POINTS + j] = (T)csd[j];
+            cs[(size_t)m * 2 * SIGREG_POINTS + SIGREG_POINTS + j] = (T)csd[SIGREG_POINTS + j];
+        }
+        Tm[m] = sigreg_slice_value(csd, N);
+        if (per_slice) per_slice[m] = (T)Tm[m];
+    }
+    double sum = 0;
+    for (int m = 0; m < M; m++) sum += Tm[m];
+    *loss = (T)(M > 0 ? sum / M : 0.0);
+}
+
+template <typename T>
+void sigreg_backward_ref(T* dz, const T* z, const T* A, const T* cs, const T* dloss, int N, int K, int M) {
+    const double scale = M > 0 ? (double)*dloss / M : 0.0;
+#pragma omp parallel
+    {
+        std::vector<double> g(M);
+        double t[SIGREG_POINTS], phi[SIGREG_POINTS], w[SIGREG_POINTS];
+        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi[j], &w[j]);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            for (int m = 0; m < M; m++) {
+                double x = 0;
+                for (int k = 0; k < K; k++) x += (double)z[(size_t)n * K + k] * (double)A[(size_t)k * M + m];
+                const T* c = cs + (size_t)m * 2 * SIGREG_POINTS;
+                double gm = 0;
+                for (int j = 0; j < SIGREG_POINTS; j++)
+                    gm += 2.0 * w[j] * t[j] * ((double)c[SIGREG_POINTS + j] * cos(t[j] * x) - ((double)c[j] - phi[j]) * sin(t[j] * x));
+                g[m] = gm;
+            }
+            for (int k = 0; k < K; k++) {
+                double acc = 0;
+                for (int m = 0; m < M; m++) acc += g[m] * (double)A[(size_t)k * M + m];
+                dz[(size_t)n * K + k] = (T)(scale * acc);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Launchers. cs (M, 2P) floatS is written by the forward and read by the backward; per_slice may be null.
+
+#ifndef __CUDACC__
+inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K,
+                           int M, Stream) {
+    sigreg_forward_ref(loss, per_slice, cs, z, A, N, K, M);
+}
+inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss, int N,
+                            int K, int M, Stream) {
+    sigreg_backward_ref(dz, z, A, cs, dloss, N, K, M);
+}
+#endif
+
+// ----------------------------------------------------------------------------------------------------------
+// CUDA. Statistics: one block per slice m; the column A[:, m] goes to shared memory, each thread projects the
+// samples n = threadIdx.x, + blockDim.x, ... and sums their cos / sin at the 17 knots in order, then 34
+// block_reduce_sum calls add the threads' sums in a fixed order. Loss: one block; thread i takes slices
+// i, i + blockDim.x, ... (T_m from cs), block_reduce_sum, / M. Backward: one block per sample n; z_n goes to
+// shared memory, threads over m compute x_mn and g_mn into shared memory, then threads over k sum g_mn A_km
+// over m in order.
+
+#ifdef __CUDACC__
+__global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K, int M) {
+    extern __shared__ float a_col[];   // K
+    __shared__ float scratch[WARP_SIZE];
+    const int m = blockIdx.x;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) a_col[k] = (float)A[(size_t)k * M + m];
+    __syncthreads();
+    float t[SIGREG_POINTS], c[SIGREG_POINTS], s[SIGREG_POINTS];
+    for (int j = 0; j < SIGREG_POINTS; j++) {
+        t[j] = (float)(j * (SIGREG_TMAX / (SIGREG_POINTS - 1)));   // exact (3/16 j)
+        c[j] = 0.0f;
+        s[j] = 0.0f;
+    }
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        const floatX* zn = z + (size_t)n * K;
+        float x = 0.0f;
+        for (int k = 0; k < K; k++) x += to_float(zn[k]) * a_col[k];
+        for (int j = 0; j < SIGREG_POINTS; j++) {
+            float sv, cv;
+            sincosf(t[j] * x, &sv, &cv);
+            c[j] += cv;
+            s[j] += sv;
+        }
+    }
+    const float inv_n = 1.0f / (float)max(N, 1);
+    float value = 0.0f;
+    for (int j = 0; j < SIGREG_POINTS; j++) {
+        const float cj = block_reduce_sum(c[j], scratch) * inv_n;
+        const float sj = block_reduce_sum(s[j], scratch) * inv_n;
+        double tj, phi, w;
+        sigreg_knot(j, &tj, &phi, &w);
+        const float dc = cj - (float)phi;
+        value += (float)w * (dc * dc + sj * sj);
+        if (threadIdx.x == 0) {
+            cs[(size_t)m * 2 * SIGREG_POINTS + j] = cj;
+            cs[(size_t)m * 2 * SIGREG_POINTS + SIGREG_POINTS + j] = sj;
+        }
+    }
+    if (threadIdx.x == 0 && per_slice) per_slice[m] = value * (float)N;
+}
+
+__global__ void sigreg_loss_kernel(floatS* loss, const floatS* cs, int N, int M) {
+    __shared__ float scratch[WARP_SIZE];
+    float w[SIGREG_POINTS], phi[SIGREG_POINTS];
+    for (int j = 0; j < SIGREG_POINTS; j++) {
+        double t, p, ww;
+        sigreg_knot(j, &t, &p, &ww);
+        w[j] = (float)ww;
+        phi[j] = (float)p;
+    }
+    float sum = 0.0f;
+    for (int m = threadIdx.x; m < M; m += blockDim.x) {
+        const floatS* c = cs + (size_t)m * 2 * SIGREG_POINTS;
+        float v = 0.0f;
+        for (int j = 0; j < SIGREG_POINTS; j++) {
+            const float dc = c[j] - phi[j], sj = c[SIGREG_POINTS + j];
+            v += w[j] * (dc * dc + sj * sj);
+        }
+        sum += v * (float)N;
+    }
+    sum = block_reduce_sum(sum, scratch);
+    if (threadIdx.x == 0) *loss = M > 0 ? sum / (float)M : 0.0f;
+}
+
+__global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss,
+                                       int N, int K, int M) {
+    extern __shared__ float smem[];
+    float* zn = smem;          // K
+    float* g = smem + K;       // M
+    const int n = blockIdx.x;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) zn[k] = to_float(z[(size_t)n * K + k]);
+    float tw2[SIGREG_POINTS], t[SIGREG_POINTS], phi[SIGREG_POINTS];   // tw2 = 2 w_j t_j
+    for (int j = 0; j < SIGREG_POINTS; j++) {
+        double tj, p, w;
+        sigreg_knot(j, &tj, &p, &w);
+        t[j] = (float)tj;
+        phi[j] = (float)p;
+        tw2[j] = (float)(2.0 * w * tj);
+    }
+    __syncthreads();
+    for (int m = threadIdx.x; m < M; m += blockDim.x) {
+        float x = 0.0f;
+        for (int k = 0; k < K; k++) x += zn[k] * (float)A[(size_t)k * M + m];
+        const floatS* c = cs + (size_t)m * 2 * SIGREG_POINTS;
+        float gm = 0.0f;
+        for (int j = 0; j < SIGREG_POINTS; j++) {
+            float sv, cv;
+            sincosf(t[j] * x, &sv, &cv);
+            gm += tw2[j] * ((float)c[SIGREG_POINTS + j] * cv - ((float)c[j] - phi[j]) * sv);
+        }
+        g[m] = gm;
+    }
+    __syncthreads();
+    const float scale = M > 0 ? (float)*dloss / (float)M : 0.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const floatS* a = A + (size_t)k * M;
+        float acc = 0.0f;
+        for (int m = 0; m < M; m++) acc += g[m] * (float)a[m];
+        dz[(size_t)n * K + k] = from_float<floatX>(scale * acc);
+    }
+}
+
+inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K,
+                           int M, Stream stream) {
+    if (M > 0) {
+        sigreg_stats_kernel<<<M, 256, K * sizeof(float), stream>>>(per_slice, cs, z, A, N, K, M);
+        cudaCheckLaunch("sigreg_stats_kernel");
+    }
+    sigreg_loss_kernel<<<1, 256, 0, stream>>>(loss, cs, N, M);
+    cudaCheckLaunch("sigreg_loss_kernel");
+}
+
+inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss, int N,
+                            int K, int M, Stream stream) {
+    if ((size_t)N * K == 0) return;
+    sigreg_backward_kernel<<<N, 256, (K + M) * sizeof(float), stream>>>(dz, z, A, cs, dloss, N, K, M);
+    cudaCheckLaunch("sigreg_backward_kernel");
+}
+#endif
