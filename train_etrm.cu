@@ -839,7 +839,7 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     m->puzzle_grads_gathered = (floatX*)device_malloc((size_t)B_global * std::max(d.ndim, 1) * sizeof(floatX), "puzzle-row gradients");
     m->slot_order = (int*)device_malloc(B_global * sizeof(int), "slot order");
     std::vector<int> order(B_global);
-    for (int g = 0; g < B_global; g++) order[g] = (g % W) * B_local + g / W;
+    for (int g = 0; g < B_global; g++) order[g] = dist_slot_row(g, B_local);
     copy_to_device(m->slot_order, order.data(), B_global * sizeof(int));
     m->norm_scratch = (floatS*)device_malloc(sizeof(floatS), "norm");
 }
@@ -1731,13 +1731,8 @@ static void make_dirs(const std::string& dir) {
 // it), so a run resumes with any number of ranks: each takes its slots g = rank + b * world back.
 // slots_to_global: rank 0 gets every rank's per-slot records (slot_bytes each), in global slot order.
 static std::vector<uint8_t> slots_to_global(const void* local, size_t slot_bytes, int B_local) {
-    const int W = dist().world;
-    std::vector<uint8_t> by_rank = dist_gather_host(local, slot_bytes * B_local), out;
-    if (dist().rank != 0) return out;
-    out.resize(by_rank.size());
-    for (int g = 0; g < B_local * W; g++)
-        memcpy(&out[g * slot_bytes], &by_rank[((size_t)(g % W) * B_local + g / W) * slot_bytes], slot_bytes);
-    return out;
+    std::vector<uint8_t> by_rank = dist_gather_host(local, slot_bytes * B_local);
+    return dist().rank == 0 ? dist_slot_order(by_rank, slot_bytes, B_local) : std::vector<uint8_t>();
 }
 // This rank's slots of global per-slot records.
 template <typename T> static std::vector<T> slots_of_rank(const T* global, size_t per_slot, int B_local) {
@@ -2140,10 +2135,9 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     if (d.enc == ENC_NONE) {                         // every rank's puzzle rows, in global slot order
         std::vector<int> ids(m->B_local);
         for (int b = 0; b < m->B_local; b++) ids[b] = ts->carry[b].puzzle_id;
-        std::vector<uint8_t> all = dist_allgather_host(ids.data(), ids.size() * sizeof(int));
-        std::vector<int> global_ids(m->B_local * W);
-        for (int g = 0; g < m->B_local * W; g++) memcpy(&global_ids[g], &all[((g % W) * m->B_local + g / W) * sizeof(int)], sizeof(int));
-        copy_to_device(m->puzzle_ids_global, global_ids.data(), global_ids.size() * sizeof(int));
+        std::vector<uint8_t> global_ids = dist_slot_order(dist_allgather_host(ids.data(), ids.size() * sizeof(int)),
+                                                          sizeof(int), m->B_local);
+        copy_to_device(m->puzzle_ids_global, global_ids.data(), global_ids.size());
         dist_allgather(m->puzzle_grads_gathered, m->step_puzzle_grads, (size_t)m->B_local * d.ndim, Stream());
         gather_rows(m->puzzle_grads_global, m->puzzle_grads_gathered, m->slot_order, m->B_local * W, d.ndim, Stream());
     }

@@ -222,6 +222,18 @@ inline std::vector<uint8_t> dist_allgather_host(const void* local, size_t bytes)
     return all;
 }
 
+// Global slot g lives on rank g % W as its slot g / W: in a gather in rank order (rank 0's B_local slots, then
+// rank 1's, ...) it is row dist_slot_row(g).
+inline int dist_slot_row(int g, int B_local) { return (g % dist().world) * B_local + g / dist().world; }
+
+// Per-slot records of `slot_bytes` each, gathered in rank order, put in global slot order.
+inline std::vector<uint8_t> dist_slot_order(const std::vector<uint8_t>& by_rank, size_t slot_bytes, int B_local) {
+    std::vector<uint8_t> out(by_rank.size());
+    for (int g = 0; g < B_local * dist().world; g++)
+        memcpy(&out[g * slot_bytes], &by_rank[(size_t)dist_slot_row(g, B_local) * slot_bytes], slot_bytes);
+    return out;
+}
+
 // Stops every rank with `what` when the ranks do not all hold the same value.
 inline void dist_check_same(uint64_t value, const char* what) {
     std::vector<uint8_t> all = dist_allgather_host(&value, sizeof value);
