@@ -1,0 +1,80 @@
+// The checkpoint file format shared by the trainers.
+//
+// int32 header[256] = {magic 20261122, version 1, step, number of sections, config bytes, 0...}, then the
+// configuration as key=value lines, then named sections {char name[48]; int64 bytes; bytes}. Each trainer
+// decides its sections; the file is written to a temporary name and renamed (write_file_atomic), so a crash
+// never leaves a half-written checkpoint under the final name.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#include <map>
+#include <string>
+#include <vector>
+#include "utils.h"
+
+#define CHECKPOINT_MAGIC 20261122
+#define CHECKPOINT_VERSION 1
+#define SECTION_NAME_BYTES 48
+
+typedef struct { std::string name; const void* data; size_t bytes; } SectionOut;
+typedef std::map<std::string, std::vector<uint8_t>> Sections;
+
+inline void checkpoint_write(const std::string& path, int step, const std::string& config, const std::vector<SectionOut>& sections) {
+    write_file_atomic(path, [&](FILE* f, const char* tmp) {
+        int32_t header[256] = {0};
+        header[0] = CHECKPOINT_MAGIC; header[1] = CHECKPOINT_VERSION; header[2] = step;
+        header[3] = (int32_t)sections.size(); header[4] = (int32_t)config.size();
+        fwrite_check(header, sizeof header, f, tmp);
+        fwrite_check(config.data(), config.size(), f, tmp);
+        for (const SectionOut& s : sections) {
+            char name[SECTION_NAME_BYTES] = {0};
+            strncpy(name, s.name.c_str(), SECTION_NAME_BYTES - 1);
+            int64_t bytes = (int64_t)s.bytes;
+            fwrite_check(name, sizeof name, f, tmp);
+            fwrite_check(&bytes, sizeof bytes, f, tmp);
+            fwrite_check(s.data, s.bytes, f, tmp);
+        }
+    });
+}
+
+inline Sections checkpoint_read(const char* path, int* step, std::string* config) {
+    const long size = file_size(path);
+    FILE* f = fopen_check(path, "rb");
+    int32_t header[256];
+    if (size < (long)sizeof header) fatal("%s: %ld bytes, too short for an arc.cu checkpoint", path, size);
+    fread_check(header, sizeof header, f, path);
+    if (header[0] != CHECKPOINT_MAGIC) fatal("%s: not an arc.cu checkpoint (magic %d, expected %d)", path, header[0], CHECKPOINT_MAGIC);
+    if (header[1] != CHECKPOINT_VERSION)
+        fatal("%s: checkpoint version %d, this build reads version %d (retrain, or use the arc.cu version that wrote it)", path, header[1], CHECKPOINT_VERSION);
+    *step = header[2];
+    config->resize(header[4]);
+    fread_check(&(*config)[0], config->size(), f, path);
+    Sections sections;
+    long pos = (long)sizeof header + header[4];
+    for (int i = 0; i < header[3]; i++) {
+        char name[SECTION_NAME_BYTES];
+        int64_t bytes;
+        fread_check(name, sizeof name, f, path);
+        fread_check(&bytes, sizeof bytes, f, path);
+        pos += (long)(sizeof name + sizeof bytes);
+        name[SECTION_NAME_BYTES - 1] = 0;
+        if (bytes < 0 || pos + bytes > size) fatal("%s: section '%s' runs past the end of the file (truncated checkpoint?)", path, name);
+        std::vector<uint8_t>& data = sections[name];
+        data.resize((size_t)bytes);
+        fread_check(data.data(), data.size(), f, path);
+        pos += (long)bytes;
+    }
+    if (pos != size) fatal("%s: %ld bytes after the last section (corrupt checkpoint?)", path, size - pos);
+    fclose(f);
+    return sections;
+}
+
+template <typename T>
+void section_get(const Sections& s, const char* path, const char* name, T* dst, size_t n) {
+    auto it = s.find(name);
+    if (it == s.end()) fatal("%s: no section '%s' (was it written by another configuration?)", path, name);
+    if (it->second.size() != n * sizeof(T))
+        fatal("%s: section '%s' has %zu bytes, this configuration needs %zu (the model sizes, batch or data differ "
+              "from the run that wrote it)", path, name, it->second.size(), n * sizeof(T));
+    memcpy(dst, it->second.data(), it->second.size());
+}
