@@ -1652,14 +1652,6 @@ static std::vector<int> list_checkpoint_steps(const std::string& dir) {
     return steps;
 }
 
-static void make_dirs(const std::string& dir) {
-    for (size_t i = 1; i <= dir.size(); i++)
-        if (i == dir.size() || dir[i] == '/') {
-            std::string part = dir.substr(0, i);
-            if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) fatal("cannot create directory %s: %s", part.c_str(), strerror(errno));
-        }
-}
-
 // The carry of a multi-process run is saved for the whole global batch in global slot order (rank 0 gathers
 // it), so a run resumes with any number of ranks: each takes its slots g = rank + b * world back.
 // slots_to_global: rank 0 gets every rank's per-slot records (slot_bytes each), in global slot order.
@@ -2161,14 +2153,6 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
         results.push_back(r);
     }
     return results;
-}
-
-static std::string format_duration(double seconds) {
-    char buf[32];
-    const long s = (long)seconds;
-    if (s >= 3600) snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
-    else snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
-    return buf;
 }
 
 #ifndef TESTING

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <string>
 #include <vector>
 
@@ -94,4 +95,22 @@ inline std::vector<std::string> split_commas(const std::string& s) {
         start = end + 1;
     }
     return out;
+}
+
+// mkdir -p
+inline void make_dirs(const std::string& dir) {
+    for (size_t i = 1; i <= dir.size(); i++)
+        if (i == dir.size() || dir[i] == '/') {
+            std::string part = dir.substr(0, i);
+            if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) fatal("cannot create directory %s: %s", part.c_str(), strerror(errno));
+        }
+}
+
+// "1h02m" or "3m05s"
+inline std::string format_duration(double seconds) {
+    char buf[32];
+    const long s = (long)seconds;
+    if (s >= 3600) snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+    return buf;
 }
