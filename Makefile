@@ -1,9 +1,9 @@
 # arc.cu build. `make` builds what this machine supports and says what it found:
-#   train_etrm_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
-#   train_etrm       with nvcc: the CUDA backend (PRECISION=BF16 by default)
+#   train_etrm_cpu, train_jepa_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
+#   train_etrm, train_jepa           with nvcc: the CUDA backend (PRECISION=BF16 by default)
 # Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
-# Targets: all, run (train + evaluate a small ETRM on the synthetic data), test (the CPU suite; builds the CUDA
+# Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
 #          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), clean.
 
@@ -71,10 +71,10 @@ HEADERS := $(wildcard common/*.h kernels/*.cuh)
 # GPU tests), the kernel tests in both precisions, and the kernel labs.
 LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
-GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
+GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa build/test_kernels build/test_kernels_fp32 $(LABS))
 
-.PHONY: all run test test-gpu labs bench clean features
-all: features train_etrm_cpu $(if $(NVCC_PATH),train_etrm)
+.PHONY: all run run-jepa test test-gpu labs bench clean features
+all: features train_etrm_cpu train_jepa_cpu $(if $(NVCC_PATH),train_etrm train_jepa)
 
 features:
 	@echo "arc.cu build: CPU compiler $(CXX) [OpenMP: $(OMP_STATUS)]"
@@ -90,10 +90,14 @@ train_etrm: train_etrm.cu $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
 train_etrm_fp32: train_etrm.cu $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
-build/test_kernels: test/test_kernels.cu $(HEADERS) test/test.h
+train_jepa_cpu: train_jepa.cu $(HEADERS)
+	$(CXX) $(CXXFLAGS) $(MPI_FLAGS) -x c++ $< -o $@ $(MPI_LIBS)
+train_jepa: train_jepa.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
+build/test_kernels: test/test_kernels.cu $(HEADERS) $(wildcard test/*.h)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVCC_LDLIBS)
-build/test_kernels_fp32: test/test_kernels.cu $(HEADERS) test/test.h
+build/test_kernels_fp32: test/test_kernels.cu $(HEADERS) $(wildcard test/*.h)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $< -o $@ $(NVCC_LDLIBS)
 build/lab_%: dev/cuda/%.cu $(wildcard dev/cuda/*.h) $(HEADERS)
@@ -115,6 +119,15 @@ RUN_ARGS ?= data_paths=$(SYNTH)/train.bin data_paths_test=$(SYNTH)/train.bin,$(S
 run: train_etrm_cpu $(SYNTH)/train.bin
 	./train_etrm_cpu $(RUN_ARGS)
 
+# A small JEPA (D=64, 2 relational blocks, K=128 codes) on the synthetic input -> output pairs, with the
+# diagnostics every 50 steps; README shows its output and the reference configurations.
+RUN_JEPA_ARGS ?= data_path=$(SYNTH)/train.bin hidden_dim=64 relational_layers=2 relational_heads=4 num_embeddings=128 \
+	projection_dim=64 batch_size=128 grad_accum_steps=1 epochs=12 lr=1e-3 warmup_steps=50 queue_size=1024 \
+	sigreg_slices=256 diag_every=50 diag_window=1024 log_every=25 val_fraction=0.05 refresh_interval=100 \
+	checkpoint_path=out/run_jepa
+run-jepa: train_jepa_cpu $(SYNTH)/train.bin
+	./train_jepa_cpu $(RUN_JEPA_ARGS)
+
 # --- tests --------------------------------------------------------------------------------------------------
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model
@@ -123,6 +136,9 @@ build/%: test/%.cpp $(HEADERS) test/test.h
 	$(CXX) $(CXXFLAGS) $< -o $@
 # the whole-graph gradient check includes the trainer and runs it in double precision
 build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
+build/test_jepa_model: test/test_jepa_model.cpp train_jepa.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 
@@ -148,4 +164,4 @@ bench: train_etrm $(LABS)
 	$(PYTHON) dev/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32
+	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa

@@ -11,6 +11,19 @@ Determinism: task `index` of family `name` draws everything from random.Random("
 parameters first, so adding a family or changing a count never changes another task, and
 task_params() re-derives a task's parameters from its name (test/test_data.py uses that).
 Tasks are named "<family>_<index>"; eval tasks continue each family's indices after train's.
+
+Sequences (the context_mode=frames samples of train_jepa.cu): OUT_DIR/sequences_train.bin and
+OUT_DIR/sequences_val.bin hold "sequences", one per task.  A sequence is S+1 distinct frames
+f_0..f_S (S = --sequence-steps, default 3): f_0 is a random grid of 2-6 separate objects in a
+palette of 4-6 colours (background included, as the reference's pilot curriculum), sides
+--sequence-min-side..--sequence-max-side (default 6..14), and f_(i+1) = rule_(i mod L)(f_i) for
+a program of L = 1-3 step rules (SEQUENCE_RULES: shift, rotate, flip, recolor, gravity, fall,
+grow).  A task holds the pairs (f_0, f_1), ..., (f_(S-1), f_S) in order: the first S-1 are its
+train pairs and the last its test pair, so pair i's output is pair i+1's input.  Every frame
+has at least one coloured cell.  A sequence is named "seq_<index>:<program>", e.g.
+"seq_00012:shift(1,-1)+recolor(3,5,7)" (decode_program() reads the program back); sequence
+`index` draws from random.Random("seed:sequence:index"), and the validation sequences (held out:
+different sequences of the same rules) continue the indices after the training ones.
 """
 import argparse
 import json
@@ -606,7 +619,8 @@ def write_json(tasks, folder):
 
 
 def generate(cfg):
-    """Write the three splits (and their JSON with cfg.json), printing one summary line per file."""
+    """Write the three splits (and their JSON with cfg.json) and the two sequence files, printing one
+    summary line per file."""
     heldout = [FAMILIES[n] for n in FAMILIES if n in cfg.heldout]
     training = [f for f in FAMILIES.values() if f.name not in cfg.heldout]
     n_train_of = {f.name: len(range(i, cfg.tasks, len(training))) for i, f in enumerate(training)}
@@ -622,6 +636,202 @@ def generate(cfg):
             write_json(tasks, os.path.join(cfg.out_dir, "json", split))
         n_pairs = sum(len(t["train"]) + len(t["test"]) for t in tasks)
         print(f"{PROG}: wrote {len(tasks)} tasks ({n_pairs} pairs, {min(count, len(families))} families) to {path}")
+    generate_sequences(cfg)
+
+
+# ---------------------------------------------------------------- sequences (frames for the JEPA)
+
+class StepRule:
+    """One step rule of a sequence program.  Its parameter is a list of tokens (ints or strings, see
+    encode_program); sample_param(rng, palette) draws one, apply(grid, p) is the rule itself: a
+    deterministic function of (grid, p) returning a new grid of sides <= the input's largest side."""
+    name = ""
+
+    def sample_param(self, rng, palette):
+        raise NotImplementedError
+
+    def apply(self, grid, p):
+        raise NotImplementedError
+
+
+class ShiftStep(StepRule):
+    """Move the whole picture by (dr, dc), each in -1..1 (the move family's rule: cells pushed off vanish)."""
+    name = "shift"
+
+    def sample_param(self, rng, palette):
+        return list(rng.choice([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]))
+
+    def apply(self, grid, p):
+        return FAMILIES["move"].apply(grid, (p[0], p[1]))
+
+
+class RotateStep(StepRule):
+    """Rotate the grid a quarter turn, clockwise (rot90) or counter-clockwise (rot270)."""
+    name = "rotate"
+
+    def sample_param(self, rng, palette):
+        return [rng.choice(("rot90", "rot270"))]
+
+    def apply(self, grid, p):
+        return symmetry(grid, p[0])
+
+
+class FlipStep(StepRule):
+    """Mirror the grid (left-right, up-down, transpose, anti-transpose) or turn it half way."""
+    name = "flip"
+
+    def sample_param(self, rng, palette):
+        return [rng.choice(("flip_lr", "flip_ud", "transpose", "antitranspose", "rot180"))]
+
+    def apply(self, grid, p):
+        return symmetry(grid, p[0])
+
+
+class RecolorStep(StepRule):
+    """Cycle the palette: colour p[i] becomes p[i + 1] and the last becomes the first (all the
+    sequence's colours, in a random order); other colours stay."""
+    name = "recolor"
+
+    def sample_param(self, rng, palette):
+        return rng.sample(list(palette), len(palette))
+
+    def apply(self, grid, p):
+        return FAMILIES["recolor"].apply(grid, tuple(zip(p, p[1:] + p[:1])))
+
+
+class GravityStep(StepRule):
+    """Everything falls all the way towards one side (the gravity family's rule)."""
+    name = "gravity"
+
+    def sample_param(self, rng, palette):
+        return [rng.choice(("up", "down", "left", "right"))]
+
+    def apply(self, grid, p):
+        return FAMILIES["gravity"].apply(grid, p[0])
+
+
+class FallStep(StepRule):
+    """One time step of gravity: every coloured cell that has background on its side towards the
+    parameter direction moves one cell that way (cells are moved nearest the wall first, so a
+    column of cells with room ahead moves as a whole)."""
+    name = "fall"
+
+    def sample_param(self, rng, palette):
+        return [rng.choice(("up", "down", "left", "right"))]
+
+    def apply(self, grid, p):
+        if p[0] in ("up", "down"):
+            return symmetry(self.apply(symmetry(grid, "transpose"), ["left" if p[0] == "up" else "right"]),
+                            "transpose")
+        out = []
+        for row in grid:
+            row = row[::-1] if p[0] == "left" else row[:]
+            for c in range(len(row) - 2, -1, -1):   # towards the right wall, nearest it first
+                if row[c] and not row[c + 1]:
+                    row[c + 1], row[c] = row[c], 0
+            out.append(row[::-1] if p[0] == "left" else row)
+        return out
+
+
+class GrowStep(StepRule):
+    """Dilate the objects by one cell: a background cell with a coloured neighbour (4 neighbours, or
+    8 with "diag") takes the colour of the first of them in the order up, down, left, right, then
+    the diagonals up-left, up-right, down-left, down-right."""
+    name = "grow"
+
+    def sample_param(self, rng, palette):
+        return [rng.choice(("orth", "diag"))]
+
+    def apply(self, grid, p):
+        diagonal = p[0] == "diag"
+        out = [row[:] for row in grid]
+        for r, row in enumerate(grid):
+            for c, v in enumerate(row):
+                if v == 0:
+                    out[r][c] = next((n for n in neighbours(grid, r, c, diagonal) if n), 0)
+        return out
+
+
+SEQUENCE_RULES = {r.name: r for r in (ShiftStep(), RotateStep(), FlipStep(), RecolorStep(), GravityStep(),
+                                      FallStep(), GrowStep())}
+SEQUENCE_COLOURS = (4, 6)        # colours in a sequence's palette, background included (the pilot curriculum's 4-6)
+SEQUENCE_PROGRAM_TRIES = 50      # programs drawn before giving up on a sequence
+SEQUENCE_GRID_TRIES = 20         # first frames tried per program
+
+
+def encode_program(program):
+    """A program [(rule, [tokens])] as text: "rule(tok,tok)+rule(tok)"."""
+    return "+".join(f"{rule}({','.join(str(t) for t in p)})" for rule, p in program)
+
+
+def decode_program(text):
+    """The inverse of encode_program (tokens that read as ints become ints)."""
+    program = []
+    for step in text.split("+"):
+        rule, _, rest = step.partition("(")
+        if rule not in SEQUENCE_RULES or not rest.endswith(")"):
+            raise ValueError(f"bad program step {step!r} in {text!r}")
+        program.append((rule, [int(t) if t.lstrip("-").isdigit() else t for t in rest[:-1].split(",")]))
+    return program
+
+
+def run_program(first, program, steps):
+    """Frames f_0 = first, f_(i+1) = rule_(i mod len(program))(f_i), for i < steps."""
+    frames = [first]
+    for i in range(steps):
+        rule, p = program[i % len(program)]
+        frames.append(SEQUENCE_RULES[rule].apply(frames[-1], p))
+    return frames
+
+
+def sequence_first_frame(rng, cfg, palette):
+    """A random object grid: 2-6 shapes of 1-6 cells (each grown in a 3x3 box), each in a random
+    palette colour, placed with their bounding boxes at least one cell apart (so each shape is one
+    object); None if they do not fit."""
+    rows = rng.randint(cfg.sequence_min_side, cfg.sequence_max_side)
+    cols = rng.randint(cfg.sequence_min_side, cfg.sequence_max_side)
+    shapes = [random_shape(rng, 3, 3, rng.randint(1, 6)) for _ in range(rng.randint(2, 6))]
+    corners = place(rng, rows, cols, shapes)
+    if corners is None:
+        return None
+    grid = blank(rows, cols)
+    for shape, (r0, c0) in zip(shapes, corners):
+        colour = rng.choice(palette)
+        for r, c in shape:
+            grid[r0 + r][c0 + c] = colour
+    return grid
+
+
+def make_sequence(index, cfg):
+    """Sequence `index`: a program and a first frame whose frames are distinct and never blank."""
+    rng = random.Random(f"{cfg.seed}:sequence:{index}")
+    for _ in range(SEQUENCE_PROGRAM_TRIES):
+        palette = rng.sample(COLOURS, rng.randint(*SEQUENCE_COLOURS) - 1)
+        program = []
+        for _ in range(rng.randint(1, 3)):
+            rule = rng.choice(list(SEQUENCE_RULES.values()))
+            program.append((rule.name, rule.sample_param(rng, palette)))
+        for _ in range(SEQUENCE_GRID_TRIES):
+            first = sequence_first_frame(rng, cfg, palette)
+            if first is None:
+                continue
+            frames = run_program(first, program, cfg.sequence_steps)
+            if len({json.dumps(f) for f in frames}) == len(frames) and all(any(map(any, f)) for f in frames):
+                pairs = list(zip(frames[:-1], frames[1:]))
+                return {"name": f"seq_{index:05d}:{encode_program(program)}", "train": pairs[:-1], "test": pairs[-1:]}
+    raise GenerationError(f"could not generate sequence {index} with sides {cfg.sequence_min_side}.."
+                          f"{cfg.sequence_max_side} and {cfg.sequence_steps} steps")
+
+
+def generate_sequences(cfg):
+    """Write sequences_train.bin and sequences_val.bin (a split with no sequences is not written)."""
+    for split, first, count in (("train", 0, cfg.sequences), ("val", cfg.sequences, cfg.val_sequences)):
+        if count == 0:
+            continue
+        tasks = [make_sequence(index, cfg) for index in range(first, first + count)]
+        path = os.path.join(cfg.out_dir, f"sequences_{split}.bin")
+        arc_format.write_tasks(path, tasks, cfg.sequence_max_side)
+        print(f"{PROG}: wrote {count} sequences ({cfg.sequence_steps + 1} frames each) to {path}")
 
 
 # ---------------------------------------------------------------- command line
@@ -631,7 +841,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
         epilog=f"families: {', '.join(FAMILIES)}\ndefault held-out families: {','.join(DEFAULT_HELDOUT)}")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for train.bin, eval.bin, heldout.bin")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="folder for train.bin, eval.bin, heldout.bin, sequences_train.bin, sequences_val.bin")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--tasks", type=int, default=400, help="tasks in train.bin (default 400)")
     parser.add_argument("--eval-tasks", type=int, default=100, help="tasks in eval.bin (default 100)")
@@ -642,7 +853,16 @@ def parse_args(argv):
     parser.add_argument("--max-side", type=int, default=6, help="largest input side (default 6)")
     parser.add_argument("--canvas", type=int, default=8,
                         help="largest side of any grid, outputs included; written to the header (default 8)")
-    parser.add_argument("--json", action="store_true", help="also write OUT_DIR/json/<split>/<name>.json")
+    parser.add_argument("--json", action="store_true",
+                        help="also write OUT_DIR/json/<split>/<name>.json (not for the sequences)")
+    parser.add_argument("--sequences", type=int, default=2000,
+                        help="sequences in sequences_train.bin (default 2000; 0: no file)")
+    parser.add_argument("--val-sequences", type=int, default=200,
+                        help="held-out sequences in sequences_val.bin (default 200; 0: no file)")
+    parser.add_argument("--sequence-steps", type=int, default=3,
+                        help="rule steps per sequence, >= 2: frames are steps + 1 (default 3)")
+    parser.add_argument("--sequence-min-side", type=int, default=6, help="smallest sequence grid side, >= 3 (default 6)")
+    parser.add_argument("--sequence-max-side", type=int, default=14, help="largest sequence grid side (default 14)")
     cfg = parser.parse_args(argv)
     cfg.heldout = [n.strip() for n in cfg.heldout.split(",") if n.strip()]
     check_args(cfg)
@@ -653,7 +873,7 @@ def check_args(cfg):
     unknown = [n for n in cfg.heldout if n not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown held-out family {unknown[0]!r} (valid: {', '.join(FAMILIES)})")
-    for option in ("tasks", "eval_tasks", "heldout_tasks"):
+    for option in ("tasks", "eval_tasks", "heldout_tasks", "sequences", "val_sequences"):
         if getattr(cfg, option) < 0:
             raise ValueError(f"--{option.replace('_', '-')} must be >= 0")
     if cfg.min_side < 3:
@@ -664,6 +884,14 @@ def check_args(cfg):
         raise ValueError(f"--max-side {cfg.max_side} exceeds --canvas {cfg.canvas} (every grid must fit the canvas)")
     if cfg.canvas > arc_format.MAX_SIDE:
         raise ValueError(f"--canvas {cfg.canvas} exceeds the ARC limit {arc_format.MAX_SIDE}")
+    if cfg.sequence_steps < 2:
+        raise ValueError(f"--sequence-steps {cfg.sequence_steps} is below 2 (a sequence task needs a train and a test pair)")
+    if cfg.sequence_min_side < 3:
+        raise ValueError(f"--sequence-min-side {cfg.sequence_min_side} is below 3 (sequences need room for their objects)")
+    if cfg.sequence_max_side < cfg.sequence_min_side:
+        raise ValueError(f"--sequence-max-side {cfg.sequence_max_side} is below --sequence-min-side {cfg.sequence_min_side}")
+    if cfg.sequence_max_side > arc_format.MAX_SIDE:
+        raise ValueError(f"--sequence-max-side {cfg.sequence_max_side} exceeds the ARC limit {arc_format.MAX_SIDE}")
     training = [n for n in FAMILIES if n not in cfg.heldout]
     if not training and cfg.tasks + cfg.eval_tasks:
         raise ValueError("every family is held out, so train.bin and eval.bin would have no family")

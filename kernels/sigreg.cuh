@@ -1,5 +1,9 @@
 // SIGReg, the sketched isotropic-Gaussian regulariser of LeJEPA (jepa_reference.md section 9), in the package's
 // fast form: the Epps-Pulley statistic of M random 1-d projections, integrated on [0, t_max] by the trapezoid rule.
+// Two variants (SigregVariant, the last argument before the stream):
+//   SIGREG_LEJEPA       the formulas below (section 9);
+//   SIGREG_DEPRECATED   the reference repository's accidental variant (section 5, "SIGReg as implemented in the repo":
+//                       the vendored deprecated EppsPulley that won): see the end of this comment.
 //
 //   z (N, K) floatX (not normalised), A (K, M) floatS with unit-norm columns (sigreg_directions_ref draws them)
 //   knots     t_j = j dt, j = 0..P-1, P = 17, dt = t_max / (P - 1), t_max = 3;  phi_j = exp(-t_j^2 / 2)
@@ -18,6 +22,15 @@
 //     dz_nk = dloss (1/M) sum_m g_mn A_km                                                         (=)
 //   The backward reads the forward's cs (c and s of every slice) and recomputes x = z A.
 //
+// SIGREG_DEPRECATED (lejepa/univariate/epps_pulley.py, the second `class EppsPulley`, n_points = 17):
+//   knots     t_j = -t_max + j dt, j = 0..P-1, dt = 2 t_max / (P - 1) = 0.375   (torch.linspace(-3, 3, 17))
+//   weights   w_j = dt phi_j inside, dt/2 phi_j at the two ends                  (torch.trapz times exp(-t^2/2))
+//   T_m  = sum_j w_j [(c_mj - phi_j)^2 + s_mj^2]          = int_{-3}^{3} |phi_hat(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt
+//   i.e. the same formulas with these 17 knots and NO factor N, so g_mn above gets a factor 1/N. cs keeps its
+//   layout (c then s at the 17 knots t_j; s is odd in t, c even). Applied to L2-normalised 256-d rows (the repo
+//   does; the op does not normalise) every slice has variance ~1/256, and the value is ~0.40 whether the rows are
+//   isotropic or fully collapsed: the documented defect (almost no anti-collapse signal).
+//
 // The per-slice statistics are computed in fp32 on the GPU (double in the CPU reference). Deterministic: the sums
 // over n and over m run in a fixed order (block_reduce_sum), no atomics.
 // Multi-GPU (not done here): all-reduce(AVG) cs between the statistics and the loss, N = the global batch.
@@ -31,12 +44,27 @@
 #define SIGREG_POINTS 17
 #define SIGREG_TMAX 3.0
 
-// Knot j: t_j, phi_j = exp(-t_j^2 / 2) and the trapezoid weight w_j (phi included).
-HOST_DEVICE inline void sigreg_knot(int j, double* t, double* phi, double* w) {
-    const double dt = SIGREG_TMAX / (SIGREG_POINTS - 1);
-    *t = j * dt;
-    *phi = exp(-0.5 * (*t) * (*t));
-    *w = (j == 0 || j == SIGREG_POINTS - 1 ? dt : 2.0 * dt) * (*phi);
+enum SigregVariant { SIGREG_LEJEPA, SIGREG_DEPRECATED };
+
+// Knot j of the variant: t_j, phi_j = exp(-t_j^2 / 2) and the trapezoid weight w_j (phi included).
+HOST_DEVICE inline void sigreg_knot(int j, double* t, double* phi, double* w, SigregVariant variant) {
+    const bool end = j == 0 || j == SIGREG_POINTS - 1;
+    if (variant == SIGREG_DEPRECATED) {
+        const double dt = 2.0 * SIGREG_TMAX / (SIGREG_POINTS - 1);       // 0.375: every t_j is exact
+        *t = -SIGREG_TMAX + j * dt;
+        *phi = exp(-0.5 * (*t) * (*t));
+        *w = (end ? 0.5 * dt : dt) * (*phi);
+    } else {
+        const double dt = SIGREG_TMAX / (SIGREG_POINTS - 1);             // 3/16
+        *t = j * dt;
+        *phi = exp(-0.5 * (*t) * (*t));
+        *w = (end ? dt : 2.0 * dt) * (*phi);
+    }
+}
+
+// The factor in front of the integral: N (LeJEPA) or 1 (the deprecated variant).
+HOST_DEVICE inline double sigreg_factor(int N, SigregVariant variant) {
+    return variant == SIGREG_DEPRECATED ? 1.0 : (double)N;
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -60,24 +88,25 @@ void sigreg_directions_ref(T* A, int K, int M, uint64_t seed) {
 
 // T_m of one slice from its c, s (2P values).
 template <typename T>
-double sigreg_slice_value(const T* cs, int N) {
+double sigreg_slice_value(const T* cs, int N, SigregVariant variant) {
     double sum = 0;
     for (int j = 0; j < SIGREG_POINTS; j++) {
         double t, phi, w;
-        sigreg_knot(j, &t, &phi, &w);
+        sigreg_knot(j, &t, &phi, &w, variant);
         const double dc = (double)cs[j] - phi, s = (double)cs[SIGREG_POINTS + j];
         sum += w * (dc * dc + s * s);
     }
-    return N * sum;
+    return sigreg_factor(N, variant) * sum;
 }
 
 template <typename T>
-void sigreg_forward_ref(T* loss, T* per_slice, T* cs, const T* z, const T* A, int N, int K, int M) {
+void sigreg_forward_ref(T* loss, T* per_slice, T* cs, const T* z, const T* A, int N, int K, int M,
+                        SigregVariant variant) {
     std::vector<double> Tm(M);
 #pragma omp parallel for schedule(static)
     for (int m = 0; m < M; m++) {
         double c[SIGREG_POINTS] = {0}, s[SIGREG_POINTS] = {0}, t[SIGREG_POINTS], phi, w;
-        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi, &w);
+        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi, &w, variant);
         for (int n = 0; n < N; n++) {
             double x = 0;
             for (int k = 0; k < K; k++) x += (double)z[(size_t)n * K + k] * (double)A[(size_t)k * M + m];
@@ -93,7 +122,7 @@ void sigreg_forward_ref(T* loss, T* per_slice, T* cs, const T* z, const T* A, in
             cs[(size_t)m * 2 * SIGREG_POINTS + j] = (T)csd[j];
             cs[(size_t)m * 2 * SIGREG_POINTS + SIGREG_POINTS + j] = (T)csd[SIGREG_POINTS + j];
         }
-        Tm[m] = sigreg_slice_value(csd, N);
+        Tm[m] = sigreg_slice_value(csd, N, variant);
         if (per_slice) per_slice[m] = (T)Tm[m];
     }
     double sum = 0;
@@ -102,13 +131,15 @@ void sigreg_forward_ref(T* loss, T* per_slice, T* cs, const T* z, const T* A, in
 }
 
 template <typename T>
-void sigreg_backward_ref(T* dz, const T* z, const T* A, const T* cs, const T* dloss, int N, int K, int M) {
-    const double scale = M > 0 ? (double)*dloss / M : 0.0;
+void sigreg_backward_ref(T* dz, const T* z, const T* A, const T* cs, const T* dloss, int N, int K, int M,
+                         SigregVariant variant) {
+    // dloss / M, and the variant's factor / N (1, or 1/N for the deprecated variant)
+    const double scale = M > 0 ? (double)*dloss / M * sigreg_factor(N, variant) / (N > 0 ? N : 1) : 0.0;
 #pragma omp parallel
     {
         std::vector<double> g(M);
         double t[SIGREG_POINTS], phi[SIGREG_POINTS], w[SIGREG_POINTS];
-        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi[j], &w[j]);
+        for (int j = 0; j < SIGREG_POINTS; j++) sigreg_knot(j, &t[j], &phi[j], &w[j], variant);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             for (int m = 0; m < M; m++) {
@@ -134,12 +165,12 @@ void sigreg_backward_ref(T* dz, const T* z, const T* A, const T* cs, const T* dl
 
 #ifndef __CUDACC__
 inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K,
-                           int M, Stream) {
-    sigreg_forward_ref(loss, per_slice, cs, z, A, N, K, M);
+                           int M, SigregVariant variant, Stream) {
+    sigreg_forward_ref(loss, per_slice, cs, z, A, N, K, M, variant);
 }
 inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss, int N,
-                            int K, int M, Stream) {
-    sigreg_backward_ref(dz, z, A, cs, dloss, N, K, M);
+                            int K, int M, SigregVariant variant, Stream) {
+    sigreg_backward_ref(dz, z, A, cs, dloss, N, K, M, variant);
 }
 #endif
 
@@ -149,10 +180,12 @@ inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const 
 // block_reduce_sum calls add the threads' sums in a fixed order. Loss: one block; thread i takes slices
 // i, i + blockDim.x, ... (T_m from cs), block_reduce_sum, / M. Backward: one block per sample n; z_n goes to
 // shared memory, threads over m compute x_mn and g_mn into shared memory, then threads over k sum g_mn A_km
-// over m in order.
+// over m in order. The variant is a kernel argument: every thread computes the 17 knots (t_j, phi_j, w_j) of
+// its variant with sigreg_knot (in double, once per thread, then rounded to float).
 
 #ifdef __CUDACC__
-__global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K, int M) {
+__global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K, int M,
+                                    SigregVariant variant) {
     extern __shared__ float a_col[];   // K
     __shared__ float scratch[WARP_SIZE];
     const int m = blockIdx.x;
@@ -160,7 +193,9 @@ __global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX*
     __syncthreads();
     float t[SIGREG_POINTS], c[SIGREG_POINTS], s[SIGREG_POINTS];
     for (int j = 0; j < SIGREG_POINTS; j++) {
-        t[j] = (float)(j * (SIGREG_TMAX / (SIGREG_POINTS - 1)));   // exact (3/16 j)
+        double tj, phi, w;
+        sigreg_knot(j, &tj, &phi, &w, variant);
+        t[j] = (float)tj;                                           // exact (3/16 j, or -3 + 3/8 j)
         c[j] = 0.0f;
         s[j] = 0.0f;
     }
@@ -181,7 +216,7 @@ __global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX*
         const float cj = block_reduce_sum(c[j], scratch) * inv_n;
         const float sj = block_reduce_sum(s[j], scratch) * inv_n;
         double tj, phi, w;
-        sigreg_knot(j, &tj, &phi, &w);
+        sigreg_knot(j, &tj, &phi, &w, variant);
         const float dc = cj - (float)phi;
         value += (float)w * (dc * dc + sj * sj);
         if (threadIdx.x == 0) {
@@ -189,18 +224,19 @@ __global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX*
             cs[(size_t)m * 2 * SIGREG_POINTS + SIGREG_POINTS + j] = sj;
         }
     }
-    if (threadIdx.x == 0 && per_slice) per_slice[m] = value * (float)N;
+    if (threadIdx.x == 0 && per_slice) per_slice[m] = value * (float)sigreg_factor(N, variant);
 }
 
-__global__ void sigreg_loss_kernel(floatS* loss, const floatS* cs, int N, int M) {
+__global__ void sigreg_loss_kernel(floatS* loss, const floatS* cs, int N, int M, SigregVariant variant) {
     __shared__ float scratch[WARP_SIZE];
     float w[SIGREG_POINTS], phi[SIGREG_POINTS];
     for (int j = 0; j < SIGREG_POINTS; j++) {
         double t, p, ww;
-        sigreg_knot(j, &t, &p, &ww);
+        sigreg_knot(j, &t, &p, &ww, variant);
         w[j] = (float)ww;
         phi[j] = (float)p;
     }
+    const float factor = (float)sigreg_factor(N, variant);
     float sum = 0.0f;
     for (int m = threadIdx.x; m < M; m += blockDim.x) {
         const floatS* c = cs + (size_t)m * 2 * SIGREG_POINTS;
@@ -209,14 +245,14 @@ __global__ void sigreg_loss_kernel(floatS* loss, const floatS* cs, int N, int M)
             const float dc = c[j] - phi[j], sj = c[SIGREG_POINTS + j];
             v += w[j] * (dc * dc + sj * sj);
         }
-        sum += v * (float)N;
+        sum += v * factor;
     }
     sum = block_reduce_sum(sum, scratch);
     if (threadIdx.x == 0) *loss = M > 0 ? sum / (float)M : 0.0f;
 }
 
 __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss,
-                                       int N, int K, int M) {
+                                       int N, int K, int M, SigregVariant variant) {
     extern __shared__ float smem[];
     float* zn = smem;          // K
     float* g = smem + K;       // M
@@ -225,7 +261,7 @@ __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS
     float tw2[SIGREG_POINTS], t[SIGREG_POINTS], phi[SIGREG_POINTS];   // tw2 = 2 w_j t_j
     for (int j = 0; j < SIGREG_POINTS; j++) {
         double tj, p, w;
-        sigreg_knot(j, &tj, &p, &w);
+        sigreg_knot(j, &tj, &p, &w, variant);
         t[j] = (float)tj;
         phi[j] = (float)p;
         tw2[j] = (float)(2.0 * w * tj);
@@ -244,7 +280,8 @@ __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS
         g[m] = gm;
     }
     __syncthreads();
-    const float scale = M > 0 ? (float)*dloss / (float)M : 0.0f;
+    // dloss / M, and the variant's factor / N (1, or 1/N for the deprecated variant)
+    const float scale = M > 0 ? (float)*dloss / (float)M * (float)(sigreg_factor(N, variant) / max(N, 1)) : 0.0f;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
         const floatS* a = A + (size_t)k * M;
         float acc = 0.0f;
@@ -254,19 +291,19 @@ __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS
 }
 
 inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K,
-                           int M, Stream stream) {
+                           int M, SigregVariant variant, Stream stream) {
     if (M > 0) {
-        sigreg_stats_kernel<<<M, 256, K * sizeof(float), stream>>>(per_slice, cs, z, A, N, K, M);
+        sigreg_stats_kernel<<<M, 256, K * sizeof(float), stream>>>(per_slice, cs, z, A, N, K, M, variant);
         cudaCheckLaunch("sigreg_stats_kernel");
     }
-    sigreg_loss_kernel<<<1, 256, 0, stream>>>(loss, cs, N, M);
+    sigreg_loss_kernel<<<1, 256, 0, stream>>>(loss, cs, N, M, variant);
     cudaCheckLaunch("sigreg_loss_kernel");
 }
 
 inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss, int N,
-                            int K, int M, Stream stream) {
+                            int K, int M, SigregVariant variant, Stream stream) {
     if ((size_t)N * K == 0) return;
-    sigreg_backward_kernel<<<N, 256, (K + M) * sizeof(float), stream>>>(dz, z, A, cs, dloss, N, K, M);
+    sigreg_backward_kernel<<<N, 256, (K + M) * sizeof(float), stream>>>(dz, z, A, cs, dloss, N, K, M, variant);
     cudaCheckLaunch("sigreg_backward_kernel");
 }
 #endif

@@ -292,11 +292,11 @@ def check_format_errors():
 
 # ---------------------------------------------------------------- synth.py
 
-def run_synth(name, *args):
+def run_synth(name, *args, files=5):
     out = os.path.join(TMP, name)
     rc, stdout, stderr = run_tool("synth.py", out, *args)
     assert rc == 0, f"synth.py {' '.join(args)} exited {rc}: {stderr.strip()}"
-    assert stdout.count("\n") == 3, f"expected one summary line per file: {stdout!r}"
+    assert stdout.count("\n") == files, f"expected one summary line per file ({files}): {stdout!r}"
     return out
 
 
@@ -310,7 +310,7 @@ def family_of(name):
 
 def file_bytes(folder):
     result = []
-    for split in ("train", "eval", "heldout"):
+    for split in ("train", "eval", "heldout", "sequences_train", "sequences_val"):
         with open(os.path.join(folder, split + ".bin"), "rb") as f:
             result.append(f.read())
     return result
@@ -421,12 +421,138 @@ def check_synth_json(default, cfg):
 def check_synth_bad_args():
     for args, text in ((["--max-side", "9"], "--canvas"), (["--heldout", "flip,nosuch"], "recolor_largest"),
                        (["--min-side", "5", "--max-side", "8"], "scale"), (["--min-side", "2"], "--min-side"),
-                       (["--tasks", "-1"], "--tasks")):
+                       (["--tasks", "-1"], "--tasks"), (["--sequences", "-1"], "--sequences"),
+                       (["--sequence-steps", "1"], "--sequence-steps"), (["--sequence-min-side", "2"], "--sequence-min-side"),
+                       (["--sequence-min-side", "9", "--sequence-max-side", "8"], "--sequence-max-side"),
+                       (["--sequence-max-side", "31"], "--sequence-max-side")):
         out = os.path.join(TMP, "synth_bad")
         rc, _, stderr = run_tool("synth.py", out, *args)
         assert rc == 1 and stderr.count("\n") == 1 and text in stderr and "Traceback" not in stderr, \
             f"{args}: exit {rc}, stderr {stderr!r}"
         assert not os.path.exists(out), f"{args}: output folder created"
+
+
+# ---------------------------------------------------------------- synth.py sequences
+
+def sequence_frames(task):
+    """f_0..f_S of a sequence task: the pair inputs in order, then the last output."""
+    pairs = task["train"] + task["test"]
+    return [inp for inp, _ in pairs] + [pairs[-1][1]]
+
+
+def check_sequences_files(default, cfg):
+    for split, count, first in (("train", cfg.sequences, 0), ("val", cfg.val_sequences, cfg.sequences)):
+        path = os.path.join(default, f"sequences_{split}.bin")
+        assert os.path.exists(path), f"{path} not written"
+        assert_raw_layout(path)
+        tasks, header = arc_format.read_tasks(path)
+        assert len(tasks) == count > 0, f"sequences_{split}.bin: {len(tasks)} sequences, expected {count}"
+        assert header["canvas"] == cfg.sequence_max_side, f"canvas {header['canvas']}"
+        for j, t in enumerate(tasks):
+            assert t["name"].startswith(f"seq_{first + j:05d}:"), f"sequence {j} of {split} is named {t['name']!r}"
+            assert (len(t["train"]), len(t["test"])) == (cfg.sequence_steps - 1, 1), f"{t['name']}: pair counts"
+            for g in sequence_frames(t):
+                assert cfg.sequence_min_side <= min(len(g), len(g[0])) and \
+                    max(len(g), len(g[0])) <= cfg.sequence_max_side, f"{t['name']}: frame {len(g)}x{len(g[0])}"
+                colours = {v for row in g for v in row} - {0}
+                assert colours and len(colours) <= synth.SEQUENCE_COLOURS[1] - 1, f"{t['name']}: colours {colours}"
+    # the default run must not take long (make runs it)
+    assert cfg.sequences <= 5000 and cfg.val_sequences <= 1000, "default sequence counts too large"
+
+
+def check_sequences_chain(default):
+    """Pair i's output is pair i+1's input; the frames of a sequence are distinct and never blank."""
+    for split in ("train", "val"):
+        for t in arc_format.read_tasks(os.path.join(default, f"sequences_{split}.bin"))[0]:
+            pairs = t["train"] + t["test"]
+            for i in range(len(pairs) - 1):
+                assert pairs[i][1] == pairs[i + 1][0], f"{t['name']}: pair {i} output is not pair {i + 1} input"
+            frames = sequence_frames(t)
+            assert len({json.dumps(f) for f in frames}) == len(frames), f"{t['name']}: repeated frame"
+            assert all(any(map(any, f)) for f in frames), f"{t['name']}: blank frame"
+
+
+def check_sequences_rules(default, cfg):
+    """Decode each sequence's program from its name and re-run it from f_0."""
+    used = set()
+    for split in ("train", "val"):
+        for t in arc_format.read_tasks(os.path.join(default, f"sequences_{split}.bin"))[0]:
+            program = synth.decode_program(t["name"].split(":", 1)[1])
+            assert 1 <= len(program) <= 3, f"{t['name']}: program length {len(program)}"
+            assert synth.encode_program(program) == t["name"].split(":", 1)[1], f"{t['name']}: encoding round trip"
+            frames = sequence_frames(t)
+            assert synth.run_program(frames[0], program, cfg.sequence_steps) == frames, \
+                f"{t['name']}: frames do not follow the program"
+            used.update(rule for rule, _ in program)
+    assert used == set(synth.SEQUENCE_RULES), f"rules never used: {set(synth.SEQUENCE_RULES) - used}"
+
+
+def check_sequences_rules_independently(default):
+    """Spot-check three step rules with rules written here, not taken from synth.py, applied at the
+    steps the program schedule (rule i mod L at step i) gives them."""
+    seen = set()
+    for t in arc_format.read_tasks(os.path.join(default, "sequences_train.bin"))[0]:
+        program = synth.decode_program(t["name"].split(":", 1)[1])
+        frames = sequence_frames(t)
+        for i, (before, after) in enumerate(zip(frames, frames[1:])):
+            rule, p = program[i % len(program)]
+            rows, cols = len(before), len(before[0])
+            if rule == "shift":
+                dr, dc = p
+                expected = [[before[r - dr][c - dc] if 0 <= r - dr < rows and 0 <= c - dc < cols else 0
+                             for c in range(cols)] for r in range(rows)]
+            elif rule == "rotate":   # rot90 = clockwise: row r of the result is column r read bottom-up
+                turned = [[before[rows - 1 - j][i2] for j in range(rows)] for i2 in range(cols)]
+                expected = turned if p == ["rot90"] else [row[::-1] for row in turned[::-1]]
+            elif rule == "recolor":
+                step = {a: b for a, b in zip(p, p[1:] + p[:1])}
+                expected = [[step.get(v, v) for v in row] for row in before]
+            else:
+                continue
+            assert after == expected, f"{t['name']}: step {i} ({rule} {p}) differs"
+            seen.add(rule)
+    assert seen == {"shift", "rotate", "recolor"}, f"checked only {seen}"
+
+
+def check_sequences_heldout(default):
+    """The validation sequences are other sequences than the training ones."""
+    train = arc_format.read_tasks(os.path.join(default, "sequences_train.bin"))[0]
+    val = arc_format.read_tasks(os.path.join(default, "sequences_val.bin"))[0]
+    seen = {json.dumps(sequence_frames(t)) for t in train}
+    assert not any(json.dumps(sequence_frames(t)) in seen for t in val), "a validation sequence repeats a training one"
+    assert len(seen) == len(train), "two training sequences are equal"
+
+
+def check_sequences_depend_on_index_only(default, small):
+    """A sequence is a function of (seed, index): a run with fewer sequences repeats the same ones."""
+    reference = {t["name"].split(":")[0]: t for s in ("train", "val")
+                 for t in arc_format.read_tasks(os.path.join(default, f"sequences_{s}.bin"))[0]}
+    shared = 0
+    for s in ("train", "val"):
+        for t in arc_format.read_tasks(os.path.join(small, f"sequences_{s}.bin"))[0]:
+            assert t == reference[t["name"].split(":")[0]], f"{t['name']} differs between runs"
+            shared += 1
+    assert shared == 36, f"{shared} sequences compared"
+
+
+def check_sequences_none():
+    """--sequences 0 --val-sequences 0 writes no sequence file (a task file must hold a task)."""
+    out = run_synth("synth_noseq", "--tasks", "12", "--eval-tasks", "12", "--heldout-tasks", "3",
+                    "--sequences", "0", "--val-sequences", "0", files=3)
+    assert not any(os.path.exists(os.path.join(out, f"sequences_{s}.bin")) for s in ("train", "val")), \
+        "a sequence file was written"
+
+
+def check_sequences_options():
+    """Other steps and sides are honoured."""
+    out = run_synth("synth_seq_opts", "--tasks", "12", "--eval-tasks", "12", "--heldout-tasks", "3",
+                    "--sequences", "40", "--val-sequences", "4", "--sequence-steps", "5",
+                    "--sequence-min-side", "4", "--sequence-max-side", "5")
+    cfg = synth.parse_args([out, "--sequences", "40", "--val-sequences", "4", "--sequence-steps", "5",
+                            "--sequence-min-side", "4", "--sequence-max-side", "5"])
+    check_sequences_files(out, cfg)
+    check_sequences_chain(out)
+    check_sequences_rules(out, cfg)
 
 
 def main():
@@ -444,7 +570,8 @@ def run_checks():
     check("synth_runs", lambda: runs.update(
         default=run_synth("synth_default", "--json"), same=run_synth("synth_same", "--json"),
         other=run_synth("synth_seed1", "--seed", "1"),
-        small=run_synth("synth_small", "--tasks", "30", "--eval-tasks", "24", "--heldout-tasks", "6")))
+        small=run_synth("synth_small", "--tasks", "30", "--eval-tasks", "24", "--heldout-tasks", "6",
+                        "--sequences", "30", "--val-sequences", "6")))
     check("arc_kaggle_with_solutions", check_kaggle)
     check("arc_kaggle_without_solutions", check_kaggle_unknown_outputs)
     check("arc_input_order", check_input_order)
@@ -461,6 +588,15 @@ def run_checks():
         check("synth_rules", check_synth_rules, runs["default"], cfg)
         check("synth_rules_independent", check_synth_rules_independently, runs["default"])
         check("synth_json_converts", check_synth_json, runs["default"], cfg)
+        check("synth_sequences_files", check_sequences_files, runs["default"], cfg)
+        check("synth_sequences_chain", check_sequences_chain, runs["default"])
+        check("synth_sequences_rules", check_sequences_rules, runs["default"], cfg)
+        check("synth_sequences_rules_independent", check_sequences_rules_independently, runs["default"])
+        check("synth_sequences_heldout", check_sequences_heldout, runs["default"])
+        check("synth_sequences_depend_on_index_only", check_sequences_depend_on_index_only, runs["default"],
+              runs["small"])
+    check("synth_sequences_none", check_sequences_none)
+    check("synth_sequences_options", check_sequences_options)
     check("synth_bad_args", check_synth_bad_args)
 
 

@@ -752,8 +752,9 @@ static void test_masked_mean_all() {
 // =========================================================================================================
 // sigreg (the forward's statistics cs, per-slice values and loss; the backward from the reference's cs)
 
-static void test_sigreg(int N, int K, int M, double std, bool with_per_slice) {
-    const std::string tag = fmt("N=%d K=%d M=%d std=%g%s", N, K, M, std, with_per_slice ? "" : " per_slice=null");
+static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, SigregVariant variant = SIGREG_LEJEPA) {
+    const std::string tag = fmt("%sN=%d K=%d M=%d std=%g%s", variant == SIGREG_DEPRECATED ? "deprecated " : "", N, K, M,
+                                std, with_per_slice ? "" : " per_slice=null");
     vecd z((size_t)N * K);
     const uint64_t zseed = fresh_seed();
     for (size_t i = 0; i < z.size(); i++) z[i] = std * hash_normal(zseed, i);
@@ -763,13 +764,13 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice) {
     A = rs(A);
     const int CS = 2 * SIGREG_POINTS;
     vecd loss(1), ps(M), cs((size_t)M * CS);
-    sigreg_forward_ref<double>(loss.data(), ps.data(), cs.data(), z.data(), A.data(), N, K, M);
+    sigreg_forward_ref<double>(loss.data(), ps.data(), cs.data(), z.data(), A.data(), N, K, M, variant);
     Dev<floatX> d_z(z);
     Dev<floatS> d_A(A), d_loss(1), d_ps(M), d_cs(cs.size());
     d_loss.poison();
     d_ps.poison();
     d_cs.poison();
-    sigreg_forward(d_loss.p, with_per_slice ? d_ps.p : nullptr, d_cs.p, d_z.p, d_A.p, N, K, M, st);
+    sigreg_forward(d_loss.p, with_per_slice ? d_ps.p : nullptr, d_cs.p, d_z.p, d_A.p, N, K, M, variant, st);
     const std::string fname = BK " sigreg_forward " + tag;
     launched(fname);
     expect_close(fname + " loss", d_loss.get(), loss, TOL_SIGREG);
@@ -780,11 +781,11 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice) {
     // backward: both sides from the same cs (the reference's, rounded to floatS) and a fresh dloss
     const vecd cs_in = rs(cs), dloss = rs(rnd(1, 0.5, 2));
     vecd dz((size_t)N * K);
-    sigreg_backward_ref<double>(dz.data(), z.data(), A.data(), cs_in.data(), dloss.data(), N, K, M);
+    sigreg_backward_ref<double>(dz.data(), z.data(), A.data(), cs_in.data(), dloss.data(), N, K, M, variant);
     Dev<floatS> d_cs_in(cs_in), d_dloss(dloss);
     Dev<floatX> d_dz(dz.size());
     d_dz.poison();
-    sigreg_backward(d_dz.p, d_z.p, d_A.p, d_cs_in.p, d_dloss.p, N, K, M, st);
+    sigreg_backward(d_dz.p, d_z.p, d_A.p, d_cs_in.p, d_dloss.p, N, K, M, variant, st);
     launched(BK " sigreg_backward " + tag);
     expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, TOL_RED);
 }
@@ -796,6 +797,13 @@ static void test_sigreg_all() {
     test_sigreg(37, 5, 3, 0.1, true);              // near-collapsed, odd shapes
     test_sigreg(1, 1, 1, 1.0, true);
     test_sigreg(300, 7, 33, 3.0, true);            // wide: the high-t knots oscillate
+    // the reference repo's deprecated variant (17 knots on [-3, 3], no factor N), as the JEPA trainer can run it:
+    // rows of norm ~1 in 256-d (the L2-normalised projection), 1024 slices
+    test_sigreg(512, 256, 1024, 1.0 / 16, true, SIGREG_DEPRECATED);
+    test_sigreg(2048, 16, 64, 1.0, true, SIGREG_DEPRECATED);
+    test_sigreg(37, 5, 3, 0.1, false, SIGREG_DEPRECATED);
+    test_sigreg(1, 1, 1, 1.0, true, SIGREG_DEPRECATED);
+    test_sigreg(300, 7, 33, 3.0, true, SIGREG_DEPRECATED);
 }
 
 // =========================================================================================================
@@ -1186,8 +1194,16 @@ static const char* OP_GROUPS[] = {
     "stablemax_loss_forward, stablemax_loss_backward, q_halt_loss_forward, q_halt_loss_backward",
     "act_reset, act_halt",
     "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS",
+    "layernorm, activation, l2norm, dropout, sigreg variants (JEPA)",
+    "vq_nearest, vq_quantize, vq_code_stats, vq_ema_update, vq_refresh_codes, vq_commitment, vq_gumbel, infonce (JEPA)",
+    "object_attention, relational_loss, context_attention, gru_cell (JEPA)",
 };
 #endif
+
+// The JEPA ops, one file per op family (they use the helpers above).
+#include "kernels_jepa_layers.h"
+#include "kernels_jepa_vq.h"
+#include "kernels_jepa_relational.h"
 
 int main() {
 #ifdef __CUDACC__
@@ -1222,6 +1238,9 @@ int main() {
     test_losses();
     test_act();
     test_optimizer();
+    test_jepa_layers();
+    test_jepa_vq();
+    test_jepa_relational();
     test_matmul_odd();
     printf("test_kernels: %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return test_summary();
