@@ -130,7 +130,8 @@ run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 
 # --- tests --------------------------------------------------------------------------------------------------
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
-TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model
+TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
+	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model
 build/%: test/%.cpp $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -148,10 +149,11 @@ build/test_jepa_model: test/test_jepa_model.cpp train_jepa.cu $(HEADERS) test/te
 GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32" "$(PYTHON) test/test_gpu.py",\
 	"echo 'SKIP gpu tests: nvcc not found, the CUDA targets were not built'")
 
-test: train_etrm_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
+test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
+		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
-		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }

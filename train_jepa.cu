@@ -1251,16 +1251,16 @@ static void make_micro_batch(Model* m, const DataSet& ds, const std::vector<Jepa
               my_keys.data());
     int i = 0;
     const uint64_t base = hash_u64((uint64_t)c.seed, 0x696e76ull, ((uint64_t)key.step << 20) | (uint64_t)key.micro, key.training);
-    auto add = [&](int kind, float weight) {
+    auto add = [&](int kind, float weight) {   // context and target get independent draws, as the reference
         mb->inv_ctx[i] = mb->ctx;
         mb->inv_tgt[i] = mb->tgt;
-        const uint64_t s = hash_u64(base, (uint64_t)kind);
-        if (kind == LOSS_INV_COLOR) { perturb_color(&mb->inv_ctx[i], s); perturb_color(&mb->inv_tgt[i], s); }
+        const uint64_t sc = jepa_perturb_seed(base, 0, kind, JEPA_ROLE_CONTEXT), stg = jepa_perturb_seed(base, 0, kind, JEPA_ROLE_TARGET);
+        if (kind == LOSS_INV_COLOR) { perturb_color(&mb->inv_ctx[i], sc); perturb_color(&mb->inv_tgt[i], stg); }
         if (kind == LOSS_INV_TRANSLATION) {
-            perturb_translation(&mb->inv_ctx[i], c.inv_translation_delta, s);
-            perturb_translation(&mb->inv_tgt[i], c.inv_translation_delta, hash_u64(s, 1));
+            perturb_translation(&mb->inv_ctx[i], c.inv_translation_delta, sc);
+            perturb_translation(&mb->inv_tgt[i], c.inv_translation_delta, stg);
         }
-        if (kind == LOSS_INV_SYMMETRY) { perturb_symmetry(&mb->inv_ctx[i], s); perturb_symmetry(&mb->inv_tgt[i], s); }
+        if (kind == LOSS_INV_SYMMETRY) { perturb_symmetry(&mb->inv_ctx[i], sc); perturb_symmetry(&mb->inv_tgt[i], stg); }
         mb->inv_kind[i] = kind;
         mb->inv_weight[i] = weight;
         i++;
@@ -1446,10 +1446,15 @@ static double objective_of(const Model* m, const double* terms) {
     return total;
 }
 
+// The micro-batch's loss terms over all ranks: each rank holds its rows' share of every mean, except SIGReg,
+// which every rank computed from the global statistics.
 static void download_losses(Model* m, double* terms) {
     floatS l[LOSS_COUNT];
     copy_to_host(l, m->losses, sizeof l);
     for (int i = 0; i < LOSS_COUNT; i++) terms[i] = l[i];
+    const double sigreg = terms[LOSS_SIGREG];
+    dist_sum_host(terms, LOSS_COUNT);
+    terms[LOSS_SIGREG] = sigreg;
 }
 
 static double validate(Model* m, const DataSet& val, int step, double* terms_out) {

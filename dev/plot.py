@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training curves from train_etrm run logs: a PNG (with matplotlib), a CSV and a text summary.
+"""Training curves from train_etrm and train_jepa run logs: a PNG (with matplotlib), a CSV and a text summary.
 
 Usage:  python3 dev/plot.py LOG [LOG ...] [--out curves.png] [--keys loss,exact_acc,...]
                             [--csv out.csv] [--smooth N]
@@ -7,7 +7,11 @@ Usage:  python3 dev/plot.py LOG [LOG ...] [--out curves.png] [--keys loss,exact_
 LOG is a log.txt or a checkpoint directory holding one.  Only lines of the form
   train step=12 loss=2.0155 lm_loss=2.0122 ... samples_per_s=13.8
   eval step=20 set=eval tasks=10 ... pass@1=0.0000 pass@2=0.0000 pass@5=0.0000 seconds=3.3
-are read; anything else (headers, progress, checkpoint lines) is ignored.  A resumed run appends
+and train_jepa's
+  diag step=200 rows=1024 ctx_erank_rankme=7.1 ... vq_usage=0.24 vq_perplexity=80.1 vq_refreshed=0
+  val step=95 epoch=1 loss=8.66 infonce=8.51 ...
+(diag fields join the train fields of their step; val lines are the eval set "val") are read; anything else
+(headers, progress, checkpoint lines) is ignored.  A resumed run appends
 to the same log, so a step may appear twice: the later line wins.
 
 Keys are the train fields (loss, lm_loss, ..., samples_per_s) and the eval fields prefixed with
@@ -29,7 +33,10 @@ import sys
 
 DEFAULT_KEYS = ("loss", "lm_loss", "q_halt_loss", "kl", "token_acc", "exact_acc", "q_halt_acc", "act_steps", "lr",
                 "grad_norm", "encoder_cross_sample_var", "samples_per_s", "eval/pass@1", "eval/pass@2",
-                "eval/exact_acc")
+                "eval/exact_acc",
+                # train_jepa
+                "infonce", "mse", "sigreg", "commitment", "tau", "ctx_erank_rankme", "ctx_erank_cov", "tgt_erank_rankme",
+                "tgt_erank_cov", "ctx_gaussian", "vq_usage", "vq_perplexity", "vq_refreshed", "eval/loss")
 COMPANIONS = {"grad_norm": ("grad_norm_enc", "grad_norm_dec")}   # drawn in the same panel
 HIGHER_BETTER = ("acc", "pass@", "samples_per_s")
 LOWER_BETTER = ("loss", "kl", "ms", "seconds")
@@ -48,11 +55,13 @@ def log_path(arg):
 
 
 def parse_line(line):
-    """('train' | 'eval', fields) for a train/eval line, else None."""
+    """('train' | 'eval' | 'diag', fields) for a train/eval/diag/val line, else None."""
     tokens = line.split()
-    if len(tokens) < 2 or tokens[0] not in ("train", "eval") or not all("=" in t for t in tokens[1:]):
+    if len(tokens) < 2 or tokens[0] not in ("train", "eval", "diag", "val") or not all("=" in t for t in tokens[1:]):
         return None
     fields = dict(t.split("=", 1) for t in tokens[1:])
+    if tokens[0] == "val":
+        tokens[0], fields["set"] = "eval", "val"
     if not fields.get("step", "").isdigit() or (tokens[0] == "eval" and not fields.get("set")):
         return None
     return tokens[0], fields
@@ -69,7 +78,12 @@ def parse_log(path):
                     continue
                 kind, fields = parsed
                 step = int(fields["step"])
-                run[kind][step if kind == "train" else (fields["set"], step)] = fields
+                if kind == "diag":
+                    run["train"].setdefault(step, {"step": fields["step"]}).update(fields)
+                elif kind == "train":
+                    run["train"][step] = {**fields, **{k: v for k, v in run["train"].get(step, {}).items() if k not in fields}}
+                else:
+                    run["eval"][(fields["set"], step)] = fields
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}")
     if not run["train"] and not run["eval"]:

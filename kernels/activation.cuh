@@ -8,7 +8,8 @@
 //   backward  dinp = dout * act'(inp)                                                                  (=)
 //             inp is the forward's input. out may alias inp; dinp may alias dout.
 //
-// The math is fp32 on the GPU (double in the CPU reference when T = double).
+// Phi(x) is computed as erfc(-x / sqrt 2) / 2 (= (1 + erf(x / sqrt 2)) / 2, without the cancellation of 1 + erf for
+// negative x). The math is fp32 on the GPU (double in the CPU reference when T = double).
 #pragma once
 #include <math.h>
 #include <stddef.h>
@@ -22,12 +23,12 @@ enum ActivationKind { ACT_GELU, ACT_RELU };
 template <typename T>
 T activation_value_ref(T x, ActivationKind kind) {
     if (kind == ACT_RELU) return x > T(0) ? x : T(0);
-    return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+    return T(0.5) * x * erfc(-x * T(0.70710678118654752440));
 }
 template <typename T>
 T activation_grad_ref(T x, ActivationKind kind) {
     if (kind == ACT_RELU) return x > T(0) ? T(1) : T(0);
-    const T cdf = T(0.5) * (T(1) + erf(x * T(0.70710678118654752440)));
+    const T cdf = T(0.5) * erfc(-x * T(0.70710678118654752440));
     const T pdf = exp(T(-0.5) * x * x) * T(0.39894228040143267794);
     return cdf + x * pdf;
 }
@@ -64,11 +65,11 @@ inline void activation_backward(floatX* dinp, const floatX* dout, const floatX* 
 #ifdef __CUDACC__
 __device__ inline float activation_value(float x, ActivationKind kind) {
     if (kind == ACT_RELU) return x > 0.0f ? x : 0.0f;
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    return 0.5f * x * erfcf(-x * 0.70710678118654752f);
 }
 __device__ inline float activation_grad(float x, ActivationKind kind) {
     if (kind == ACT_RELU) return x > 0.0f ? 1.0f : 0.0f;
-    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * expf(-0.5f * x * x) * 0.39894228040143268f;
+    return 0.5f * erfcf(-x * 0.70710678118654752f) + x * expf(-0.5f * x * x) * 0.39894228040143268f;
 }
 
 template <int P>

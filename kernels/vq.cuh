@@ -7,7 +7,7 @@
 //
 //   vq_nearest         idx[r] = argmin_k ||x_r - e_k||^2 (ties: the smallest k), dist[r] = that minimum (dist may be
 //                      null). The distance is summed directly, dist = sum_d (x_rd - e_kd)^2 over d = 0..D-1 in order,
-//                      with diff = x - e rounded to the accumulation type and acc = fma(diff, diff, acc): never
+//                      with diff = x - e rounded to float and acc = fma(diff, diff, acc) in float: never
 //                      negative, and the float CPU reference and the GPU compute bitwise the same numbers, so the
 //                      CPU and GPU backends pick the same code (exact ties, e.g. duplicated codes after a refresh,
 //                      go to the smallest k on both). NaN distances are never selected; idx = 0 if none is finite.
@@ -48,14 +48,17 @@
 template <typename TX, typename TS>
 using vq_acc_t = typename std::conditional<std::is_same<TX, float>::value && std::is_same<TS, float>::value, float, double>::type;
 
-// ||x - e||^2 summed over d in order with fma (the exact arithmetic of the GPU kernels in the float case).
+// acc + diff^2: with one rounding (fma) in float, the GPU kernels' arithmetic bit for bit whatever the host
+// compiler contracts; in double (the tests' references) plain arithmetic (fma is a slow library call on hosts built
+// without -mfma).
+inline float vq_fma_sq(float diff, float acc) { return std::fma(diff, diff, acc); }
+inline double vq_fma_sq(double diff, double acc) { return acc + diff * diff; }
+
+// ||x - e||^2 summed over d in order.
 template <typename A, typename TX, typename TS>
 inline A vq_distance_ref(const TX* x, const TS* e, int D) {
     A acc = 0;
-    for (int d = 0; d < D; d++) {
-        const A diff = (A)x[d] - (A)e[d];
-        acc = std::fma(diff, diff, acc);
-    }
+    for (int d = 0; d < D; d++) acc = vq_fma_sq((A)x[d] - (A)e[d], acc);
     return acc;
 }
 
@@ -73,10 +76,7 @@ void vq_nearest_ref(int* idx, TS* dist, const TX* x, const TS* codebook, int R, 
             A acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int d = 0; d < D; d++) {
                 const A xv = (A)xr[d];
-                for (int j = 0; j < 8; j++) {
-                    const A diff = xv - (A)codebook[(size_t)(k + j) * D + d];
-                    acc[j] = std::fma(diff, diff, acc[j]);
-                }
+                for (int j = 0; j < 8; j++) acc[j] = vq_fma_sq(xv - (A)codebook[(size_t)(k + j) * D + d], acc[j]);
             }
             for (int j = 0; j < 8; j++)
                 if (acc[j] < best) { best = acc[j]; bk = k + j; }

@@ -12,6 +12,7 @@
 //   eval (training = false): idx[r] = argmin_k ||x_r - e_k||^2 (no noise, vq_nearest), out[r] = e_{idx[r]};
 //             y_soft is not touched (may be null)
 //   rows with valid[r] = 0: out[r] = x[r], idx[r] = -1, y_soft row = 0 (training); no gradient to the codebook
+//   Training needs y_soft (the GPU forward also uses it for the logits); K >= 1 when R > 0.
 //
 //   backward (training forward only; dx +=, dcodebook +=), per valid row r, with dy_k = dout_r . e_k:
 //     dcodebook_{idx[r]} += dout_r                                  (the one-hot's value in q = y @ E)
@@ -75,10 +76,16 @@ inline float gumbel_tau(int step, float tau_init, float tau_min, int anneal_step
 // ----------------------------------------------------------------------------------------------------------
 // CPU reference
 
+inline void vq_gumbel_check(int R, int K, bool training, const void* y_soft) {
+    if (R > 0 && K < 1) fatal("vq_gumbel_forward: %d rows but an empty codebook (K = %d)", R, K);
+    if (R > 0 && training && !y_soft) fatal("vq_gumbel_forward: training needs the y_soft buffer (R x K)");
+}
+
 template <typename TX, typename TS>
 void vq_gumbel_forward_ref(TX* out, int* idx, TS* y_soft, const TX* x, const TS* codebook, const uint8_t* valid, int R,
                            int K, int D, float tau, uint64_t seed, bool training) {
     typedef vq_acc_t<TX, TS> A;
+    vq_gumbel_check(R, K, training, y_soft);
     if (!training) {
         vq_nearest_ref(idx, (TS*)nullptr, x, codebook, R, K, D);
         for (int r = 0; r < R; r++)
@@ -94,7 +101,7 @@ void vq_gumbel_forward_ref(TX* out, int* idx, TS* y_soft, const TX* x, const TS*
             if (valid && !valid[r]) {
                 for (int d = 0; d < D; d++) o[d] = xr[d];
                 idx[r] = -1;
-                if (training && y_soft)
+                if (training)
                     for (int k = 0; k < K; k++) y_soft[(size_t)r * K + k] = 0;
                 continue;
             }
@@ -269,6 +276,7 @@ __global__ void vq_gumbel_eval_kernel(floatX* out, int* idx, const floatX* x, co
 inline void vq_gumbel_forward(floatX* out, int* idx, floatS* y_soft, const floatX* x, const floatS* codebook,
                               const uint8_t* valid, int R, int K, int D, float tau, uint64_t seed, bool training,
                               Stream stream) {
+    vq_gumbel_check(R, K, training, y_soft);
     if (R <= 0) return;
     if (!training) {
         vq_nearest(idx, nullptr, x, codebook, R, K, D, stream);

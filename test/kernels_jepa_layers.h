@@ -13,15 +13,15 @@
 
 static const size_t LAYERS_PAD = 8;   // poisoned elements after every output: the op must not write them
 
-static vecd pad_nan(vecd v, size_t k = LAYERS_PAD) {
+static vecd layers_pad_nan(vecd v, size_t k = LAYERS_PAD) {
     v.insert(v.end(), k, NaN);
     return v;
 }
 // v followed by k copies of NaN, as a device buffer of T
 template <typename T>
-static void set_padded(Dev<T>& d, const vecd& v) { d.set(pad_nan(v, d.n - v.size())); }
+static void layers_set_padded(Dev<T>& d, const vecd& v) { d.set(layers_pad_nan(v, d.n - v.size())); }
 // rows [r0, r1) of a (rows, C) array
-static vecd rows_of(const vecd& v, int C, int r0, int r1) {
+static vecd layers_rows_of(const vecd& v, int C, int r0, int r1) {
     return vecd(v.begin() + (size_t)r0 * C, v.begin() + (size_t)r1 * C);
 }
 
@@ -44,10 +44,10 @@ static void test_layernorm(int N, int C, double offset, bool with_stats = true) 
     const std::string fname = BK " layernorm_forward " + tag;
     layernorm_forward(d_out.p, with_stats ? d_mean.p : nullptr, with_stats ? d_rstd.p : nullptr, d_x.p, d_w.p, d_b.p, N, C, st);
     launched(fname);
-    expect_close(fname + " out", d_out.get(), pad_nan(out), TOL_RED);
+    expect_close(fname + " out", d_out.get(), layers_pad_nan(out), TOL_RED);
     if (with_stats) {
-        expect_close(fname + " mean", d_mean.get(), pad_nan(mean), TOL_S);
-        expect_close(fname + " rstd", d_rstd.get(), pad_nan(rstd), TOL_S);
+        expect_close(fname + " mean", d_mean.get(), layers_pad_nan(mean), TOL_S);
+        expect_close(fname + " rstd", d_rstd.get(), layers_pad_nan(rstd), TOL_S);
     } else {
         expect_exact(fname + " mean untouched", d_mean.get(), vecd(N + LAYERS_PAD, NaN));
         expect_exact(fname + " rstd untouched", d_rstd.get(), vecd(N + LAYERS_PAD, NaN));
@@ -63,21 +63,21 @@ static void test_layernorm(int N, int C, double offset, bool with_stats = true) 
                                            rstd_s.data(), N, C);
     Dev<floatX> d_dout(dout), d_dx(dx.size() + LAYERS_PAD);
     Dev<floatS> d_ms(mean_s), d_rs(rstd_s), d_dw(C + LAYERS_PAD), d_db(C + LAYERS_PAD);
-    set_padded(d_dx, dx0);
-    set_padded(d_dw, dw0);
-    set_padded(d_db, db0);
+    layers_set_padded(d_dx, dx0);
+    layers_set_padded(d_dw, dw0);
+    layers_set_padded(d_db, db0);
     const std::string bname = BK " layernorm_backward " + tag;
     layernorm_backward(d_dx.p, d_dw.p, d_db.p, d_dout.p, d_x.p, d_w.p, d_ms.p, d_rs.p, N, C, st);
     launched(bname);
-    expect_close(bname + " dinp (+=)", d_dx.get(), pad_nan(dx), TOL_RED);
-    expect_close(bname + " dweight (+=)", d_dw.get(), pad_nan(dw), TOL_S);
-    expect_close(bname + " dbias (+=)", d_db.get(), pad_nan(db), TOL_S);
+    expect_close(bname + " dinp (+=)", d_dx.get(), layers_pad_nan(dx), TOL_RED);
+    expect_close(bname + " dweight (+=)", d_dw.get(), layers_pad_nan(dw), TOL_S);
+    expect_close(bname + " dbias (+=)", d_db.get(), layers_pad_nan(db), TOL_S);
     // run to run: the same initial values give the same bits
     const auto dx_1 = d_dx.raw();
     const auto dw_1 = d_dw.raw(), db_1 = d_db.raw();
-    set_padded(d_dx, dx0);
-    set_padded(d_dw, dw0);
-    set_padded(d_db, db0);
+    layers_set_padded(d_dx, dx0);
+    layers_set_padded(d_dw, dw0);
+    layers_set_padded(d_db, db0);
     layernorm_backward(d_dx.p, d_dw.p, d_db.p, d_dout.p, d_x.p, d_w.p, d_ms.p, d_rs.p, N, C, st);
     launched(bname + " again");
     expect_bitwise(bname + " dweight bitwise repeatable", dw_1, d_dw.raw());
@@ -130,7 +130,7 @@ static void test_activation_kernels(size_t n, ActivationKind kind, bool misalign
     launched(fname);
     activation_backward(d_dx.p + o, d_dout.p + o, d_x.p + o, n, kind, st);
     launched(bname);
-    vecd yref = pad_nan(y), dxref = pad_nan(dx);
+    vecd yref = layers_pad_nan(y), dxref = layers_pad_nan(dx);
     yref.insert(yref.begin(), o, NaN);
     dxref.insert(dxref.begin(), o, NaN);
     if (kind == ACT_RELU) {   // exact: max(x, 0) and dout or 0 are representable
@@ -177,8 +177,8 @@ static void test_l2norm_kernels(int N, int C) {
     const std::string fname = BK " l2norm_forward " + tag;
     l2norm_forward(d_out.p, d_norm.p, d_x.p, N, C, st);
     launched(fname);
-    expect_close(fname + " out", d_out.get(), pad_nan(out), TOL_RED);
-    expect_close(fname + " norm", d_norm.get(), pad_nan(norm), TOL_S);
+    expect_close(fname + " out", d_out.get(), layers_pad_nan(out), TOL_RED);
+    expect_close(fname + " norm", d_norm.get(), layers_pad_nan(norm), TOL_S);
 
     // backward from the reference's norm (rounded to floatS). The rows with ||x|| <= eps have gradients ~1e12 x the
     // others, so the two kinds of rows are compared separately (the tolerance's atol scales with the RMS).
@@ -194,7 +194,7 @@ static void test_l2norm_kernels(int N, int C) {
     const vecd got = d_dx.get();
     vecd got_o, ref_o, got_t, ref_t;
     for (int n = 0; n < N; n++) {
-        const vecd g = rows_of(got, C, n, n + 1), r = rows_of(dx, C, n, n + 1);
+        const vecd g = layers_rows_of(got, C, n, n + 1), r = layers_rows_of(dx, C, n, n + 1);
         (tiny[n] ? got_t : got_o).insert((tiny[n] ? got_t : got_o).end(), g.begin(), g.end());
         (tiny[n] ? ref_t : ref_o).insert((tiny[n] ? ref_t : ref_o).end(), r.begin(), r.end());
     }
@@ -226,7 +226,7 @@ static void test_dropout_kernels(int rows, int C, float p, bool with_res, bool w
     dropout_add(d_out.p + o, with_res ? d_res.p + o : nullptr, d_inp.p + o, with_mask ? d_mask.p : nullptr, rows, C, p,
                 seed, st);
     launched(name);
-    vecd ref = pad_nan(out);
+    vecd ref = layers_pad_nan(out);
     ref.insert(ref.begin(), o, NaN);
     if (p == 0.0f && !with_res) expect_exact(name + " (= mask * inp exactly)", d_out.get(), ref);
     else expect_close(name, d_out.get(), ref, TOL_EW);

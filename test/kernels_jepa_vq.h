@@ -74,7 +74,8 @@ static void test_vq_nearest(int R, int K, int D, bool ties) {
           first_bad >= 0 ? idx[first_bad] : 0, first_bad >= 0 ? idx_d[first_bad] : 0);
     if (differ) printf("     %d of %d rows at a near tie pick another code than the double reference\n", differ, R);
     expect_close(name + " dist vs the double reference", dist, dist_d, TOL_F32);
-    // no dist output
+    // no dist output (small shapes: the references are slow on the host)
+    if ((size_t)R * K * D > ((size_t)1 << 24)) return;
     d_idx.poison();
     vq_nearest(d_idx.p, nullptr, d_x.p, d_E.p, R, K, D, st);
     launched(name + " dist=null");
@@ -228,6 +229,10 @@ static void test_vq_commitment_big(int R, int D) {
 // ---------------------------------------------------------------------------------------------------------
 // Gumbel
 
+// y_soft in fp32: the distances' fp32 rounding (~1e-6 absolute at D = 384) divided by tau moves z_k - z_max by
+// ~1e-5 at tau = 0.1, so y_soft relative ~1e-5 (no bf16 rounding is involved: x is rounded for the reference too).
+static const Tol TOL_YSOFT = BF16 ? TOL_S : Tol{2e-4, 1e-6};
+
 // x and E in [-a, a] with a = 0.1: distances ~2.6 at D = 384, so z = (-dist + g) / tau stays moderate and y_soft is
 // not one-hot (the fp32 rounding of a z of magnitude ~1e3 alone would move y_soft by ~1e-4).
 static void test_vq_gumbel_forward(int R, int K, int D, float tau, int pad_every, bool training) {
@@ -277,7 +282,7 @@ static void test_vq_gumbel_forward(int R, int K, int D, float tau, int pad_every
             want_out[(size_t)r * D + d] = gidx[r] >= 0 && gidx[r] < K ? rx1(E[(size_t)gidx[r] * D + d]) : x[(size_t)r * D + d];
     expect_exact(name + " out = e_idx (x on padded rows)", d_out.get(), want_out);
     if (training) {
-        expect_close(name + " y_soft", d_ys.get(), ys, TOL_S);
+        expect_close(name + " y_soft", d_ys.get(), ys, TOL_YSOFT);
         const std::vector<floatS> y1 = d_ys.raw();
         d_ys.poison();
         vq_gumbel_forward(d_out.p, d_idx.p, d_ys.p, d_x.p, d_E.p, pad_every ? d_valid.p : nullptr, R, K, D, tau, seed, true, st);
@@ -422,7 +427,6 @@ static void test_infonce(int Bc, int Bt, int Q, int P, double tau, float tmin, f
 
 static void test_jepa_vq() {
     // trainer shapes
-    test_vq_nearest(4096, 768, 384, false);
     test_vq_nearest(4096, 768, 384, true);
     test_vq_quantize(4096, 768, 384, 4);
     test_vq_code_stats(4096, 768, 384, 4);
@@ -446,6 +450,7 @@ static void test_jepa_vq() {
     test_vq_nearest(1, 1, 1, false);
     test_vq_nearest(130, 70, 33, true);
     test_vq_nearest(65, 65, 17, false);
+    test_vq_nearest(1000, 300, 64, false);
     test_vq_quantize(37, 5, 7, 3);
     test_vq_quantize(1, 1, 1, 0);
     test_vq_code_stats(1000, 13, 130, 3);

@@ -5,6 +5,22 @@
 //
 // Run from the repository root. Task files are built in memory from hand-made grids; the synthetic files in
 // data/synth (made by `make`) are used when present (SKIP otherwise).
+//  - examples: repeat mode (every pair with a known output), frames mode (every window of k+1 frames, unknown last
+//    output, too-short tasks skipped and counted), a non-sequence file refused in frames mode;
+//  - batches: each context slot / target holds grid_objects of the right grid (bitwise), empty grids give padded slots,
+//    B = 0, all-off augmentation is the identity;
+//  - augmentations, each alone on a hand-made grid: palette (a permutation of the present colours, its probability),
+//    mask (only coloured cells cleared, its rate), translation (exactly one shift within the radius, all 25 drawn,
+//    the size condition), D4 (exactly one of the 8, all drawn, its probability), dropout (whole objects only);
+//    determinism in (seed, key); shared draws by default (equal grids stay equal; context and target keep their
+//    relation: one palette map, shift and transform explain both), independent with per_grid; the batch equals the
+//    objects of jepa_augment_sample's grids and a sample does not depend on the rest of the batch; fatal errors;
+//  - perturbations: exact effect on hand-made rows (rounding and clamping of the colour, clamping of coordinates),
+//    padded rows untouched, uniform permutations, both symmetry modes, role seeds;
+//  - metrics: eigenvalues of diagonal, 2x2, rotated-diagonal (repeated eigenvalues; d = 200 over 6 decades), rank-1
+//    matrices; erank of isotropic Gaussian data ~d and of rank-1 data ~1; RankMe and the covariance form against
+//    their formulas on a known spectrum; the moment estimators on 4 values; Gaussian vs exponential data; degenerate
+//    inputs (NaN), n < d; codebook perplexity.
 #include <math.h>
 #include <sys/stat.h>
 #include <time.h>

@@ -15,6 +15,9 @@ Checks, on the synthetic data, against one process with the same global batch:
     and a 1-rank checkpoint with 2 ranks (the carry is saved in global slot order), agreeing to 1e-5;
   - errors stop every rank with one clear message, no hang: a batch not divisible by the ranks, a configuration
     that differs between ranks (the data files too), a rank that dies (killed in the middle of the run).
+  - train_jepa_cpu: 2 ranks against one process (InfoNCE negatives, SIGReg statistics, codebook EMA statistics and
+    loss normalisers are global), losses within 1e-5 over 6 steps, with dropout, per-object translation jitter and
+    the dead-code refresh off (their random draws are keyed by the position in a rank's buffer, see README).
 Without mpirun, or with a train_etrm_cpu built without MPI, the checks are reported as SKIP.
 """
 import os
@@ -138,6 +141,24 @@ def test_errors(tmp):
         check(False, "error: a rank that dies stops every rank (no hang)", "still running after 120 s")
 
 
+def test_jepa_matches_one_process(tmp):
+    import test_jepa
+    extra = ["relational_dropout=0", "inv_translation=0", "refresh_mode=off", "max_steps=6", "diag_every=0"]
+    out = {}
+    for ranks in (1, 2):
+        cmd = [test_jepa.BIN] + test_jepa.TINY + [f"checkpoint_path={tmp}/jepa_{ranks}"] + extra
+        if ranks > 1:
+            cmd = ["mpirun", "-np", "2"] + cmd
+        p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"train_jepa_cpu with {ranks} rank(s) failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+        out[ranks] = [float(re.search(r" loss=(\S+)", l).group(1)) for l in test_jepa.train_lines(p.stdout)]
+    worst = max((abs(x - y) / abs(x) for x, y in zip(out[1], out[2])), default=1.0)
+    check(len(out[1]) == 6 and len(out[2]) == 6 and worst <= TOLERANCE,
+          f"train_jepa: mpirun -np 2 gives one process's losses within {TOLERANCE} over 6 steps",
+          f"largest relative difference {worst:.3g}: {out[1]} vs {out[2]}")
+
+
 def mpi_available():
     if shutil.which("mpirun") is None:
         return "mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)"
@@ -158,7 +179,8 @@ def main():
     test_train.ensure_synthetic_data()
     run_groups([("mpirun -np 2 == one process", test_matches_one_process),
                 ("mpirun determinism and logging", test_determinism_and_logging),
-                ("mpirun resume", test_resume), ("mpirun errors", test_errors)], "arc_test_mpi_", mpi_available())
+                ("mpirun resume", test_resume), ("mpirun errors", test_errors),
+                ("train_jepa mpirun -np 2 == one process", test_jepa_matches_one_process)], "arc_test_mpi_", mpi_available())
     finish()
 
 
