@@ -1133,7 +1133,9 @@ static void microbatch_forward_backward(Model* m, const MicroBatch& mb, const Pa
                      lejepa ? hc->raw : c_proj, lejepa ? ht->raw : ht->proj, (size_t)B * P, 1.0f / ((float)Bg * P), accum, st);
     }
     if (c.sigreg_weight > 0) {
-        floatS dsig = c.sigreg_weight * accum;
+        // the deprecated variant has no factor N, so its per-row derivative carries 1/N of the rows it walks (B):
+        // with several ranks the loss is over Bg rows
+        floatS dsig = c.sigreg_weight * accum * (variant == SIGREG_DEPRECATED ? (float)B / Bg : 1.0f);
         copy_to_device(device_scalar(m, 0), &dsig, sizeof dsig);
         sigreg_backward(m->dsig, sig_in, m->sig_dirs, m->sig_cs, device_scalar(m, 0), B, P, c.sigreg_slices, variant, st);
         floatX* into = lejepa ? hc->draw : hc->dz;

@@ -112,7 +112,7 @@ void infonce_backward_ref(TX* dc, TX* dt, TS* dlog_tau, const TS* probs, const T
                 dc[(size_t)i * P + p] = (TX)v;
                 dot += (double)c[(size_t)i * P + p] * v;
             }
-            part[i] = dot;
+            part[i] = -dot;
         }
         if (dt) {
 #pragma omp for schedule(static)
