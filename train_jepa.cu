@@ -568,6 +568,7 @@ typedef struct {
     floatX *drepr, *dpooled;         // (n_agg, D), (G_online, D)
     floatX* dsig;                    // (B, P) SIGReg gradient
     floatS *sig_dirs, *sig_cs;       // (P, M), (M, 2 * 17)
+    int sig_dirs_step;               // the step sig_dirs were drawn for (-1: none yet)
     floatS* losses;                  // (LOSS_COUNT) this micro-batch's loss terms
     floatX *ring_c, *ring_t;         // (diag_window, P) recent projections for the diagnostics
     int ring_ptr, ring_fill;
@@ -666,6 +667,7 @@ static void model_build(Model* m, const Config& c) {
     a = {0, m->arena, false};
     acts_layout(&a, m);
     m->ring_ptr = m->ring_fill = 0;
+    m->sig_dirs_step = -1;
     // the positive of local row b (global slot rank + b W) and the rank-order row of every slot
     std::vector<int> pos(d.B), slot_row(d.Bg);
     for (int b = 0; b < d.B; b++) pos[b] = dist().rank + b * dist().world;
@@ -1084,9 +1086,12 @@ static void microbatch_forward_backward(Model* m, const MicroBatch& mb, const Pa
     }
     const SigregVariant variant = lejepa ? SIGREG_LEJEPA : SIGREG_DEPRECATED;
     if (c.sigreg_weight > 0) {
-        std::vector<floatS> A((size_t)P * c.sigreg_slices);
-        sigreg_directions_ref(A.data(), P, c.sigreg_slices, hash_u64((uint64_t)c.seed, 0x736967726567ull, (uint64_t)key.step));
-        copy_to_device(m->sig_dirs, A.data(), A.size() * sizeof(floatS));
+        if (m->sig_dirs_step != key.step) {   // the slices of this step (the same for its micro-batches and ranks)
+            std::vector<floatS> A((size_t)P * c.sigreg_slices);
+            sigreg_directions_ref(A.data(), P, c.sigreg_slices, hash_u64((uint64_t)c.seed, 0x736967726567ull, (uint64_t)key.step));
+            copy_to_device(m->sig_dirs, A.data(), A.size() * sizeof(floatS));
+            m->sig_dirs_step = key.step;
+        }
         sigreg_forward(m->losses + LOSS_SIGREG, nullptr, m->sig_cs, sig_in, m->sig_dirs, B, P, c.sigreg_slices, variant, st);
         if (dist().world > 1) sigreg_global_stats(m, variant, st);
     }
@@ -1201,19 +1206,26 @@ static double model_update(Model* m, int step, int total, float* lr_out, Stream 
     return norm;
 }
 
-// Appends the step's target projections (all micro-batches, global slot order) to the FIFO queue.
+// Writes `rows` new rows into a ring buffer of `capacity` rows at *ptr (of more rows than fit, the last ones), as
+// at most two contiguous copies: copy(first ring row, first source row, number of rows).
+template <typename Copy>
+static void ring_write(int capacity, int* ptr, int* fill, int rows, Copy copy) {
+    const int skip = std::max(0, rows - capacity);
+    rows -= skip;
+    const int first = std::min(rows, capacity - *ptr);
+    copy(*ptr, skip, first);
+    if (rows > first) copy(0, skip + first, rows - first);
+    *ptr = (*ptr + rows) % capacity;
+    *fill = std::min(capacity, *fill + rows);
+}
+
+// Appends the step's target projections (all micro-batches, global slot order) to the FIFO queue (fp32).
 static void queue_push(Model* m, int rows, Stream st) {
-    const int Q = m->c.queue_size, P = m->d.P;
-    if (Q == 0) return;
-    std::vector<floatX> src((size_t)rows * P);
-    copy_to_host(src.data(), m->pending, src.size() * sizeof(floatX));
-    std::vector<floatS> row(P);
-    for (int r = std::max(0, rows - Q); r < rows; r++) {       // more rows than the queue holds: keep the last Q
-        for (int j = 0; j < P; j++) row[j] = to_float(src[(size_t)r * P + j]);
-        copy_to_device(m->queue + (size_t)m->queue_ptr * P, row.data(), P * sizeof(floatS));
-        m->queue_ptr = (m->queue_ptr + 1) % Q;
-        m->queue_fill = std::min(Q, m->queue_fill + 1);
-    }
+    const size_t P = m->d.P;
+    if (m->c.queue_size == 0) return;
+    ring_write(m->c.queue_size, &m->queue_ptr, &m->queue_fill, rows, [&](int dst, int src, int n) {
+        convert_to_floatS(m->queue + dst * P, m->pending + src * P, n * P, st);
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -1289,13 +1301,11 @@ static void make_micro_batch(Model* m, const DataSet& ds, const std::vector<Jepa
 // since the last report (active codes, share of K, perplexity) and the codes re-seeded.
 
 static void ring_push(Model* m, const floatX* c_proj, const floatX* t_proj, int rows, Stream st) {
-    const int W = m->c.diag_window, P = m->d.P;
-    for (int r = 0; r < rows; r++) {
-        copy_on_device(m->ring_c + (size_t)m->ring_ptr * P, c_proj + (size_t)r * P, P * sizeof(floatX));
-        copy_on_device(m->ring_t + (size_t)m->ring_ptr * P, t_proj + (size_t)r * P, P * sizeof(floatX));
-        m->ring_ptr = (m->ring_ptr + 1) % W;
-        m->ring_fill = std::min(W, m->ring_fill + 1);
-    }
+    const size_t P = m->d.P;
+    ring_write(m->c.diag_window, &m->ring_ptr, &m->ring_fill, rows, [&](int dst, int src, int n) {
+        copy_on_device(m->ring_c + dst * P, c_proj + src * P, n * P * sizeof(floatX));
+        copy_on_device(m->ring_t + dst * P, t_proj + src * P, n * P * sizeof(floatX));
+    });
 }
 
 static std::vector<float> ring_rows(const floatX* ring, int rows, int P) {

@@ -85,6 +85,23 @@ inline void copy_to_host(void* dst, const void* src, size_t bytes) { cudaCheck(c
 inline void copy_on_device(void* dst, const void* src, size_t bytes) { cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
 inline void device_memset(void* p, int value, size_t bytes) { cudaCheck(cudaMemset(p, value, bytes)); }
 inline void device_synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+// A launcher's fp32 scratch buffer (partial sums and the like), one per Owner (a tag type naming the use): kept
+// across calls and grown when a call needs more. The calls are ordered on one stream, so a call never overwrites
+// numbers an earlier one still reads; before a buffer is replaced, the stream is drained.
+template <typename Owner>
+float* device_scratch(size_t n, Stream stream, const char* what) {
+    static float* buf = nullptr;
+    static size_t capacity = 0;
+    if (n > capacity) {
+        if (buf) {
+            cudaCheck(cudaStreamSynchronize(stream));
+            device_free(buf);
+        }
+        buf = (float*)device_malloc(n * sizeof(float), what);
+        capacity = n;
+    }
+    return buf;
+}
 inline size_t device_free_memory() {
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));

@@ -233,24 +233,9 @@ __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* 
     D[(bi / Tq * NH + h) * Tq + bi % Tq] = sum;
 }
 
-// The (B, NH, Tq) fp32 buffer for D: kept across calls, grown when a call needs more.
-inline float* attention_scratch(size_t n, Stream stream) {
-    static float* buf = nullptr;
-    static size_t capacity = 0;
-    if (n > capacity) {
-        if (buf) {
-            cudaCheck(cudaStreamSynchronize(stream));               // an earlier backward may still read it
-            device_free(buf);
-        }
-        buf = (float*)device_malloc(n * sizeof(float), "attention backward D");
-        capacity = n;
-    }
-    return buf;
-}
-
 template <typename T>
 float* attention_backward_dot(const T* dout, const T* out, int B, int Tq, int NH, int HD, Stream stream) {
-    float* D = attention_scratch((size_t)B * NH * Tq, stream);
+    float* D = device_scratch<struct AttentionD>((size_t)B * NH * Tq, stream, "attention backward D");   // (B, NH, Tq)
     if ((size_t)B * NH * Tq == 0) return D;                         // no query: nothing to compute (no 0-block grid)
     constexpr int V = Packed128<T>::size;
     const unsigned grid = (unsigned)CEIL_DIV((size_t)B * Tq * NH, (size_t)256);

@@ -215,21 +215,6 @@ __global__ void context_attention_param_kernel(floatS* dW, floatS* dbias, const 
     }
 }
 
-// The (blocks, E) fp32 partial sums: kept across calls, grown when a call needs more.
-inline float* context_attention_scratch(size_t n, Stream stream) {
-    static float* buf = nullptr;
-    static size_t capacity = 0;
-    if (n > capacity) {
-        if (buf) {
-            cudaCheck(cudaStreamSynchronize(stream));   // an earlier call may still read it
-            device_free(buf);
-        }
-        buf = (float*)device_malloc(n * sizeof(float), "context_attention partial sums");
-        capacity = n;
-    }
-    return buf;
-}
-
 inline void context_attention_forward(floatX* out, floatS* att, const floatX* x, const floatX* W, const floatX* bias, int B,
                                       int L, int D, Stream stream) {
     context_attention_check(L);
@@ -245,7 +230,7 @@ inline void context_attention_backward(floatX* dx, floatS* dW, floatS* dbias, co
     if ((size_t)B * D * L == 0) return;          // nothing to write, and the parameter gradients add 0
     const int E = L * (L + 1);
     const int n_blocks = (int)CEIL_DIV((size_t)B * D, (size_t)CONTEXT_ATTENTION_BLOCK);
-    float* partial = context_attention_scratch((size_t)n_blocks * E, stream);
+    float* partial = device_scratch<struct ContextAttentionPartials>((size_t)n_blocks * E, stream, "context_attention partial sums");
     const size_t smem = ((size_t)L * L + (size_t)(CONTEXT_ATTENTION_BLOCK / WARP_SIZE) * E) * sizeof(float);
     context_attention_backward_kernel<<<n_blocks, CONTEXT_ATTENTION_BLOCK, smem, stream>>>(dx, partial, dout, att, x, W, B,
                                                                                          L, D);

@@ -212,7 +212,7 @@ inline void infonce_forward(floatS* loss, floatS* probs, const floatX* c, const 
         return;
     }
     const int Nc = Bt + Q;
-    float* ce = vq_scratch(VQ_SCRATCH_INFONCE_ROW, (size_t)Bc);
+    float* ce = device_scratch<struct InfonceRowLosses>((size_t)Bc, stream, "infonce row losses");
     vq_tile_product<false>(InfonceDotOp{probs, c, t, queue, Bt, Bc, Nc, P}, stream, "vq_tile_product_kernel (infonce dots)");
     infonce_softmax_kernel<<<Bc, 256, 0, stream>>>(probs, ce, pos, log_tau, Nc, tau_min, tau_max);
     cudaCheckLaunch("infonce_softmax_kernel");
@@ -284,7 +284,7 @@ inline void infonce_backward(floatX* dc, floatX* dt, floatS* dlog_tau, const flo
     const int Nc = Bt + Q;
     const float gs = dloss * scale;
     if (Bc > 0 && P > 0) {
-        float* dcf = vq_scratch(VQ_SCRATCH_INFONCE_DC, (size_t)Bc * P);
+        float* dcf = device_scratch<struct InfonceDc>((size_t)Bc * P, stream, "infonce fp32 dc");
         InfonceDcOp op_dc{dc, dcf, probs, pos, t, queue, log_tau, tau_min, tau_max, gs, Bt, Bc, P, Nc, 0.0f};
         vq_tile_product<false>(op_dc, stream, "vq_tile_product_kernel (infonce dc)");
         infonce_dlog_tau_kernel<<<1, 1024, 0, stream>>>(dlog_tau, c, dcf, (size_t)Bc * P, log_tau, tau_min, tau_max);

@@ -207,22 +207,6 @@ __global__ void layernorm_backward_sum_kernel(floatS* dweight, floatS* dbias, co
     if (dbias) dbias[c] += db;
 }
 
-// The (LAYERNORM_CHUNKS, 2, C) fp32 partial sums: one buffer kept across calls, grown when C grows. The calls are
-// ordered on one stream, so a call never overwrites partials that an earlier call still reads.
-inline float* layernorm_backward_scratch(int C, Stream stream) {
-    static float* buf = nullptr;
-    static int capacity_C = 0;
-    if (C > capacity_C) {
-        if (buf) {
-            cudaCheck(cudaStreamSynchronize(stream));     // an earlier backward may still read it
-            device_free(buf);
-        }
-        buf = (float*)device_malloc((size_t)LAYERNORM_CHUNKS * 2 * C * sizeof(float), "layernorm_backward partial sums");
-        capacity_C = C;
-    }
-    return buf;
-}
-
 inline void layernorm_forward(floatX* out, floatS* mean, floatS* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, Stream stream) {
     if (N == 0 || C == 0) return;
@@ -247,7 +231,8 @@ inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, con
         cudaCheckLaunch("layernorm_backward_dinp_kernel");
     }
     if (dweight || dbias) {
-        float* partial = layernorm_backward_scratch(C, stream);
+        float* partial = device_scratch<struct LayernormPartials>((size_t)LAYERNORM_CHUNKS * 2 * C, stream,
+                                                                   "layernorm_backward partial sums");   // (chunks, 2, C)
         const int rows_per_chunk = CEIL_DIV(N, LAYERNORM_CHUNKS), n_chunks = CEIL_DIV(N, rows_per_chunk);
         const int block_size = 128;
         layernorm_backward_partial_kernel<<<dim3(n_chunks, CEIL_DIV(C, block_size)), block_size, 0, stream>>>(

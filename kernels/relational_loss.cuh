@@ -295,21 +295,6 @@ __global__ void relational_loss_backward_kernel(floatX* de_ctx, floatX* de_tgt, 
     }
 }
 
-// The (B, 2) fp32 partial sums: kept across calls, grown when a call needs more.
-inline float* relational_scratch(size_t n, Stream stream) {
-    static float* buf = nullptr;
-    static size_t capacity = 0;
-    if (n > capacity) {
-        if (buf) {
-            cudaCheck(cudaStreamSynchronize(stream));   // an earlier call may still read it
-            device_free(buf);
-        }
-        buf = (float*)device_malloc(n * sizeof(float), "relational_loss partial sums");
-        capacity = n;
-    }
-    return buf;
-}
-
 inline size_t relational_smem(int L, int N, int n_mats) {
     const size_t bytes = (size_t)n_mats * (L + 1) * N * N * sizeof(float);
     if (bytes > 48 * 1024) fatal("relational_loss: L = %d, N = %d need %zu bytes of shared memory (at most 48 KB)", L, N, bytes);
@@ -319,7 +304,7 @@ inline size_t relational_smem(int L, int N, int n_mats) {
 inline void relational_loss_forward(floatS* loss, const floatX* e_ctx, const uint8_t* adj_ctx, const uint8_t* mask_ctx,
                                     const floatX* e_tgt, const uint8_t* adj_tgt, const uint8_t* mask_tgt, int B, int L,
                                     int N, int D, float w_rel, float w_self, float scale_t, float scale_s, Stream stream) {
-    float* partial = relational_scratch(2 * (size_t)std::max(B, 1), stream);
+    float* partial = device_scratch<struct RelationalPartials>(2 * (size_t)std::max(B, 1), stream, "relational_loss partial sums");   // (B, 2)
     if (B > 0 && N > 0) {
         relational_loss_partial_kernel<<<B, RELATIONAL_BLOCK, relational_smem(L, N, 1), stream>>>(
             partial, e_ctx, adj_ctx, mask_ctx, e_tgt, adj_tgt, mask_tgt, L, N, D);

@@ -210,24 +210,6 @@ inline void vq_commitment_backward(floatX* dx, const floatX* x, const floatX* q,
 // CUDA
 
 #ifdef __CUDACC__
-// Device scratch buffers owned by the launchers (slot = one use), grown on demand and reused: the calls are
-// ordered on one stream, so a later call never overwrites numbers an earlier one still reads.
-enum { VQ_SCRATCH_COMMIT = 0, VQ_SCRATCH_GUMBEL_DL, VQ_SCRATCH_GUMBEL_ROW, VQ_SCRATCH_GUMBEL_COL, VQ_SCRATCH_INFONCE_ROW,
-       VQ_SCRATCH_INFONCE_DC, VQ_SCRATCH_SLOTS };
-inline float* vq_scratch(int slot, size_t n_floats) {
-    static float* buf[VQ_SCRATCH_SLOTS] = {};
-    static size_t cap[VQ_SCRATCH_SLOTS] = {};
-    if (n_floats > cap[slot]) {
-        if (buf[slot]) {
-            device_synchronize();      // earlier launches may still read the old buffer
-            device_free(buf[slot]);
-        }
-        cap[slot] = std::max(n_floats, (size_t)1024);
-        buf[slot] = (float*)device_malloc(cap[slot] * sizeof(float), "vq/infonce scratch");
-    }
-    return buf[slot];
-}
-
 // ---- the SIMT tile product ------------------------------------------------------------------------------
 // A block computes a 64 x 64 tile of outputs with 256 threads: thread (ty, tx) = (tid / 16, tid % 16) owns rows
 // m0 + 4 ty .. + 3 and columns n0 + 4 tx .. + 3. The reduction dimension goes through shared memory 16 at a time
@@ -510,7 +492,7 @@ inline void vq_commitment_forward(floatS* loss, const floatX* x, const floatX* q
         cudaCheck(cudaMemsetAsync(loss, 0, sizeof(floatS), stream));
         return;
     }
-    float* partial = vq_scratch(VQ_SCRATCH_COMMIT, VQ_COMMIT_BLOCKS);
+    float* partial = device_scratch<struct VqCommitPartials>(VQ_COMMIT_BLOCKS, stream, "vq_commitment partial sums");
     const int n_blocks = std::min(R, VQ_COMMIT_BLOCKS);
     vq_commitment_partial_kernel<<<n_blocks, 128, 0, stream>>>(partial, x, q, valid, R, D);
     cudaCheckLaunch("vq_commitment_partial_kernel");

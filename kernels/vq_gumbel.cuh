@@ -399,9 +399,9 @@ inline void vq_gumbel_backward(floatX* dx, floatS* dcodebook, const floatX* dout
                                const floatX* x, const floatS* codebook, const uint8_t* valid, int R, int K, int D, float tau,
                                Stream stream) {
     if (R <= 0 || D <= 0) return;
-    float* dl = vq_scratch(VQ_SCRATCH_GUMBEL_DL, (size_t)R * std::max(K, 1));
-    float* row_sum = vq_scratch(VQ_SCRATCH_GUMBEL_ROW, (size_t)R);
-    float* col_sum = vq_scratch(VQ_SCRATCH_GUMBEL_COL, (size_t)std::max(K, 1));
+    float* dl = device_scratch<struct GumbelDLogits>((size_t)R * std::max(K, 1), stream, "vq_gumbel d logits");
+    float* row_sum = device_scratch<struct GumbelRowSums>((size_t)R, stream, "vq_gumbel row sums");
+    float* col_sum = device_scratch<struct GumbelColSums>((size_t)std::max(K, 1), stream, "vq_gumbel column sums");
     vq_tile_product<false>(VqGumbelDyOp{dout, codebook, dl, R, K, D}, stream, "vq_tile_product_kernel (gumbel dy)");
     vq_gumbel_dlogit_kernel<<<R, 256, 0, stream>>>(dl, row_sum, y_soft, valid, K, tau);
     cudaCheckLaunch("vq_gumbel_dlogit_kernel");

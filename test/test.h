@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +35,22 @@ inline bool check(bool ok, const char* name, const char* fmt = "", ...) {
     }
     fflush(stdout);
     return ok;
+}
+
+// A grid from rows of digits, e.g. {"120", "003"} (the object-extraction and JEPA data tests).
+struct TestGrid {
+    int rows = 0, cols = 0;
+    std::vector<uint8_t> cells;   // (rows, cols)
+};
+inline TestGrid grid_from(const std::vector<std::string>& lines) {
+    TestGrid g;
+    g.rows = (int)lines.size();
+    g.cols = (int)lines[0].size();
+    for (const std::string& line : lines) {
+        if ((int)line.size() != g.cols) { fprintf(stderr, "grid_from: rows of different lengths\n"); exit(2); }
+        for (char ch : line) g.cells.push_back((uint8_t)(ch - '0'));
+    }
+    return g;
 }
 
 // printf-style formatting into a std::string (check names built from shapes).

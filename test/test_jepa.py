@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 from harness import expect as check, finish, run_groups
+from test_train import read_sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "train_jepa_cpu")
@@ -50,21 +51,6 @@ def train_lines(text):
 
 def values(line):
     return {k: v for k, v in re.findall(r"(\w+)=(\S+)", line)}
-
-
-def read_sections(path):
-    """Sections of an arc.cu checkpoint (common/checkpoint.h): name -> bytes."""
-    with open(path, "rb") as f:
-        data = f.read()
-    header = struct.unpack("<256i", data[:1024])
-    pos = 1024 + header[4]
-    sections = {}
-    for _ in range(header[3]):
-        name = data[pos:pos + 48].split(b"\0")[0].decode()
-        (n,) = struct.unpack("<q", data[pos + 48:pos + 56])
-        sections[name] = data[pos + 56:pos + 56 + n]
-        pos += 56 + n
-    return sections
 
 
 def test_determinism(tmp):

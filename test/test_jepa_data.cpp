@@ -38,34 +38,17 @@
 
 // ------------------------------------------------------------------------------------------------ helpers
 
-struct TGrid {
-    int rows = 0, cols = 0;
-    std::vector<uint8_t> cells;   // (rows, cols)
-};
-
-// A grid from rows of digits, e.g. {"120", "003"}.
-static TGrid grid_from(const std::vector<std::string>& lines) {
-    TGrid g;
-    g.rows = (int)lines.size();
-    g.cols = (int)lines[0].size();
-    for (const std::string& line : lines) {
-        if ((int)line.size() != g.cols) fatal("grid_from: rows of different lengths");
-        for (char ch : line) g.cells.push_back((uint8_t)(ch - '0'));
-    }
-    return g;
-}
-
-static TGrid blank_grid(int rows, int cols, uint8_t colour = 0) {
-    TGrid g;
+static TestGrid blank_grid(int rows, int cols, uint8_t colour = 0) {
+    TestGrid g;
     g.rows = rows;
     g.cols = cols;
     g.cells.assign((size_t)rows * cols, colour);
     return g;
 }
 
-static GridView view(const TGrid& g) { return GridView{g.rows, g.cols, g.cells.data()}; }
+static GridView view(const TestGrid& g) { return GridView{g.rows, g.cols, g.cells.data()}; }
 
-struct TPair { TGrid in, out; bool known = true; };
+struct TPair { TestGrid in, out; bool known = true; };
 struct TTask { std::string name; int n_train; std::vector<TPair> pairs; };
 
 // An ArcTaskFile in memory: the same structure arc_tasks_load returns (one shared cells buffer).
@@ -109,7 +92,7 @@ static ArcTaskFile make_file(const std::vector<TTask>& tasks, const char* path =
 }
 
 // A sequence task: pairs (f_0, f_1), ..., (f_{S-1}, f_S); the last pair is the test pair.
-static TTask sequence_task(const std::string& name, const std::vector<TGrid>& frames, bool last_known = true) {
+static TTask sequence_task(const std::string& name, const std::vector<TestGrid>& frames, bool last_known = true) {
     TTask t;
     t.name = name;
     for (size_t i = 0; i + 1 < frames.size(); i++) t.pairs.push_back({frames[i], frames[i + 1], true});
@@ -146,7 +129,7 @@ static bool same_batch(const ObjectBatch& a, const ObjectBatch& b) {
            a.adjacency == b.adjacency;
 }
 
-static bool grid_equals(const JepaGrid& a, const TGrid& b) {
+static bool grid_equals(const JepaGrid& a, const TestGrid& b) {
     return a.rows == b.rows && a.cols == b.cols && memcmp(a.cells, b.cells.data(), b.cells.size()) == 0;
 }
 static bool grid_equals(const JepaGrid& a, const JepaGrid& b) {
@@ -154,8 +137,8 @@ static bool grid_equals(const JepaGrid& a, const JepaGrid& b) {
 }
 
 // The grid shifted by (dy, dx) (written here: cells shifted off vanish, uncovered cells are 0).
-static TGrid shifted(const TGrid& g, int dy, int dx) {
-    TGrid s = blank_grid(g.rows, g.cols);
+static TestGrid shifted(const TestGrid& g, int dy, int dx) {
+    TestGrid s = blank_grid(g.rows, g.cols);
     for (int y = 0; y < g.rows; y++)
         for (int x = 0; x < g.cols; x++) {
             const int ny = y + dy, nx = x + dx;
@@ -164,20 +147,20 @@ static TGrid shifted(const TGrid& g, int dy, int dx) {
     return s;
 }
 
-static TGrid dihedral(const TGrid& g, int t) {
-    TGrid d = blank_grid(g.rows, g.cols);
+static TestGrid dihedral(const TestGrid& g, int t) {
+    TestGrid d = blank_grid(g.rows, g.cols);
     grid_dihedral(g.cells.data(), g.rows, g.cols, t, d.cells.data(), &d.rows, &d.cols);
     return d;
 }
 
-static TGrid recoloured(const TGrid& g, const int map[10]) {
-    TGrid r = g;
+static TestGrid recoloured(const TestGrid& g, const int map[10]) {
+    TestGrid r = g;
     for (auto& c : r.cells) c = (uint8_t)map[c];
     return r;
 }
 
 // Augments one grid alone (n = 1) and returns it.
-static JepaGrid augment_one(const TGrid& g, const JepaAugment& a, uint64_t seed, uint64_t key) {
+static JepaGrid augment_one(const TestGrid& g, const JepaAugment& a, uint64_t seed, uint64_t key) {
     GridView v = view(g);
     JepaGrid out;
     jepa_augment_sample(&v, 1, a, seed, key, &out);
@@ -185,7 +168,7 @@ static JepaGrid augment_one(const TGrid& g, const JepaAugment& a, uint64_t seed,
 }
 
 // The test grids.
-static const TGrid ASYM = grid_from({"110020", "100000", "000300", "044000", "000005"});   // no symmetry, 4 colours
+static const TestGrid ASYM = grid_from({"110020", "100000", "000300", "044000", "000005"});   // no symmetry, 4 colours
 
 static std::vector<double> random_normal(size_t n, Rng* r) {
     std::vector<double> v(n);
@@ -198,15 +181,15 @@ static std::vector<double> random_normal(size_t n, Rng* r) {
 static ArcTaskFile repeat_file() {
     TTask t0{"t0", 2, {{grid_from({"10", "02"}), grid_from({"01", "20"})}, {grid_from({"3"}), grid_from({"33"})},
                        {grid_from({"400", "004"}), grid_from({"4"})}}};
-    TTask t1{"t1", 1, {{grid_from({"5"}), grid_from({"6"})}, {grid_from({"7"}), TGrid(), false}}};
+    TTask t1{"t1", 1, {{grid_from({"5"}), grid_from({"6"})}, {grid_from({"7"}), TestGrid(), false}}};
     return make_file({t0, t1}, "repeat.bin");
 }
 
-static std::vector<TGrid> frames_of(int count, int rows, int cols, uint8_t colour) {
+static std::vector<TestGrid> frames_of(int count, int rows, int cols, uint8_t colour) {
     // a pixel walking right along row 1: distinct frames
-    std::vector<TGrid> frames;
+    std::vector<TestGrid> frames;
     for (int i = 0; i < count; i++) {
-        TGrid g = blank_grid(rows, cols);
+        TestGrid g = blank_grid(rows, cols);
         g.cells[(size_t)1 * cols + i] = colour;
         g.cells[0] = 9;   // a fixed second object
         frames.push_back(g);
@@ -358,7 +341,7 @@ static void test_augment_mask() {
     a.mask_ratio = 1;
     const JepaGrid all = augment_one(ASYM, a, 1, 2);
     bool ok = grid_equals(all, blank_grid(ASYM.rows, ASYM.cols));
-    TGrid full = blank_grid(30, 30, 6);
+    TestGrid full = blank_grid(30, 30, 6);
     for (int i = 0; i < 30; i++) full.cells[(size_t)i * 31] = 0;   // a background diagonal
     a.mask_ratio = 0.5f;
     const JepaGrid half = augment_one(full, a, 1, 2);
@@ -374,7 +357,7 @@ static void test_augment_mask() {
 }
 
 static void test_augment_translate() {
-    TGrid g = blank_grid(9, 11);
+    TestGrid g = blank_grid(9, 11);
     g.cells[4 * 11 + 5] = 3;
     g.cells[0 * 11 + 0] = 7;   // falls off on a negative shift
     g.cells[8 * 11 + 10] = 2;
@@ -433,7 +416,7 @@ static void test_augment_dihedral() {
 
 static void test_augment_dropout() {
     // 7 objects, two of them colour 1 (separate components)
-    const TGrid g = grid_from({"1100022", "0000002", "3030000", "0000110", "4000000", "4005550"});
+    const TestGrid g = grid_from({"1100022", "0000002", "3030000", "0000110", "4000000", "4005550"});
     int label[ARC_MAX_SIDE * ARC_MAX_SIDE];
     const int n = jepa_label_objects(g.cells.data(), g.rows, g.cols, label);
     JepaAugment a;
@@ -472,7 +455,7 @@ static JepaAugment all_on() {
 
 static void test_augment_keys() {
     const JepaAugment a = all_on();
-    const TGrid g2 = grid_from({"1200", "0030", "4400"});
+    const TestGrid g2 = grid_from({"1200", "0030", "4400"});
     GridView grids[3] = {view(ASYM), view(g2), view(ASYM)};
     JepaGrid x[3], y[3];
     bool det = true, key_differs = false, seed_differs = false;
@@ -505,7 +488,7 @@ static void test_augment_keys() {
 // Shared draws keep the context -> target relation: with palette, translation and D4 on, the augmented input and
 // output are (P, T, D)(input) and (P, T, D)(output) for ONE palette map P, shift T and transform D.
 static void test_augment_relation() {
-    TGrid in = blank_grid(7, 8), out = blank_grid(7, 8);
+    TestGrid in = blank_grid(7, 8), out = blank_grid(7, 8);
     in.cells[3 * 8 + 3] = 2;
     in.cells[1 * 8 + 1] = 5;
     out.cells[3 * 8 + 4] = 2;   // colour 2 moved right by one

@@ -40,6 +40,7 @@
 #include "../kernels/global_norm.cuh"
 #include "../kernels/masked_mean.cuh"
 #include "../kernels/matmul.cuh"
+#include "../kernels/mse.cuh"
 #include "../kernels/puzzle_embedding.cuh"
 #include "../kernels/q_halt_loss.cuh"
 #include "../kernels/rmsnorm.cuh"
@@ -1133,15 +1134,42 @@ static void test_sign_sgd(int n_table, int B, int ndim, float lr, float wd) {
     expect_bitwise(name + " deterministic", first, d_t.raw());
 }
 
-static void test_convert(size_t n) {
-    const std::string name = fmt(BK " convert_to_floatS n=%zu", n);
-    const vecd src = rx(rnd(n, -3, 3));
-    Dev<floatX> d_src(src);
-    Dev<floatS> d_dst(n);
+// Both conversions: the source as its type holds it, the destination exactly that value rounded to its type.
+template <typename TSrc, typename TDst>
+static void test_convert(size_t n, void (*convert)(TDst*, const TSrc*, size_t, Stream), const char* op) {
+    const std::string name = fmt(BK " %s n=%zu", op, n);
+    vecd src = rnd(n, -3, 3);
+    for (double& x : src) x = (double)to_float(from_float<TSrc>(x));
+    Dev<TSrc> d_src(src);
+    Dev<TDst> d_dst(n);
     d_dst.poison();
-    convert_to_floatS(d_dst.p, d_src.p, n, st);
+    convert(d_dst.p, d_src.p, n, st);
     launched(name);
-    expect_exact(name, d_dst.get(), src);
+    vecd want = src;
+    for (double& x : want) x = (double)to_float(from_float<TDst>(x));
+    expect_exact(name, d_dst.get(), want);
+}
+
+// mse: the loss added to a known value; da and db accumulate; db null
+static void test_mse(size_t n) {
+    const std::string name = fmt(BK " mse n=%zu", n);
+    const vecd a = rx(rnd(n, -1, 1)), b = rx(rnd(n, -1, 1)), da0 = rx(rnd(n, -1, 1)), db0 = rx(rnd(n, -1, 1));
+    const float scale = 1.0f / (float)n, dloss = 0.7f;
+    Dev<floatX> d_a(a), d_b(b), d_da(da0), d_db(db0);
+    Dev<floatS> d_loss(vecd{0.5});
+    mse_forward(d_loss.p, d_a.p, d_b.p, n, scale, st);
+    mse_backward(d_da.p, d_db.p, d_a.p, d_b.p, n, scale, dloss, st);
+    launched(name);
+    vecd loss = {0.5}, da = da0, db = db0;
+    mse_forward_ref(loss.data(), a.data(), b.data(), n, scale);
+    mse_backward_ref(da.data(), db.data(), a.data(), b.data(), n, scale, dloss);
+    expect_close(name + " loss", d_loss.get(), loss, TOL_S);
+    expect_close(name + " da", d_da.get(), da, TOL_EW);
+    expect_close(name + " db", d_db.get(), db, TOL_EW);
+    Dev<floatX> d_da2(da0);
+    mse_backward(d_da2.p, nullptr, d_a.p, d_b.p, n, scale, dloss, st);
+    launched(name);
+    expect_exact(name + " db null", d_da2.get(), d_da.get());
 }
 
 static void test_optimizer() {
@@ -1171,9 +1199,11 @@ static void test_optimizer() {
     test_sign_sgd(5, 37, 37, 0.1f, 0.0f);
     test_sign_sgd(3, 200, 64, 0.01f, 0.1f);
     test_sign_sgd(2, 2, 3, 0.5f, 0.2f);
-    test_convert(1);
-    test_convert(1000);
-    test_convert(1000003);
+    for (size_t n : {(size_t)1, (size_t)1000, (size_t)1000003}) {
+        test_convert(n, convert_to_floatS, "convert_to_floatS");
+        test_convert(n, convert_to_floatX, "convert_to_floatX");
+    }
+    for (size_t n : {(size_t)1, (size_t)37, (size_t)196608}) test_mse(n);
 }
 
 // =========================================================================================================
@@ -1193,7 +1223,7 @@ static const char* OP_GROUPS[] = {
     "gaussian_noise, reparameterize_forward, reparameterize_backward",
     "stablemax_loss_forward, stablemax_loss_backward, q_halt_loss_forward, q_halt_loss_backward",
     "act_reset, act_halt",
-    "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS",
+    "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS, convert_to_floatX, mse",
     "layernorm, activation, l2norm, dropout, sigreg variants (JEPA)",
     "vq_nearest, vq_quantize, vq_code_stats, vq_ema_update, vq_refresh_codes, vq_commitment, vq_gumbel, infonce (JEPA)",
     "object_attention, relational_loss, context_attention, gru_cell (JEPA)",

@@ -1,5 +1,5 @@
 // Tests of the JEPA "layers" ops' CPU references, in double:
-//   kernels/layernorm.cuh, kernels/activation.cuh, kernels/l2norm.cuh, kernels/dropout.cuh
+//   kernels/layernorm.cuh, kernels/activation.cuh, kernels/l2norm.cuh, kernels/dropout.cuh, kernels/mse.cuh
 //
 //   make build/test_layers && ./build/test_layers
 //
@@ -17,6 +17,7 @@
 //  - dropout_add: keep fraction over 1e5 elements ~ 1 - p; kept = residual + inp / (1 - p), dropped = residual,
 //    masked rows 0; p = 0 and p = 1; null residual / mask; determinism in the seed; aliasing (float launcher);
 //    the backward identities vs central differences and as adjoints: <dropout_add(g), x> = <g, dropout_add(x)>.
+//  - mse: the loss against a direct sum, its accumulation (+=), da and db (+=, db null) vs central differences.
 #include <math.h>
 #include <string.h>
 #include <functional>
@@ -28,6 +29,7 @@
 #include "../kernels/dropout.cuh"
 #include "../kernels/l2norm.cuh"
 #include "../kernels/layernorm.cuh"
+#include "../kernels/mse.cuh"
 #include "test.h"
 
 typedef std::vector<double> vecd;
@@ -410,7 +412,32 @@ static void test_dropout() {
     }
 }
 
+// =========================================================================================================
+// mse
+
+static void test_mse() {
+    const size_t n = 37;
+    const float scale = 0.3f, dloss = 1.7f;
+    vecd a = rand_vec(n), b = rand_vec(n);
+    double direct = 0;
+    for (size_t i = 0; i < n; i++) direct += (a[i] - b[i]) * (a[i] - b[i]);
+    double loss = 0.25;                                   // the op accumulates
+    mse_forward_ref(&loss, a.data(), b.data(), n, scale);
+    check(fabs(loss - (0.25 + scale * direct)) < 1e-12, "mse_forward = scale * sum (a - b)^2, added to the loss",
+          "%.15g vs %.15g", loss, 0.25 + scale * direct);
+    const vecd da0 = rand_vec(n), db0 = rand_vec(n);
+    vecd da = da0, db = db0;
+    mse_backward_ref(da.data(), db.data(), a.data(), b.data(), n, scale, dloss);
+    auto value = [&]() -> long double { double l = 0; mse_forward_ref(&l, a.data(), b.data(), n, scale); return (long double)dloss * l; };
+    gradcheck("mse_backward da (+=) vs central differences", a, sub(da, da0), value);
+    gradcheck("mse_backward db (+=) vs central differences", b, sub(db, db0), value);
+    vecd da2 = da0;
+    mse_backward_ref(da2.data(), (double*)nullptr, a.data(), b.data(), n, scale, dloss);
+    check(da2 == da, "mse_backward with db null gives the same da");
+}
+
 int main() {
+    test_mse();
     test_layernorm_forward(5, 37);
     test_layernorm_forward(1, 384);
     test_layernorm_forward(3, 2);

@@ -26,22 +26,6 @@ static const char* FEATURE_NAMES[OBJ_FEATURES] = {
     "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x", "slot0", "slot1", "slot2", "slot3", "slot4", "slot5",
     "slot6", "slot7", "slot8", "slot9"};
 
-struct TestGrid {
-    int rows = 0, cols = 0;
-    std::vector<uint8_t> cells;   // (rows, cols)
-};
-
-// A grid from rows of digits, e.g. {"120", "003"}.
-static TestGrid grid_from(const std::vector<std::string>& lines) {
-    TestGrid g;
-    g.rows = (int)lines.size();
-    g.cols = (int)lines[0].size();
-    for (const std::string& line : lines) {
-        if ((int)line.size() != g.cols) fatal("grid_from: rows of different lengths");
-        for (char ch : line) g.cells.push_back((uint8_t)(ch - '0'));
-    }
-    return g;
-}
 
 static ObjectSet objects_of(const TestGrid& g, int max_objects = OBJ_MAX_OBJECTS) {
     ObjectSet s;
