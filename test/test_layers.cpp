@@ -31,23 +31,9 @@
 #include "../kernels/layernorm.cuh"
 #include "../kernels/mse.cuh"
 #include "test.h"
+#include "random_inputs.h"
 
-typedef std::vector<double> vecd;
-typedef std::vector<float> vecf;
-static Rng g_rng = rng_make(20251206);
 
-static double uni(double lo, double hi) { return lo + (hi - lo) * rng_uniform(&g_rng); }
-static vecd rand_vec(size_t n, double lo = -1, double hi = 1) {
-    vecd v(n);
-    for (auto& x : v) x = uni(lo, hi);
-    return v;
-}
-// |x| in [a, b] with a random sign (keeps inputs away from the kink of ReLU at 0)
-static vecd rand_away0(size_t n, double a, double b) {
-    vecd v(n);
-    for (auto& x : v) x = (rng_uniform(&g_rng) < 0.5 ? -1 : 1) * uni(a, b);
-    return v;
-}
 // sum a_i b_i in long double, returned as such: the losses of the gradient checks keep the extra bits, so that
 // their rounding stays far below the finite-difference signal
 static long double dotl(const vecd& a, const vecd& b) {
@@ -68,11 +54,6 @@ static double rel_err(const vecd& a, const vecd& b, double floor = 1e-300) {
         if (!(e <= worst)) worst = isnan(e) ? INFINITY : e;
     }
     return worst;
-}
-static double max_abs(const vecd& a) {
-    double m = 0;
-    for (double x : a) m = fmax(m, fabs(x));
-    return m;
 }
 
 // Central-difference check of every element of x (x is perturbed in place and restored); h may scale per element.
@@ -437,6 +418,7 @@ static void test_mse() {
 }
 
 int main() {
+    test_seed(20251206);
     test_mse();
     test_layernorm_forward(5, 37);
     test_layernorm_forward(1, 384);

@@ -35,26 +35,11 @@
 #include "../kernels/swiglu.cuh"
 #include "../kernels/variational.cuh"
 #include "test.h"
+#include "random_inputs.h"
 
-typedef std::vector<double> vecd;
-typedef std::vector<float> vecf;
 
 static const double NaN = nan("");
-static Rng g_rng = rng_make(20240611);
 
-static double uni(double lo, double hi) { return lo + (hi - lo) * rng_uniform(&g_rng); }
-static vecd rand_vec(size_t n, double lo = -1, double hi = 1) {
-    vecd v(n);
-    for (auto& x : v) x = uni(lo, hi);
-    return v;
-}
-// Random values with |x| in [a, b] and a random sign (keeps inputs away from kinks at 0).
-static vecd rand_away0(size_t n, double a, double b) {
-    vecd v(n);
-    for (auto& x : v) x = (rng_uniform(&g_rng) < 0.5 ? -1 : 1) * uni(a, b);
-    return v;
-}
-template <typename T> static std::vector<T> cast_vec(const vecd& v) { return std::vector<T>(v.begin(), v.end()); }
 
 // sum a[i] * b[i] in long double (keeps the rounding noise of L far below the finite-difference signal)
 template <typename A, typename B> static double dotl(const A& a, const B& b, size_t n) {
@@ -1129,6 +1114,7 @@ static void test_puzzle_emb() {
 // =========================================================================================================
 
 int main() {
+    test_seed(20240611);
     test_matmul();
 
     test_rmsnorm(7, 10, false);

@@ -30,30 +30,10 @@
 #include "../kernels/object_attention.cuh"
 #include "../kernels/relational_loss.cuh"
 #include "test.h"
+#include "random_inputs.h"
 
-typedef std::vector<double> vecd;
 typedef std::vector<uint8_t> vecu8;
-static Rng g_rng = rng_make(20251206);
 
-static vecd normal_vec(size_t n, double std = 1.0) {
-    vecd v(n);
-    for (auto& x : v) x = std * rng_normal(&g_rng);
-    return v;
-}
-static double max_abs(const vecd& v) {
-    double m = 0;
-    for (double x : v) m = fmax(m, fabs(x));
-    return m;
-}
-static double max_abs_diff(const vecd& a, const vecd& b) {
-    if (a.size() != b.size()) return INFINITY;
-    double m = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        const double d = fabs(a[i] - b[i]);
-        if (!(d <= m)) m = isnan(d) ? INFINITY : d;
-    }
-    return m;
-}
 static double dot(const vecd& a, const vecd& b) {
     double s = 0;
     for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
@@ -659,6 +639,7 @@ static void test_gru_sequence() {
 // =========================================================================================================
 
 int main() {
+    test_seed(20251206);
     test_oa_forward(6, 7, 3, 5, 0.0f);
     test_oa_forward(5, 16, 8, 6, 0.0f);
     test_oa_forward(4, 5, 2, 4, 0.5f);        // dropout 0.5: the scale 2 is exact in float and double

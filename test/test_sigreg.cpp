@@ -19,15 +19,9 @@
 #include "../common/rand.h"
 #include "../kernels/sigreg.cuh"
 #include "test.h"
+#include "random_inputs.h"
 
-typedef std::vector<double> vecd;
-static Rng g_rng = rng_make(20251205);
 
-static vecd normal_vec(size_t n, double std = 1.0) {
-    vecd v(n);
-    for (auto& x : v) x = std * rng_normal(&g_rng);
-    return v;
-}
 static vecd directions(int K, int M, uint64_t seed) {
     vecd A((size_t)K * M);
     sigreg_directions_ref(A.data(), K, M, seed);
@@ -312,6 +306,7 @@ static void test_deprecated_defect() {
 }
 
 int main() {
+    test_seed(20251205);
     test_knots();
     test_gradcheck(7, 5, 6, 1.0);
     test_gradcheck(16, 3, 4, 0.3);     // near-collapsed: c close to 1

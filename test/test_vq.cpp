@@ -23,27 +23,11 @@
 #include "../kernels/vq.cuh"
 #include "../kernels/vq_gumbel.cuh"
 #include "test.h"
+#include "random_inputs.h"
 
-typedef std::vector<double> vecd;
 typedef std::vector<int> veci;
 typedef std::vector<uint8_t> vecu8;
-static Rng g_rng = rng_make(20251207);
 
-static vecd uniform_vec(size_t n, double lo, double hi) {
-    vecd v(n);
-    for (auto& x : v) x = lo + (hi - lo) * rng_uniform(&g_rng);
-    return v;
-}
-static vecd normal_vec(size_t n, double std = 1.0) {
-    vecd v(n);
-    for (auto& x : v) x = std * rng_normal(&g_rng);
-    return v;
-}
-static double max_abs(const vecd& v) {
-    double m = 0;
-    for (double x : v) m = fmax(m, fabs(x));
-    return m;
-}
 static void normalize_rows(vecd& v, int n, int P) {
     for (int i = 0; i < n; i++) {
         double ss = 0;
@@ -93,7 +77,7 @@ static void brute_nearest(veci& idx, vecd& dist, const vecd& x, const vecd& E, i
 }
 
 static void test_nearest_random(int R, int K, int D) {
-    const vecd x = uniform_vec((size_t)R * D, -1, 1), E = uniform_vec((size_t)K * D, -1, 1);
+    const vecd x = rand_vec((size_t)R * D, -1, 1), E = rand_vec((size_t)K * D, -1, 1);
     veci idx(R, -7), bidx;
     vecd dist(R, NAN), bdist;
     vq_nearest_ref(idx.data(), dist.data(), x.data(), E.data(), R, K, D);
@@ -106,7 +90,7 @@ static void test_nearest_random(int R, int K, int D) {
 
 static void test_nearest_ties() {
     const int K = 12, D = 5;
-    vecd E = uniform_vec((size_t)K * D, -1, 1);
+    vecd E = rand_vec((size_t)K * D, -1, 1);
     // codes 3 and 9 equal; codes 4 and 7 mirror images (+v and -v): equidistant from x = 0
     for (int d = 0; d < D; d++) {
         E[9 * D + d] = E[3 * D + d];
@@ -140,7 +124,7 @@ static void test_nearest_ties() {
     check(idf == idx && df[0] == 0 && df[2] == 0, "vq_nearest float reference: the same ties, distances exactly 0",
           "idx %d %d %d %d", idf[0], idf[1], idf[2], idf[3]);
     // never negative
-    const vecd xr = uniform_vec(200 * D, -3, 3);
+    const vecd xr = rand_vec(200 * D, -3, 3);
     veci i2(200);
     vecd d2(200);
     vq_nearest_ref(i2.data(), d2.data(), xr.data(), E.data(), 200, K, D);
@@ -154,7 +138,7 @@ static void test_nearest_ties() {
 
 static void test_quantize_and_stats() {
     const int R = 40, K = 7, D = 6;
-    const vecd x = uniform_vec((size_t)R * D, -1, 1), E = uniform_vec((size_t)K * D, -1, 1);
+    const vecd x = rand_vec((size_t)R * D, -1, 1), E = rand_vec((size_t)K * D, -1, 1);
     veci idx(R);
     for (int r = 0; r < R; r++) idx[r] = (int)(rng_uniform(&g_rng) * K);
     vecu8 valid(R);
@@ -268,9 +252,9 @@ static void test_ema_by_hand() {
 
 static void test_refresh() {
     const int K = 6, D = 3;
-    const vecd E0 = uniform_vec((size_t)K * D, -1, 1), N0 = {5, 0.001, 3, 0.002, 7, 1}, m0 = uniform_vec((size_t)K * D, -1, 1);
+    const vecd E0 = rand_vec((size_t)K * D, -1, 1), N0 = {5, 0.001, 3, 0.002, 7, 1}, m0 = rand_vec((size_t)K * D, -1, 1);
     const veci codes = {3, 1};
-    const vecd v = uniform_vec(2 * D, -2, 2);
+    const vecd v = rand_vec(2 * D, -2, 2);
     for (int mode = 0; mode < 2; mode++) {
         const float new_count = mode == 0 ? (float)std::max(1.0, (5 + 0.001 + 3 + 0.002 + 7 + 1) / 6) : 2.0f;
         const float sum_scale = mode == 0 ? 1.0f : 2.0f;
@@ -295,8 +279,8 @@ static void test_refresh() {
 // commitment loss
 
 static void test_commitment(int R, int D, bool masked) {
-    vecd x = uniform_vec((size_t)R * D, -1, 1);
-    const vecd q = uniform_vec((size_t)R * D, -1, 1), dx0 = uniform_vec((size_t)R * D, -1, 1);
+    vecd x = rand_vec((size_t)R * D, -1, 1);
+    const vecd q = rand_vec((size_t)R * D, -1, 1), dx0 = rand_vec((size_t)R * D, -1, 1);
     vecu8 valid(R, 1);
     if (masked)
         for (int r = 0; r < R; r += 3) valid[r] = 0;
@@ -360,7 +344,7 @@ static void test_gumbel_forward() {
     const int R = 50, K = 9, D = 4;
     const float tau = 0.6f;
     const uint64_t seed = 4242;
-    const vecd x = uniform_vec((size_t)R * D, -1, 1), E = uniform_vec((size_t)K * D, -1, 1);
+    const vecd x = rand_vec((size_t)R * D, -1, 1), E = rand_vec((size_t)K * D, -1, 1);
     vecu8 valid(R, 1);
     valid[3] = valid[17] = 0;
     vecd out, ys;
@@ -444,8 +428,8 @@ static void test_gumbel_forward() {
 // gradient: dE_backward = dE_surrogate - sum_r y_soft_rk w_r + sum_r onehot_rk w_r.
 static void test_gumbel_backward(int R, int K, int D, float tau) {
     const uint64_t seed = 777 + R;
-    vecd x = uniform_vec((size_t)R * D, -1, 1), E = uniform_vec((size_t)K * D, -1, 1);
-    const vecd w = uniform_vec((size_t)R * D, -1, 1), dx0 = uniform_vec((size_t)R * D, -1, 1), dE0 = uniform_vec((size_t)K * D, -1, 1);
+    vecd x = rand_vec((size_t)R * D, -1, 1), E = rand_vec((size_t)K * D, -1, 1);
+    const vecd w = rand_vec((size_t)R * D, -1, 1), dx0 = rand_vec((size_t)R * D, -1, 1), dE0 = rand_vec((size_t)K * D, -1, 1);
     vecu8 valid(R, 1);
     valid[R / 2] = 0;
     vecd out, ys;
@@ -655,6 +639,7 @@ static void test_infonce_grad(int Bc, int Bt, int Q, int P, double log_tau, floa
 }
 
 int main() {
+    test_seed(20251207);
     test_nearest_random(100, 37, 9);
     test_nearest_random(33, 8, 1);
     test_nearest_random(5, 1, 4);
