@@ -1171,6 +1171,27 @@ static void microbatch_forward_backward(Model* m, const MicroBatch& mb, const Pa
     encoder_backward(m, e, m->G_online, key, st);
 }
 
+// Model FLOPs of one micro-batch on this rank (forward + backward, 2 per multiply-add; a backward costs two
+// forwards), for the MFU. Counted: the encoder per object row (feature MLP 2FD + 2D^2; per relational block qkv
+// 6D^2, out 2D^2, FFN 8D^2, attention over the N slots 4ND; the nearest-code search 2KD, forward only), the
+// GRU, the projection heads, the InfoNCE logits against the micro-batch and the filled queue, and SIGReg's
+// slice projections. The target branch runs forward only. Element-wise work (norms, activations) is not counted.
+static double micro_batch_flops(const Model* m) {
+    const Dims& d = m->d;
+    const Config& c = m->c;
+    const double D = d.D, N = d.N, P = d.P, B = d.B;
+    const double encoder_row = 2 * d.F * D + 2 * D * D + d.layers * (16 * D * D + 4 * N * D);
+    const double vq_row = d.gumbel ? 3 * 2 * d.K * D : d.vq ? 2 * d.K * D : 0;   // Gumbel: trained codebook
+    double flops = (double)m->G_online * N * (3 * encoder_row + vq_row);
+    if (c.use_target_encoder) flops += B * N * (encoder_row + vq_row);
+    if (d.agg == AGG_GRU) flops += 3.0 * m->n_agg * d.L * 2 * (2 * D * 3 * D);     // W_ih x and W_hh h per step
+    const double head_row = 2 * D * P + 2 * P * P;
+    flops += 3 * B * head_row + (c.use_target_encoder ? 1 : 3) * B * head_row;
+    if (d.infonce) flops += 3 * B * 2 * (d.Bg + m->queue_fill) * P;
+    if (c.sigreg_weight > 0) flops += 3 * B * 2 * P * c.sigreg_slices;
+    return flops;
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // 7. Update: the reference's LambdaLR (linear warm-up (s + 1) / warmup, then cosine to min_lr_scale), global-norm
 // clipping (the pre-clip norm is logged), Adam with decoupled weight decay (AdamW; the reference's torch Adam adds
@@ -1623,8 +1644,10 @@ int main(int argc, char** argv) {
     log_printf(&log, "arc.cu train_jepa (%s backend on %s, %s, %d process%s)  objective=%s vq=%s context=%s x%d agg=%s\n",
                BACKEND_NAME, device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.objective.c_str(),
                d.vq ? cfg.vq_mode.c_str() : "off", cfg.context_mode.c_str(), d.L, cfg.context_agg.c_str());
+    size_t trained = 0;               // without the alignment padding of the flat buffer; the target branch: all but log_tau
+    for (const TensorInfo& t : m->tensors) trained += t.numel;
     log_printf(&log, "parameters: %zu (target branch %zu)  D=%d layers=%d heads=%d P=%d K=%d  online grids per micro-batch: %d\n",
-               m->n_params, m->n_ema, d.D, d.layers, d.H, d.P, d.K, m->G_online);
+               trained, trained - m->tensors.back().numel, d.D, d.layers, d.H, d.P, d.K, m->G_online);
     log_printf(&log, "data: %zu training examples (%d steps per epoch of %d), %zu validation examples (%d micro-batches)%s\n",
                train.examples.size(), steps_per_epoch, cfg.batch_size, val.examples.size(), val_batches,
                val_batches ? "" : ": validation and early stopping off");
@@ -1633,7 +1656,8 @@ int main(int argc, char** argv) {
     const Stream st = Stream();
     m->usage.assign(d.K, 0.0);
     m->refreshed = 0;
-    double timed_seconds = 0;                            // the steps after this process's first (which warms up)
+    const double peak_flops = device_peak_tflops(device_name) * 1e12;
+    double timed_seconds = 0, timed_flops = 0;           // the steps after this process's first (which warms up)
     int timed_steps = 0;
     const int first_step = ts.step;
     const double t_start = wall_time();
@@ -1644,7 +1668,9 @@ int main(int argc, char** argv) {
         const std::vector<int> order = epoch_order((int)train.examples.size(), (uint64_t)cfg.seed, epoch);
         double terms[LOSS_COUNT] = {0};
         bool finite = true;
+        double flops = 0;
         for (int j = 0; j < cfg.grad_accum_steps; j++) {
+            flops += micro_batch_flops(m);
             std::vector<JepaExample> ex(d.Bg);
             std::vector<uint64_t> keys(d.Bg);
             for (int g = 0; g < d.Bg; g++) {
@@ -1686,14 +1712,16 @@ int main(int argc, char** argv) {
         device_synchronize();
         ts.step = step + 1;
         const double seconds = wall_time() - t0;
-        if (step > first_step) { timed_seconds += seconds; timed_steps++; }
+        if (step > first_step) { timed_seconds += seconds; timed_flops += flops; timed_steps++; }
         if (ts.step % cfg.log_every == 0 || ts.step == total_steps) {
             floatS log_tau;
             copy_to_host(&log_tau, m->mw.log_tau, sizeof log_tau);
             const double tau = std::min(std::max((double)expf(log_tau), (double)cfg.temperature_min), (double)cfg.temperature_max);
-            log_printf(&log, "train step=%d epoch=%d loss=%.6f%s tau=%.5f grad_norm=%.4f lr=%.3e queue_fill=%d ms=%.1f samples_per_s=%.1f\n",
+            char mfu[32] = "";
+            if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f", 100.0 * flops / seconds / peak_flops);
+            log_printf(&log, "train step=%d epoch=%d loss=%.6f%s tau=%.5f grad_norm=%.4f lr=%.3e queue_fill=%d ms=%.1f samples_per_s=%.1f%s\n",
                        ts.step, epoch + 1, objective_of(m, terms), terms_string(terms).c_str(), tau, norm, lr, m->queue_fill,
-                       1000 * seconds, cfg.batch_size / seconds);
+                       1000 * seconds, cfg.batch_size / seconds, mfu);
         }
         if (cfg.diag_every > 0 && ts.step % cfg.diag_every == 0 && rank == 0)
             log_printf(&log, "diag step=%d %s\n", ts.step, diagnostics_line(m).c_str());
@@ -1720,10 +1748,13 @@ int main(int argc, char** argv) {
             export_safetensors(m, cfg.checkpoint_path + "/model.safetensors");
         }
     }
-    if (timed_steps > 0)
-        log_printf(&log, "timing steps=%d ms_per_step=%.1f steps_per_s=%.3f samples_per_s=%.1f elapsed=%s\n", timed_steps,
+    if (timed_steps > 0) {
+        char mfu[64] = "";
+        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f (of %.0f TFLOP/s peak)", 100.0 * timed_flops / timed_seconds / peak_flops, peak_flops / 1e12);
+        log_printf(&log, "timing steps=%d ms_per_step=%.1f steps_per_s=%.3f samples_per_s=%.1f tflops=%.3g%s elapsed=%s\n", timed_steps,
                    1000 * timed_seconds / timed_steps, timed_steps / timed_seconds, timed_steps * (double)cfg.batch_size / timed_seconds,
-                   format_duration(wall_time() - t_start).c_str());
+                   timed_flops / timed_seconds / 1e12, mfu, format_duration(wall_time() - t_start).c_str());
+    }
     logger_close(&log);
     dist_finish();
     return 0;

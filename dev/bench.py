@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""`make bench`: every kernel lab, PyTorch's attention beside ours, and a fixed-length training benchmark at the
-ARC default, on the GPU of this machine; writes a markdown table and the raw log to dev/results/.
+"""`make bench`: every kernel lab, PyTorch's attention beside ours, fixed-length training benchmarks at the ARC
+default, and the JEPA step against its PyTorch version, on the GPU of this machine; writes markdown tables and the
+raw log to dev/results/.
 
-    python3 dev/bench.py [--steps 30] [--arc-data DIR] [--torch-bench PATH] [--out dev/results]
+    python3 dev/bench.py [--steps 30] [--arc-data DIR] [--torch-bench PATH] [--out dev/results] [--skip-train]
+                         [--skip-jepa]
 
 What it runs (each step's output goes to the raw log; a step that fails is reported and the rest still runs):
   1. build/lab_*            the dev/cuda kernel labs: CEILING lines (device-to-device copy GB/s, bf16 matmul
@@ -13,7 +15,13 @@ What it runs (each step's output goes to the raw log; a step that fails is repor
                             steps each; the trainer's final "timing" line (ms/step, samples/s, TFLOP/s, MFU)
   4. bench_trm.py           the PyTorch reference training step on the same configurations (needs torch and
                             ../shared/bench/bench_trm.py, or --torch-bench)
-Only the standard library is needed here.
+  5. ./train_jepa           the JEPA at train_jepa's defaults (batch 1024 = 2 micro-batches of 512, D=384, 3 relational
+                            blocks, K=768, P=256, queue 8192, bf16) on the same ARC data, --steps steps with validation,
+                            diagnostics and checkpoints off; its "timing" line (ms/step, samples/s, host data pipeline
+                            included), beside dev/jepa_torch.py (the same step in PyTorch, needs torch) eager and with
+                            torch.compile: the table "JEPA step, micro-batch 512" with arc.cu's speed-up (goal >= 5x)
+Steps 3-4 are skipped with --skip-train, step 5 with --skip-jepa. Only the standard library is needed here (the
+PyTorch scripts run as subprocesses of the same python).
 """
 import argparse
 import datetime
@@ -61,13 +69,101 @@ def train_args(encoder, steps, data):
             "checkpoint_every=0"]
 
 
+def arc_training_data(arc_dir, log):
+    """ARC-AGI-1's training tasks as a data/arc.py file (converted once), for train_etrm and train_jepa."""
+    data = "build/bench_arc1_train.bin"
+    if not os.path.exists(os.path.join(ROOT, data)):
+        run([sys.executable, "data/arc.py", data, arc_dir], log, 600)
+    return data
+
+
+# train_jepa's default model and batch, and the dev/jepa_torch.py flag of each dimension.
+JEPA_DEFAULTS = {"hidden_dim": 384, "relational_layers": 3, "relational_heads": 8, "num_embeddings": 768,
+                 "projection_dim": 256, "queue_size": 8192, "batch_size": 1024, "grad_accum_steps": 2}
+JEPA_TORCH_FLAGS = {"hidden_dim": "--hidden", "relational_layers": "--layers", "relational_heads": "--heads",
+                    "num_embeddings": "--codes", "projection_dim": "--proj", "queue_size": "--queue"}
+
+
+def jepa_args(trainer, steps, data, dims):
+    """train_jepa at `dims` for `steps` steps and nothing else: no validation split, early stopping, diagnostics or
+    checkpoints (ARC-AGI-1's training pairs fill one batch of 1024, so every step ends an epoch)."""
+    return ([trainer, f"data_path={data}"] + [f"{k}={v}" for k, v in dims.items()] +
+            [f"max_steps={steps}", "epochs=100000", "val_fraction=0", "early_stop_patience=0", "diag_every=0",
+             "log_every=5"])
+
+
+def torch_jepa_args(steps, dims, compile):
+    """dev/jepa_torch.py at the same dimensions: 5 untimed steps, then `steps` timed ones."""
+    cmd = [sys.executable, "dev/jepa_torch.py", "--micro-batch", str(dims["batch_size"] // dims["grad_accum_steps"]),
+           "--grad-accum", str(dims["grad_accum_steps"]), "--steps", str(steps), "--warmup", "5"]
+    for key, flag in JEPA_TORCH_FLAGS.items():
+        cmd += [flag, str(dims[key])]
+    return cmd + (["--compile"] if compile else [])
+
+
+def bench_jepa(steps, data, log, trainer="./train_jepa", dims=JEPA_DEFAULTS):
+    """Times the JEPA step: the trainer, then dev/jepa_torch.py eager and compiled. Returns one row per run (name,
+    parameters, and the ms_per_step / samples_per_s of its final line, absent when the run failed)."""
+    print(f"bench: {trainer} batch_size={dims['batch_size']} grad_accum_steps={dims['grad_accum_steps']}", flush=True)
+    out = run(jepa_args(trainer, steps, data, dims), log, 1800)
+    backend = re.search(r"backend on [^,]*, (\w+),", out)
+    params = re.search(r"^parameters: (\d+)", out, re.M)
+    ours = {"name": f"arc.cu {os.path.basename(trainer)} ({backend.group(1) if backend else '?'})",
+            "params": params.group(1) if params else "?"}
+    timing = [fields(l) for l in out.splitlines() if l.startswith("timing ")]
+    if timing:
+        ours.update(timing[-1])
+    rows = [ours]
+    for compile in (False, True):
+        name = "PyTorch torch.compile" if compile else "PyTorch eager"
+        print(f"bench: dev/jepa_torch.py{' --compile' if compile else ''}", flush=True)
+        out = run(torch_jepa_args(steps, dims, compile), log, 1800)
+        final = [fields(l) for l in out.splitlines() if l.startswith("torch_jepa ")]
+        row = {"name": name, "params": "?"}
+        if final:
+            row.update(final[-1])
+            row["name"] = f"{name} ({final[-1]['dtype']} autocast)" if final[-1]["dtype"] == "bf16" else name
+        rows.append(row)
+    return rows
+
+
+def jepa_table(rows, dims):
+    """The markdown of bench_jepa's rows: arc.cu's speed-up over each PyTorch run, in samples/s."""
+    micro = dims["batch_size"] // dims["grad_accum_steps"]
+    md = [f"## JEPA step, micro-batch {micro}", "",
+          f"train_jepa's default model (D={dims['hidden_dim']}, {dims['relational_layers']} relational blocks of "
+          f"{dims['relational_heads']} heads, K={dims['num_embeddings']} codes, P={dims['projection_dim']}, queue "
+          f"{dims['queue_size']}), batch {dims['batch_size']} = {dims['grad_accum_steps']} micro-batches of {micro}; "
+          "the issue's goal is a speed-up >= 5x. PyTorch is dev/jepa_torch.py, the same step, on inputs made once on "
+          "the device (data loading not timed); train_jepa's samples/s includes its host data pipeline.", "",
+          "TFLOP/s counts train_jepa's model FLOPs of a step (its `timing` line) over each run's time per step; MFU is "
+          "against the trainer's dense peak for the precision.", "",
+          "| implementation | parameters | ms/step | samples/s | TFLOP/s | arc.cu speed-up |", "|---|---|---|---|---|---|"]
+    ours = rows[0]
+    step_tflop = float(ours["tflops"]) * float(ours["ms_per_step"]) / 1e3 if "tflops" in ours else None
+    for r in rows:
+        if "samples_per_s" not in r:
+            md.append(f"| {r['name']} | failed: see the log |||||")
+            continue
+        rate = f"{step_tflop / (float(r['ms_per_step']) / 1e3):.1f}" if step_tflop else "?"
+        if r is ours and "mfu" in r:
+            rate += f" (MFU {r['mfu']}%)"
+        speedup = "-" if r is ours else f"{float(ours['samples_per_s']) / float(r['samples_per_s']):.2f}x" \
+            if "samples_per_s" in ours else "n/a"
+        md.append(f"| {r['name']} | {r['params']} | {r['ms_per_step']} | {r['samples_per_s']} | {rate} | {speedup} |")
+    md.append("")
+    return md
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=30, help="training steps per benchmark run (the first is not timed)")
+    ap.add_argument("--steps", type=int, default=30, help="training steps per benchmark run (the trainers time all "
+                    "but the first; dev/jepa_torch.py times these after 5 more)")
     ap.add_argument("--arc-data", default=os.path.join(ROOT, "..", "shared", "data", "arc-agi-1", "data", "training"))
     ap.add_argument("--torch-bench", default=os.path.join(ROOT, "..", "shared", "bench", "bench_trm.py"))
     ap.add_argument("--out", default=os.path.join(ROOT, "dev", "results"))
-    ap.add_argument("--skip-train", action="store_true", help="labs only")
+    ap.add_argument("--skip-train", action="store_true", help="no TRM / ETRM training runs")
+    ap.add_argument("--skip-jepa", action="store_true", help="no JEPA step comparison")
     args = ap.parse_args()
 
     device = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -100,9 +196,7 @@ def main():
 
     training = []
     if not args.skip_train:
-        data = "build/bench_arc1_train.bin"
-        if not os.path.exists(os.path.join(ROOT, data)):
-            run([sys.executable, "data/arc.py", data, args.arc_data], log, 600)
+        data = arc_training_data(args.arc_data, log)
         for enc in ("none", "standard"):
             print(f"bench: train_etrm encoder_type={enc}", flush=True)
             out = run(train_args(enc, args.steps, data), log, 1800)
@@ -120,6 +214,7 @@ def main():
                 if js:
                     row["torch"] = json.loads(js[-1])
             training.append(row)
+    jepa = [] if args.skip_jepa else bench_jepa(args.steps, arc_training_data(args.arc_data, log), log)
     log.close()
 
     md = [f"# arc.cu benchmark: {device}", "", f"Date {date}, commit `{commit}`, `make bench` (dev/bench.py); raw log: "
@@ -168,6 +263,8 @@ def main():
                       f"{r['memory_gib']} | {r['ms_per_step']} | {r['steps_per_s']} | {r['samples_per_s']} | {tflops:.1f} | "
                       f"{r.get('mfu', '?')}% | {of_ceiling} | {torch_rate if torch_rate else 'n/a'} | {speedup} |")
         md.append("")
+    if jepa:
+        md += jepa_table(jepa, JEPA_DEFAULTS)
     with open(stem + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
