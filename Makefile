@@ -67,11 +67,11 @@ PRECISION_FLAG := $(if $(filter FP32,$(PRECISION)),-DENABLE_FP32,)
 
 HEADERS := $(wildcard common/*.h kernels/*.cuh)
 
-# What nvcc builds: the trainer in the chosen precision, the FP32 trainer (compared with the CPU backend by the
+# What nvcc builds: the trainers in the chosen precision, their FP32 builds (compared with the CPU backend by the
 # GPU tests), the kernel tests in both precisions, and the kernel labs.
 LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
-GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa build/test_kernels build/test_kernels_fp32 $(LABS))
+GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
 .PHONY: all run run-jepa test test-gpu labs bench clean features
 all: features train_etrm_cpu train_jepa_cpu $(if $(NVCC_PATH),train_etrm train_jepa)
@@ -94,6 +94,8 @@ train_jepa_cpu: train_jepa.cu $(HEADERS)
 	$(CXX) $(CXXFLAGS) $(MPI_FLAGS) -x c++ $< -o $@ $(MPI_LIBS)
 train_jepa: train_jepa.cu $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAG) $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
+train_jepa_fp32: train_jepa.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) -DENABLE_FP32 $(NVCC_MPI) $< -o $@ $(NVCC_LDLIBS)
 build/test_kernels: test/test_kernels.cu $(HEADERS) $(wildcard test/*.h)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVCC_LDLIBS)
@@ -132,7 +134,7 @@ run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
 	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model
-build/%: test/%.cpp $(HEADERS) test/test.h
+build/%: test/%.cpp $(HEADERS) test/test.h test/random_inputs.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
 # the whole-graph gradient check includes the trainer and runs it in double precision
@@ -155,15 +157,16 @@ test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.b
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
 
-test-gpu: train_etrm_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
+test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
 	@ARC_REQUIRE_GPU=1 test/run.sh $(GPU_TESTS)
 
 # --- kernel labs and the training benchmark (a GPU machine) -----------------------------------------------------
-# Runs every lab, PyTorch's attention beside ours, and a fixed-length training run at the ARC default; writes
-# dev/results/bench_<device>_<date>.md (table) and .log (raw output). BENCH_ARGS passes options to dev/bench.py.
-bench: train_etrm $(LABS)
+# Runs every lab, PyTorch's attention beside ours, fixed-length training runs at the ARC default, and the JEPA step
+# against its PyTorch version (dev/jepa_torch.py); writes dev/results/bench_<device>_<date>.md (table) and .log (raw
+# output). BENCH_ARGS passes options to dev/bench.py.
+bench: train_etrm train_jepa $(LABS)
 	$(PYTHON) dev/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa
+	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32

@@ -111,7 +111,7 @@ inline std::string device_init(int device = 0) {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0)
-        fatal("no CUDA GPU found (%s): this is the GPU build; use train_etrm_cpu on a machine without one",
+        fatal("no CUDA GPU found (%s): this is the GPU build; on a machine without one use the CPU build (train_etrm_cpu, train_jepa_cpu)",
               err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
     if (device >= count) fatal("GPU %d requested but only %d present", device, count);
     cudaCheck(cudaSetDevice(device));

@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
 """End-to-end tests of the CUDA trainers against the CPU backend (standard library only).
 
-    python3 test/test_gpu.py       (from the repository root, after `make train_etrm_cpu train_etrm train_etrm_fp32`)
+    python3 test/test_gpu.py       (from the repository root, after `make train_etrm_cpu train_etrm train_etrm_fp32
+                                    train_jepa_cpu train_jepa train_jepa_fp32`)
 
-Checks, on the synthetic data:
+Checks, on the synthetic data, for train_etrm.cu:
   - GPU FP32 build == CPU backend from the same initial weights and batches: the first step's debug state
     (logits, q logits, losses and every parameter gradient) for TRM and every encoder, then 5 training steps
     (each step's losses, and the weights after the last): within 1e-4 relative (of each tensor's largest value);
   - the GPU trainer (BF16 build) is deterministic: the same seed twice gives identical losses and checkpoints;
   - resume on the GPU is bit-identical (3 steps + resume + 3 steps == 6 steps, every byte of the checkpoint);
   - micro-batches on the GPU give the losses of one batch (FP32 build).
-The determinism, resume and micro-batch checks are test/test_train.py's, run on the GPU binaries.
-Without a GPU every check is reported as SKIP (not passed); with ARC_REQUIRE_GPU=1 (make test-gpu) a missing
-GPU is a failure.
+and for train_jepa.cu, in test/test_jepa.py's tiny configuration (6 steps in 2 epochs, validation after each):
+  - GPU FP32 build == CPU backend from the same seed, for hard VQ with InfoNCE and every auxiliary loss (the
+    default), objective=sigreg with context_agg=gru, and vq_mode=gumbel with context_agg=attention: every number
+    of every train and val line (each loss term, tau, the gradient norm) and the codebook usage of the diag lines
+    within 1e-4 relative, beyond the last printed digit; every float section of the final checkpoint (weights,
+    Adam moments, target branch, codebooks, queue) within 1e-4 relative (of each section's largest value);
+  - the GPU trainer (BF16 build) is deterministic (the same seed twice: identical losses and checkpoint bytes;
+    another seed: other losses), and 1 epoch + resume + 1 epoch == 2 epochs, every byte of the checkpoint.
+The determinism, resume and micro-batch checks are test/test_train.py's and test/test_jepa.py's, run on the GPU
+binaries. Without a GPU every check is reported as SKIP (not passed); with ARC_REQUIRE_GPU=1 (make test-gpu) a
+missing GPU is a failure.
 """
 import json
+import math
 import os
 import shutil
 import struct
@@ -22,6 +32,7 @@ import subprocess
 import tempfile
 
 import harness
+import test_jepa
 import test_train
 from harness import expect as check, finish
 
@@ -30,8 +41,36 @@ SYNTH = test_train.SYNTH
 CPU_BIN = os.path.join(ROOT, "train_etrm_cpu")
 GPU_BIN = os.path.join(ROOT, "train_etrm")
 GPU_FP32_BIN = os.path.join(ROOT, "train_etrm_fp32")
+JEPA_CPU_BIN = os.path.join(ROOT, "train_jepa_cpu")
+JEPA_GPU_BIN = os.path.join(ROOT, "train_jepa")
+JEPA_GPU_FP32_BIN = os.path.join(ROOT, "train_jepa_fp32")
+ETRM_TINY = [f"data_paths={SYNTH}/train.bin"] + test_train.TINY
 ENCODERS = ("none", "standard", "hybrid_standard", "hybrid_variational", "lpn_standard", "lpn_variational")
 TOLERANCE = 1e-4
+
+# The JEPA configurations compared with the CPU backend, on top of test_jepa.TINY. Every random draw of train_jepa
+# is keyed by (seed, step, micro-batch, position) through common/rand.h's integer hashes, which both backends
+# evaluate alike, so all of them stay on: the dropout masks (kernels/dropout.cuh, and the attention weights' in
+# kernels/object_attention.cuh), the Gumbel noise (kernels/vq_gumbel.cuh), and, drawn on the host, the SIGReg slices,
+# the dead-code refresh candidates, the data order, the augmentations and the invariance perturbations.
+# The discrete choices are the risk instead: the nearest code (hard VQ; the Gumbel VQ in validation), the Gumbel
+# sample's argmax and the dead-code test (EMA count < refresh_threshold). Both backends sum the distances in the same
+# order (kernels/vq.cuh), so they differ only through the encoder's output, by fp32 rounding (~1e-6 relative), and
+# only a near-tie can pick another code, which would move the losses far beyond the tolerance (and the diag lines'
+# vq_perplexity). Measured once in an instrumented CPU build, these 6-step runs keep the nearest code ahead of the
+# second by >= 4.7e-6, 6.0e-5 and 3.7e-6 relative (the three configurations below), the Gumbel sample ahead by
+# >= 1.5e-4, and every EMA count >= 1e-2 from the threshold; and the CPU backend built in double (-DENABLE_FP64),
+# which differs from the float build by rounding of that size, logs the same numbers and codes, and its checkpoints
+# differ from the float build's by at most 4e-6 relative: the ETRM's tolerance fits. Longer runs encode more rows
+# and come closer to a tie.
+JEPA_CONFIGS = [("hard VQ, InfoNCE, invariance, relational, SIGReg", []),
+                ("objective=sigreg, context_agg=gru", ["objective=sigreg", "context_agg=gru"]),
+                ("vq_mode=gumbel, context_agg=attention", ["vq_mode=gumbel", "context_agg=attention"])]
+
+
+def floats(data):
+    """Little-endian float32 values of a byte string."""
+    return struct.unpack(f"<{len(data) // 4}f", data)
 
 
 def read_f32_tensors(path):
@@ -46,7 +85,7 @@ def read_f32_tensors(path):
         if name == "__metadata__" or info["dtype"] != "F32":
             continue
         b, e = info["data_offsets"]
-        out[name] = struct.unpack(f"<{(e - b) // 4}f", data[b:e])
+        out[name] = floats(data[b:e])
     return out
 
 
@@ -59,8 +98,19 @@ def relative_difference(a, b):
     return worst / scale if scale > 0 else worst
 
 
-def train(binary, out, *extra):
-    args = [binary, f"data_paths={SYNTH}/train.bin"] + list(test_train.TINY) + [f"checkpoint_path={out}"] + list(extra)
+def sections_difference(a, b, names):
+    """(largest relative_difference(b[name], a[name]), its name) over float32 checkpoint sections (read_sections
+    dicts); a section missing from b or of another size gives inf."""
+    worst = (0.0, "")
+    for name in names:
+        va, vb = floats(a[name]), floats(b.get(name, b""))
+        worst = max(worst, (relative_difference(vb, va) if len(va) == len(vb) else float("inf"), name))
+    return worst
+
+
+def train(binary, config, out, *extra):
+    """Runs a trainer with config, checkpoint_path=out and extra; its stdout."""
+    args = [binary] + list(config) + [f"checkpoint_path={out}"] + list(extra)
     p = subprocess.run(args, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{os.path.basename(binary)} {' '.join(extra)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
@@ -68,7 +118,7 @@ def train(binary, out, *extra):
 
 
 def losses(stdout):
-    """(loss, lm_loss, q_halt_loss, kl) of every train line."""
+    """(loss, lm_loss, q_halt_loss, kl) of every train line of train_etrm."""
     rows = []
     for line in test_train.train_lines(stdout):
         fields = dict(kv.split("=", 1) for kv in line.split()[1:])
@@ -76,12 +126,58 @@ def losses(stdout):
     return rows
 
 
+def logged_numbers(stdout):
+    """[(line, key, printed value)] of what train_jepa logs: every number of the train and val lines but the timings,
+    and the codebook usage of the diag lines (vq_*: counts of the codes the VQ chose). The diag lines' spectra
+    (effective ranks, isotropy = smallest / largest eigenvalue) are ill-conditioned and not compared."""
+    numbers = []
+    for line in stdout.splitlines():
+        kind = line.split(" ", 1)[0]
+        if kind not in ("train", "val", "diag"):
+            continue
+        fields = test_jepa.values(line)
+        for key, text in fields.items():
+            if key in ("ms", "samples_per_s", "mfu") or (kind == "diag" and not key.startswith("vq_")):
+                continue
+            numbers.append((f"{kind} step={fields['step']}", key, text))
+    return numbers
+
+
+def last_digit(text):
+    """One unit of the last printed digit: 1e-6 for "0.123456", 1e-7 for "5.000e-04", 0 for "48" (an exact count).
+    The printed roundings of two values can differ by this much more than the values."""
+    mantissa, _, exponent = text.lower().partition("e")
+    return 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2])) if "." in mantissa else 0.0
+
+
+def printed_difference(x, y):
+    """|x - y| beyond one unit of the last printed digit, relative to |y|, for printed numbers x and y; inf when
+    either is not finite (and they differ) or y is zero and x is farther than that unit."""
+    if x == y:
+        return 0.0
+    excess = abs(float(x) - float(y)) - last_digit(y)
+    if not math.isfinite(excess):
+        return float("inf")
+    if excess <= 0:
+        return 0.0
+    return excess / abs(float(y)) if float(y) != 0 else float("inf")
+
+
+def logged_difference(a, b):
+    """(largest printed_difference, where) over two runs' logged_numbers, b the reference; inf when they logged
+    other lines or keys."""
+    if [n[:2] for n in a] != [n[:2] for n in b]:
+        return float("inf"), f"the logged lines differ: {a[-1:]} vs {b[-1:]}"
+    return max(((printed_difference(x, y), f"{line} {key}: {x} vs {y}") for (line, key, x), (_, _, y) in zip(a, b)),
+               default=(0.0, ""))
+
+
 def test_gpu_matches_cpu(tmp):
     for enc in ENCODERS:
         common = [f"encoder_type={enc}", "kl_weight=0.1"]
         cpu_path, gpu_path = f"{tmp}/cpu_{enc}.safetensors", f"{tmp}/gpu_{enc}.safetensors"
-        train(CPU_BIN, f"{tmp}/cpu_debug_{enc}", *common, "max_steps=1", f"debug_state={cpu_path}")
-        train(GPU_FP32_BIN, f"{tmp}/gpu_debug_{enc}", *common, "max_steps=1", f"debug_state={gpu_path}")
+        train(CPU_BIN, ETRM_TINY, f"{tmp}/cpu_debug_{enc}", *common, "max_steps=1", f"debug_state={cpu_path}")
+        train(GPU_FP32_BIN, ETRM_TINY, f"{tmp}/gpu_debug_{enc}", *common, "max_steps=1", f"debug_state={gpu_path}")
         cpu, gpu = read_f32_tensors(cpu_path), read_f32_tensors(gpu_path)
         compared = [n for n in cpu if n.startswith(("out.", "grad."))]
         worst = max(((relative_difference(gpu.get(n, ()), cpu[n]), n) for n in compared), default=(0.0, ""))
@@ -89,24 +185,52 @@ def test_gpu_matches_cpu(tmp):
               f"GPU FP32 == CPU: first step's outputs, losses and {len(compared)} gradients within {TOLERANCE} ({enc})",
               f"largest relative difference {worst[0]:.3g} in {worst[1]}")
 
-        a = train(CPU_BIN, f"{tmp}/cpu_steps_{enc}", *common, "max_steps=5")
-        b = train(GPU_FP32_BIN, f"{tmp}/gpu_steps_{enc}", *common, "max_steps=5")
+        a = train(CPU_BIN, ETRM_TINY, f"{tmp}/cpu_steps_{enc}", *common, "max_steps=5")
+        b = train(GPU_FP32_BIN, ETRM_TINY, f"{tmp}/gpu_steps_{enc}", *common, "max_steps=5")
         la, lb = losses(a), losses(b)
         worst_loss = max((abs(x - y) / max(abs(x), 1e-3) for ra, rb in zip(la, lb) for x, y in zip(ra, rb)), default=0.0)
         check(len(la) == 5 and len(lb) == 5 and worst_loss <= TOLERANCE,
               f"GPU FP32 == CPU: losses of 5 training steps within {TOLERANCE} ({enc})",
               f"largest relative difference {worst_loss:.3g}: cpu {la} gpu {lb}")
-        wa = test_train.read_sections(f"{tmp}/cpu_steps_{enc}/ckpt_00000005.bin")["weights"]
-        wb = test_train.read_sections(f"{tmp}/gpu_steps_{enc}/ckpt_00000005.bin")["weights"]
-        va, vb = struct.unpack(f"<{len(wa) // 4}f", wa), struct.unpack(f"<{len(wb) // 4}f", wb)
-        diff = relative_difference(vb, va) if len(va) == len(vb) else float("inf")
+        diff, _ = sections_difference(test_train.read_sections(f"{tmp}/cpu_steps_{enc}/ckpt_00000005.bin"),
+                                      test_train.read_sections(f"{tmp}/gpu_steps_{enc}/ckpt_00000005.bin"), ["weights"])
         check(diff <= TOLERANCE, f"GPU FP32 == CPU: weights after 5 steps within {TOLERANCE} ({enc})",
               f"relative difference {diff:.3g}")
 
 
+def test_jepa_gpu_matches_cpu(tmp):
+    for i, (name, extra) in enumerate(JEPA_CONFIGS):
+        cpu_out, gpu_out = f"{tmp}/jepa_cpu_{i}", f"{tmp}/jepa_gpu_{i}"
+        cpu = logged_numbers(train(JEPA_CPU_BIN, test_jepa.TINY, cpu_out, *extra))
+        gpu = logged_numbers(train(JEPA_GPU_FP32_BIN, test_jepa.TINY, gpu_out, *extra))
+        worst = logged_difference(gpu, cpu)
+        lines = len({line for line, _, _ in cpu})
+        check(lines == 10 and worst[0] <= TOLERANCE,
+              f"JEPA GPU FP32 == CPU: every logged number of 6 steps, 2 validations and 2 diagnostics within {TOLERANCE} ({name})",
+              f"{lines} lines, largest relative difference {worst[0]:.3g} at {worst[1]}")
+        a, b = test_train.read_sections(f"{cpu_out}/latest.bin"), test_train.read_sections(f"{gpu_out}/latest.bin")
+        compared = [s for s in a if s != "state"]
+        diff, section = sections_difference(a, b, compared)
+        check(a.keys() == b.keys() and diff <= TOLERANCE,
+              f"JEPA GPU FP32 == CPU: the final checkpoint's {len(compared)} float sections within {TOLERANCE} ({name})",
+              f"relative difference {diff:.3g} in {section}" if a.keys() == b.keys() else f"sections {sorted(a)} vs {sorted(b)}")
+
+
+def on_gpu(suite, binary, test, label, tiny=None):
+    """The check `test` of suite (the module test_train or test_jepa) run on a GPU binary, its lines named
+    "<label> ...", in suite.TINY's configuration or in tiny's."""
+    def run_test(tmp):
+        suite.BIN = binary
+        suite.check = lambda ok, name, why="": harness.expect(ok, f"{label} {name}", why)
+        if tiny is not None:
+            suite.TINY = tiny
+        test(tmp)
+    return run_test
+
+
 def gpu_available():
-    """None when the GPU trainer runs; otherwise why not."""
-    for binary in (GPU_BIN, GPU_FP32_BIN, CPU_BIN):
+    """None when the GPU trainers run; otherwise why not."""
+    for binary in (GPU_BIN, GPU_FP32_BIN, CPU_BIN, JEPA_GPU_BIN, JEPA_GPU_FP32_BIN, JEPA_CPU_BIN):
         if not os.path.exists(binary):
             return f"{os.path.basename(binary)} is not built"
     probe = tempfile.mkdtemp(prefix="arc_gpu_probe_")
@@ -122,20 +246,15 @@ def gpu_available():
 
 def main():
     test_train.ensure_synthetic_data()
-    tiny = list(test_train.TINY)
-
-    def on_gpu(binary, test):                       # test_train's checks, run on a GPU binary, named "gpu ..."
-        def run_test(tmp):
-            test_train.BIN = binary
-            test_train.check = lambda ok, name, why="": harness.expect(ok, f"gpu {name}", why)
-            # head size 16 (D=32, 2 heads): the BF16 build then takes the tensor-core attention path
-            test_train.TINY = ["hidden_size=32" if a.startswith("hidden_size=") else a for a in tiny]
-            test(tmp)
-        return run_test
+    # head size 16 (D=32, 2 heads): the BF16 build then takes the tensor-core attention path
+    etrm_tiny = ["hidden_size=32" if a.startswith("hidden_size=") else a for a in test_train.TINY]
     harness.run_groups([("GPU FP32 == CPU backend", test_gpu_matches_cpu),
-                        ("GPU determinism", on_gpu(GPU_BIN, test_train.test_determinism)),
-                        ("GPU resume", on_gpu(GPU_BIN, test_train.test_resume)),
-                        ("GPU micro-batches", on_gpu(GPU_FP32_BIN, test_train.test_micro_batches))],
+                        ("GPU determinism", on_gpu(test_train, GPU_BIN, test_train.test_determinism, "gpu", etrm_tiny)),
+                        ("GPU resume", on_gpu(test_train, GPU_BIN, test_train.test_resume, "gpu", etrm_tiny)),
+                        ("GPU micro-batches", on_gpu(test_train, GPU_FP32_BIN, test_train.test_micro_batches, "gpu", etrm_tiny)),
+                        ("JEPA GPU FP32 == CPU backend", test_jepa_gpu_matches_cpu),
+                        ("JEPA GPU determinism", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_determinism, "gpu jepa")),
+                        ("JEPA GPU resume", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_resume, "gpu jepa"))],
                        "arc_test_gpu_", gpu_available())
     finish()
 

@@ -6,8 +6,8 @@
 Checks: determinism (same seed, same bytes; another seed, other losses), resume (an epoch + resume + an epoch ==
 two epochs, every byte of weights, optimizer, target branch, codebooks, queue and state), every context
 aggregation, objective and VQ mode runs with finite losses, the safetensors export and the code export, the
-non-finite-loss skip, early stopping, context_mode=frames on the synthetic sequences, and clear errors for bad
-input. `mpirun -np 2` equivalence is in test/test_mpi.py. Prints PASS/FAIL/SKIP lines; exit 1 on failure.
+non-finite-loss skip, early stopping, context_mode=frames on the synthetic sequences, real ARC-AGI-1 task files
+(data/arc.py) with every augmentation, and clear errors for bad input. `mpirun -np 2` equivalence is in test/test_mpi.py. Prints PASS/FAIL/SKIP lines; exit 1 on failure.
 """
 import json
 import math
@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from harness import expect as check, finish, run_groups
-from test_train import read_sections
+from test_train import read_sections, train_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "train_jepa_cpu")
@@ -40,13 +40,8 @@ def run(args):
 def train(out, *extra):
     rc, so, se = run(list(TINY) + [f"checkpoint_path={out}"] + list(extra))
     if rc != 0:
-        raise RuntimeError(f"train_jepa_cpu {' '.join(extra)} failed ({rc}): {se.strip()[-400:]}")
+        raise RuntimeError(f"{os.path.basename(BIN)} {' '.join(extra)} failed ({rc}): {se.strip()[-400:]}")
     return so
-
-
-def train_lines(text):
-    """The train lines without the timing fields."""
-    return [re.sub(r" ms=\S+ samples_per_s=\S+", "", l) for l in text.splitlines() if l.startswith("train ")]
 
 
 def values(line):
@@ -120,6 +115,32 @@ def test_frames(tmp):
     check(len(train_lines(so)) == 6, "context_mode=frames trains on data/synth/sequences_train.bin", so[-300:])
 
 
+def test_arc_data(tmp):
+    """The ARC task files of data/arc.py: real grids (up to 30x30, many objects) with every augmentation on."""
+    tasks = os.path.join(ROOT, os.pardir, "shared", "data", "arc-agi-1", "data", "training")
+    if not os.path.isdir(tasks):
+        print(f"SKIP ARC data: {tasks} not found", flush=True)
+        return
+    names = sorted(f for f in os.listdir(tasks) if f.endswith(".json"))[:60]
+    arc = f"{tmp}/arc.bin"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "data", "arc.py"), arc] + [os.path.join(tasks, n) for n in names],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        check(False, "ARC data: data/arc.py converts 60 ARC-AGI-1 tasks", p.stderr[-300:])
+        return
+    out = f"{tmp}/arc_run"
+    so = train(out, f"data_path={arc}", "aug_palette=0.5", "aug_mask_ratio=0.1", "aug_translate=0.5", "aug_dihedral=0.5",
+               "aug_object_dropout=0.1", "aug_per_grid=1")
+    lines = train_lines(so)
+    check(len(lines) == 6 and all(math.isfinite(float(values(l)["loss"])) for l in lines),
+          "ARC data: trains on 60 ARC-AGI-1 tasks with every augmentation, finite losses", so[-300:])
+    codes = f"{tmp}/arc_codes.jsonl"
+    rc, so, se = run(list(TINY) + [f"resume={out}/latest.bin", f"export_codes={codes}", f"codes_data={arc}"])
+    rows = [json.loads(l) for l in open(codes)] if rc == 0 and os.path.exists(codes) else []
+    check(len(rows) > 100 and all(len(r["codes"]) == r["objects"] <= 16 for r in rows) and max(r["objects"] for r in rows) == 16,
+          "ARC data: export_codes gives every grid's objects a code (at most 16 objects, some grids full)", (se or so)[-300:])
+
+
 def test_exports(tmp):
     out = f"{tmp}/exp"
     train(out)
@@ -169,6 +190,6 @@ if __name__ == "__main__":
     if not os.path.exists(BIN):
         print(f"FAIL test_jepa: {BIN} not built (make train_jepa_cpu)")
         sys.exit(1)
-    run_groups([(t.__name__, t) for t in (test_determinism, test_resume, test_variants, test_frames, test_exports,
+    run_groups([(t.__name__, t) for t in (test_determinism, test_resume, test_variants, test_frames, test_arc_data, test_exports,
                                           test_skip_and_stop, test_errors)], "arc_jepa_")
     finish()
