@@ -1668,7 +1668,7 @@ int main(int argc, char** argv) {
         const std::vector<int> order = epoch_order((int)train.examples.size(), (uint64_t)cfg.seed, epoch);
         double terms[LOSS_COUNT] = {0};
         bool finite = true;
-        double flops = 0;
+        double flops = 0, data_seconds = 0;             // data_seconds: the host's sample building (objects, perturbations)
         for (int j = 0; j < cfg.grad_accum_steps; j++) {
             flops += micro_batch_flops(m);
             std::vector<JepaExample> ex(d.Bg);
@@ -1680,7 +1680,9 @@ int main(int argc, char** argv) {
             }
             MicroBatch mb;
             const PassKey key = {step, j, true, 0};
+            const double t_data = wall_time();
             make_micro_batch(m, train, ex, keys, key, true, &mb);
+            data_seconds += wall_time() - t_data;
             microbatch_forward_backward(m, mb, key, true, st);
             double t[LOSS_COUNT];
             download_losses(m, t);
@@ -1719,9 +1721,9 @@ int main(int argc, char** argv) {
             const double tau = std::min(std::max((double)expf(log_tau), (double)cfg.temperature_min), (double)cfg.temperature_max);
             char mfu[32] = "";
             if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f", 100.0 * flops / seconds / peak_flops);
-            log_printf(&log, "train step=%d epoch=%d loss=%.6f%s tau=%.5f grad_norm=%.4f lr=%.3e queue_fill=%d ms=%.1f samples_per_s=%.1f%s\n",
+            log_printf(&log, "train step=%d epoch=%d loss=%.6f%s tau=%.5f grad_norm=%.4f lr=%.3e queue_fill=%d ms=%.1f data_ms=%.1f samples_per_s=%.1f%s\n",
                        ts.step, epoch + 1, objective_of(m, terms), terms_string(terms).c_str(), tau, norm, lr, m->queue_fill,
-                       1000 * seconds, cfg.batch_size / seconds, mfu);
+                       1000 * seconds, 1000 * data_seconds, cfg.batch_size / seconds, mfu);
         }
         if (cfg.diag_every > 0 && ts.step % cfg.diag_every == 0 && rank == 0)
             log_printf(&log, "diag step=%d %s\n", ts.step, diagnostics_line(m).c_str());

@@ -137,7 +137,7 @@ def logged_numbers(stdout):
             continue
         fields = test_jepa.values(line)
         for key, text in fields.items():
-            if key in ("ms", "samples_per_s", "mfu") or (kind == "diag" and not key.startswith("vq_")):
+            if key in ("ms", "data_ms", "samples_per_s", "mfu") or (kind == "diag" and not key.startswith("vq_")):
                 continue
             numbers.append((f"{kind} step={fields['step']}", key, text))
     return numbers

@@ -45,8 +45,9 @@ def train(out, *extra, data=True):
 
 
 def train_lines(stdout):
-    """The train lines without the timing fields (ms, samples_per_s)."""
-    return [re.sub(r" ms=\S+ samples_per_s=\S+( mfu=\S+)?", "", l) for l in stdout.splitlines() if l.startswith("train ")]
+    """The train lines without the timing fields (ms, data_ms, samples_per_s, mfu)."""
+    return [re.sub(r" ms=\S+( data_ms=\S+)? samples_per_s=\S+( mfu=\S+)?", "", l) for l in stdout.splitlines()
+            if l.startswith("train ")]
 
 
 def read_sections(path):
