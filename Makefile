@@ -134,7 +134,7 @@ run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
 	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model
-build/%: test/%.cpp $(HEADERS) test/test.h test/random_inputs.h
+build/%: test/%.cpp $(HEADERS) test/test.h test/op_test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
 # the whole-graph gradient check includes the trainer and runs it in double precision

@@ -31,7 +31,7 @@
 #include "../kernels/layernorm.cuh"
 #include "../kernels/mse.cuh"
 #include "test.h"
-#include "random_inputs.h"
+#include "op_test.h"
 
 
 // sum a_i b_i in long double, returned as such: the losses of the gradient checks keep the extra bits, so that
@@ -56,30 +56,6 @@ static double rel_err(const vecd& a, const vecd& b, double floor = 1e-300) {
     return worst;
 }
 
-// Central-difference check of every element of x (x is perturbed in place and restored); h may scale per element.
-static const double FD_H = 1e-6, FD_TOL = 1e-6, FD_FLOOR = 1e-3;
-static bool gradcheck(const std::string& name, vecd& x, const vecd& analytic, const std::function<long double()>& loss,
-                      const std::function<double(size_t)>& h_of = nullptr) {
-    if (analytic.size() != x.size()) return check(false, name.c_str(), "size mismatch %zu vs %zu", analytic.size(), x.size());
-    double worst = 0, fd_w = 0, an_w = 0;
-    size_t where = 0;
-    const double maxabs = max_abs(analytic);
-    for (size_t i = 0; i < x.size(); i++) {
-        const double h = h_of ? h_of(i) : FD_H;
-        const double x0 = x[i], xp = x0 + h, xm = x0 - h;
-        x[i] = xp;
-        const long double lp = loss();
-        x[i] = xm;
-        const long double lm = loss();
-        x[i] = x0;
-        const double fd = (double)((lp - lm) / (xp - xm));
-        const double err = fabs(fd - analytic[i]) / (fabs(analytic[i]) + FD_FLOOR * maxabs + 1e-300);
-        if (!(err <= worst)) { worst = isnan(err) ? INFINITY : err; where = i; fd_w = fd; an_w = analytic[i]; }
-    }
-    return check(worst <= FD_TOL && maxabs > 0, name.c_str(),
-                 "max rel err %.3g (tol %.1g) at element %zu: finite difference %.12g vs analytic %.12g; max |grad| %.3g",
-                 worst, FD_TOL, where, fd_w, an_w, maxabs);
-}
 
 // =========================================================================================================
 // layernorm
@@ -265,7 +241,7 @@ static void test_l2norm() {
         };
         const char* kind = n < 3 ? "ordinary" : n == 3 ? "||x|| = 1e-14 < eps (linear)" : n == 4 ? "zero (linear)" : "||x|| ~ 1e-11 > eps";
         gradcheck(fmt("l2norm backward vs central differences, row %d %s", n, kind), xr, dr, loss_r,
-                  [&](size_t) { return h_of((size_t)n * C); });
+                  FD_TOL, [&](size_t) { return h_of((size_t)n * C); });
         std::copy(xr.begin(), xr.end(), x.begin() + (size_t)n * C);
     }
     // the linear branch is dout / eps exactly

@@ -35,8 +35,7 @@
 #include "../kernels/swiglu.cuh"
 #include "../kernels/variational.cuh"
 #include "test.h"
-#include "random_inputs.h"
-
+#include "op_test.h"
 
 static const double NaN = nan("");
 
@@ -69,40 +68,6 @@ static double added_err(const vecd& a, const vecd& base, const vecd& delta) {
         if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
     }
     return worst;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Central-difference gradient check of every element of x.
-//
-// Error of element i: |fd_i - an_i| / (|an_i| + FD_FLOOR * max_j |an_j|). The floor keeps the finite-difference
-// noise (~1e-9 absolute: rounding of the forward pass divided by 2h) from dominating the relative error of
-// gradient elements a thousand times smaller than the largest; everything else is checked relatively.
-
-static const double FD_H = 1e-6, FD_TOL = 1e-6, FD_FLOOR = 1e-3;
-
-static bool gradcheck(const std::string& name, vecd& x, const vecd& analytic, const std::function<double()>& loss,
-                      double tol = FD_TOL, double h = FD_H) {
-    if (analytic.size() != x.size()) return check(false, name.c_str(), "size mismatch %zu vs %zu", analytic.size(), x.size());
-    double worst = 0, fd_w = 0, an_w = 0, maxabs = 0;
-    size_t where = 0;
-    bool finite = true;
-    for (double a : analytic) maxabs = fmax(maxabs, fabs(a));
-    for (size_t i = 0; i < x.size(); i++) {
-        const double x0 = x[i], xp = x0 + h, xm = x0 - h;
-        x[i] = xp;
-        const double lp = loss();
-        x[i] = xm;
-        const double lm = loss();
-        x[i] = x0;
-        const double fd = (lp - lm) / (xp - xm), an = analytic[i];
-        if (!isfinite(an)) { finite = false; where = i; an_w = an; fd_w = fd; break; }
-        const double err = fabs(fd - an) / (fabs(an) + FD_FLOOR * maxabs + 1e-300);
-        if (!(err <= worst)) { worst = isnan(err) ? INFINITY : err; where = i; fd_w = fd; an_w = an; }
-    }
-    if (getenv("TEST_OPS_VERBOSE")) printf("  [%s: max rel err %.3g, max |grad| %.3g]\n", name.c_str(), worst, maxabs);
-    return check(finite && worst <= tol && maxabs > 0, name.c_str(),
-                 "%s max rel err %.3g (tol %.1g) at element %zu: finite difference %.12g vs analytic %.12g; max |grad| %.3g",
-                 finite ? "" : "non-finite gradient;", worst, tol, where, fd_w, an_w, maxabs);
 }
 
 #ifdef _OPENMP

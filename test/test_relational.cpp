@@ -30,7 +30,7 @@
 #include "../kernels/object_attention.cuh"
 #include "../kernels/relational_loss.cuh"
 #include "test.h"
-#include "random_inputs.h"
+#include "op_test.h"
 
 typedef std::vector<uint8_t> vecu8;
 
@@ -40,26 +40,6 @@ static double dot(const vecd& a, const vecd& b) {
     return s;
 }
 
-// Central differences of f with respect to every element of x, against the analytic gradient `an`:
-// max |fd - an| / (|an| + 1e-3 max|an|), and the check fails when the analytic gradient is all zero.
-static void gradcheck(const std::string& name, vecd& x, const vecd& an, const std::function<double()>& f, double tol = 1e-6) {
-    const double h = 1e-6, maxabs = max_abs(an);
-    double worst = 0, fd_w = 0, an_w = 0;
-    size_t where = 0;
-    for (size_t i = 0; i < x.size(); i++) {
-        const double x0 = x[i], xp = x0 + h, xm = x0 - h;
-        x[i] = xp;
-        const double fp = f();
-        x[i] = xm;
-        const double fm = f();
-        x[i] = x0;
-        const double fd = (fp - fm) / (xp - xm);
-        const double err = fabs(fd - an[i]) / (fabs(an[i]) + 1e-3 * maxabs + 1e-300);
-        if (!(err <= worst)) { worst = isnan(err) ? INFINITY : err; where = i; fd_w = fd; an_w = an[i]; }
-    }
-    check(worst < tol && maxabs > 0, name.c_str(), "max rel err %.3g at %zu of %zu: fd %.12g vs analytic %.12g (max |grad| %.3g)",
-          worst, where, x.size(), fd_w, an_w, maxabs);
-}
 
 // =========================================================================================================
 // object attention

@@ -19,7 +19,7 @@
 #include "../common/rand.h"
 #include "../kernels/sigreg.cuh"
 #include "test.h"
-#include "random_inputs.h"
+#include "op_test.h"
 
 
 static vecd directions(int K, int M, uint64_t seed) {

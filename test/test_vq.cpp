@@ -23,7 +23,7 @@
 #include "../kernels/vq.cuh"
 #include "../kernels/vq_gumbel.cuh"
 #include "test.h"
-#include "random_inputs.h"
+#include "op_test.h"
 
 typedef std::vector<int> veci;
 typedef std::vector<uint8_t> vecu8;
