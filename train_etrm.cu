@@ -51,10 +51,18 @@ both backends.
 #include "common/dataloader.h"
 // defines: Safetensors, safetensors_read, safetensors_get, SafetensorsWriter, safetensors_write
 #include "common/safetensors.h"
-// defines: checkpoint_write, checkpoint_read, section_get, SectionOut, Sections
+// defines: checkpoint_write, checkpoint_read, section_get, section_add, SectionList, Sections
 #include "common/checkpoint.h"
 // defines: Dist, dist_init, dist_init_device, dist_sum, dist_allgather, dist_sum_host, dist_gather_host, ...
 #include "common/distributed.h"
+// defines: ParamTable, ParamGroup, TensorList, tensor_bind, Params, params_alloc, params_set, params_values, ...
+#include "common/parameters.h"
+// defines: Schedule, lr_schedule, clip_scale, AdamConfig, params_grad_norm_squared, params_update, ...
+#include "common/optimizer.h"
+// defines: Arena, arena_take, arena_alloc
+#include "common/arena.h"
+// defines: Run, run_begin, run_end, RunTiming, timing_step, mfu_field, log_progress, log_timing
+#include "common/run.h"
 // defines: matmul_forward, matmul_backward
 #include "kernels/matmul.cuh"
 // defines: rmsnorm_forward, rmsnorm_backward
@@ -81,14 +89,10 @@ both backends.
 #include "kernels/q_halt_loss.cuh"
 // defines: act_reset, act_halt
 #include "kernels/act.cuh"
-// defines: adam_update
-#include "kernels/adam.cuh"
-// defines: ema_update
-#include "kernels/ema.cuh"
-// defines: global_norm_squared
-#include "kernels/global_norm.cuh"
 // defines: puzzle_emb_gather, sign_sgd_update
 #include "kernels/puzzle_embedding.cuh"
+// defines: adam_update (also the test-time latent optimisation's)
+#include "kernels/adam.cuh"
 // defines: convert_to_floatS
 #include "kernels/convert.cuh"
 
@@ -221,7 +225,6 @@ static std::vector<ArgSpec> config_specs(Config* c) {
 typedef enum { ENC_NONE, ENC_STANDARD, ENC_HYBRID_STANDARD, ENC_HYBRID_VARIATIONAL, ENC_LPN_STANDARD, ENC_LPN_VARIATIONAL } EncoderKind;
 
 #define VOCAB 12          // 0 PAD, 1 EOS, 2..11 colours 0..9
-#define MAX_LAYERS 16
 
 typedef struct {
     int D, NH, HD, I, V, P, S, T, canvas;
@@ -266,12 +269,9 @@ static void config_validate(const Config& c) {
     positive("global_batch_size", c.global_batch_size); positive("epochs", c.epochs); positive("log_every", c.log_every);
     if (c.hidden_size % c.num_heads) fatal("hidden_size=%d is not divisible by num_heads=%d", c.hidden_size, c.num_heads);
     if ((c.hidden_size / c.num_heads) % 2) fatal("head dim hidden_size/num_heads=%d must be even (RoPE rotates pairs)", c.hidden_size / c.num_heads);
-    if (c.L_layers > MAX_LAYERS) fatal("L_layers=%d: at most %d", c.L_layers, MAX_LAYERS);
     if (c.encoder_type != "none") {
         positive("encoder_num_layers", c.encoder_num_layers); positive("max_demos", c.max_demos);
         positive("puzzle_emb_len", c.puzzle_emb_len);
-        if (c.encoder_num_layers > MAX_LAYERS || c.encoder_set_layers > MAX_LAYERS)
-            fatal("encoder_num_layers=%d / encoder_set_layers=%d: at most %d", c.encoder_num_layers, c.encoder_set_layers, MAX_LAYERS);
         if ((c.encoder_type == "standard" || c.encoder_type.rfind("hybrid", 0) == 0) && c.encoder_set_layers <= 0)
             fatal("encoder_set_layers=%d: %s needs at least one set-encoder layer", c.encoder_set_layers, c.encoder_type.c_str());
     }
@@ -305,10 +305,13 @@ static void config_validate(const Config& c) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 2. Parameters. One flat buffer holds every trained dense tensor (decoder first, then the encoder), and a
-//    gradient buffer of the same layout, so the optimizer, clipping, EMA and the all-reduce see one vector.
-//    The list below is the single source of truth for names (upstream state_dict names), shapes and
-//    initialisation; ModelTensors<T> gives each tensor a readable name in code.
+// 2. Parameters. One flat buffer (common/parameters.h) holds every tensor, in four groups: the decoder and the
+//    encoder (dense gradients, AdamATan2 / AdamW, EMA), TRM's puzzle-embedding table (sparse sign-SGD on the rows
+//    of the batch) and the buffers H_init / L_init (never trained). The list below is the single source of truth
+//    for names (upstream state_dict names), shapes, initialisation and groups; ModelTensors<T> gives each tensor a
+//    readable name in code.
+
+enum { GROUP_DECODER, GROUP_ENCODER, GROUP_PUZZLE, GROUP_BUFFERS };
 
 template <typename T> struct BlockTensors {      // one transformer block (self- or cross-attention + SwiGLU)
     T *qkv;                                      // (3D, D) self-attention: all Q heads, then K, then V
@@ -319,57 +322,40 @@ template <typename T> struct BlockTensors {      // one transformer block (self-
 template <typename T> struct ModelTensors {
     // decoder ("inner."): token embedding, the recursive net f, the output and halting heads
     T *embed_tokens;                             // (V, D)
-    BlockTensors<T> L_level[MAX_LAYERS];
+    std::vector<BlockTensors<T>> L_level;        // L_layers blocks
     T *lm_head;                                  // (V, D)
     T *q_head_w, *q_head_b;                      // (2, D), (2)
     // encoder ("encoder."): grid encoder over each demo pair, then aggregation over the demos
     T *enc_input_embed, *enc_output_embed;       // (V, D)
     T *cls_token;                                // (D) LPN grid encoder
-    BlockTensors<T> grid_layers[MAX_LAYERS];
+    std::vector<BlockTensors<T>> grid_layers;    // encoder_num_layers blocks
     T *pool_proj;                                // (D, D) standard grid encoder
     T *query_tokens;                             // (P, D) set encoder
-    BlockTensors<T> set_layers[MAX_LAYERS];
+    std::vector<BlockTensors<T>> set_layers;     // encoder_set_layers blocks
     T *mu_w, *mu_b, *logvar_w, *logvar_b;        // (D, D), (D) variational encoders
     T *latent_proj;                              // (P*D, D) decode_proj (hybrid_variational) / output_proj (lpn_*)
+    // TRM's puzzle embedding and the initial states
+    T *puzzle_emb;                               // (n_puzzle_ids, ndim)
+    T *H_init, *L_init;                          // (D) each
 };
 
-typedef enum { INIT_LECUN, INIT_TRUNC_NORMAL, INIT_ZERO, INIT_CONST } InitKind;
-
-typedef struct {
-    std::string name;
-    std::vector<int64_t> shape;
-    size_t offset, numel;
-    InitKind init;
-    float value;        // std for the normal initialisers, the constant for INIT_CONST
-    bool encoder;
-} TensorInfo;
-
-// Lays out the tensors of the model; with a non-null base, also points every field of `t` into it. Every tensor
-// starts at a multiple of 64 elements (the gaps stay zero): 128-bit vector loads and cuBLASLt's fastest kernels
-// need aligned rows, and a 2-element bias would otherwise misalign every tensor after it.
+// The tensors, in upstream's initialisation order: LeCun truncated normal for linears, truncated normal for
+// embeddings and learned tokens, q head zero with bias -5, the zero-initialised logvar projection of
+// hybrid_variational, the puzzle table zero, H_init / L_init truncated normal (std 1).
 template <typename T>
-std::vector<TensorInfo> model_tensors(const Dims& d, const Config& c, T* base, ModelTensors<T>* t) {
-    std::vector<TensorInfo> list;
-    size_t offset = 0;
-    auto add = [&](T** field, const std::string& name, std::vector<int64_t> shape, InitKind init, float value) {
-        size_t n = 1;
-        for (int64_t s : shape) n *= (size_t)s;
-        offset = CEIL_DIV(offset, 64) * 64;
-        list.push_back({name, shape, offset, n, init, value, name.rfind("encoder.", 0) == 0});
-        *field = base ? base + offset : nullptr;
-        offset += n;
-    };
+void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Dims& d, const Config& c, int n_puzzle_ids) {
     auto linear = [&](T** field, const std::string& name, int out, int in) {
-        add(field, name + ".weight", {out, in}, INIT_LECUN, 1.0f / sqrtf((float)in));
+        list.add(field, name + ".weight", {out, in}, init_trunc_normal(1.0f / sqrtf((float)in)));
     };
     auto mlp = [&](BlockTensors<T>* b, const std::string& prefix) {
         linear(&b->gate_up, prefix + "mlp.gate_up_proj", 2 * d.I, d.D);
         linear(&b->down, prefix + "mlp.down_proj", d.D, d.I);
     };
-    const float emb_std = 1.0f / sqrtf((float)d.D);
-    *t = ModelTensors<T>();
+    const Init emb = init_trunc_normal(1.0f / sqrtf((float)d.D));
 
-    add(&t->embed_tokens, "inner.embed_tokens.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
+    list.group(GROUP_DECODER);
+    list.add(&t->embed_tokens, "inner.embed_tokens.embedding_weight", {d.V, d.D}, emb);
+    t->L_level.resize(c.L_layers);
     for (int l = 0; l < c.L_layers; l++) {
         std::string p = "inner.L_level.layers." + std::to_string(l) + ".";
         linear(&t->L_level[l].qkv, p + "self_attn.qkv_proj", 3 * d.D, d.D);
@@ -377,56 +363,65 @@ std::vector<TensorInfo> model_tensors(const Dims& d, const Config& c, T* base, M
         mlp(&t->L_level[l], p);
     }
     linear(&t->lm_head, "inner.lm_head", d.V, d.D);
-    add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, INIT_ZERO, 0);           // starts at "never halt":
-    add(&t->q_head_b, "inner.q_head.bias", {2}, INIT_CONST, -5.0f);            // sigmoid(-5) = 0.007
-    if (d.enc == ENC_NONE) return list;
+    list.add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, init_zero());       // starts at "never halt":
+    list.add(&t->q_head_b, "inner.q_head.bias", {2}, init_const(-5.0f));        // sigmoid(-5) = 0.007
 
-    add(&t->enc_input_embed, "encoder.grid_encoder.input_embed.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
-    add(&t->enc_output_embed, "encoder.grid_encoder.output_embed.embedding_weight", {d.V, d.D}, INIT_TRUNC_NORMAL, emb_std);
-    if (d.lpn_grid) add(&t->cls_token, "encoder.grid_encoder.cls_token", {1, 1, d.D}, INIT_TRUNC_NORMAL, 0.02f);
-    for (int l = 0; l < c.encoder_num_layers; l++) {
-        std::string p = "encoder.grid_encoder.layers." + std::to_string(l) + ".";
-        std::string attn = d.lpn_grid ? p : p + "self_attn.";                   // LPN blocks own their projections
-        linear(&t->grid_layers[l].qkv, attn + "qkv_proj", 3 * d.D, d.D);
-        linear(&t->grid_layers[l].o, attn + "o_proj", d.D, d.D);
-        mlp(&t->grid_layers[l], p);
-    }
-    if (!d.lpn_grid) linear(&t->pool_proj, "encoder.grid_encoder.pool_proj", d.D, d.D);
-    if (d.set_encoder) {
-        add(&t->query_tokens, "encoder.set_encoder.query_tokens", {d.P, d.D}, INIT_TRUNC_NORMAL, 0.02f);
-        for (int l = 0; l < c.encoder_set_layers; l++) {
-            std::string p = "encoder.set_encoder.layers." + std::to_string(l) + ".";
-            linear(&t->set_layers[l].q, p + "q_proj", d.D, d.D);
-            linear(&t->set_layers[l].k, p + "k_proj", d.D, d.D);
-            linear(&t->set_layers[l].v, p + "v_proj", d.D, d.D);
-            linear(&t->set_layers[l].o, p + "o_proj", d.D, d.D);
-            mlp(&t->set_layers[l], p);
+    list.group(GROUP_ENCODER);
+    t->grid_layers.resize(d.enc == ENC_NONE ? 0 : c.encoder_num_layers);
+    t->set_layers.resize(d.set_encoder ? c.encoder_set_layers : 0);
+    if (d.enc != ENC_NONE) {
+        list.add(&t->enc_input_embed, "encoder.grid_encoder.input_embed.embedding_weight", {d.V, d.D}, emb);
+        list.add(&t->enc_output_embed, "encoder.grid_encoder.output_embed.embedding_weight", {d.V, d.D}, emb);
+        if (d.lpn_grid) list.add(&t->cls_token, "encoder.grid_encoder.cls_token", {1, 1, d.D}, init_trunc_normal(0.02f));
+        for (int l = 0; l < c.encoder_num_layers; l++) {
+            std::string p = "encoder.grid_encoder.layers." + std::to_string(l) + ".";
+            std::string attn = d.lpn_grid ? p : p + "self_attn.";               // LPN blocks own their projections
+            linear(&t->grid_layers[l].qkv, attn + "qkv_proj", 3 * d.D, d.D);
+            linear(&t->grid_layers[l].o, attn + "o_proj", d.D, d.D);
+            mlp(&t->grid_layers[l], p);
         }
+        if (!d.lpn_grid) linear(&t->pool_proj, "encoder.grid_encoder.pool_proj", d.D, d.D);
+        if (d.set_encoder) {
+            list.add(&t->query_tokens, "encoder.set_encoder.query_tokens", {d.P, d.D}, init_trunc_normal(0.02f));
+            for (int l = 0; l < c.encoder_set_layers; l++) {
+                std::string p = "encoder.set_encoder.layers." + std::to_string(l) + ".";
+                linear(&t->set_layers[l].q, p + "q_proj", d.D, d.D);
+                linear(&t->set_layers[l].k, p + "k_proj", d.D, d.D);
+                linear(&t->set_layers[l].v, p + "v_proj", d.D, d.D);
+                linear(&t->set_layers[l].o, p + "o_proj", d.D, d.D);
+                mlp(&t->set_layers[l], p);
+            }
+        }
+        if (d.variational) {
+            linear(&t->mu_w, "encoder.mu_proj", d.D, d.D);
+            list.add(&t->mu_b, "encoder.mu_proj.bias", {d.D}, init_zero());
+            if (d.enc == ENC_HYBRID_VARIATIONAL) list.add(&t->logvar_w, "encoder.logvar_proj.weight", {d.D, d.D}, init_zero());
+            else linear(&t->logvar_w, "encoder.logvar_proj", d.D, d.D);
+            list.add(&t->logvar_b, "encoder.logvar_proj.bias", {d.D}, init_zero());
+        }
+        if (d.enc == ENC_HYBRID_VARIATIONAL) linear(&t->latent_proj, "encoder.decode_proj", d.P * d.D, d.D);
+        if (d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL) linear(&t->latent_proj, "encoder.output_proj", d.P * d.D, d.D);
     }
-    if (d.variational) {
-        linear(&t->mu_w, "encoder.mu_proj", d.D, d.D);
-        add(&t->mu_b, "encoder.mu_proj.bias", {d.D}, INIT_ZERO, 0);
-        if (d.enc == ENC_HYBRID_VARIATIONAL) add(&t->logvar_w, "encoder.logvar_proj.weight", {d.D, d.D}, INIT_ZERO, 0);
-        else linear(&t->logvar_w, "encoder.logvar_proj", d.D, d.D);
-        add(&t->logvar_b, "encoder.logvar_proj.bias", {d.D}, INIT_ZERO, 0);
-    }
-    if (d.enc == ENC_HYBRID_VARIATIONAL) linear(&t->latent_proj, "encoder.decode_proj", d.P * d.D, d.D);
-    if (d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL) linear(&t->latent_proj, "encoder.output_proj", d.P * d.D, d.D);
-    return list;
+
+    list.group(GROUP_PUZZLE);                                                   // upstream: zeros
+    if (d.enc == ENC_NONE) list.add(&t->puzzle_emb, "inner.puzzle_emb.weights", {n_puzzle_ids, d.ndim}, init_zero());
+    list.group(GROUP_BUFFERS);
+    list.add(&t->H_init, "inner.H_init", {d.D}, init_trunc_normal(1.0f));
+    list.add(&t->L_init, "inner.L_init", {d.D}, init_trunc_normal(1.0f));
 }
 
-static size_t tensors_numel(const std::vector<TensorInfo>& list) { return list.empty() ? 0 : list.back().offset + list.back().numel; }
-
-// Upstream initialisation: LeCun truncated normal for linears, truncated normal for embeddings and learned
-// tokens, q head zero with bias -5, the zero-initialised logvar projection of hybrid_variational.
-static void init_tensors(floatS* w, const std::vector<TensorInfo>& list, Rng* rng) {
-    for (const TensorInfo& ti : list)
-        for (size_t i = 0; i < ti.numel; i++) {
-            double v = 0;
-            if (ti.init == INIT_LECUN || ti.init == INIT_TRUNC_NORMAL) v = rng_trunc_normal(rng, ti.value);
-            else if (ti.init == INIT_CONST) v = ti.value;
-            w[ti.offset + i] = (floatS)v;
-        }
+// The groups: decoder and encoder trained by Adam (the encoder with encoder_lr_scale and a tenth of the weight
+// decay when that is set, upstream's second optimizer; the decoder frozen for freeze_decoder_steps), both in the
+// EMA; the puzzle table by sign-SGD (section 6); the buffers frozen.
+static ParamTable model_table(const Dims& d, const Config& c, int n_puzzle_ids) {
+    ParamGroup decoder = param_group("decoder", GROUP_ADAM, true), encoder = param_group("encoder", GROUP_ADAM, true);
+    decoder.frozen_steps = c.freeze_decoder_steps;
+    if (c.encoder_lr_scale > 0) { encoder.lr_scale = c.encoder_lr_scale; encoder.weight_decay_scale = 0.1f; }
+    return param_table<ModelTensors<floatX>>({decoder, encoder, param_group("puzzle_emb", GROUP_SPARSE),
+                                             param_group("buffers", GROUP_FROZEN)},
+                                            [&](TensorList<floatX>& list, ModelTensors<floatX>* t) {
+                                                model_tensors(list, t, d, c, n_puzzle_ids);
+                                            });
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -438,19 +433,6 @@ static void init_tensors(floatS* w, const std::vector<TensorInfo>& list, Rng* rn
 //    with mlp(h) = down(swiglu(gate_up(h))) and attn either self-attention with RoPE over the fused qkv
 //    projection, or cross-attention from q(h) to k(memory), v(memory) (the set encoder).
 
-#define MAX_L_CYCLES 32
-
-typedef struct {
-    char* base;       // null while measuring
-    size_t used;
-} Arena;
-
-template <typename T> T* arena_take(Arena* a, size_t n) {
-    T* p = a->base ? (T*)(a->base + a->used) : nullptr;
-    a->used += CEIL_DIV(n * sizeof(T), 256) * 256;     // 256-byte aligned tensors
-    return p;
-}
-
 typedef struct {
     floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
     floatS *rstd1, *lse, *rstd2;
@@ -458,7 +440,7 @@ typedef struct {
 
 typedef struct {
     floatX* in;                       // the stack's input (for the decoder: z + injection)
-    BlockActs layers[MAX_LAYERS];
+    std::vector<BlockActs> layers;
 } StackActs;
 
 // The shape of one application of a stack of blocks.
@@ -476,6 +458,7 @@ typedef struct {
 static void stack_layout(Arena* a, StackActs* s, const StackShape& sh, const Dims& d) {
     const size_t N = (size_t)sh.B * sh.T, D = d.D, I = d.I;
     s->in = arena_take<floatX>(a, N * D);
+    s->layers.resize(sh.n_layers);
     for (int l = 0; l < sh.n_layers; l++) {
         BlockActs* b = &s->layers[l];
         *b = BlockActs();
@@ -543,7 +526,7 @@ typedef struct {
     floatX* prefix_src;                          // (B, ndim) TRM: the puzzle-embedding rows
     floatX* x;                                   // (B, T, D) input embedding
     StackActs scratch;                           // applications of f without gradient (overwritten each time)
-    StackActs calls[MAX_L_CYCLES + 1];           // the L_cycles + 1 applications with gradient
+    std::vector<StackActs> calls;                // the L_cycles + 1 applications with gradient
     floatX* logits;                              // (B, T, V)
     int* q_index;                                // (B) b * T: position 0 of every sample
     floatX *q_in, *q;                            // (B, D), (B, 2) = (q_halt, q_continue)
@@ -564,21 +547,12 @@ typedef struct {
     Config cfg;
     Dims d;
     int B_local, mb;                  // samples per optimizer step on this process; per micro-batch
-    std::vector<TensorInfo> tensors;
-    size_t n_params, n_decoder;       // all dense parameters; the decoder's are [0, n_decoder)
-    floatX* params;                   // compute copy of the weights
-    floatS* master;                   // fp32 master weights when floatX is not floatS, else null
-    floatS *grads, *adam_m, *adam_v;
-    floatS* ema;                      // EMA of the weights (null without ema)
-    floatX* ema_params;               // the EMA cast to floatX, what evaluation runs (null without ema)
-    ModelTensors<floatX> w, w_ema;    // pointers into params, ema_params
-    ModelTensors<floatS> g;           // pointers into grads
-    floatX *H_init, *L_init;          // (D) initial z_H / z_L (buffers, never trained)
-    floatS* puzzle_emb;               // (n_puzzle_ids, ndim) TRM table (a buffer trained by sign-SGD)
+    Params p;                         // weights, gradients, optimizer state, EMA (common/parameters.h)
+    ModelTensors<floatX> w, w_ema;    // the weights; what evaluation runs (the EMA of decoder and encoder)
+    ModelTensors<floatS> g;           // gradients (decoder and encoder)
     int n_puzzle_ids;
     floatS *rope_cos, *rope_sin;      // decoder RoPE (T, HD)
     floatS *enc_rope_cos, *enc_rope_sin;   // encoder RoPE (2S, HD)
-    int adam_t_decoder, adam_t_encoder;
     Acts acts;
     void* acts_memory;
     size_t acts_bytes;
@@ -593,7 +567,6 @@ typedef struct {
     int* puzzle_ids_global;           // (B_global)
     floatX *puzzle_grads_global, *puzzle_grads_gathered;   // (B_global, ndim); the latter in rank order
     int* slot_order;                  // (B_global) row of global slot g in the rank-ordered gather
-    floatS* norm_scratch;             // (1) device result of global_norm_squared
 } Model;
 
 static StackShape decoder_shape(const Model& m, int B) {
@@ -633,7 +606,8 @@ static void acts_layout(Arena* a, Model* m) {
     ac->x = arena_take<floatX>(a, BT * D);
     StackShape dec = decoder_shape(*m, B);
     stack_layout(a, &ac->scratch, dec, d);
-    for (int i = 0; i <= m->cfg.L_cycles; i++) stack_layout(a, &ac->calls[i], dec, d);
+    ac->calls.resize(m->cfg.L_cycles + 1);
+    for (StackActs& call : ac->calls) stack_layout(a, &call, dec, d);
     ac->logits = arena_take<floatX>(a, BT * d.V);
     ac->q_index = arena_take<int>(a, B);
     ac->q_in = arena_take<floatX>(a, (size_t)B * D);
@@ -713,18 +687,6 @@ static void acts_layout(Arena* a, Model* m) {
     ac->dprefix = arena_take<floatX>(a, (size_t)B * d.P * D);
 }
 
-// Host <-> device copies of weights, converting between floatS on the host and floatX on the device.
-static void upload_floatX(floatX* dst, const floatS* src, size_t n) {
-    std::vector<floatX> tmp(n);
-    for (size_t i = 0; i < n; i++) tmp[i] = from_float<floatX>((double)src[i]);
-    copy_to_device(dst, tmp.data(), n * sizeof(floatX));
-}
-static void download_floatX(floatS* dst, const floatX* src, size_t n) {
-    std::vector<floatX> tmp(n);
-    copy_to_host(tmp.data(), src, n * sizeof(floatX));
-    for (size_t i = 0; i < n; i++) dst[i] = (floatS)to_float(tmp[i]);
-}
-
 // Samples per forward/backward: micro_batch_size when set; otherwise the whole per-process batch if its
 // activations (and the ACT carry still to be allocated) fit in the device's free memory, else the largest
 // divisor of the batch that fits (the ARC default, 768 x 916 tokens, needs a few micro-batches on 80 GB).
@@ -753,35 +715,16 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     m->d = make_dims(c, canvas);
     const Dims& d = m->d;
     m->B_local = B_local;
-    if (c.L_cycles > MAX_L_CYCLES) fatal("L_cycles=%d: at most %d", c.L_cycles, MAX_L_CYCLES);
 
-    ModelTensors<floatX> none;
-    m->tensors = model_tensors<floatX>(d, c, nullptr, &none);
-    m->n_params = tensors_numel(m->tensors);
-    m->n_decoder = m->n_params;
-    for (const TensorInfo& t : m->tensors) if (t.encoder) { m->n_decoder = t.offset; break; }
-    const size_t P = m->n_params;
-    m->params = (floatX*)device_malloc(P * sizeof(floatX), "parameters");
-    m->master = std::is_same<floatX, floatS>::value ? nullptr : (floatS*)device_malloc(P * sizeof(floatS), "master weights");
-    m->grads = (floatS*)device_malloc(P * sizeof(floatS), "gradients");
-    m->adam_m = (floatS*)device_malloc(P * sizeof(floatS), "Adam m");
-    m->adam_v = (floatS*)device_malloc(P * sizeof(floatS), "Adam v");
-    m->ema = c.ema ? (floatS*)device_malloc(P * sizeof(floatS), "EMA weights") : nullptr;
-    m->ema_params = c.ema ? (floatX*)device_malloc(P * sizeof(floatX), "EMA compute weights") : nullptr;
-    model_tensors<floatX>(d, c, m->params, &m->w);
-    model_tensors<floatS>(d, c, m->grads, &m->g);
-    if (c.ema) model_tensors<floatX>(d, c, m->ema_params, &m->w_ema);
-    else m->w_ema = m->w;
-    device_memset(m->grads, 0, P * sizeof(floatS));
-    device_memset(m->adam_m, 0, P * sizeof(floatS));
-    device_memset(m->adam_v, 0, P * sizeof(floatS));
-    m->adam_t_decoder = m->adam_t_encoder = 0;
-
-    m->H_init = (floatX*)device_malloc(d.D * sizeof(floatX), "H_init");
-    m->L_init = (floatX*)device_malloc(d.D * sizeof(floatX), "L_init");
     m->n_puzzle_ids = d.enc == ENC_NONE ? n_puzzle_ids : 0;
-    m->puzzle_emb = (floatS*)device_malloc((size_t)m->n_puzzle_ids * d.ndim * sizeof(floatS), "puzzle embedding table");
-    device_memset(m->puzzle_emb, 0, (size_t)m->n_puzzle_ids * d.ndim * sizeof(floatS));   // upstream: zeros
+    params_alloc(&m->p, model_table(d, c, m->n_puzzle_ids), c.ema, c.ema_rate);
+    const ParamTable& table = m->p.table;
+    TensorList<floatX> w = tensor_bind(table, param_bases(table, m->p.params, BUF_PARAMS));
+    model_tensors(w, &m->w, d, c, m->n_puzzle_ids);
+    TensorList<floatX> w_ema = tensor_bind(table, param_bases_ema(m->p));
+    model_tensors(w_ema, &m->w_ema, d, c, m->n_puzzle_ids);
+    TensorList<floatS> g = tensor_bind(table, param_bases(table, m->p.grads, BUF_GRADS));
+    model_tensors(g, &m->g, d, c, m->n_puzzle_ids);
 
     // RoPE tables: decoder positions 0..T-1; encoder positions 0..2S-1 (the LPN CLS token is not rotated)
     std::vector<floatS> cs((size_t)std::max(d.T, 2 * d.S) * d.HD), sn(cs.size());
@@ -800,13 +743,7 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     }
 
     m->mb = choose_micro_batch(m, B_local);
-    Arena arena = {nullptr, 0};
-    acts_layout(&arena, m);                                              // measure
-    m->acts_bytes = arena.used;
-    m->acts_memory = device_malloc(arena.used, "activations");
-    arena.base = (char*)m->acts_memory;
-    arena.used = 0;
-    acts_layout(&arena, m);                                              // carve
+    m->acts_memory = arena_alloc([&](Arena* a) { acts_layout(a, m); }, &m->acts_bytes, "activations");
 
     // constant index tables and loss weights
     std::vector<int> idx(std::max(m->mb, m->mb * std::max(d.K, 1)));
@@ -843,27 +780,12 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     std::vector<int> order(B_global);
     for (int g = 0; g < B_global; g++) order[g] = dist_slot_row(g, B_local);
     copy_to_device(m->slot_order, order.data(), B_global * sizeof(int));
-    m->norm_scratch = (floatS*)device_malloc(sizeof(floatS), "norm");
 }
 
-// Upstream initialisation of the weights and of the H_init / L_init buffers (truncated normal, std 1).
+// Upstream initialisation (section 2).
 static void model_init_weights(Model* m, uint64_t seed) {
     Rng rng = rng_make(seed);
-    std::vector<floatS> w(m->n_params), init(2 * m->d.D);
-    init_tensors(w.data(), m->tensors, &rng);
-    for (floatS& v : init) v = (floatS)rng_trunc_normal(&rng, 1.0);
-    if (m->master) copy_to_device(m->master, w.data(), w.size() * sizeof(floatS));
-    upload_floatX(m->params, w.data(), w.size());
-    if (m->ema) copy_to_device(m->ema, w.data(), w.size() * sizeof(floatS));
-    upload_floatX(m->H_init, init.data(), m->d.D);
-    upload_floatX(m->L_init, init.data() + m->d.D, m->d.D);
-}
-
-// Sets the weights (and the EMA) from host fp32 values.
-static void model_set_weights(Model* m, const floatS* w) {
-    if (m->master) copy_to_device(m->master, w, m->n_params * sizeof(floatS));
-    upload_floatX(m->params, w, m->n_params);
-    if (m->ema) copy_to_device(m->ema, w, m->n_params * sizeof(floatS));
+    params_set(&m->p, param_init_values(m->p.table, seed, &rng));
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -940,7 +862,7 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
         if (d.lpn_grid) broadcast_rows(e->grid.in, w.cls_token, Nd, 1, D, S2, 0, st);
         embedding_forward(e->grid.in, e->demo_in, w.enc_input_embed, Nd, S, D, S2, first, emb_scale, st);
         embedding_forward(e->grid.in, e->demo_out, w.enc_output_embed, Nd, S, D, S2, first + S, emb_scale, st);
-        const floatX* h = stack_forward(&e->grid, w.grid_layers, grid_shape(*m, Nd), d, eps, st);
+        const floatX* h = stack_forward(&e->grid, w.grid_layers.data(), grid_shape(*m, Nd), d, eps, st);
         if (d.lpn_grid) {
             gather_rows(e->pooled, h, e->cls_index, Nd, D, st);
             rmsnorm_forward(e->e, e->e_rstd, e->pooled, nullptr, Nd, D, eps, st);
@@ -960,7 +882,7 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
     if (d.set_encoder) {
         StackShape ss = set_shape(*m, B);
         broadcast_rows(e->set.in, w.query_tokens, B, d.P, D, d.P, 0, st);
-        const floatX* out = stack_forward(&e->set, w.set_layers, ss, d, eps, st);
+        const floatX* out = stack_forward(&e->set, w.set_layers.data(), ss, d, eps, st);
         if (m->cfg.set_encoder_final_norm) rmsnorm_forward(e->ctx, e->ctx_rstd, out, nullptr, B * d.P, D, eps, st);
         else copy_on_device(e->ctx, out, (size_t)B * d.P * D * sizeof(floatX));
         if (d.enc == ENC_HYBRID_VARIATIONAL) {        // one latent per sample from the pooled context
@@ -984,7 +906,7 @@ static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int
     Acts* a = &m->acts;
     const size_t batch_stride = (size_t)d.T * d.D;
     if (d.enc == ENC_NONE) {
-        puzzle_emb_gather(a->prefix_src, m->puzzle_emb, a->puzzle_ids, B, d.ndim, st);
+        puzzle_emb_gather(a->prefix_src, w.puzzle_emb, a->puzzle_ids, B, d.ndim, st);
         prefix_forward(a->x, a->prefix_src, B, d.ndim, d.P * d.D, batch_stride, sqrtf((float)d.D), st);
     } else {
         prefix_forward(a->x, context, B, d.P * d.D, d.P * d.D, batch_stride, d.prefix_scale, st);
@@ -1010,7 +932,7 @@ static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H
             StackActs* stack = grad ? &a->calls[i] : &a->scratch;
             if (i < L) add_forward(stack->in, z_L, z_H, a->x, n, st);     // z_L = f(z_L + z_H + x)
             else add_forward(stack->in, z_H, z_L, nullptr, n, st);        // z_H = f(z_H + z_L)
-            const floatX* out = stack_forward(stack, w.L_level, s, d, eps, st);
+            const floatX* out = stack_forward(stack, w.L_level.data(), s, d, eps, st);
             copy_on_device(i < L ? z_L : z_H, out, n * sizeof(floatX));
         }
     }
@@ -1108,10 +1030,10 @@ static void decoder_backward(Model* m, const floatX* z_H, int B, const floatS* d
     scatter_rows(a->G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
     matmul_backward(a->G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
     // z_H = f(z_H' + z_L): G becomes the gradient of the last z_L (z_H' came from a detached cycle)
-    stack_backward(a->G, nullptr, &a->calls[L], w.L_level, g.L_level, s, d, *a, st);
+    stack_backward(a->G, nullptr, &a->calls[L], w.L_level.data(), g.L_level.data(), s, d, *a, st);
     // z_L = f(z_L' + z_H' + x), L_cycles times: x collects every application's input gradient
     for (int i = L - 1; i >= 0; i--) {
-        stack_backward(a->G, nullptr, &a->calls[i], w.L_level, g.L_level, s, d, *a, st);
+        stack_backward(a->G, nullptr, &a->calls[i], w.L_level.data(), g.L_level.data(), s, d, *a, st);
         if (i == L - 1) copy_on_device(a->dx, a->G, n * sizeof(floatX));
         else add_forward(a->dx, a->dx, a->G, nullptr, n, st);
     }
@@ -1146,7 +1068,7 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
         if (m->cfg.set_encoder_final_norm) rmsnorm_backward(a->G, d_context, e->ctx, e->ctx_rstd, B * d.P, D, false, st);
         else copy_on_device(a->G, d_context, n_ctx * sizeof(floatX));
         device_memset(e->d_E, 0, (size_t)B * d.K * D * sizeof(floatX));
-        stack_backward(a->G, e->d_E, &e->set, w.set_layers, g.set_layers, ss, d, *a, st);
+        stack_backward(a->G, e->d_E, &e->set, w.set_layers.data(), g.set_layers.data(), ss, d, *a, st);
         broadcast_rows_backward(g.query_tokens, a->G, B, d.P, D, d.P, 0, st);
     } else {
         matmul_backward(e->d_agg, g.latent_proj, nullptr, a->dprefix, e->agg, w.latent_proj, B, D, d.P * D, false, st);
@@ -1168,7 +1090,7 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
         matmul_backward(e->d_pooled, g.pool_proj, nullptr, e->d_e, e->pooled, w.pool_proj, Nd, D, D, false, st);
         masked_mean_backward(a->G, e->d_pooled, e->pool_mask, Nd, S2, D, st);
     }
-    stack_backward(a->G, nullptr, &e->grid, w.grid_layers, g.grid_layers, grid_shape(*m, Nd), d, *a, st);
+    stack_backward(a->G, nullptr, &e->grid, w.grid_layers.data(), g.grid_layers.data(), grid_shape(*m, Nd), d, *a, st);
     const int first = d.lpn_grid ? 1 : 0;
     const float emb_scale = sqrtf((float)D);
     embedding_backward(g.enc_input_embed, a->G, e->demo_in, Nd, S, D, S2, first, emb_scale, st);
@@ -1180,58 +1102,30 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
 // 6. Update: learning-rate schedule, gradient norms and clipping, AdamATan2 / AdamW on the dense parameters
 //    (decoder and encoder as two groups), EMA, and sign-SGD on the puzzle-embedding rows of the batch.
 
-// Upstream schedule: linear warm-up lr * step / warmup, then cosine from lr to lr * min_ratio (steps from 1).
-static float lr_at(int step, float base, int warmup, int total, float min_ratio) {
-    if (step < warmup) return base * (float)step / (float)std::max(1, warmup);
-    const double progress = (double)(step - warmup) / std::max(1, total - warmup);
-    return (float)(base * (min_ratio + std::max(0.0, (1.0 - min_ratio) * 0.5 * (1.0 + cos(M_PI * progress)))));
-}
-
-// fp32 weights: the master copy, or params themselves when floatX is floatS.
-static floatS* master_weights(Model* m) { return m->master ? m->master : reinterpret_cast<floatS*>(m->params); }
-
-static double norm_squared(Model* m, size_t begin, size_t end, Stream st) {
-    if (end <= begin) return 0;
-    global_norm_squared(m->norm_scratch, m->grads + begin, end - begin, st);
-    floatS host;
-    copy_to_host(&host, m->norm_scratch, sizeof(floatS));
-    return (double)host;
-}
-
 typedef struct { double enc_norm, dec_norm, total_norm, lr; } UpdateStats;
 
-// The gradients are already summed over the ranks, so every rank takes the same step. TRM: sign-SGD on the
-// puzzle rows of the global batch (m->puzzle_ids_global, m->puzzle_grads_global).
+// The gradients are already summed over the ranks, so every rank takes the same step. The schedule is upstream's
+// (linear warm-up, then cosine to lr * lr_min_ratio; steps from 1); clipping is over the groups that train this
+// step, as torch.nn.utils.clip_grad_norm_ over the optimizer's parameters. TRM: sign-SGD on the puzzle rows of the
+// global batch (m->puzzle_ids_global, m->puzzle_grads_global), with the schedule of puzzle_emb_lr.
 static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) {
     const Config& c = m->cfg;
     UpdateStats u;
-    u.dec_norm = sqrt(norm_squared(m, 0, m->n_decoder, st));
-    u.enc_norm = sqrt(norm_squared(m, m->n_decoder, m->n_params, st));
+    u.dec_norm = sqrt(params_grad_norm_squared(&m->p, GROUP_DECODER, GROUP_DECODER + 1, st));
+    u.enc_norm = sqrt(params_grad_norm_squared(&m->p, GROUP_ENCODER, GROUP_ENCODER + 1, st));
     u.total_norm = sqrt(u.dec_norm * u.dec_norm + u.enc_norm * u.enc_norm);
-    const bool decoder_frozen = step <= c.freeze_decoder_steps;
-    // as torch.nn.utils.clip_grad_norm_ over the parameters that train this step
-    const double trained_norm = decoder_frozen ? u.enc_norm : u.total_norm;
-    const float grad_scale = c.grad_clip_norm > 0 ? (float)std::min(1.0, c.grad_clip_norm / (trained_norm + 1e-6)) : 1.0f;
-    u.lr = lr_at(step, c.lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
-    const bool atan2_mode = c.optimizer == "adam_atan2";
-    if (!decoder_frozen)
-        adam_update(m->params, m->master, m->grads, m->adam_m, m->adam_v, m->n_decoder, (float)u.lr, c.beta1, c.beta2,
-                    c.adam_eps, c.weight_decay, grad_scale, ++m->adam_t_decoder, atan2_mode, st);
-    if (m->n_params > m->n_decoder) {
-        const bool separate = c.encoder_lr_scale > 0;      // upstream's second optimizer for the encoder
-        const float lr_enc = separate ? (float)u.lr * c.encoder_lr_scale : (float)u.lr;
-        const float wd_enc = separate ? c.weight_decay * 0.1f : c.weight_decay;
-        const size_t off = m->n_decoder;
-        adam_update(m->params + off, m->master ? m->master + off : nullptr, m->grads + off, m->adam_m + off, m->adam_v + off,
-                    m->n_params - off, lr_enc, c.beta1, c.beta2, c.adam_eps, wd_enc, grad_scale, ++m->adam_t_encoder, atan2_mode, st);
-    }
-    if (m->ema) ema_update(m->ema, master_weights(m), m->n_params, c.ema_rate, st);
+    const double trained_norm = group_updates_at(m->p.table.groups[GROUP_DECODER], step) ? u.total_norm : u.enc_norm;
+    const Schedule schedule = {SCHEDULE_TRM, c.lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio};
+    u.lr = lr_schedule(schedule, step);
+    const AdamConfig adam = {c.optimizer == "adam_atan2", c.beta1, c.beta2, c.adam_eps, c.weight_decay};
+    params_update(&m->p, adam, (float)u.lr, step, clip_scale(trained_norm, c.grad_clip_norm), st);
     if (m->d.enc == ENC_NONE) {
-        const float lr_puzzle = lr_at(step, c.puzzle_emb_lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio);
-        sign_sgd_update(m->puzzle_emb, m->puzzle_ids_global, m->puzzle_grads_global, m->B_local * dist().world,
-                        m->d.ndim, lr_puzzle, c.puzzle_emb_weight_decay, st);
+        const Schedule puzzle = {SCHEDULE_TRM, c.puzzle_emb_lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio};
+        const size_t off = m->p.table.groups[GROUP_PUZZLE].begin;
+        sign_sgd_update(m->w.puzzle_emb, m->p.master ? m->p.master + off : nullptr, m->puzzle_ids_global,
+                        m->puzzle_grads_global, m->B_local * dist().world, m->d.ndim, lr_schedule(puzzle, step),
+                        c.puzzle_emb_weight_decay, st);
     }
-    device_memset(m->grads, 0, m->n_params * sizeof(floatS));
     return u;
 }
 
@@ -1362,7 +1256,7 @@ static void demo_loss(Model* m, const ModelTensors<floatX>& w, const Sample* s, 
         copy_to_device(e->opt_rows, rows.data(), n * sizeof(int));
         gather_rows(e->opt_prefix, context, e->opt_rows, n, ctx, st);
         device_memset(a->eval_halted, 1, n);
-        act_reset(a->eval_z_H, a->eval_z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, n, d.T, d.D, st);
+        act_reset(a->eval_z_H, a->eval_z_L, w.H_init, w.L_init, a->eval_steps, a->eval_halted, n, d.T, d.D, st);
         input_embedding_forward(m, w, n, e->opt_prefix, st);
         decoder_forward(m, w, a->eval_z_H, a->eval_z_L, n, with_grad, st);
         loss_forward(m, n, st);
@@ -1421,7 +1315,7 @@ static void latent_optimise(Model* m, const ModelTensors<floatX>& w, const Sampl
     *loss_after = std::accumulate(best_loss.begin(), best_loss.end(), 0.0);
     copy_to_device(e->opt_latent, best.data(), n * sizeof(floatX));
     set_context();
-    device_memset(m->grads, 0, m->n_params * sizeof(floatS));      // the decoder's backward added parameter gradients
+    params_zero_grads(&m->p);                                      // the decoder's backward added parameter gradients
 }
 
 typedef struct {
@@ -1490,7 +1384,7 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
         input_embedding_forward(m, w, B, a->enc.context, Stream());     // the same for all ACT steps
         // a fresh carry: every slot starts halted, i.e. from H_init / L_init, and runs halt_max_steps steps
         device_memset(a->eval_halted, 1, B);
-        act_reset(a->eval_z_H, a->eval_z_L, m->H_init, m->L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
+        act_reset(a->eval_z_H, a->eval_z_L, w.H_init, w.L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
         for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, a->eval_z_H, a->eval_z_L, B, false, Stream());
         loss_forward(m, B, Stream());
         copy_to_host(preds.data(), a->preds, preds.size() * sizeof(int));
@@ -1556,10 +1450,11 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
 // ----------------------------------------------------------------------------------------------------------
 // 9. Checkpoints, safetensors, debug state.
 //
-// Checkpoint file (ckpt_<step>.bin in checkpoint_path, format in common/checkpoint.h), sections: weights,
-// adam_m, adam_v, ema, init_buffers (H_init, L_init), puzzle_emb, state (step, Adam step counts, data-loader
-// position), the ACT carry (z_H, z_L, steps, halted) and the carry's samples. Everything a run needs to continue
-// bit for bit. Weights are also exported as safetensors with the upstream state_dict names.
+// Checkpoint file (ckpt_<step>.bin in checkpoint_path, format in common/checkpoint.h), sections: the parameter
+// state of every group (weights, Adam moments, EMA, optimizer steps: params_sections), state (step, data-loader
+// position, global batch, puzzle identifiers), the ACT carry (z_H, z_L, steps, halted) and the carry's samples.
+// Everything a run needs to continue bit for bit. Weights are also exported as safetensors with the upstream
+// state_dict names.
 
 // The carry's samples as int32 records: n_demos, puzzle_id, task, aug, pair, then the tokens.
 static void samples_serialize(const std::vector<Sample>& samples, int S, std::vector<int32_t>* out) {
@@ -1604,32 +1499,11 @@ static std::string checkpoint_name(const std::string& dir, const char* kind, int
     return dir + buf;
 }
 
-// Host copies of the weights: the fp32 master, or the EMA.
-static std::vector<floatS> weights_to_host(Model* m, bool ema) {
-    std::vector<floatS> w(m->n_params);
-    copy_to_host(w.data(), ema ? m->ema : master_weights(m), w.size() * sizeof(floatS));
-    return w;
-}
-
-static std::vector<floatS> init_buffers_to_host(Model* m) {
-    std::vector<floatS> b(2 * m->d.D);
-    download_floatX(b.data(), m->H_init, m->d.D);
-    download_floatX(b.data() + m->d.D, m->L_init, m->d.D);
-    return b;
-}
-
 // Weights (the EMA when ema=1, as upstream saves its evaluation model) with the upstream state_dict names.
 static void export_safetensors(Model* m, const std::string& path, int step, const std::string& config) {
-    const Dims& d = m->d;
-    const bool ema = m->ema != nullptr;
-    std::vector<floatS> w = weights_to_host(m, ema), buffers = init_buffers_to_host(m);
-    std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
-    copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
+    const bool ema = m->p.ema != nullptr;
     SafetensorsWriter st;
-    for (const TensorInfo& t : m->tensors) safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
-    safetensors_add_f32(&st, "inner.H_init", {d.D}, buffers.data());
-    safetensors_add_f32(&st, "inner.L_init", {d.D}, buffers.data() + d.D);
-    if (d.enc == ENC_NONE) safetensors_add_f32(&st, "inner.puzzle_emb.weights", {m->n_puzzle_ids, d.ndim}, table.data());
+    safetensors_add_table(&st, m->p.table, params_values(m->p, ema), [](const TensorInfo&) { return false; });
     safetensors_add_meta(&st, "format", "arc.cu");
     safetensors_add_meta(&st, "step", std::to_string(step));
     safetensors_add_meta(&st, "weights", ema ? "ema" : "raw");
@@ -1672,12 +1546,6 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
     const Dims& d = m->d;
     const std::string& dir = m->cfg.checkpoint_path;
     const int Bl = m->B_local;
-    std::vector<floatS> w = weights_to_host(m, false), mm(m->n_params), vv(m->n_params), ema;
-    copy_to_host(mm.data(), m->adam_m, mm.size() * sizeof(floatS));
-    copy_to_host(vv.data(), m->adam_v, vv.size() * sizeof(floatS));
-    if (m->ema) ema = weights_to_host(m, true);
-    std::vector<floatS> buffers = init_buffers_to_host(m), table((size_t)m->n_puzzle_ids * d.ndim);
-    copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
     // the carry of every rank, in global slot order: z_H then z_L (B_global, T, D), steps, halted, samples
     const size_t slot_z = (size_t)d.T * d.D, carry = (size_t)Bl * slot_z;
     std::vector<floatS> z(carry);
@@ -1707,21 +1575,14 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
     }
     std::vector<int32_t> samples;
     samples_serialize(carry_all, d.S, &samples);
-    int64_t state[8] = {ts.step, m->adam_t_decoder, m->adam_t_encoder, dl.epoch, dl.cursor, (int64_t)Bl * dist().world,
-                        (int64_t)m->n_params, m->n_puzzle_ids};
-    std::vector<SectionOut> sections = {
-        {"state", state, sizeof state},
-        {"weights", w.data(), w.size() * sizeof(floatS)},
-        {"adam_m", mm.data(), mm.size() * sizeof(floatS)},
-        {"adam_v", vv.data(), vv.size() * sizeof(floatS)},
-        {"init_buffers", buffers.data(), buffers.size() * sizeof(floatS)},
-        {"puzzle_emb", table.data(), table.size() * sizeof(floatS)},
-        {"carry_z", z_all.data(), z_all.size()},
-        {"carry_steps", steps_all.data(), steps_all.size()},
-        {"carry_halted", halted_all.data(), halted_all.size()},
-        {"carry_samples", samples.data(), samples.size() * sizeof(int32_t)},
-    };
-    if (m->ema) sections.push_back({"ema", ema.data(), ema.size() * sizeof(floatS)});
+    const int64_t state[5] = {ts.step, dl.epoch, dl.cursor, (int64_t)Bl * dist().world, m->n_puzzle_ids};
+    SectionList sections;
+    section_add(&sections, "state", state, sizeof state);
+    params_sections(m->p, &sections);
+    section_add(&sections, "carry_z", z_all.data(), z_all.size());
+    section_add(&sections, "carry_steps", steps_all.data(), steps_all.size());
+    section_add(&sections, "carry_halted", halted_all.data(), halted_all.size());
+    section_add(&sections, "carry_samples", samples.data(), samples.size() * sizeof(int32_t));
     const std::string path = checkpoint_name(dir, "ckpt", ts.step, ".bin");
     checkpoint_write(path, ts.step, config, sections);
     if (m->cfg.save_safetensors) export_safetensors(m, checkpoint_name(dir, "model", ts.step, ".safetensors"), ts.step, config);
@@ -1742,27 +1603,17 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     int step;
     std::string config;
     Sections s = checkpoint_read(path, &step, &config);
-    int64_t state[8];
-    section_get(s, path, "state", state, 8);
+    int64_t state[5];
+    section_get(s, path, "state", state, 5);
     const int Bl = m->B_local, B_global = Bl * dist().world;
-    if (state[5] != B_global)
+    if (state[3] != B_global)
         fatal("%s: written with a global batch of %lld samples, this run has %d: resume with the same global_batch_size",
-              path, (long long)state[5], B_global);
-    if (state[7] != m->n_puzzle_ids)
-        fatal("%s: written with %lld puzzle identifiers, this run has %d: resume with the same data and num_aug", path, (long long)state[7], m->n_puzzle_ids);
-    const size_t P = m->n_params, slot_z = (size_t)d.T * d.D, carry = (size_t)B_global * slot_z;
-    std::vector<floatS> w(P), buf(std::max(P, 2 * carry));
-    section_get(s, path, "weights", w.data(), P);
-    model_set_weights(m, w.data());
-    section_get(s, path, "adam_m", buf.data(), P); copy_to_device(m->adam_m, buf.data(), P * sizeof(floatS));
-    section_get(s, path, "adam_v", buf.data(), P); copy_to_device(m->adam_v, buf.data(), P * sizeof(floatS));
-    if (m->ema) { section_get(s, path, "ema", buf.data(), P); copy_to_device(m->ema, buf.data(), P * sizeof(floatS)); }
-    section_get(s, path, "init_buffers", buf.data(), 2 * d.D);
-    upload_floatX(m->H_init, buf.data(), d.D);
-    upload_floatX(m->L_init, buf.data() + d.D, d.D);
-    std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
-    section_get(s, path, "puzzle_emb", table.data(), table.size());
-    copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+              path, (long long)state[3], B_global);
+    if (state[4] != m->n_puzzle_ids)
+        fatal("%s: written with %lld puzzle identifiers, this run has %d: resume with the same data and num_aug", path, (long long)state[4], m->n_puzzle_ids);
+    params_load_sections(&m->p, s, path);
+    const size_t slot_z = (size_t)d.T * d.D, carry = (size_t)B_global * slot_z;
+    std::vector<floatS> buf(2 * carry);
     // this rank's slots of the global carry
     section_get(s, path, "carry_z", buf.data(), 2 * carry);
     upload_floatX(m->z_H, slots_of_rank(buf.data(), slot_z, Bl).data(), (size_t)Bl * slot_z);
@@ -1780,10 +1631,8 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     std::vector<Sample> carry_all = samples_deserialize(samples, B_global, d.S, path);
     ts->carry = slots_of_rank(carry_all.data(), 1, Bl);
     ts->step = (int)state[0];
-    m->adam_t_decoder = (int)state[1];
-    m->adam_t_encoder = (int)state[2];
-    dl->epoch = state[3];
-    dl->cursor = state[4];
+    dl->epoch = state[1];
+    dl->cursor = state[2];
     dl->order.clear();
 }
 
@@ -1797,13 +1646,10 @@ static bool ends_with(const std::string& s, const char* suffix) {
 // encoder keeps its initialisation.
 static void load_weights(Model* m, const std::string& path, bool decoder_only) {
     const Dims& d = m->d;
-    std::vector<floatS> w = weights_to_host(m, false), buffers(2 * d.D), table((size_t)m->n_puzzle_ids * d.ndim);
+    const ParamTable& table = m->p.table;
+    std::vector<floatS> w = params_values(m->p);
     if (ends_with(path, ".safetensors")) {
         Safetensors st = safetensors_read(path.c_str());
-        for (const TensorInfo& t : m->tensors)
-            if (!(decoder_only && t.encoder)) safetensors_get(st, t.name, t.shape, w.data() + t.offset);
-        safetensors_get(st, "inner.H_init", {d.D}, buffers.data());
-        safetensors_get(st, "inner.L_init", {d.D}, buffers.data() + d.D);
         if (d.enc == ENC_NONE && !decoder_only) {
             const SafetensorsEntry* e = safetensors_find(st, "inner.puzzle_emb.weights");
             if (!e) fatal("%s: no inner.puzzle_emb.weights (a TRM model needs its puzzle table)", path.c_str());
@@ -1811,22 +1657,18 @@ static void load_weights(Model* m, const std::string& path, bool decoder_only) {
                 fatal("%s: puzzle table of shape %s, this run has %d identifiers x %d: identifiers depend on the data "
                       "files and num_aug, which must match the run that trained it", path.c_str(),
                       safetensors_shape_str(e->shape).c_str(), m->n_puzzle_ids, d.ndim);
-            safetensors_get(st, "inner.puzzle_emb.weights", e->shape, table.data());
-            copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
         }
+        for (const TensorInfo& t : table.tensors)
+            if (!(decoder_only && (t.group == GROUP_ENCODER || t.group == GROUP_PUZZLE)))
+                safetensors_get(st, t.name, t.shape, w.data() + t.offset);
     } else {
         if (decoder_only) fatal("load_decoder=%s: expected a .safetensors file (convert PyTorch checkpoints with dev/convert_trm_checkpoint.py)", path.c_str());
         int step;
         std::string config;
         Sections s = checkpoint_read(path.c_str(), &step, &config);
-        section_get(s, path.c_str(), "weights", w.data(), w.size());
-        section_get(s, path.c_str(), "init_buffers", buffers.data(), buffers.size());
-        section_get(s, path.c_str(), "puzzle_emb", table.data(), table.size());
-        copy_to_device(m->puzzle_emb, table.data(), table.size() * sizeof(floatS));
+        params_read_weights(table, s, path.c_str(), &w);
     }
-    model_set_weights(m, w.data());
-    upload_floatX(m->H_init, buffers.data(), d.D);
-    upload_floatX(m->L_init, buffers.data() + d.D, d.D);
+    params_set(&m->p, w);
 }
 
 // What the first training step produced, for debug_state (gathered over the micro-batches).
@@ -1841,15 +1683,15 @@ typedef struct {
 static void debug_state_write(Model* m, const TrainState& ts, const DebugCapture& cap, const std::string& path, const std::string& config) {
     const Dims& d = m->d;
     const int B = m->B_local, K = d.K;
-    std::vector<floatS> w = weights_to_host(m, false), buffers = init_buffers_to_host(m), grads(m->n_params);
-    copy_to_host(grads.data(), m->grads, grads.size() * sizeof(floatS));
+    const std::vector<floatS> w = params_values(m->p);
+    std::vector<floatS> grads(m->p.table.n_dense);
+    copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
     SafetensorsWriter st;
-    for (const TensorInfo& t : m->tensors) {
+    for (const TensorInfo& t : m->p.table.tensors) {
         safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
-        safetensors_add_f32(&st, "grad." + t.name, t.shape, grads.data() + t.offset);
+        if (t.group == GROUP_DECODER || t.group == GROUP_ENCODER)
+            safetensors_add_f32(&st, "grad." + t.name, t.shape, grads.data() + t.offset);
     }
-    safetensors_add_f32(&st, "inner.H_init", {d.D}, buffers.data());
-    safetensors_add_f32(&st, "inner.L_init", {d.D}, buffers.data() + d.D);
     std::vector<int32_t> inputs, labels, ids, demo_in((size_t)B * K * d.S, 0), demo_out(demo_in.size(), 0);
     std::vector<uint8_t> mask((size_t)B * K, 0);
     for (int b = 0; b < B; b++) {
@@ -1871,12 +1713,7 @@ static void debug_state_write(Model* m, const TrainState& ts, const DebugCapture
     }
     if (d.enc == ENC_HYBRID_VARIATIONAL) safetensors_add_f32(&st, "batch.eps", {B, d.D}, cap.eps.data());
     if (d.enc == ENC_LPN_VARIATIONAL) safetensors_add_f32(&st, "batch.eps", {B, K, d.D}, cap.eps.data());
-    if (d.enc == ENC_NONE) {
-        std::vector<floatS> table((size_t)m->n_puzzle_ids * d.ndim);
-        copy_to_host(table.data(), m->puzzle_emb, table.size() * sizeof(floatS));
-        safetensors_add_f32(&st, "inner.puzzle_emb.weights", {m->n_puzzle_ids, d.ndim}, table.data());
-        safetensors_add_f32(&st, "grad.inner.puzzle_emb.local_weights", {B, d.ndim}, cap.puzzle_grads.data());
-    }
+    if (d.enc == ENC_NONE) safetensors_add_f32(&st, "grad.inner.puzzle_emb.local_weights", {B, d.ndim}, cap.puzzle_grads.data());
     safetensors_add_f32(&st, "out.logits", {B, d.S, d.V}, cap.logits.data());
     safetensors_add_f32(&st, "out.q_halt_logits", {B}, cap.q_halt.data());
     safetensors_add_f32(&st, "out.q_continue_logits", {B}, cap.q_continue.data());
@@ -1995,7 +1832,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         const int latent_rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
         r.flops += micro_batch_flops(*m, B, Nd);
         latent_noise(m, latent_rows, true, step);
-        act_reset(z_H, z_L, m->H_init, m->L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
+        act_reset(z_H, z_L, m->w.H_init, m->w.L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
         if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
         input_embedding_forward(m, m->w, B, a->enc.context, Stream());
         decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
@@ -2031,7 +1868,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         decoder_backward(m, z_H, B, a->dloss_lm, a->dloss_q, Stream());
         // the decoder's gradients are complete after the last micro-batch's decoder backward: their sum over
         // the ranks overlaps the encoder's backward (which writes only the encoder's gradients)
-        if (b0 + B == m->B_local) dist_sum_start(m->grads, m->n_decoder, Stream());
+        if (b0 + B == m->B_local) params_grad_sum_start(&m->p, GROUP_DECODER, GROUP_DECODER + 1, Stream());
         if (d.enc == ENC_NONE) {
             copy_on_device(m->step_puzzle_ids + b0, a->puzzle_ids, B * sizeof(int));
             copy_on_device(m->step_puzzle_grads + (size_t)b0 * d.ndim, a->dprefix, (size_t)B * d.ndim * sizeof(floatX));
@@ -2051,7 +1888,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     }
     // the gradients and the metrics of the global batch (the encoder's sum queued behind the decoder's on the
     // communication stream: one communicator's collectives stay in one order on one stream)
-    dist_sum_start(m->grads + m->n_decoder, m->n_params - m->n_decoder, Stream());
+    params_grad_sum_start(&m->p, GROUP_ENCODER, GROUP_ENCODER + 1, Stream());
     dist_sum_wait(Stream());
     double sums[9] = {r.lm_loss, r.q_halt_loss, kl_sum, r.count, r.accuracy, r.exact, r.q_halt_acc, r.steps, 0};
     dist_sum_host(sums, 9);
@@ -2128,12 +1965,7 @@ static void write_predictions(const std::string& path, const DataLoader& dl, int
 
 // Evaluates every set of data_paths_test with the evaluation weights (the EMA when ema=1).
 static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logger* log) {
-    ModelTensors<floatX> w = m->w;
-    if (m->ema) {
-        std::vector<floatS> e = weights_to_host(m, true);
-        upload_floatX(m->ema_params, e.data(), e.size());
-        w = m->w_ema;
-    }
+    const ModelTensors<floatX>& w = m->w_ema;
     std::vector<EvalResult> results;
     for (int set = 0; set < (int)dl->test_names.size(); set++) {
         const double t0 = wall_time();
@@ -2157,24 +1989,20 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
 
 #ifndef TESTING
 int main(int argc, char** argv) {
-    dist_init(&argc, &argv);
-    const int rank = dist().rank, W = dist().world;
     Config cfg = config_defaults();
     std::vector<ArgSpec> specs = config_specs(&cfg);
-    if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)")) {
-        dist_finish();
+    Run run;
+    if (!run_begin(&run, &argc, &argv, specs, "key=value ...   (e.g. data_paths=data/synth/train.bin encoder_type=standard)",
+                   [&]() {
+                       config_validate(cfg);
+                       if (cfg.global_batch_size % dist().world)
+                           fatal("global_batch_size=%d must be a multiple of the number of processes (%d)",
+                                 cfg.global_batch_size, dist().world);
+                   }, cfg.checkpoint_path))
         return 0;
-    }
-    config_validate(cfg);
-    const std::string config_text = args_dump(specs);
-    dist_check_same(hash_bytes(config_text.data(), config_text.size()), "the configuration");
-    if (cfg.global_batch_size % W)
-        fatal("global_batch_size=%d must be a multiple of the number of processes (%d)", cfg.global_batch_size, W);
-    const std::string device_name = dist_init_device();
-    const double peak_flops = device_peak_tflops(device_name) * 1e12;
-    if (rank == 0) make_dirs(cfg.checkpoint_path);
-    Logger log;                                        // rank 0 logs; the others only compute
-    logger_open(&log, cfg.checkpoint_path + "/log.txt", rank == 0);
+    const int rank = run.rank, W = run.world;
+    const std::string& config_text = run.config_text;
+    Logger& log = run.log;
 
     DataLoader dl;
     loader_init(&dl, split_commas(cfg.data_paths), split_commas(cfg.data_paths_test), cfg.encoder_type != "none",
@@ -2210,10 +2038,9 @@ int main(int argc, char** argv) {
     const int eval_every = cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
     const Dims& d = m->d;
     log_printf(&log, "arc.cu train_etrm (%s backend on %s, %s, %d process%s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
-               BACKEND_NAME, device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
+               BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
                d.D, d.NH, cfg.L_layers, cfg.H_cycles, cfg.L_cycles, d.P, d.canvas);
-    size_t n_decoder = 0, n_encoder = 0;
-    for (const TensorInfo& t : m->tensors) (t.encoder ? n_encoder : n_decoder) += t.numel;
+    const size_t n_decoder = group_numel(m->p.table, GROUP_DECODER), n_encoder = group_numel(m->p.table, GROUP_ENCODER);
     log_printf(&log, "parameters: %zu (decoder %zu, encoder %zu)  puzzle identifiers: %d\n",
                n_decoder + n_encoder, n_decoder, n_encoder, m->n_puzzle_ids);
     log_printf(&log, "memory: %.2f GiB allocated (peak; activations %.2f GiB for micro-batch %d of %d per step); "
@@ -2223,14 +2050,12 @@ int main(int argc, char** argv) {
                dl.train_groups.size(), dl.test_names.size(), total_steps, steps_per_epoch, eval_every);
     if (cfg.eval_only) {
         evaluate(m, &dl, ts.step, &log);
-        dist_finish();
+        run_end(&run);
         return 0;
     }
 
-    const double t_start = wall_time();
     const int first_step = ts.step + 1;
-    double timed_seconds = 0, timed_flops = 0;         // the steps after the first (which includes warm-up)
-    int timed_steps = 0;
+    RunTiming timing = timing_begin(first_step);
     if (first_step > total_steps) log_printf(&log, "nothing to do: the run is at step %d of %d\n", ts.step, total_steps);
     for (int step = first_step; step <= total_steps; step++) {
         const double t0 = wall_time();
@@ -2246,37 +2071,23 @@ int main(int argc, char** argv) {
         device_synchronize();
         ts.step = step;
         const double seconds = wall_time() - t0;
-        if (step > first_step) { timed_seconds += seconds; timed_flops += r.flops; timed_steps++; }
+        timing_step(&timing, step, seconds, r.flops);
         if (step == first_step)
             log_printf(&log, "memory: %.2f GiB in use on the device after the first step\n", device_memory_in_use() / 1073741824.0);
-        char mfu[32] = "";
-        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f", 100.0 * r.flops / seconds / peak_flops);
         if (log_step)
             log_printf(&log, "train step=%d loss=%.6f lm_loss=%.6f q_halt_loss=%.6f kl=%.6f token_acc=%.4f exact_acc=%.4f "
                        "q_halt_acc=%.4f act_steps=%.2f lr=%.3e grad_norm_enc=%.4f grad_norm_dec=%.4f grad_norm=%.4f "
                        "encoder_cross_sample_var=%.4f ms=%.1f samples_per_s=%.1f%s\n",
                        step, r.loss, r.lm_loss, r.q_halt_loss, r.kl, r.accuracy, r.exact, r.q_halt_acc, r.steps, u.lr,
                        u.enc_norm, u.dec_norm, u.total_norm, r.cross_sample_var, 1000 * seconds,
-                       cfg.global_batch_size / seconds, mfu);
-        const int done = step - first_step + 1;
-        if (step == total_steps || done % std::max(1, (total_steps - first_step + 1) / 20) == 0) {
-            const double elapsed = wall_time() - t_start;
-            log_printf(&log, "progress step=%d/%d (%.1f%%) elapsed=%s eta=%s\n", step, total_steps, 100.0 * step / total_steps,
-                       format_duration(elapsed).c_str(), format_duration(elapsed / done * (total_steps - step)).c_str());
-        }
+                       cfg.global_batch_size / seconds, mfu_field(run, r.flops, seconds).c_str());
+        log_progress(&run, timing, step, total_steps);
         const bool eval_now = (eval_every && step % eval_every == 0) || step == total_steps;
         if (eval_now && !dl.test_names.empty()) evaluate(m, &dl, step, &log);
         if (eval_now || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)) checkpoint_save(m, dl, ts, config_text, &log);
     }
-    if (timed_steps > 0) {                               // samples/s counts sample-ACT-steps, as upstream
-        char mfu[64] = "";
-        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f (of %.0f TFLOP/s peak)", 100.0 * timed_flops / timed_seconds / peak_flops, peak_flops / 1e12);
-        log_printf(&log, "timing steps=%d ms_per_step=%.1f steps_per_s=%.3f samples_per_s=%.1f tflops=%.3g%s\n", timed_steps,
-                   1000 * timed_seconds / timed_steps, timed_steps / timed_seconds,
-                   (double)timed_steps * cfg.global_batch_size / timed_seconds, timed_flops / timed_seconds / 1e12, mfu);
-    }
-    logger_close(&log);
-    dist_finish();
+    log_timing(&run, timing, cfg.global_batch_size);    // samples/s counts sample-ACT-steps, as upstream
+    run_end(&run);
     return 0;
 }
 #endif

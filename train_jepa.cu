@@ -58,10 +58,18 @@ metrics are summed over the ranks, so every rank takes the same step.
 #include "common/embedding_metrics.h"
 // defines: SafetensorsWriter, safetensors_add_f32, safetensors_add_i32, safetensors_write
 #include "common/safetensors.h"
-// defines: checkpoint_write, checkpoint_read, section_get, SectionOut, Sections
+// defines: checkpoint_write, checkpoint_read, section_get, section_add, SectionList, Sections
 #include "common/checkpoint.h"
 // defines: Dist, dist_init, dist_init_device, dist_sum, dist_allgather, dist_sum_host, dist_allgather_host, ...
 #include "common/distributed.h"
+// defines: ParamTable, ParamGroup, TensorList, tensor_bind, Params, params_alloc, params_set, params_values, ...
+#include "common/parameters.h"
+// defines: Schedule, lr_schedule, clip_scale, AdamConfig, params_grad_norm_squared, params_update, ...
+#include "common/optimizer.h"
+// defines: Arena, arena_take, arena_alloc
+#include "common/arena.h"
+// defines: Run, run_begin, run_end, RunTiming, timing_step, mfu_field, log_progress, log_timing
+#include "common/run.h"
 // defines: matmul_forward, matmul_backward
 #include "kernels/matmul.cuh"
 // defines: layernorm_forward, layernorm_backward
@@ -96,12 +104,6 @@ metrics are summed over the ranks, so every rank takes the same step.
 #include "kernels/relational_loss.cuh"
 // defines: SigregVariant, sigreg_directions_ref, sigreg_forward, sigreg_slice_value, sigreg_backward
 #include "kernels/sigreg.cuh"
-// defines: adam_update
-#include "kernels/adam.cuh"
-// defines: ema_update
-#include "kernels/ema.cuh"
-// defines: global_norm_squared
-#include "kernels/global_norm.cuh"
 // defines: convert_to_floatS, convert_to_floatX
 #include "kernels/convert.cuh"
 
@@ -268,7 +270,6 @@ static std::vector<ArgSpec> config_specs(Config* c) {
 // The derived sizes. Notation: B samples per micro-batch on this rank (Bg on all ranks), L = context_window,
 // N objects per grid, F features, D width, H heads, P projection width, K codes.
 enum { AGG_MEAN, AGG_LAST, AGG_ATTENTION, AGG_GRU };
-#define MAX_LAYERS 16
 
 typedef struct {
     int L, N, F, D, H, HD, P, K, layers;
@@ -288,7 +289,7 @@ static void config_validate(const Config& c) {
     };
     need(c.context_window >= 1 && c.context_window <= 16, "context_window", "1..16", c.context_window);
     need(c.hidden_dim >= 1, "hidden_dim", ">= 1", c.hidden_dim);
-    need(c.relational_layers >= 0 && c.relational_layers <= MAX_LAYERS, "relational_layers", "0..16", c.relational_layers);
+    need(c.relational_layers >= 0, "relational_layers", ">= 0", c.relational_layers);
     need(c.relational_heads >= 1 && c.hidden_dim % c.relational_heads == 0, "relational_heads", "a divisor of hidden_dim", c.relational_heads);
     need(c.relational_dropout >= 0 && c.relational_dropout < 1, "relational_dropout", "in [0, 1)", c.relational_dropout);
     need(c.num_embeddings >= 1, "num_embeddings", ">= 1", c.num_embeddings);
@@ -332,17 +333,19 @@ static Dims make_dims(const Config& c) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 2. Parameters. One flat buffer of every trained tensor, in this order: the encoder (feature MLP, relational blocks,
-// the Gumbel codebook when vq_mode=gumbel), the context aggregator, the projection head (the target branch is an
-// EMA of exactly this prefix), then log_tau. The hard VQ codebook is not a parameter: it is learned by EMA
-// (section 6) and lives with its statistics in a Codebook.
+// 2. Parameters. One flat buffer (common/parameters.h) of every trained tensor, in two groups: the network (the
+// encoder: feature MLP, relational blocks, the Gumbel codebook when vq_mode=gumbel; the context aggregator; the
+// projection head), whose EMA is the target branch, and the temperature (log_tau). Both are trained by AdamW. The
+// hard VQ codebook is not a parameter: it is learned by EMA (section 6) and lives with its statistics in a Codebook.
+
+enum { GROUP_NETWORK, GROUP_TEMPERATURE };
 
 template <typename T> struct LayerTensors {
     T *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ln2_w, *ln2_b, *ff1_w, *ff1_b, *ff2_w, *ff2_b;
 };
 template <typename T> struct Tensors {
     T *proj1_w, *proj1_b, *proj2_w, *proj2_b;       // Linear(F, D) - GELU - Linear(D, D)
-    LayerTensors<T> layer[MAX_LAYERS];
+    std::vector<LayerTensors<T>> layer;             // relational_layers blocks
     T* codebook;                                    // (K, D), gumbel only
     T *agg_w, *agg_b;                               // attention: Linear(L, L); gru: W_ih (3D, D), b_ih (3D)
     T *gru_whh, *gru_bhh;                           // gru: W_hh (3D, D), b_hh (3D)
@@ -350,95 +353,58 @@ template <typename T> struct Tensors {
     T* log_tau;                                     // (1)
 };
 
-typedef enum { INIT_UNIFORM, INIT_ONE, INIT_ZERO, INIT_CONST } InitKind;
-typedef struct {
-    std::string name;         // the reference's state_dict name
-    size_t offset, numel;
-    std::vector<int64_t> shape;
-    InitKind init;
-    float value;              // INIT_UNIFORM: bound a of U(-a, a); INIT_CONST: the value
-} TensorInfo;
-
-// Lays out the tensors; with a non-null base also points the fields of *t into it. Tensors start at multiples of
-// 64 elements (aligned rows for 128-bit loads and cuBLASLt). *n_ema receives the length of the EMA'd prefix.
+// The tensors with the reference's state_dict names and torch's initialisation (nn.Linear, nn.GRU: U(-a, a) with
+// a = 1/sqrt(fan_in); LayerNorm 1 and 0), log_tau = log(temperature).
 template <typename T>
-std::vector<TensorInfo> model_tensors(const Dims& d, T* base, Tensors<T>* t, size_t* n_ema) {
-    std::vector<TensorInfo> list;
-    size_t off = 0;
-    auto add = [&](T** field, const std::string& name, std::vector<int64_t> shape, InitKind init, float value) {
-        size_t n = 1;
-        for (int64_t s : shape) n *= (size_t)s;
-        list.push_back({name, off, n, shape, init, value});
-        if (base) *field = base + off;
-        off += (n + 63) / 64 * 64;
-    };
-    // torch's nn.Linear initialisation: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+void model_tensors(TensorList<T>& list, Tensors<T>* t, const Dims& d, float log_tau) {
     auto linear = [&](T** w, T** b, const std::string& name, int out, int in) {
         const float a = 1.0f / sqrtf((float)in);
-        add(w, name + ".weight", {out, in}, INIT_UNIFORM, a);
-        add(b, name + ".bias", {out}, INIT_UNIFORM, a);
+        list.add(w, name + ".weight", {out, in}, init_uniform(a));
+        list.add(b, name + ".bias", {out}, init_uniform(a));
     };
+    list.group(GROUP_NETWORK);
     const std::string enc = "object_encoder.";
     linear(&t->proj1_w, &t->proj1_b, enc + "proj.0", d.D, d.F);
     linear(&t->proj2_w, &t->proj2_b, enc + "proj.2", d.D, d.D);
+    t->layer.resize(d.layers);
     for (int l = 0; l < d.layers; l++) {
         LayerTensors<T>& y = t->layer[l];
         const std::string p = enc + "relational.layers." + std::to_string(l) + ".";
-        add(&y.ln1_w, p + "norm1.weight", {d.D}, INIT_ONE, 0);
-        add(&y.ln1_b, p + "norm1.bias", {d.D}, INIT_ZERO, 0);
+        list.add(&y.ln1_w, p + "norm1.weight", {d.D}, init_const(1.0f));
+        list.add(&y.ln1_b, p + "norm1.bias", {d.D}, init_zero());
         // q_proj, k_proj, v_proj as one (3D, D) matrix (exported as the three)
         linear(&y.qkv_w, &y.qkv_b, p + "qkv_proj", 3 * d.D, d.D);
         linear(&y.out_w, &y.out_b, p + "out_proj", d.D, d.D);
-        add(&y.ln2_w, p + "norm2.weight", {d.D}, INIT_ONE, 0);
-        add(&y.ln2_b, p + "norm2.bias", {d.D}, INIT_ZERO, 0);
+        list.add(&y.ln2_w, p + "norm2.weight", {d.D}, init_const(1.0f));
+        list.add(&y.ln2_b, p + "norm2.bias", {d.D}, init_zero());
         linear(&y.ff1_w, &y.ff1_b, p + "ffn.0", 2 * d.D, d.D);
         linear(&y.ff2_w, &y.ff2_b, p + "ffn.2", d.D, 2 * d.D);
     }
-    if (d.gumbel) add(&t->codebook, enc + "vq.embedding.weight", {d.K, d.D}, INIT_UNIFORM, 1.0f / d.K);
+    if (d.gumbel) list.add(&t->codebook, enc + "vq.embedding.weight", {d.K, d.D}, init_uniform(1.0f / d.K));
     if (d.agg == AGG_ATTENTION) linear(&t->agg_w, &t->agg_b, "context_attention.0", d.L, d.L);
     if (d.agg == AGG_GRU) {   // torch nn.GRU: every tensor U(-1/sqrt(D), 1/sqrt(D))
-        const float a = 1.0f / sqrtf((float)d.D);
-        add(&t->agg_w, "context_gru.weight_ih_l0", {3 * d.D, d.D}, INIT_UNIFORM, a);
-        add(&t->gru_whh, "context_gru.weight_hh_l0", {3 * d.D, d.D}, INIT_UNIFORM, a);
-        add(&t->agg_b, "context_gru.bias_ih_l0", {3 * d.D}, INIT_UNIFORM, a);
-        add(&t->gru_bhh, "context_gru.bias_hh_l0", {3 * d.D}, INIT_UNIFORM, a);
+        const Init u = init_uniform(1.0f / sqrtf((float)d.D));
+        list.add(&t->agg_w, "context_gru.weight_ih_l0", {3 * d.D, d.D}, u);
+        list.add(&t->gru_whh, "context_gru.weight_hh_l0", {3 * d.D, d.D}, u);
+        list.add(&t->agg_b, "context_gru.bias_ih_l0", {3 * d.D}, u);
+        list.add(&t->gru_bhh, "context_gru.bias_hh_l0", {3 * d.D}, u);
     }
     linear(&t->head1_w, &t->head1_b, "projection_head.proj.0", d.P, d.D);
     linear(&t->head2_w, &t->head2_b, "projection_head.proj.2", d.P, d.P);
-    *n_ema = off;
-    add(&t->log_tau, "log_temperature", {1}, INIT_CONST, 0);
-    return list;
+    list.group(GROUP_TEMPERATURE);
+    list.add(&t->log_tau, "log_temperature", {1}, init_const(log_tau));
 }
 
-static size_t tensors_numel(const std::vector<TensorInfo>& list) { return list.back().offset + list.back().numel; }
-
-static void init_tensors(floatS* w, const std::vector<TensorInfo>& list, float log_tau, uint64_t seed) {
-    for (size_t i = 0; i < list.size(); i++) {
-        const TensorInfo& t = list[i];
-        for (size_t j = 0; j < t.numel; j++) {
-            float v = 0;
-            switch (t.init) {
-                case INIT_UNIFORM: v = t.value * (2.0f * hash_uniform(seed, i, j) - 1.0f); break;
-                case INIT_ONE: v = 1.0f; break;
-                case INIT_ZERO: v = 0.0f; break;
-                case INIT_CONST: v = log_tau; break;
-            }
-            w[t.offset + j] = v;
-        }
-    }
+static ParamTable model_table(const Dims& d, const Config& c) {
+    return param_table<Tensors<floatX>>({param_group("network", GROUP_ADAM, true), param_group("temperature", GROUP_ADAM)},
+                                        [&](TensorList<floatX>& list, Tensors<floatX>* t) {
+                                            model_tensors(list, t, d, logf(c.temperature));
+                                        });
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // 3. Activations. One encoder pass over G grids of N objects (R = G*N rows of width D) keeps what its backward
 // needs; the aggregator and the projection head have their own. All are allocated once, for the largest call.
-
-typedef struct { size_t used; char* base; bool measure; } Arena;
-template <typename T> T* arena_take(Arena* a, size_t n) {
-    const size_t bytes = (n * sizeof(T) + 255) / 256 * 256;      // 256-byte aligned blocks
-    T* p = a->measure ? nullptr : (T*)(a->base + a->used);
-    a->used += bytes;
-    return p;
-}
 
 typedef struct {
     floatX *ln1, *qkv, *ao, *o, *x1, *ln2, *f1, *g, *f2, *out;   // (R, D) except qkv (R, 3D), f1 and g (R, 2D)
@@ -451,7 +417,7 @@ typedef struct {
     floatX* feat;                  // (R, F) object features
     uint8_t *mask, *adj;           // (G, N), (G, N, N)
     floatX *p1, *a1, *x0;          // feature MLP: pre-GELU, post-GELU, output (R, D)
-    LayerActs layer[MAX_LAYERS];
+    std::vector<LayerActs> layer;
     int* idx;                      // (R) code of each object (-1: not quantised)
     floatS* dist;                  // (R) squared distance to its code
     floatS* ysoft;                 // (R, K) Gumbel-softmax weights (gumbel only)
@@ -484,6 +450,7 @@ static void encoder_layout(Arena* a, EncoderActs* e, const Dims& d, int G, bool 
     e->mask = arena_take<uint8_t>(a, R);
     e->adj = arena_take<uint8_t>(a, R * d.N);
     e->p1 = arena_take<floatX>(a, R * D); e->a1 = arena_take<floatX>(a, R * D); e->x0 = arena_take<floatX>(a, R * D);
+    e->layer.resize(d.layers);
     for (int l = 0; l < d.layers; l++) {
         LayerActs& y = e->layer[l];
         y.ln1 = arena_take<floatX>(a, R * D); y.qkv = arena_take<floatX>(a, R * 3 * D); y.ao = arena_take<floatX>(a, R * D);
@@ -543,14 +510,9 @@ typedef struct {
 typedef struct {
     Config c;
     Dims d;
-    std::vector<TensorInfo> tensors;
-    size_t n_params, n_ema;
-    floatX* params;                  // compute copy; == master when floatX is floatS
-    floatS *master, *grads, *adam_m, *adam_v;
-    floatX* target_params;           // the EMA target branch (n_ema), compute copy
-    floatS* target_master;           // its fp32 values (== target_params when floatX is floatS)
-    Tensors<floatX> w, tw;           // pointers into params / target_params
-    Tensors<floatS> gw, mw, tmw;     // ... into grads / master / target_master
+    Params p;                        // weights, gradients, AdamW state; the EMA is the target branch
+    Tensors<floatX> w, tw;           // the weights; the target branch's (the network's EMA)
+    Tensors<floatS> gw, mw, tmw;     // gradients; fp32 values; the target branch's fp32 values
     Codebook cb, tcb;                // online and target hard-VQ codebooks
     floatS* queue;                   // (Q, P) past target projections, a ring
     int queue_ptr, queue_fill;
@@ -574,7 +536,8 @@ typedef struct {
     int ring_ptr, ring_fill;
     std::vector<double> usage;       // objects per code since the last diagnostics (online encoder, all ranks)
     long refreshed;                  // codes re-seeded since the last diagnostics
-    char* arena;
+    void* arena;
+    size_t arena_bytes;
 } Model;
 
 enum { LOSS_INFONCE, LOSS_MSE, LOSS_SIGREG, LOSS_INV_COLOR, LOSS_INV_TRANSLATION, LOSS_INV_SYMMETRY, LOSS_REL,
@@ -617,39 +580,22 @@ static void codebook_alloc(Codebook* cb, const Dims& d) {
     cb->calls = cb->refreshes = 0;
 }
 
-static floatS* master_weights(Model* m) { return m->master ? m->master : reinterpret_cast<floatS*>(m->params); }
-static floatS* target_master(Model* m) { return m->target_master ? m->target_master : reinterpret_cast<floatS*>(m->target_params); }
-
-static void upload_floatX(floatX* dst, const floatS* src, size_t n) {
-    std::vector<floatX> tmp(n);
-    for (size_t i = 0; i < n; i++) tmp[i] = from_float<floatX>(src[i]);
-    copy_to_device(dst, tmp.data(), n * sizeof(floatX));
-}
-
 static void model_build(Model* m, const Config& c) {
     m->c = c;
     m->d = make_dims(c);
     const Dims& d = m->d;
-    Tensors<floatX> none;
-    m->tensors = model_tensors<floatX>(d, nullptr, &none, &m->n_ema);
-    m->n_params = tensors_numel(m->tensors);
-    const size_t P = m->n_params;
-    const bool split = !std::is_same<floatX, floatS>::value;   // bf16 compute copy beside fp32 masters
-    m->params = (floatX*)device_malloc(P * sizeof(floatX), "weights");
-    m->master = split ? (floatS*)device_malloc(P * sizeof(floatS), "master weights") : nullptr;
-    m->grads = (floatS*)device_malloc(P * sizeof(floatS), "gradients");
-    m->adam_m = (floatS*)device_malloc(P * sizeof(floatS), "Adam m");
-    m->adam_v = (floatS*)device_malloc(P * sizeof(floatS), "Adam v");
-    m->target_params = (floatX*)device_malloc(m->n_ema * sizeof(floatX), "target weights");
-    m->target_master = split ? (floatS*)device_malloc(m->n_ema * sizeof(floatS), "target master weights") : nullptr;
-    model_tensors<floatX>(d, m->params, &m->w, &m->n_ema);
-    model_tensors<floatX>(d, m->target_params, &m->tw, &m->n_ema);
-    model_tensors<floatS>(d, m->grads, &m->gw, &m->n_ema);
-    model_tensors<floatS>(d, master_weights(m), &m->mw, &m->n_ema);
-    model_tensors<floatS>(d, target_master(m), &m->tmw, &m->n_ema);
-    device_memset(m->grads, 0, P * sizeof(floatS));
-    device_memset(m->adam_m, 0, P * sizeof(floatS));
-    device_memset(m->adam_v, 0, P * sizeof(floatS));
+    params_alloc(&m->p, model_table(d, c), true, c.target_ema_decay);
+    const ParamTable& table = m->p.table;
+    TensorList<floatX> w = tensor_bind(table, param_bases(table, m->p.params, BUF_PARAMS));
+    model_tensors(w, &m->w, d, 0);
+    TensorList<floatX> tw = tensor_bind(table, param_bases_ema(m->p));
+    model_tensors(tw, &m->tw, d, 0);
+    TensorList<floatS> gw = tensor_bind(table, param_bases(table, m->p.grads, BUF_GRADS));
+    model_tensors(gw, &m->gw, d, 0);
+    TensorList<floatS> mw = tensor_bind(table, param_bases(table, params_fp32(m->p), BUF_MASTER));
+    model_tensors(mw, &m->mw, d, 0);
+    TensorList<floatS> tmw = tensor_bind(table, param_bases(table, m->p.ema, BUF_EMA));
+    model_tensors(tmw, &m->tmw, d, 0);
     if (d.vq) codebook_alloc(&m->cb, d);                       // gumbel: only its batch statistics (usage) are used
     if (d.vq && !d.gumbel) codebook_alloc(&m->tcb, d);
     m->queue = (floatS*)device_malloc(std::max(1, c.queue_size) * (size_t)d.P * sizeof(floatS), "InfoNCE queue");
@@ -660,12 +606,7 @@ static void model_build(Model* m, const Config& c) {
     // perturbed target (B); the unperturbed target too when there is no target branch
     m->n_agg = (1 + d.n_inv) * d.B;
     m->G_online = m->n_agg * d.L + (d.n_inv + (c.use_target_encoder ? 0 : 1)) * d.B;
-    Arena a = {0, nullptr, true};
-    acts_layout(&a, m);
-    m->arena = (char*)device_malloc(a.used, "activations");
-    device_memset(m->arena, 0, a.used);
-    a = {0, m->arena, false};
-    acts_layout(&a, m);
+    m->arena = arena_alloc([&](Arena* a) { acts_layout(a, m); }, &m->arena_bytes, "activations");
     m->ring_ptr = m->ring_fill = 0;
     m->sig_dirs_step = -1;
     // the positive of local row b (global slot rank + b W) and the rank-order row of every slot
@@ -682,12 +623,8 @@ static void model_build(Model* m, const Config& c) {
 // Initial weights (section 2), the target branch as a copy, the codebook U(-1/K, 1/K) with its EMA sum = the
 // codebook and counts 0 (the reference's buffers, no debiasing).
 static void model_init(Model* m, uint64_t seed) {
-    std::vector<floatS> w(m->n_params);
-    init_tensors(w.data(), m->tensors, logf(m->c.temperature), seed);
-    if (m->master) copy_to_device(m->master, w.data(), w.size() * sizeof(floatS));
-    upload_floatX(m->params, w.data(), w.size());
-    if (m->target_master) copy_to_device(m->target_master, w.data(), m->n_ema * sizeof(floatS));
-    upload_floatX(m->target_params, w.data(), m->n_ema);
+    Rng unused = rng_make(seed);              // the initialisers here are all hash-based
+    params_set(&m->p, param_init_values(m->p.table, seed, &unused));
     const Dims& d = m->d;
     if (d.vq && !d.gumbel) {
         std::vector<floatS> cb((size_t)d.K * d.D);
@@ -715,6 +652,9 @@ static void model_init(Model* m, uint64_t seed) {
 
 typedef struct { int step, micro; bool training; uint64_t salt; } PassKey;   // keys dropout and Gumbel noise
 
+// The noise of one site of a pass: in relational layer `layer`, the attention (site 0) and the two residual
+// dropouts (1, 2); the Gumbel noise of the quantiser (SITE_GUMBEL, layer 0).
+enum { SITE_GUMBEL = 3 };
 static uint64_t pass_seed(const Config& c, const PassKey& k, int layer, int site) {
     return hash_u64((uint64_t)c.seed ^ k.salt, ((uint64_t)k.step << 20) | (uint64_t)k.micro, (uint64_t)layer, (uint64_t)site);
 }
@@ -756,7 +696,7 @@ static void encoder_forward(Model* m, EncoderActs* e, const Tensors<floatX>& w, 
     const uint8_t* valid = vq_valid_rows(m, e);
     if (d.gumbel) {
         vq_gumbel_forward(e->e, e->idx, e->ysoft, x, gumbel_codebook, valid, R, d.K, D, gumbel_temperature(m, key.step),
-                          pass_seed(m->c, key, MAX_LAYERS, 0), key.training, st);
+                          pass_seed(m->c, key, 0, SITE_GUMBEL), key.training, st);
     } else if (d.vq) {
         vq_nearest(e->idx, e->dist, x, cb->codebook, R, d.K, D, st);
         vq_quantize(e->e, e->idx, cb->codebook, x, valid, R, D, st);
@@ -1193,37 +1133,22 @@ static double micro_batch_flops(const Model* m) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 7. Update: the reference's LambdaLR (linear warm-up (s + 1) / warmup, then cosine to min_lr_scale), global-norm
-// clipping (the pre-clip norm is logged), Adam with decoupled weight decay (AdamW; the reference's torch Adam adds
-// wd * w to the gradient instead, which at wd = 1e-6 is the same step to 1e-6 relative), then the EMA target branch
-// (parameters only) and the queue.
+// 7. Update (common/optimizer.h): the reference's LambdaLR (linear warm-up (s + 1) / warmup, then cosine to
+// min_lr_scale), global-norm clipping (the pre-clip norm is logged), Adam with decoupled weight decay (AdamW; the
+// reference's torch Adam adds wd * w to the gradient instead, which at wd = 1e-6 is the same step to 1e-6
+// relative), then the EMA target branch (the network group) and the queue.
 
-static float lr_at(const Config& c, int step, int total) {
-    if (step < c.warmup_steps) return c.lr * (float)(step + 1) / (float)c.warmup_steps;
-    const double p = total > c.warmup_steps ? std::min(1.0, (double)(step - c.warmup_steps) / (total - c.warmup_steps)) : 1.0;
-    return c.lr * (float)std::max((double)c.min_lr_scale, 0.5 * (1.0 + cos(M_PI * p)));
-}
-
-static double grad_norm(Model* m, Stream st) {
-    global_norm_squared(device_scalar(m, 1), m->grads, m->n_params, st);
-    floatS sq;
-    copy_to_host(&sq, device_scalar(m, 1), sizeof sq);
-    return sqrt((double)sq);
-}
-
-// One optimizer step on the summed gradients; returns the pre-clip norm.
+// One optimizer step (step counted from 0) on the gradients summed over the ranks; returns the pre-clip norm.
 static double model_update(Model* m, int step, int total, float* lr_out, Stream st) {
     const Config& c = m->c;
-    dist_sum(m->grads, m->n_params, st);
-    const double norm = grad_norm(m, st);
-    const float scale = c.max_norm > 0 && norm > c.max_norm ? (float)(c.max_norm / (norm + 1e-6)) : 1.0f;
-    const float lr = lr_at(c, step, total);
-    adam_update(m->params, m->master, m->grads, m->adam_m, m->adam_v, m->n_params, lr, c.beta1, c.beta2, c.adam_eps,
-                c.weight_decay, scale, step + 1, false, st);
-    // target <- decay * target + (1 - decay) * online, on the fp32 values, then the compute copy
-    ema_update(target_master(m), master_weights(m), m->n_ema, c.target_ema_decay, st);
-    if (m->target_master) convert_to_floatX(m->target_params, m->target_master, m->n_ema, st);
-    *lr_out = lr;
+    params_grad_sum_start(&m->p, GROUP_NETWORK, GROUP_TEMPERATURE + 1, st);
+    dist_sum_wait(st);
+    const double norm = sqrt(params_grad_norm_squared(&m->p, GROUP_NETWORK, GROUP_TEMPERATURE + 1, st));
+    const Schedule schedule = {SCHEDULE_LAMBDA, c.lr, c.warmup_steps, total, c.min_lr_scale};
+    *lr_out = lr_schedule(schedule, step);
+    const AdamConfig adamw = {false, c.beta1, c.beta2, c.adam_eps, c.weight_decay};
+    // then target <- decay * target + (1 - decay) * network, on the fp32 values, and its compute copy
+    params_update(&m->p, adamw, *lr_out, step + 1, clip_scale(norm, c.max_norm), st);
     return norm;
 }
 
@@ -1377,17 +1302,11 @@ static std::vector<floatS> download_floatS(const floatS* p, size_t n) {
 
 static void checkpoint_save(Model* m, const TrainState& ts, const std::string& path) {
     const Dims& d = m->d;
-    const size_t P = m->n_params;
-    std::vector<std::vector<floatS>> keep;
-    std::vector<SectionOut> sections;
+    SectionList sections;
+    params_sections(m->p, &sections);
     auto add = [&](const char* name, const floatS* p, size_t n) {
-        keep.push_back(download_floatS(p, n));
-        sections.push_back({name, keep.back().data(), n * sizeof(floatS)});
+        section_add(&sections, name, download_floatS(p, n).data(), n * sizeof(floatS));
     };
-    add("weights", master_weights(m), P);
-    add("adam_m", m->adam_m, P);
-    add("adam_v", m->adam_v, P);
-    add("target", target_master(m), m->n_ema);
     if (d.vq && !d.gumbel) {
         const size_t KD = (size_t)d.K * d.D;
         add("codebook", m->cb.codebook, KD); add("codebook_count", m->cb.ema_count, d.K); add("codebook_sum", m->cb.ema_sum, KD);
@@ -1398,7 +1317,7 @@ static void checkpoint_save(Model* m, const TrainState& ts, const std::string& p
     int64_t state[12] = {ts.step, ts.epoch, 0, ts.wait, m->queue_ptr, m->queue_fill, m->cb.calls, m->cb.refreshes,
                          m->tcb.calls, m->tcb.refreshes, 0, 0};
     memcpy(&state[2], &ts.best_val, sizeof(double));
-    sections.push_back({"state", state, sizeof state});
+    section_add(&sections, "state", state, sizeof state);
     checkpoint_write(path, ts.step, args_dump(config_specs(&m->c)), sections);
 }
 
@@ -1407,22 +1326,13 @@ static void checkpoint_load(Model* m, TrainState* ts, const char* path) {
     int step;
     std::string config;
     const Sections s = checkpoint_read(path, &step, &config);
-    const size_t P = m->n_params;
-    std::vector<floatS> buf(P);
+    params_load_sections(&m->p, s, path);
+    std::vector<floatS> buf;
     auto get = [&](const char* name, floatS* dst, size_t n) {
         buf.resize(n);
         section_get(s, path, name, buf.data(), n);
         copy_to_device(dst, buf.data(), n * sizeof(floatS));
     };
-    section_get(s, path, "weights", buf.data(), P);
-    if (m->master) copy_to_device(m->master, buf.data(), P * sizeof(floatS));
-    upload_floatX(m->params, buf.data(), P);
-    get("adam_m", m->adam_m, P);
-    get("adam_v", m->adam_v, P);
-    buf.resize(m->n_ema);
-    section_get(s, path, "target", buf.data(), m->n_ema);
-    if (m->target_master) copy_to_device(m->target_master, buf.data(), m->n_ema * sizeof(floatS));
-    upload_floatX(m->target_params, buf.data(), m->n_ema);
     if (d.vq && !d.gumbel) {
         const size_t KD = (size_t)d.K * d.D;
         get("codebook", m->cb.codebook, KD); get("codebook_count", m->cb.ema_count, d.K); get("codebook_sum", m->cb.ema_sum, KD);
@@ -1441,9 +1351,9 @@ static void checkpoint_load(Model* m, TrainState* ts, const char* path) {
 // The encoder, aggregator, head and codebook as safetensors with the reference's state_dict names (q/k/v split).
 static void export_safetensors(Model* m, const std::string& path) {
     const Dims& d = m->d;
-    const std::vector<floatS> w = download_floatS(master_weights(m), m->n_params);
+    const std::vector<floatS> w = params_values(m->p);
     SafetensorsWriter sw;
-    for (const TensorInfo& t : m->tensors) {
+    for (const TensorInfo& t : m->p.table.tensors) {
         const floatS* p = w.data() + t.offset;
         const size_t qkv = t.name.find("qkv_proj");
         if (qkv == std::string::npos) { safetensors_add_f32(&sw, t.name, t.shape, p); continue; }
@@ -1585,21 +1495,14 @@ static DataSet load_examples(const std::string& path, const Config& c) {
 
 #ifndef TESTING
 int main(int argc, char** argv) {
-    dist_init(&argc, &argv);
-    const int rank = dist().rank, W = dist().world;
     Config cfg = config_defaults();
     std::vector<ArgSpec> specs = config_specs(&cfg);
-    if (!args_parse(argc, argv, specs, "key=value ...   (e.g. data_path=data/synth/train.bin hidden_dim=64)")) {
-        dist_finish();
+    Run run;
+    if (!run_begin(&run, &argc, &argv, specs, "key=value ...   (e.g. data_path=data/synth/train.bin hidden_dim=64)",
+                   [&]() { config_validate(cfg); }, cfg.checkpoint_path))
         return 0;
-    }
-    config_validate(cfg);
-    const std::string config_text = args_dump(specs);
-    dist_check_same(hash_bytes(config_text.data(), config_text.size()), "the configuration");
-    const std::string device_name = dist_init_device();
-    if (rank == 0 && !cfg.checkpoint_path.empty()) make_dirs(cfg.checkpoint_path);
-    Logger log;
-    logger_open(&log, cfg.checkpoint_path.empty() ? "" : cfg.checkpoint_path + "/log.txt", rank == 0);
+    const int rank = run.rank, W = run.world;
+    Logger& log = run.log;
 
     Model model;
     Model* m = &model;
@@ -1616,7 +1519,7 @@ int main(int argc, char** argv) {
         if (resume.empty()) fatal("export_codes=%s needs a checkpoint: resume=PATH", cfg.export_codes.c_str());
         if (cfg.codes_data.empty()) fatal("export_codes=%s needs codes_data=TASK_FILE (the grids to encode)", cfg.export_codes.c_str());
         if (rank == 0) export_codes(m, cfg.codes_data, cfg.export_codes);
-        dist_finish();
+        run_end(&run);
         return 0;
     }
 
@@ -1642,12 +1545,12 @@ int main(int argc, char** argv) {
     const int val_batches = (int)(val.examples.size() / d.Bg);
 
     log_printf(&log, "arc.cu train_jepa (%s backend on %s, %s, %d process%s)  objective=%s vq=%s context=%s x%d agg=%s\n",
-               BACKEND_NAME, device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.objective.c_str(),
+               BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.objective.c_str(),
                d.vq ? cfg.vq_mode.c_str() : "off", cfg.context_mode.c_str(), d.L, cfg.context_agg.c_str());
     size_t trained = 0;               // without the alignment padding of the flat buffer; the target branch: all but log_tau
-    for (const TensorInfo& t : m->tensors) trained += t.numel;
+    for (const TensorInfo& t : m->p.table.tensors) trained += t.numel;
     log_printf(&log, "parameters: %zu (target branch %zu)  D=%d layers=%d heads=%d P=%d K=%d  online grids per micro-batch: %d\n",
-               trained, trained - m->tensors.back().numel, d.D, d.layers, d.H, d.P, d.K, m->G_online);
+               trained, group_numel(m->p.table, GROUP_NETWORK), d.D, d.layers, d.H, d.P, d.K, m->G_online);
     log_printf(&log, "data: %zu training examples (%d steps per epoch of %d), %zu validation examples (%d micro-batches)%s\n",
                train.examples.size(), steps_per_epoch, cfg.batch_size, val.examples.size(), val_batches,
                val_batches ? "" : ": validation and early stopping off");
@@ -1656,11 +1559,7 @@ int main(int argc, char** argv) {
     const Stream st = Stream();
     m->usage.assign(d.K, 0.0);
     m->refreshed = 0;
-    const double peak_flops = device_peak_tflops(device_name) * 1e12;
-    double timed_seconds = 0, timed_flops = 0;           // the steps after this process's first (which warms up)
-    int timed_steps = 0;
-    const int first_step = ts.step;
-    const double t_start = wall_time();
+    RunTiming timing = timing_begin(ts.step + 1);          // steps counted from 1 in the timing and progress
     bool stop = false;
     for (int step = ts.step; step < total_steps && !stop; step++) {
         const double t0 = wall_time();
@@ -1710,23 +1609,22 @@ int main(int argc, char** argv) {
             norm = model_update(m, step, total_steps, &lr, st);
             queue_push(m, cfg.grad_accum_steps * d.Bg, st);
         }
-        device_memset(m->grads, 0, m->n_params * sizeof(floatS));
+        params_zero_grads(&m->p);
         device_synchronize();
         ts.step = step + 1;
         const double seconds = wall_time() - t0;
-        if (step > first_step) { timed_seconds += seconds; timed_flops += flops; timed_steps++; }
+        timing_step(&timing, step + 1, seconds, flops);
         if (ts.step % cfg.log_every == 0 || ts.step == total_steps) {
             floatS log_tau;
             copy_to_host(&log_tau, m->mw.log_tau, sizeof log_tau);
             const double tau = std::min(std::max((double)expf(log_tau), (double)cfg.temperature_min), (double)cfg.temperature_max);
-            char mfu[32] = "";
-            if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f", 100.0 * flops / seconds / peak_flops);
             log_printf(&log, "train step=%d epoch=%d loss=%.6f%s tau=%.5f grad_norm=%.4f lr=%.3e queue_fill=%d ms=%.1f data_ms=%.1f samples_per_s=%.1f%s\n",
                        ts.step, epoch + 1, objective_of(m, terms), terms_string(terms).c_str(), tau, norm, lr, m->queue_fill,
-                       1000 * seconds, 1000 * data_seconds, cfg.batch_size / seconds, mfu);
+                       1000 * seconds, 1000 * data_seconds, cfg.batch_size / seconds, mfu_field(run, flops, seconds).c_str());
         }
         if (cfg.diag_every > 0 && ts.step % cfg.diag_every == 0 && rank == 0)
             log_printf(&log, "diag step=%d %s\n", ts.step, diagnostics_line(m).c_str());
+        log_progress(&run, timing, ts.step, total_steps);
         const bool epoch_end = ts.step % steps_per_epoch == 0 || ts.step == total_steps;
         if (!epoch_end) continue;
         ts.epoch = (ts.step - 1) / steps_per_epoch + 1;
@@ -1750,15 +1648,8 @@ int main(int argc, char** argv) {
             export_safetensors(m, cfg.checkpoint_path + "/model.safetensors");
         }
     }
-    if (timed_steps > 0) {
-        char mfu[64] = "";
-        if (peak_flops > 0) snprintf(mfu, sizeof mfu, " mfu=%.1f (of %.0f TFLOP/s peak)", 100.0 * timed_flops / timed_seconds / peak_flops, peak_flops / 1e12);
-        log_printf(&log, "timing steps=%d ms_per_step=%.1f steps_per_s=%.3f samples_per_s=%.1f tflops=%.3g%s elapsed=%s\n", timed_steps,
-                   1000 * timed_seconds / timed_steps, timed_steps / timed_seconds, timed_steps * (double)cfg.batch_size / timed_seconds,
-                   timed_flops / timed_seconds / 1e12, mfu, format_duration(wall_time() - t_start).c_str());
-    }
-    logger_close(&log);
-    dist_finish();
+    log_timing(&run, timing, cfg.batch_size);
+    run_end(&run);
     return 0;
 }
 #endif

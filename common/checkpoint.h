@@ -1,6 +1,6 @@
 // The checkpoint file format shared by the trainers.
 //
-// int32 header[256] = {magic 20261122, version 1, step, number of sections, config bytes, 0...}, then the
+// int32 header[256] = {magic 20261122, version 2, step, number of sections, config bytes, 0...}, then the
 // configuration as key=value lines, then named sections {char name[48]; int64 bytes; bytes}. Each trainer
 // decides its sections; the file is written to a temporary name and renamed (write_file_atomic), so a crash
 // never leaves a half-written checkpoint under the final name.
@@ -13,26 +13,33 @@
 #include "utils.h"
 
 #define CHECKPOINT_MAGIC 20261122
-#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_VERSION 2
 #define SECTION_NAME_BYTES 48
 
-typedef struct { std::string name; const void* data; size_t bytes; } SectionOut;
+// The sections of a checkpoint being written, in order, each holding a copy of its bytes.
+typedef struct { std::vector<std::string> names; std::vector<std::vector<uint8_t>> data; } SectionList;
 typedef std::map<std::string, std::vector<uint8_t>> Sections;
 
-inline void checkpoint_write(const std::string& path, int step, const std::string& config, const std::vector<SectionOut>& sections) {
+inline void section_add(SectionList* list, const std::string& name, const void* src, size_t bytes) {
+    if (name.size() >= SECTION_NAME_BYTES) fatal("internal: checkpoint section name '%s' is too long", name.c_str());
+    list->names.push_back(name);
+    list->data.emplace_back((const uint8_t*)src, (const uint8_t*)src + bytes);
+}
+
+inline void checkpoint_write(const std::string& path, int step, const std::string& config, const SectionList& sections) {
     write_file_atomic(path, [&](FILE* f, const char* tmp) {
         int32_t header[256] = {0};
         header[0] = CHECKPOINT_MAGIC; header[1] = CHECKPOINT_VERSION; header[2] = step;
-        header[3] = (int32_t)sections.size(); header[4] = (int32_t)config.size();
+        header[3] = (int32_t)sections.names.size(); header[4] = (int32_t)config.size();
         fwrite_check(header, sizeof header, f, tmp);
         fwrite_check(config.data(), config.size(), f, tmp);
-        for (const SectionOut& s : sections) {
+        for (size_t i = 0; i < sections.names.size(); i++) {
             char name[SECTION_NAME_BYTES] = {0};
-            strncpy(name, s.name.c_str(), SECTION_NAME_BYTES - 1);
-            int64_t bytes = (int64_t)s.bytes;
+            strncpy(name, sections.names[i].c_str(), SECTION_NAME_BYTES - 1);
+            int64_t bytes = (int64_t)sections.data[i].size();
             fwrite_check(name, sizeof name, f, tmp);
             fwrite_check(&bytes, sizeof bytes, f, tmp);
-            fwrite_check(s.data, s.bytes, f, tmp);
+            fwrite_check(sections.data[i].data(), sections.data[i].size(), f, tmp);
         }
     });
 }

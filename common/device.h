@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <vector>
 #include "utils.h"
 
 #ifdef __CUDACC__
@@ -128,6 +129,18 @@ inline void copy_on_device(void* dst, const void* src, size_t bytes) { if (bytes
 inline void device_memset(void* p, int value, size_t bytes) { if (bytes) memset(p, value, bytes); }
 inline void device_synchronize() {}
 #endif
+
+// Host fp32 values <-> device floatX, converted element by element on the host.
+inline void upload_floatX(floatX* dst, const floatS* src, size_t n) {
+    std::vector<floatX> tmp(n);
+    for (size_t i = 0; i < n; i++) tmp[i] = from_float<floatX>((double)src[i]);
+    copy_to_device(dst, tmp.data(), n * sizeof(floatX));
+}
+inline void download_floatX(floatS* dst, const floatX* src, size_t n) {
+    std::vector<floatX> tmp(n);
+    copy_to_host(tmp.data(), src, n * sizeof(floatX));
+    for (size_t i = 0; i < n; i++) dst[i] = (floatS)to_float(tmp[i]);
+}
 
 // Dense peak TFLOP/s of the precision the trainer runs (bf16 tensor cores, or fp32 without TF32), from the
 // vendor data sheets (SXM parts), for MFU. 0 when unknown (the CPU backend, other GPUs): MFU is not printed.

@@ -62,7 +62,7 @@ static MicroBatch random_micro_batch(const Model& m, Rng* rng) {
 
 static double objective(Model* m, const MicroBatch& mb, bool with_grad) {
     const PassKey key = {3, 0, false, 0};
-    if (with_grad) device_memset(m->grads, 0, m->n_params * sizeof(floatS));
+    if (with_grad) params_zero_grads(&m->p);
     microbatch_forward_backward(m, mb, key, with_grad, Stream());
     double t[LOSS_COUNT];
     download_losses(m, t);
@@ -71,9 +71,9 @@ static double objective(Model* m, const MicroBatch& mb, bool with_grad) {
 
 // Random weights (larger than the initialisation, so every path carries gradient) and a random queue.
 static void randomize(Model* m, Rng* rng) {
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] = 0.6 * (rng_uniform(rng) - 0.5);
-    for (const TensorInfo& t : m->tensors)
-        if (t.init == INIT_ONE) for (size_t j = 0; j < t.numel; j++) m->params[t.offset + j] += 1.0;
+    for (size_t i = 0; i < m->p.table.n_total; i++) m->p.params[i] = 0.6 * (rng_uniform(rng) - 0.5);
+    for (const TensorInfo& t : m->p.table.tensors)       // the LayerNorm weights around 1
+        if (t.init.kind == INIT_CONST && t.init.value == 1.0f) for (size_t j = 0; j < t.numel; j++) m->p.params[t.offset + j] += 1.0;
     m->mw.log_tau[0] = log(0.15);
     const int Q = m->c.queue_size, P = m->d.P;
     for (int q = 0; q < Q; q++) {
@@ -82,7 +82,7 @@ static void randomize(Model* m, Rng* rng) {
         for (int j = 0; j < P; j++) m->queue[q * P + j] /= sqrt(ss);
     }
     m->queue_fill = Q;
-    for (size_t i = 0; i < m->n_ema; i++) m->target_params[i] = m->params[i] + 0.05 * (rng_uniform(rng) - 0.5);
+    for (size_t i = 0; i < m->p.table.n_ema; i++) m->p.ema[i] = m->p.params[i] + 0.05 * (rng_uniform(rng) - 0.5);
 }
 
 static void gradcheck(const Config& c, const char* label, bool only_after_vq) {
@@ -94,22 +94,22 @@ static void gradcheck(const Config& c, const char* label, bool only_after_vq) {
     randomize(m, &rng);
     const MicroBatch mb = random_micro_batch(*m, &rng);
     const double L = objective(m, mb, true);
-    std::vector<double> g(m->grads, m->grads + m->n_params);
+    std::vector<double> g(m->p.grads, m->p.grads + m->p.table.n_dense);
     const double h = 1e-6;
     int checked = 0, bad = 0;
     double worst = 0;
     std::string worst_name;
-    for (const TensorInfo& t : m->tensors) {
+    for (const TensorInfo& t : m->p.table.tensors) {
         const bool after_vq = t.name.rfind("projection_head", 0) == 0 || t.name.rfind("context_", 0) == 0 || t.name == "log_temperature";
         if (only_after_vq && !after_vq) continue;
         for (int s = 0; s < 3 && s < (int)t.numel; s++) {
             const size_t i = t.offset + (s == 0 ? 0 : rng_u64(&rng) % t.numel);
-            const double w0 = m->params[i];
-            m->params[i] = w0 + h;
+            const double w0 = m->p.params[i];
+            m->p.params[i] = w0 + h;
             const double lp = objective(m, mb, false);
-            m->params[i] = w0 - h;
+            m->p.params[i] = w0 - h;
             const double lm = objective(m, mb, false);
-            m->params[i] = w0;
+            m->p.params[i] = w0;
             const double fd = (lp - lm) / (2 * h);
             const double err = fabs(fd - g[i]) / std::max(1e-4, std::max(fabs(fd), fabs(g[i])));
             checked++;

@@ -1097,8 +1097,8 @@ static void test_puzzle_emb_gather(int n_table, int B, int ndim) {
     const vecd table = rs(rnd((size_t)n_table * ndim, -1, 1));
     const veci ids = rnd_int(B, n_table);
     vecd rows((size_t)B * ndim);
-    puzzle_emb_gather_ref<double, double>(rows.data(), table.data(), ids.data(), B, ndim);
-    Dev<floatS> d_table(table);
+    puzzle_emb_gather_ref<double>(rows.data(), table.data(), ids.data(), B, ndim);
+    Dev<floatX> d_table(table);
     Dev<int> d_ids(ids);
     Dev<floatX> d_rows(rows.size());
     d_rows.poison();
@@ -1108,7 +1108,8 @@ static void test_puzzle_emb_gather(int n_table, int B, int ndim) {
 }
 
 // ids repeat; samples 0 and 1 share an id no other sample has and opposite gradients on the first half of the
-// dimensions (sum exactly 0: sign 0, only the decay applies).
+// dimensions (sum exactly 0: sign 0, only the decay applies). The fp32 values are the master copy (BF16 build) or
+// the table itself (FP32 build); the table must end as the values rounded to floatX.
 static void test_sign_sgd(int n_table, int B, int ndim, float lr, float wd) {
     const std::string name = fmt(BK " sign_sgd_update n_table=%d B=%d ndim=%d lr=%g wd=%g (repeated ids)", n_table, B, ndim, lr, wd);
     const vecd t0 = rs(rnd((size_t)n_table * ndim, -1, 1));
@@ -1120,18 +1121,26 @@ static void test_sign_sgd(int n_table, int B, int ndim, float lr, float wd) {
         for (int d = 0; d < ndim / 2; d++) grads[(size_t)ndim + d] = -grads[d];
     }
     vecd t = t0;
-    sign_sgd_update_ref<double, double>(t.data(), ids.data(), grads.data(), B, ndim, lr, wd);
-    Dev<floatS> d_t(t0);
+    sign_sgd_update_ref<double, double>(t.data(), (double*)nullptr, ids.data(), grads.data(), B, ndim, lr, wd);
+    const bool split = !std::is_same<floatX, floatS>::value;
+    Dev<floatX> d_table(t0);
+    Dev<floatS> d_master(t0);
     Dev<int> d_ids(ids);
     Dev<floatX> d_g(grads);
-    sign_sgd_update(d_t.p, d_ids.p, d_g.p, B, ndim, lr, wd, st);
+    sign_sgd_update(d_table.p, split ? d_master.p : nullptr, d_ids.p, d_g.p, B, ndim, lr, wd, st);
     launched(name);
-    expect_close(name, d_t.get(), t, TOL_F32);
-    const auto first = d_t.raw();
-    d_t.set(t0);
-    sign_sgd_update(d_t.p, d_ids.p, d_g.p, B, ndim, lr, wd, st);
+    if (split) {
+        expect_close(name + " (fp32 master)", d_master.get(), t, TOL_F32);
+        expect_exact(name + " (table = rounded master)", d_table.get(), rx(d_master.get()));
+    } else {
+        expect_close(name, d_table.get(), t, TOL_F32);
+    }
+    const auto first = d_table.raw();
+    d_table.set(t0);
+    d_master.set(t0);
+    sign_sgd_update(d_table.p, split ? d_master.p : nullptr, d_ids.p, d_g.p, B, ndim, lr, wd, st);
     launched(name);
-    expect_bitwise(name + " deterministic", first, d_t.raw());
+    expect_bitwise(name + " deterministic", first, d_table.raw());
 }
 
 // Both conversions: the source as its type holds it, the destination exactly that value rounded to its type.

@@ -50,7 +50,7 @@ static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_
     const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
     const int rows = d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
     latent_noise(m, rows, true, 1);
-    act_reset(m->z_H, m->z_L, m->H_init, m->L_init, m->steps, m->halted, B, d.T, d.D, Stream());
+    act_reset(m->z_H, m->z_L, m->w.H_init, m->w.L_init, m->steps, m->halted, B, d.T, d.D, Stream());
     if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
     input_embedding_forward(m, m->w, B, m->acts.enc.context, Stream());
     decoder_forward(m, m->w, m->z_H, m->z_L, B, true, Stream());
@@ -69,12 +69,12 @@ static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_
 // Analytic gradients of L (the trainer's are of L / global_batch_size): parameters, and the puzzle rows.
 static double backward(Model* m, const std::vector<Sample>& batch, std::vector<double>* grads, std::vector<double>* row_grads) {
     int Nd;
-    device_memset(m->grads, 0, m->n_params * sizeof(floatS));
+    params_zero_grads(&m->p);
     const double L = act_step_loss(m, batch, &Nd);
     const int rows = m->d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
     decoder_backward(m, m->z_H, B, m->acts.dloss_lm, m->acts.dloss_q, Stream());
     if (m->d.enc != ENC_NONE) encoder_backward(m, B, Nd, m->cfg.kl_weight / ((float)B * std::max(1, rows)), Stream());
-    grads->assign(m->grads, m->grads + m->n_params);
+    grads->assign(m->p.grads, m->p.grads + m->p.table.n_dense);
     for (double& g : *grads) g *= B;
     row_grads->assign(m->acts.dprefix, m->acts.dprefix + (m->d.enc == ENC_NONE ? (size_t)B * m->d.ndim : 0));
     for (double& g : *row_grads) g *= B;
@@ -118,13 +118,14 @@ static void gradcheck(Model* m, const std::vector<Sample>& batch, const Carry& c
     double worst = 0;
     std::string worst_where = "-";
     int checked = 0, nonzero = 0;
-    for (const TensorInfo& t : m->tensors) {
+    for (const TensorInfo& t : m->p.table.tensors) {
+        if (t.group != GROUP_DECODER && t.group != GROUP_ENCODER) continue;     // the puzzle rows are checked below
         double gmax = 0;
         for (size_t i = 0; i < t.numel; i++) gmax = std::max(gmax, fabs(grads[t.offset + i]));
         const int samples = (int)std::min<size_t>(t.numel, 12);
         for (int k = 0; k < samples; k++) {
             const size_t i = t.offset + (samples == (int)t.numel ? k : rng_u64(rng) % t.numel);
-            double* p = &m->params[i];
+            double* p = &m->p.params[i];
             const double fd = derivative(p);
             const double err = fabs(fd - grads[i]) / (fabs(grads[i]) + 1e-3 * gmax + 1e-9);
             checked++;
@@ -136,7 +137,7 @@ static void gradcheck(Model* m, const std::vector<Sample>& batch, const Carry& c
     if (m->d.enc == ENC_NONE) {                 // the puzzle rows: the table entry of each sample's id
         for (int b = 0; b < B; b++)
             for (int j = 0; j < m->d.ndim; j += 3) {
-                double* p = &m->puzzle_emb[(size_t)batch[b].puzzle_id * m->d.ndim + j];
+                double* p = &m->w.puzzle_emb[(size_t)batch[b].puzzle_id * m->d.ndim + j];
                 double an = 0;                  // rows sharing an id add up
                 for (int b2 = 0; b2 < B; b2++) if (batch[b2].puzzle_id == batch[b].puzzle_id) an += row_grads[(size_t)b2 * m->d.ndim + j];
                 const double fd = derivative(p);
@@ -153,9 +154,11 @@ static void gradcheck(Model* m, const std::vector<Sample>& batch, const Carry& c
 
 // Random weights (every path active: the q head and zero-initialised projections included).
 static void randomize(Model* m, Rng* rng) {
-    for (const TensorInfo& t : m->tensors)
-        for (size_t i = 0; i < t.numel; i++) m->params[t.offset + i] = rng_normal(rng) * (t.shape.size() > 1 ? 0.7 / sqrt((double)t.shape.back()) : 0.3);
-    for (size_t i = 0; i < (size_t)m->n_puzzle_ids * m->d.ndim; i++) m->puzzle_emb[i] = rng_normal(rng) * 0.3;
+    for (const TensorInfo& t : m->p.table.tensors) {
+        if (t.group == GROUP_BUFFERS) continue;
+        const double scale = t.group == GROUP_PUZZLE ? 0.3 : t.shape.size() > 1 ? 0.7 / sqrt((double)t.shape.back()) : 0.3;
+        for (size_t i = 0; i < t.numel; i++) m->p.params[t.offset + i] = rng_normal(rng) * scale;
+    }
 }
 
 // A model of configuration c with random weights (every path active), and a random batch for it.
@@ -189,14 +192,11 @@ static void test_truncated_gradient(const char* encoder) {
     c1.H_cycles = 1;
     Model m1;
     model_build(&m1, c1, CANVAS, N_IDS, B);
-    std::copy(m2.params, m2.params + m2.n_params, m1.params);
-    std::copy(m2.puzzle_emb, m2.puzzle_emb + (size_t)m2.n_puzzle_ids * m2.d.ndim, m1.puzzle_emb);
-    std::copy(m2.H_init, m2.H_init + m2.d.D, m1.H_init);
-    std::copy(m2.L_init, m2.L_init + m2.d.D, m1.L_init);
+    std::copy(m2.p.params, m2.p.params + m2.p.table.n_total, m1.p.params);     // every group
     // one cycle without gradient from H_init / L_init: what the H_cycles = 2 model's first cycle computes
     const int Nd = upload_micro_batch(&m1, batch.data(), B, 0, 1);
     latent_noise(&m1, m1.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, true, 1);
-    act_reset(m1.z_H, m1.z_L, m1.H_init, m1.L_init, m1.steps, m1.halted, B, m1.d.T, m1.d.D, Stream());
+    act_reset(m1.z_H, m1.z_L, m1.w.H_init, m1.w.L_init, m1.steps, m1.halted, B, m1.d.T, m1.d.D, Stream());
     if (m1.d.enc != ENC_NONE) encoder_forward(&m1, m1.w, B, Nd, Stream());
     input_embedding_forward(&m1, m1.w, B, m1.acts.enc.context, Stream());
     decoder_forward(&m1, m1.w, m1.z_H, m1.z_L, B, false, Stream());

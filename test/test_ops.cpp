@@ -1034,18 +1034,22 @@ static void test_global_norm() {
 // =========================================================================================================
 // puzzle embedding
 
+// TS = float: the table holds the fp32 values itself (the CPU and FP32 builds); TS = double: a float compute
+// table beside TS master values (the shape of the BF16 build: the update writes both).
 template <typename TS>
 static void test_puzzle_emb() {
-    const char* tname = sizeof(TS) == 4 ? "float table" : "double table";
+    const bool with_master = sizeof(TS) != sizeof(float);
+    const char* tname = with_master ? "float table, double master" : "float table";
     const int V = 6, ndim = 3, B = 5;
-    std::vector<TS> table((size_t)V * ndim);
-    for (int i = 0; i < V * ndim; i++) table[i] = (TS)(1.0 + 0.5 * i);
+    std::vector<TS> values((size_t)V * ndim);
+    for (int i = 0; i < V * ndim; i++) values[i] = (TS)(1.0 + 0.5 * i);
+    vecf table(values.begin(), values.end());
     const int ids[B] = {2, 4, 2, 0, 4};
     vecf rows((size_t)B * ndim, NAN);
     puzzle_emb_gather_ref(rows.data(), table.data(), ids, B, ndim);
     bool g_ok = true;
     for (int b = 0; b < B; b++)
-        for (int d = 0; d < ndim; d++) g_ok &= rows[(size_t)b * ndim + d] == (float)table[(size_t)ids[b] * ndim + d];
+        for (int d = 0; d < ndim; d++) g_ok &= rows[(size_t)b * ndim + d] == table[(size_t)ids[b] * ndim + d];
     check(g_ok, fmt("puzzle_emb gather rows[b] = table[ids[b]] (%s)", tname).c_str(), "differs");
 
     const vecf grads = {
@@ -1056,24 +1060,27 @@ static void test_puzzle_emb() {
         -1.0f, 1.0f, 0.5f,     // id 4: summed with row 1 -> (0, 0, 1): signs (0, 0, +1)
     };
     const float lr = 0.01f, wd = 0.1f;
-    auto before = table;
-    sign_sgd_update_ref(table.data(), ids, grads.data(), B, ndim, lr, wd);
+    const std::vector<TS> before = values;
+    sign_sgd_update_ref(table.data(), with_master ? values.data() : (TS*)nullptr, ids, grads.data(), B, ndim, lr, wd);
     const double decay = 1.0 - (double)lr * wd;   // applied once per distinct id
     const double sign[V][3] = {{+1, -1, +1}, {0, 0, 0}, {-1, +1, +1}, {0, 0, 0}, {0, 0, +1}, {0, 0, 0}};
     double err = 0;
-    bool untouched = true;
+    bool untouched = true, copy_ok = true;
     for (int i = 0; i < V; i++)
         for (int d = 0; d < ndim; d++) {
             const size_t k = (size_t)i * ndim + d;
-            if (i == 1 || i == 3 || i == 5) { untouched &= table[k] == before[k]; continue; }
+            const double value = with_master ? (double)values[k] : (double)table[k];
+            copy_ok &= table[k] == (float)value;                                     // the compute copy follows
+            if (i == 1 || i == 3 || i == 5) { untouched &= value == (double)before[k]; continue; }
             const double expect = (double)before[k] * decay - (double)lr * sign[i][d];
-            err = fmax(err, fabs((double)table[k] - expect) / fabs(expect));
+            err = fmax(err, fabs(value - expect) / fabs(expect));
         }
     // e.g. table[2][0] = 7 * 0.999 + 0.01 (grads +1 and -3 sum to -2 before the sign), table[2][2] = 8 * 0.999 - 0.01 (not -0.02)
-    const double tol = sizeof(TS) == 4 ? 1e-7 : 1e-15;
+    const double tol = with_master ? 1e-15 : 1e-7;
     check(err < tol, fmt("sign_sgd_update: duplicate ids summed before the sign, decay once per id (%s)", tname).c_str(),
-          "max err %.3g; table[2] = %.9g %.9g %.9g", err, (double)table[6], (double)table[7], (double)table[8]);
+          "max err %.3g; row 2 = %.9g %.9g %.9g", err, (double)table[6], (double)table[7], (double)table[8]);
     check(untouched, fmt("sign_sgd_update leaves rows not in the batch unchanged (%s)", tname).c_str(), "changed");
+    check(copy_ok, fmt("sign_sgd_update writes the compute table from the updated values (%s)", tname).c_str(), "differs");
 }
 
 // =========================================================================================================
