@@ -460,6 +460,10 @@ static void run_attention(const std::string& name, const AttnCase& a, const vecd
     floatX* gvp = fused ? d_gq.p : d_gv.p;
     std::vector<floatX> first[3];
     const std::string bname = BK " attention_backward " + name;
+    // dk, dv of a kv head sum NH / NKV heads' terms (7 x 1024 at Qwen2.5-0.5B): the fp32 rounding of the sums
+    // grows with them (bf16: dominated by the rounding of P and dS, relative, which does not)
+    const double group = BF16 ? 1.0 : (double)(a.NH / a.NKV);
+    const Tol tol{TOL_ATT_BWD.rtol * group, TOL_ATT_BWD.atol * group};
     for (int run = 0; run < 2; run++) {
         d_gq.poison();
         d_gk.poison();
@@ -470,11 +474,11 @@ static void run_attention(const std::string& name, const AttnCase& a, const vecd
         launched(bname);
         if (run == 0) {
             if (fused) {
-                expect_close(bname + " dqkv", d_gq.get(), gq, TOL_ATT_BWD);
+                expect_close(bname + " dqkv", d_gq.get(), gq, tol);
             } else {
-                expect_close(bname + " dq", d_gq.get(), gq, TOL_ATT_BWD);
-                expect_close(bname + " dk", d_gk.get(), gk, TOL_ATT_BWD);
-                expect_close(bname + " dv", d_gv.get(), gv, TOL_ATT_BWD);
+                expect_close(bname + " dq", d_gq.get(), gq, tol);
+                expect_close(bname + " dk", d_gk.get(), gk, tol);
+                expect_close(bname + " dv", d_gv.get(), gv, tol);
             }
             first[0] = d_gq.raw();
             first[1] = d_gk.raw();
