@@ -801,12 +801,12 @@ static void attention_sublayer_forward(BlockActs* a, const floatX* h, const Bloc
         matmul_forward(a->q, h, w.q, nullptr, N, D, D, st);
         matmul_forward(a->k, s.memory, w.k, nullptr, s.B * s.Tk, D, D, st);
         matmul_forward(a->v, s.memory, w.v, nullptr, s.B * s.Tk, D, D, st);
-        attention_forward(a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.HD, D, D, st);
+        attention_forward(a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.NH, d.HD, D, D, false, st);
     } else {
         matmul_forward(a->qkv, h, w.qkv, nullptr, N, D, 3 * D, st);
         rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
-        attention_forward(a->att, a->lse, a->qkv, a->qkv + D, a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.HD,
-                          3 * D, 3 * D, st);
+        attention_forward(a->att, a->lse, a->qkv, a->qkv + D, a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.NH, d.HD,
+                          3 * D, 3 * D, false, st);
     }
 }
 
@@ -967,13 +967,14 @@ static void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dme
     matmul_backward(sc.d_att, gw.o, nullptr, d_o, a->att, w.o, N, D, D, false, st);
     if (s.cross) {
         floatX *dq = sc.d_qkv, *dk = dq + (size_t)N * D, *dv = dk + (size_t)s.B * s.Tk * D;
-        attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.HD, D, D, st);
+        attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.NH, d.HD, D, D,
+                           false, st);
         matmul_backward(dh, gw.q, nullptr, dq, h, w.q, N, D, D, accumulate, st);
         matmul_backward(dmemory, gw.k, nullptr, dk, s.memory, w.k, s.B * s.Tk, D, D, true, st);
         matmul_backward(dmemory, gw.v, nullptr, dv, s.memory, w.v, s.B * s.Tk, D, D, true, st);
     } else {
         attention_backward(sc.d_qkv, sc.d_qkv + D, sc.d_qkv + 2 * D, sc.d_att, a->att, a->lse, a->qkv, a->qkv + D,
-                           a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.HD, 3 * D, 3 * D, st);
+                           a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.NH, d.HD, 3 * D, 3 * D, false, st);
         rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
         matmul_backward(dh, gw.qkv, nullptr, sc.d_qkv, h, w.qkv, N, D, 3 * D, accumulate, st);
     }

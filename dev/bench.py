@@ -238,7 +238,8 @@ def main():
         md += ["## Attention forward + backward against PyTorch (same shapes, same device, same run)", "",
                "| shape | arc.cu forward + backward ms (best versions) | torch SDPA forward + backward ms | ratio |",
                "|---|---|---|---|"]
-        for suffix, label in (("", "self, B=64 T=916 NH=8 HD=64"), ("_cross", "cross, B=768 Tq=16 Tk=10 (masked)")):
+        for suffix, label in (("", "self, B=64 T=916 NH=8 HD=64"), ("_cross", "cross, B=768 Tq=16 Tk=10 (masked)"),
+                              ("_causal_gqa", "causal GQA, B=8 T=1024 NH=14 NKV=2 HD=64")):
             ours = [min((float(r["ms"]) for r in results if r["op"] == f"attention_{d}{suffix}" and
                          r["version"] != "torch_sdpa"), default=None) for d in ("forward", "backward")]
             torch_ms = [float(r["ms"]) for r in results if r["op"] == f"attention_forward_backward{suffix}"]

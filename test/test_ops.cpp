@@ -296,93 +296,120 @@ static void test_rope(int B, int T, int NH, int HD, int skip_rows, float theta) 
 // =========================================================================================================
 // attention
 
+// Direct formula, one query at a time: query head h reads kv head h / (NH / NKV); query i sees key j iff the key
+// mask allows it and, when causal, j <= i + Tk - Tq.
 static void naive_attention(vecd& out, vecd& lse, const double* q, const double* k, const double* v, const uint8_t* mask,
-                            int B, int Tq, int Tk, int NH, int HD, int qs, int kvs) {
+                            int B, int Tq, int Tk, int NH, int NKV, int HD, int qs, int kvs, bool causal) {
     const int C = NH * HD;
     out.assign((size_t)B * Tq * C, 0.0);
     lse.assign((size_t)B * NH * Tq, 0.0);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int i = 0; i < Tq; i++) {
+                const int g = h / (NH / NKV);
+                auto sees = [&](int j) { return (!mask || mask[b * Tk + j]) && (!causal || j <= i + Tk - Tq); };
                 vecd s(Tk, 0.0);
                 double mx = -INFINITY;
                 for (int j = 0; j < Tk; j++) {
-                    if (mask && !mask[b * Tk + j]) continue;
+                    if (!sees(j)) continue;
                     double d = 0;
-                    for (int e = 0; e < HD; e++) d += q[(size_t)(b * Tq + i) * qs + h * HD + e] * k[(size_t)(b * Tk + j) * kvs + h * HD + e];
+                    for (int e = 0; e < HD; e++) d += q[(size_t)(b * Tq + i) * qs + h * HD + e] * k[(size_t)(b * Tk + j) * kvs + g * HD + e];
                     s[j] = d / sqrt((double)HD);
                     mx = fmax(mx, s[j]);
                 }
                 double Z = 0;
-                for (int j = 0; j < Tk; j++) if (!mask || mask[b * Tk + j]) Z += exp(s[j] - mx);
+                for (int j = 0; j < Tk; j++) if (sees(j)) Z += exp(s[j] - mx);
                 lse[(size_t)(b * NH + h) * Tq + i] = mx == -INFINITY ? -INFINITY : mx + log(Z);
                 for (int j = 0; j < Tk; j++) {
-                    if (mask && !mask[b * Tk + j]) continue;
+                    if (!sees(j)) continue;
                     const double p = exp(s[j] - mx) / Z;
                     for (int e = 0; e < HD; e++)
-                        out[(size_t)(b * Tq + i) * C + h * HD + e] += p * v[(size_t)(b * Tk + j) * kvs + h * HD + e];
+                        out[(size_t)(b * Tq + i) * C + h * HD + e] += p * v[(size_t)(b * Tk + j) * kvs + g * HD + e];
                 }
             }
 }
 
-static void test_attention_self(int B, int T, int NH, int HD, bool with_mask) {
-    std::string tag = fmt("self fused qkv B=%d T=%d NH=%d HD=%d %s", B, T, NH, HD, with_mask ? "partial mask" : "no mask");
-    const int C = NH * HD, S = 3 * C;
+// lse may hold -inf (a query that sees no key): equal there, else within tol relatively.
+static bool lse_close(const vecd& got, const vecd& ref, double tol) {
+    bool ok = got.size() == ref.size();
+    for (size_t i = 0; ok && i < ref.size(); i++)
+        ok = isinf(ref[i]) ? got[i] == ref[i] : fabs(got[i] - ref[i]) < tol * (1 + fabs(ref[i]));
+    return ok;
+}
+static std::string attention_options(int NH, int NKV, bool causal) {
+    return (NKV != NH ? fmt(" NKV=%d", NKV) : std::string()) + (causal ? " causal" : "");
+}
+
+// Self-attention from fused rows [q: NH*HD | k: NKV*HD | v: NKV*HD].
+static void test_attention_self(int B, int T, int NH, int NKV, int HD, bool with_mask, bool causal) {
+    std::string tag = fmt("self fused qkv B=%d T=%d NH=%d HD=%d %s", B, T, NH, HD, with_mask ? "partial mask" : "no mask") +
+                      attention_options(NH, NKV, causal);
+    const int C = NH * HD, S = (NH + 2 * NKV) * HD, KO = C, VO = C + NKV * HD;
     vecd qkv = rand_vec((size_t)B * T * S, -1.5, 1.5), G = rand_vec((size_t)B * T * C);
     std::vector<uint8_t> mask((size_t)B * T, 1);
     if (with_mask)
         for (int b = 0; b < B; b++) { mask[b * T + (b % T)] = 0; mask[b * T + (b + 2) % T] = 0; }
     const uint8_t* m = with_mask ? mask.data() : nullptr;
     vecd out((size_t)B * T * C, NaN), lse((size_t)B * NH * T, NaN), out_ref, lse_ref;
-    attention_forward_ref(out.data(), lse.data(), qkv.data(), qkv.data() + C, qkv.data() + 2 * C, m, B, T, T, NH, HD, S, S);
-    naive_attention(out_ref, lse_ref, qkv.data(), qkv.data() + C, qkv.data() + 2 * C, m, B, T, T, NH, HD, S, S);
-    double e1 = max_rel_error(out.data(), out_ref.data(), out.size(), 1e-6), e2 = max_rel_error(lse.data(), lse_ref.data(), lse.size(), 1e-6);
-    check(e1 < 1e-12 && e2 < 1e-12, ("attention forward vs naive softmax(QK^T/sqrt(HD))V " + tag).c_str(), "out err %.3g, lse err %.3g", e1, e2);
+    attention_forward_ref(out.data(), lse.data(), qkv.data(), qkv.data() + KO, qkv.data() + VO, m, B, T, T, NH, NKV, HD, S, S, causal);
+    naive_attention(out_ref, lse_ref, qkv.data(), qkv.data() + KO, qkv.data() + VO, m, B, T, T, NH, NKV, HD, S, S, causal);
+    double e1 = max_rel_error(out.data(), out_ref.data(), out.size(), 1e-6);
+    check(e1 < 1e-12 && lse_close(lse, lse_ref, 1e-12), ("attention forward vs naive softmax(QK^T/sqrt(HD))V " + tag).c_str(),
+          "out err %.3g, lse differs", e1);
 
     vecd dqkv(qkv.size(), NaN);
-    attention_backward_ref(dqkv.data(), dqkv.data() + C, dqkv.data() + 2 * C, G.data(), out.data(), lse.data(), qkv.data(),
-                           qkv.data() + C, qkv.data() + 2 * C, m, B, T, T, NH, HD, S, S);
+    attention_backward_ref(dqkv.data(), dqkv.data() + KO, dqkv.data() + VO, G.data(), out.data(), lse.data(), qkv.data(),
+                           qkv.data() + KO, qkv.data() + VO, m, B, T, T, NH, NKV, HD, S, S, causal);
     check(all_finite(dqkv.data(), dqkv.size()), ("attention backward overwrites all of dqkv (NaN pre-fill) " + tag).c_str(), "NaN left");
     auto loss = [&]() {
         vecd o((size_t)B * T * C), l((size_t)B * NH * T);
-        attention_forward_ref(o.data(), l.data(), qkv.data(), qkv.data() + C, qkv.data() + 2 * C, m, B, T, T, NH, HD, S, S);
+        attention_forward_ref(o.data(), l.data(), qkv.data(), qkv.data() + KO, qkv.data() + VO, m, B, T, T, NH, NKV, HD, S, S, causal);
         return dotl(G, o);
     };
     gradcheck("attention gradcheck dq,dk,dv " + tag, qkv, dqkv, loss);
 }
 
-static void test_attention_cross(int B, int Tq, int Tk, int NH, int HD, int kv_pad) {
-    std::string tag = fmt("cross B=%d Tq=%d Tk=%d NH=%d HD=%d kv_stride=C+%d", B, Tq, Tk, NH, HD, kv_pad);
-    const int C = NH * HD, kvs = C + kv_pad;
+// Separate q (B, Tq, NH*HD) and k, v (B, Tk, kv_stride = NKV*HD + kv_pad); batch 0: some keys masked; batch 1:
+// every key masked; the rest: all keys valid.
+static void test_attention_cross(int B, int Tq, int Tk, int NH, int NKV, int HD, int kv_pad, bool causal) {
+    std::string tag = fmt("cross B=%d Tq=%d Tk=%d NH=%d HD=%d kv_stride=C+%d", B, Tq, Tk, NH, HD, kv_pad) +
+                      attention_options(NH, NKV, causal);
+    const int C = NH * HD, CK = NKV * HD, kvs = CK + kv_pad;
     vecd q = rand_vec((size_t)B * Tq * C, -1.5, 1.5), k = rand_vec((size_t)B * Tk * kvs, -1.5, 1.5);
     vecd v = rand_vec((size_t)B * Tk * kvs, -1.5, 1.5), G = rand_vec((size_t)B * Tq * C);
-    // batch 0: some keys masked; batch 1: every key masked; the rest: all keys valid
     std::vector<uint8_t> mask((size_t)B * Tk, 1);
     for (int j = 0; j < Tk; j++) { mask[j] = (j % 3 != 1); mask[Tk + j] = 0; }
     vecd out((size_t)B * Tq * C, NaN), lse((size_t)B * NH * Tq, NaN), out_ref, lse_ref;
-    attention_forward_ref(out.data(), lse.data(), q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, HD, C, kvs);
-    naive_attention(out_ref, lse_ref, q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, HD, C, kvs);
+    attention_forward_ref(out.data(), lse.data(), q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, NKV, HD, C, kvs, causal);
+    naive_attention(out_ref, lse_ref, q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, NKV, HD, C, kvs, causal);
     double e1 = max_rel_error(out.data(), out_ref.data(), out.size(), 1e-6);
-    bool lse_ok = true;
-    for (size_t i = 0; i < lse.size(); i++)
-        lse_ok &= isinf(lse_ref[i]) ? lse[i] == lse_ref[i] : fabs(lse[i] - lse_ref[i]) < 1e-12 * (1 + fabs(lse_ref[i]));
+    const bool lse_ok = lse_close(lse, lse_ref, 1e-12);
     check(e1 < 1e-12 && lse_ok, ("attention forward vs naive, key mask " + tag).c_str(), "out err %.3g, lse ok %d", e1, lse_ok);
     bool b1_zero = all_equal(out.data() + (size_t)Tq * C, (size_t)Tq * C, 0.0) && all_equal(lse.data() + (size_t)NH * Tq, (size_t)NH * Tq, -(double)INFINITY);
     check(b1_zero, ("attention all keys masked: out exactly 0, lse -inf " + tag).c_str(), "not so");
+    if (causal && Tq > Tk) {       // queries i < Tq - Tk see no key (in any batch row)
+        bool none_zero = true;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < Tq - Tk; i++) {
+                none_zero &= all_equal(out.data() + (size_t)(b * Tq + i) * C, (size_t)C, 0.0);
+                for (int h = 0; h < NH; h++) none_zero &= lse[(size_t)(b * NH + h) * Tq + i] == -(double)INFINITY;
+            }
+        check(none_zero, ("attention causal queries before the first key: out exactly 0, lse -inf " + tag).c_str(), "not so");
+    }
 
     const double SENT = 5.0;
     vecd dq(q.size(), NaN), dk(k.size(), NaN), dv(v.size(), NaN);
     for (size_t r = 0; r < (size_t)B * Tk; r++)
-        for (int c = C; c < kvs; c++) dk[r * kvs + c] = dv[r * kvs + c] = SENT;
+        for (int c = CK; c < kvs; c++) dk[r * kvs + c] = dv[r * kvs + c] = SENT;
     attention_backward_ref(dq.data(), dk.data(), dv.data(), G.data(), out.data(), lse.data(), q.data(), k.data(), v.data(),
-                           mask.data(), B, Tq, Tk, NH, HD, C, kvs);
+                           mask.data(), B, Tq, Tk, NH, NKV, HD, C, kvs, causal);
     bool pad_ok = true, finite = all_finite(dq.data(), dq.size()), zero_b1 = all_equal(dq.data() + (size_t)Tq * C, (size_t)Tq * C, 0.0);
     bool masked_zero = true;
     for (int b = 0; b < B; b++)
         for (int j = 0; j < Tk; j++) {
             const size_t r = (size_t)(b * Tk + j) * kvs;
             for (int c = 0; c < kvs; c++) {
-                if (c >= C) { pad_ok &= dk[r + c] == SENT && dv[r + c] == SENT; continue; }
+                if (c >= CK) { pad_ok &= dk[r + c] == SENT && dv[r + c] == SENT; continue; }
                 finite &= isfinite(dk[r + c]) && isfinite(dv[r + c]);
                 if (!mask[b * Tk + j]) masked_zero &= dk[r + c] == 0.0 && dv[r + c] == 0.0;
                 if (b == 1) zero_b1 &= dk[r + c] == 0.0 && dv[r + c] == 0.0;
@@ -393,16 +420,104 @@ static void test_attention_cross(int B, int Tq, int Tk, int NH, int HD, int kv_p
     check(masked_zero, ("attention masked keys get zero dk, dv " + tag).c_str(), "nonzero gradient");
     if (kv_pad) check(pad_ok, ("attention backward leaves kv_stride padding untouched " + tag).c_str(), "padding written");
     for (size_t r = 0; r < (size_t)B * Tk; r++)
-        for (int c = C; c < kvs; c++) dk[r * kvs + c] = dv[r * kvs + c] = 0.0;   // padding does not affect L
+        for (int c = CK; c < kvs; c++) dk[r * kvs + c] = dv[r * kvs + c] = 0.0;   // padding does not affect L
 
     auto loss = [&]() {
         vecd o((size_t)B * Tq * C), l((size_t)B * NH * Tq);
-        attention_forward_ref(o.data(), l.data(), q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, HD, C, kvs);
+        attention_forward_ref(o.data(), l.data(), q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, NKV, HD, C, kvs, causal);
         return dotl(G, o);
     };
     gradcheck("attention gradcheck dq " + tag, q, dq, loss);
     gradcheck("attention gradcheck dk " + tag, k, dk, loss);
     gradcheck("attention gradcheck dv " + tag, v, dv, loss);
+}
+
+// GQA is attention over kv heads repeated NH / NKV times (Hugging Face's repeat_kv): the same out and lse (bitwise:
+// the same arithmetic), the same dq, and dk, dv of kv head g the sum of those of its repeated copies.
+static void test_attention_gqa_repeat(int B, int Tq, int Tk, int NH, int NKV, int HD, bool causal) {
+    std::string tag = fmt("B=%d Tq=%d Tk=%d NH=%d NKV=%d HD=%d%s", B, Tq, Tk, NH, NKV, HD, causal ? " causal" : "");
+    const int C = NH * HD, CK = NKV * HD, group = NH / NKV;
+    vecd q = rand_vec((size_t)B * Tq * C, -1.5, 1.5), k = rand_vec((size_t)B * Tk * CK, -1.5, 1.5);
+    vecd v = rand_vec((size_t)B * Tk * CK, -1.5, 1.5), G = rand_vec((size_t)B * Tq * C);
+    std::vector<uint8_t> mask((size_t)B * Tk, 1);
+    for (int j = 0; j < Tk; j += 3) mask[j] = 0;
+    vecd k_rep((size_t)B * Tk * C), v_rep((size_t)B * Tk * C);                  // (B, Tk, NH*HD)
+    for (size_t r = 0; r < (size_t)B * Tk; r++)
+        for (int h = 0; h < NH; h++)
+            for (int d = 0; d < HD; d++) {
+                k_rep[r * C + h * HD + d] = k[r * CK + h / group * HD + d];
+                v_rep[r * C + h * HD + d] = v[r * CK + h / group * HD + d];
+            }
+    vecd out((size_t)B * Tq * C), lse((size_t)B * NH * Tq), out_r(out.size()), lse_r(lse.size());
+    attention_forward_ref(out.data(), lse.data(), q.data(), k.data(), v.data(), mask.data(), B, Tq, Tk, NH, NKV, HD, C, CK, causal);
+    attention_forward_ref(out_r.data(), lse_r.data(), q.data(), k_rep.data(), v_rep.data(), mask.data(), B, Tq, Tk, NH, NH, HD,
+                          C, C, causal);
+    check(bitwise_equal(out, out_r) && bitwise_equal(lse, lse_r), ("attention GQA forward == repeated kv heads " + tag).c_str(),
+          "out or lse differ");
+
+    vecd dq(q.size()), dk(k.size()), dv(v.size()), dq_r(q.size()), dk_r(k_rep.size()), dv_r(v_rep.size());
+    attention_backward_ref(dq.data(), dk.data(), dv.data(), G.data(), out.data(), lse.data(), q.data(), k.data(), v.data(),
+                           mask.data(), B, Tq, Tk, NH, NKV, HD, C, CK, causal);
+    attention_backward_ref(dq_r.data(), dk_r.data(), dv_r.data(), G.data(), out.data(), lse.data(), q.data(), k_rep.data(),
+                           v_rep.data(), mask.data(), B, Tq, Tk, NH, NH, HD, C, C, causal);
+    vecd dk_sum(k.size(), 0.0), dv_sum(v.size(), 0.0);
+    for (size_t r = 0; r < (size_t)B * Tk; r++)
+        for (int h = 0; h < NH; h++)
+            for (int d = 0; d < HD; d++) {
+                dk_sum[r * CK + h / group * HD + d] += dk_r[r * C + h * HD + d];
+                dv_sum[r * CK + h / group * HD + d] += dv_r[r * C + h * HD + d];
+            }
+    const double e_k = max_rel_error(dk.data(), dk_sum.data(), dk.size(), 1e-6), e_v = max_rel_error(dv.data(), dv_sum.data(), dv.size(), 1e-6);
+    check(bitwise_equal(dq, dq_r) && e_k < 1e-12 && e_v < 1e-12 && max_abs(dk) > 0,
+          ("attention GQA backward: dq == repeated, dk, dv == sums over the repeated heads " + tag).c_str(),
+          "dq equal %d, dk err %.3g, dv err %.3g", (int)bitwise_equal(dq, dq_r), e_k, e_v);
+}
+
+// Causal attention is, query by query, non-causal attention of that one query under the key mask that also drops
+// its future keys (j > i + Tk - Tq): out, lse and dq of each query, and dk, dv summed over the queries.
+static void test_attention_causal_mask(int B, int Tq, int Tk, int NH, int NKV, int HD, bool with_mask) {
+    std::string tag = fmt("B=%d Tq=%d Tk=%d NH=%d NKV=%d HD=%d %s", B, Tq, Tk, NH, NKV, HD, with_mask ? "key mask" : "no key mask");
+    const int C = NH * HD, CK = NKV * HD;
+    vecd q = rand_vec((size_t)B * Tq * C, -1.5, 1.5), k = rand_vec((size_t)B * Tk * CK, -1.5, 1.5);
+    vecd v = rand_vec((size_t)B * Tk * CK, -1.5, 1.5), G = rand_vec((size_t)B * Tq * C);
+    std::vector<uint8_t> mask((size_t)B * Tk, 1);
+    if (with_mask)
+        for (int b = 0; b < B; b++) mask[b * Tk + (b + 1) % Tk] = mask[b * Tk + (b + 4) % Tk] = 0;
+    const uint8_t* m = with_mask ? mask.data() : nullptr;
+    vecd out((size_t)B * Tq * C), lse((size_t)B * NH * Tq), dq(q.size()), dk(k.size()), dv(v.size());
+    attention_forward_ref(out.data(), lse.data(), q.data(), k.data(), v.data(), m, B, Tq, Tk, NH, NKV, HD, C, CK, true);
+    attention_backward_ref(dq.data(), dk.data(), dv.data(), G.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), m,
+                           B, Tq, Tk, NH, NKV, HD, C, CK, true);
+
+    vecd out_m(out.size()), lse_m(lse.size()), dq_m(dq.size()), dk_m(dk.size(), 0.0), dv_m(dv.size(), 0.0);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < Tq; i++) {
+            std::vector<uint8_t> mi(Tk);
+            for (int j = 0; j < Tk; j++) mi[j] = (!m || m[b * Tk + j]) && j <= i + Tk - Tq;
+            const double* qi = q.data() + (size_t)(b * Tq + i) * C;
+            const double* kb = k.data() + (size_t)b * Tk * CK;
+            const double* vb = v.data() + (size_t)b * Tk * CK;
+            vecd o(C), l(NH), gq(C), gk((size_t)Tk * CK), gv((size_t)Tk * CK);
+            attention_forward_ref(o.data(), l.data(), qi, kb, vb, mi.data(), 1, 1, Tk, NH, NKV, HD, C, CK, false);
+            attention_backward_ref(gq.data(), gk.data(), gv.data(), G.data() + (size_t)(b * Tq + i) * C, o.data(), l.data(), qi,
+                                   kb, vb, mi.data(), 1, 1, Tk, NH, NKV, HD, C, CK, false);
+            for (int c = 0; c < C; c++) {
+                out_m[(size_t)(b * Tq + i) * C + c] = o[c];
+                dq_m[(size_t)(b * Tq + i) * C + c] = gq[c];
+            }
+            for (int h = 0; h < NH; h++) lse_m[(size_t)(b * NH + h) * Tq + i] = l[h];
+            for (size_t e = 0; e < gk.size(); e++) {
+                dk_m[(size_t)b * Tk * CK + e] += gk[e];
+                dv_m[(size_t)b * Tk * CK + e] += gv[e];
+            }
+        }
+    const double e_o = max_rel_error(out.data(), out_m.data(), out.size(), 1e-6);
+    check(e_o < 1e-12 && lse_close(lse, lse_m, 1e-12), ("attention causal forward == per-query explicit mask " + tag).c_str(),
+          "out err %.3g, or lse differs", e_o);
+    const double e_q = max_rel_error(dq.data(), dq_m.data(), dq.size(), 1e-6), e_k = max_rel_error(dk.data(), dk_m.data(), dk.size(), 1e-6),
+                 e_v = max_rel_error(dv.data(), dv_m.data(), dv.size(), 1e-6);
+    check(e_q < 1e-12 && e_k < 1e-12 && e_v < 1e-12, ("attention causal backward == per-query explicit mask " + tag).c_str(),
+          "dq err %.3g, dk err %.3g, dv err %.3g", e_q, e_k, e_v);
 }
 
 // =========================================================================================================
@@ -1096,10 +1211,29 @@ int main() {
     test_rope(2, 7, 3, 10, 0, 10000.0f);
     test_rope(3, 5, 1, 6, 1, 100.0f);
 
-    test_attention_self(2, 7, 2, 6, false);
-    test_attention_self(3, 5, 3, 4, true);
-    test_attention_cross(3, 4, 6, 2, 5, 2);
-    test_attention_cross(3, 3, 7, 1, 8, 0);
+    test_attention_self(2, 7, 2, 2, 6, false, false);
+    test_attention_self(3, 5, 3, 3, 4, true, false);
+    test_attention_cross(3, 4, 6, 2, 2, 5, 2, false);
+    test_attention_cross(3, 3, 7, 1, 1, 8, 0, false);
+    // causal, GQA (NKV < NH), both; with and without key masks; causal with Tq < Tk and Tq > Tk
+    test_attention_self(2, 7, 2, 2, 6, false, true);
+    test_attention_self(3, 6, 3, 3, 4, true, true);
+    test_attention_self(2, 5, 4, 2, 4, false, false);
+    test_attention_self(2, 6, 4, 1, 4, true, false);
+    test_attention_self(2, 6, 4, 2, 4, true, true);
+    test_attention_self(2, 5, 4, 1, 6, false, true);
+    test_attention_cross(3, 4, 6, 4, 2, 4, 2, false);
+    test_attention_cross(3, 3, 7, 4, 1, 4, 0, false);
+    test_attention_cross(3, 4, 7, 2, 2, 5, 2, true);     // Tq < Tk: every query sees the first Tk - Tq + 1 keys
+    test_attention_cross(3, 7, 4, 2, 2, 5, 0, true);     // Tq > Tk: the first Tq - Tk queries see no key
+    test_attention_cross(3, 4, 7, 4, 2, 4, 1, true);
+    test_attention_cross(3, 6, 5, 4, 1, 4, 0, true);
+    test_attention_gqa_repeat(2, 5, 7, 4, 2, 4, false);
+    test_attention_gqa_repeat(2, 6, 6, 4, 1, 4, true);
+    test_attention_gqa_repeat(2, 7, 4, 6, 2, 4, true);
+    test_attention_causal_mask(2, 6, 6, 2, 2, 4, false);
+    test_attention_causal_mask(2, 5, 8, 4, 2, 4, true);
+    test_attention_causal_mask(2, 8, 5, 4, 1, 4, true);
 
     test_swiglu(7, 10);
     test_swiglu(3, 5);

@@ -1,13 +1,14 @@
-// Kernel lab: attention backward (flash attention, non-causal, optional key mask), see kernels/attention.cuh.
+// Kernel lab: attention backward (flash attention, optional key mask, causal mask and GQA), see kernels/attention.cuh.
 //
-//   v1  SIMT: D = dout . out, then a warp per key (dk, dv) and a warp per query (dq), exact fp32 math
+//   v1  SIMT: D = dout . out, then a warp per key of a kv head (dk, dv) and a warp per query (dq), exact fp32 math
 //   v2  tensor cores (BF16 build): D, then 16 keys per warp (dk, dv) and 16 queries per warp (dq), mma.sync
 //   v3  tensor cores, 32 keys / queries per warp (HD <= 64; HD = 128 runs v2's kernels)
 // block = warps per block (at most: short sequences take fewer). Every launch is the whole backward (the D kernel
 // included).
-// FLOPs counted as FlashAttention-2 counts them, 2.5x the forward's 4 B NH Tq Tk HD (five Tq x Tk x HD
-// products); the kernels do seven (S and dP are computed twice, once per parallel direction), so the rates
-// are comparable with FlashAttention / PyTorch figures, not a count of the work done.
+// FLOPs counted as FlashAttention-2 counts them, 2.5x the forward's 4 B NH pairs HD (five Tq x Tk x HD
+// products; pairs = Tq Tk, about half of that under the causal mask, see attention_pairs); the kernels do seven
+// (S and dP are computed twice, once per parallel direction), so the rates are comparable with FlashAttention /
+// PyTorch figures, not a count of the work done.
 //
 // out and lse come from the mainline GPU forward; the CPU reference backward takes the same out and lse and
 // runs on the first few samples (every sample is computed alike); the rest of dq, dk, dv is checked to be
@@ -28,19 +29,19 @@ static void check(const char* what, const std::vector<float>& gpu, const std::ve
 }
 
 static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
-    const int C = s.NH * s.HD, q_stride = s.self ? 3 * C : C, kv_stride = s.self ? 3 * C : C;
+    const int C = s.NH * s.HD, CK = s.NKV * s.HD, S = C + 2 * CK, q_stride = s.self ? S : C, kv_stride = s.self ? S : CK;
     const int B_ref = std::min(s.B, 4);
-    printf("shape B=%d Tq=%d Tk=%d NH=%d HD=%d %s%s\n", s.B, s.Tq, s.Tk, s.NH, s.HD, s.self ? "self-attention (fused qkv)" : "cross-attention",
-           s.masked ? ", key mask" : "");
-    // self: qkv and dqkv (B, T, 3C); cross: q, dq (B, Tq, C), k, v, dk, dv (B, Tk, C)
-    const size_t n_q = (size_t)s.B * s.Tq * q_stride, n_kv = s.self ? 0 : (size_t)s.B * s.Tk * C, n_out = (size_t)s.B * s.Tq * C;
+    printf("shape B=%d Tq=%d Tk=%d NH=%d NKV=%d HD=%d %s%s%s\n", s.B, s.Tq, s.Tk, s.NH, s.NKV, s.HD,
+           s.self ? "self-attention (fused qkv)" : "cross-attention", s.masked ? ", key mask" : "", s.causal ? ", causal" : "");
+    // self: qkv and dqkv (B, T, C + 2 CK); cross: q, dq (B, Tq, C), k, v, dk, dv (B, Tk, CK)
+    const size_t n_q = (size_t)s.B * s.Tq * q_stride, n_kv = s.self ? 0 : (size_t)s.B * s.Tk * CK, n_out = (size_t)s.B * s.Tq * C;
     const std::vector<float> q = lab_round(lab_random(n_q, seed, -2.0f, 2.0f));
     const std::vector<float> k = lab_round(lab_random(n_kv, seed + 1, -2.0f, 2.0f)), v = lab_round(lab_random(n_kv, seed + 2));
     const std::vector<float> dout = lab_round(lab_random(n_out, seed + 4));
     const std::vector<uint8_t> mask = make_mask(s.B, s.Tk, seed + 3);
     floatX* d_q = lab_upload<floatX>(q);
     floatX* d_k = s.self ? d_q + C : lab_upload<floatX>(k);
-    floatX* d_v = s.self ? d_q + 2 * C : lab_upload<floatX>(v);
+    floatX* d_v = s.self ? d_q + C + CK : lab_upload<floatX>(v);
     floatX* d_dout = lab_upload<floatX>(dout);
     uint8_t* d_mask = nullptr;
     if (s.masked) {
@@ -51,19 +52,19 @@ static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
     const size_t n_lse = (size_t)s.B * s.NH * s.Tq;
     floatX* d_out = (floatX*)device_malloc(n_out * sizeof(floatX), "out");
     floatS* d_lse = (floatS*)device_malloc(n_lse * sizeof(floatS), "lse");
-    attention_forward(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.HD, q_stride, kv_stride, 0);
+    attention_forward(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.NKV, s.HD, q_stride, kv_stride, s.causal, 0);
     const std::vector<float> out = lab_download(d_out, n_out), lse = lab_download(d_lse, n_lse);
     floatX* d_dq = (floatX*)device_malloc(n_q * sizeof(floatX), "dq");
     floatX* d_dk = s.self ? d_dq + C : (floatX*)device_malloc(n_kv * sizeof(floatX), "dk");
-    floatX* d_dv = s.self ? d_dq + 2 * C : (floatX*)device_malloc(n_kv * sizeof(floatX), "dv");
+    floatX* d_dv = s.self ? d_dq + C + CK : (floatX*)device_malloc(n_kv * sizeof(floatX), "dv");
 
     // CPU reference on the first B_ref samples (a prefix of every tensor)
-    std::vector<float> dq_ref((size_t)B_ref * s.Tq * q_stride), dk_ref(s.self ? 0 : (size_t)B_ref * s.Tk * C), dv_ref(dk_ref.size());
-    attention_backward_ref(dq_ref.data(), s.self ? dq_ref.data() + C : dk_ref.data(), s.self ? dq_ref.data() + 2 * C : dv_ref.data(),
+    std::vector<float> dq_ref((size_t)B_ref * s.Tq * q_stride), dk_ref(s.self ? 0 : (size_t)B_ref * s.Tk * CK), dv_ref(dk_ref.size());
+    attention_backward_ref(dq_ref.data(), s.self ? dq_ref.data() + C : dk_ref.data(), s.self ? dq_ref.data() + C + CK : dv_ref.data(),
                            dout.data(), out.data(), lse.data(), q.data(), s.self ? q.data() + C : k.data(),
-                           s.self ? q.data() + 2 * C : v.data(), s.masked ? mask.data() : nullptr, B_ref, s.Tq, s.Tk, s.NH,
-                           s.HD, q_stride, kv_stride);
-    const double flops = 2.5 * 4.0 * s.B * s.NH * (double)s.Tq * s.Tk * s.HD;
+                           s.self ? q.data() + C + CK : v.data(), s.masked ? mask.data() : nullptr, B_ref, s.Tq, s.Tk, s.NH,
+                           s.NKV, s.HD, q_stride, kv_stride, s.causal);
+    const double flops = 2.5 * 4.0 * s.B * s.NH * attention_pairs(s) * s.HD;
 
     for (int version = 1; version <= 3; version++) {
 #if defined(ENABLE_FP32)
@@ -75,11 +76,11 @@ static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
             auto launch = [&] {
                 if (version == 1)
                     attention_backward_simt(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH,
-                                            s.HD, q_stride, kv_stride, warps, 0);
+                                            s.NKV, s.HD, q_stride, kv_stride, warps, s.causal, 0);
 #if !defined(ENABLE_FP32)
                 else
                     attention_backward_tc(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH,
-                                          s.HD, q_stride, kv_stride, warps, version - 1, 0);
+                                          s.NKV, s.HD, q_stride, kv_stride, warps, version - 1, s.causal, 0);
 #endif
             };
             lab_poison(d_dq, n_q * sizeof(floatX));

@@ -1,10 +1,11 @@
-// Kernel lab: attention forward (flash attention, non-causal, optional key mask), see kernels/attention.cuh.
+// Kernel lab: attention forward (flash attention, optional key mask, causal mask and GQA), see kernels/attention.cuh.
 //
 //   v1  SIMT: a warp per query, exact fp32 math from shared memory (the FP32 build's kernel; the fallback)
 //   v2  tensor cores (BF16 build): mma.sync m16n8k16, 16 query rows per warp
 //   v3  tensor cores, 32 query rows per warp (the mainline for Tq >= 128)
-// block = warps per block (at most: short sequences take fewer). FLOPs counted: 4 B NH Tq Tk HD (S = Q K^T and
-// O = P V; masked keys included).
+// block = warps per block (at most: short sequences take fewer). FLOPs counted: 4 B NH pairs HD (S = Q K^T and
+// O = P V), pairs = Tq Tk, or under the causal mask the (query, key) pairs it leaves (attention_pairs: about half;
+// key-masked keys are included).
 //
 // The CPU reference runs on the first few samples (every sample is computed alike); the rest of the output is
 // checked to be written (it is poisoned with NaN first). Each configuration is run twice and must give the same
@@ -24,18 +25,18 @@ static std::vector<float> finite_inf(std::vector<float> v) {
 }
 
 static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
-    const int C = s.NH * s.HD, q_stride = s.self ? 3 * C : C, kv_stride = s.self ? 3 * C : C;
+    const int C = s.NH * s.HD, CK = s.NKV * s.HD, S = C + 2 * CK, q_stride = s.self ? S : C, kv_stride = s.self ? S : CK;
     const int B_ref = std::min(s.B, 4);
-    printf("shape B=%d Tq=%d Tk=%d NH=%d HD=%d %s%s\n", s.B, s.Tq, s.Tk, s.NH, s.HD, s.self ? "self-attention (fused qkv)" : "cross-attention",
-           s.masked ? ", key mask" : "");
-    // self: qkv (B, T, 3C); cross: q (B, Tq, C), k and v (B, Tk, C)
+    printf("shape B=%d Tq=%d Tk=%d NH=%d NKV=%d HD=%d %s%s%s\n", s.B, s.Tq, s.Tk, s.NH, s.NKV, s.HD,
+           s.self ? "self-attention (fused qkv)" : "cross-attention", s.masked ? ", key mask" : "", s.causal ? ", causal" : "");
+    // self: qkv (B, T, C + 2 CK); cross: q (B, Tq, C), k and v (B, Tk, CK)
     const std::vector<float> q = lab_round(lab_random((size_t)s.B * s.Tq * q_stride, seed, -2.0f, 2.0f));
-    const std::vector<float> k = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * C, seed + 1, -2.0f, 2.0f));
-    const std::vector<float> v = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * C, seed + 2));
+    const std::vector<float> k = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * CK, seed + 1, -2.0f, 2.0f));
+    const std::vector<float> v = s.self ? std::vector<float>() : lab_round(lab_random((size_t)s.B * s.Tk * CK, seed + 2));
     const std::vector<uint8_t> mask = make_mask(s.B, s.Tk, seed + 3);
     floatX* d_q = lab_upload<floatX>(q);
     floatX* d_k = s.self ? d_q + C : lab_upload<floatX>(k);
-    floatX* d_v = s.self ? d_q + 2 * C : lab_upload<floatX>(v);
+    floatX* d_v = s.self ? d_q + C + CK : lab_upload<floatX>(v);
     uint8_t* d_mask = nullptr;
     if (s.masked) {
         d_mask = (uint8_t*)device_malloc(mask.size(), "mask");
@@ -49,10 +50,10 @@ static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
     const size_t n_out_ref = (size_t)B_ref * s.Tq * C, n_lse_ref = (size_t)B_ref * s.NH * s.Tq;
     std::vector<float> out_ref(n_out_ref), lse_ref(n_lse_ref);
     attention_forward_ref(out_ref.data(), lse_ref.data(), q.data(), s.self ? q.data() + C : k.data(),
-                          s.self ? q.data() + 2 * C : v.data(), s.masked ? mask.data() : nullptr, B_ref, s.Tq, s.Tk, s.NH,
-                          s.HD, q_stride, kv_stride);
+                          s.self ? q.data() + C + CK : v.data(), s.masked ? mask.data() : nullptr, B_ref, s.Tq, s.Tk, s.NH,
+                          s.NKV, s.HD, q_stride, kv_stride, s.causal);
     const double out_atol = atol_for(out_ref), lse_tol = std::min(LAB_RTOL, 1e-4);   // lse: fp32 statistics
-    const double flops = 4.0 * s.B * s.NH * (double)s.Tq * s.Tk * s.HD;
+    const double flops = 4.0 * s.B * s.NH * attention_pairs(s) * s.HD;
 
     for (int version = 1; version <= 3; version++) {
 #if defined(ENABLE_FP32)
@@ -63,9 +64,13 @@ static void run_shape(const Ceilings& ceil, const Shape& s, uint64_t seed) {
         for (int warps : {1, 2, 4, 8}) {
             auto launch = [&] {
                 const uint8_t* m = s.masked ? d_mask : nullptr;
-                if (version == 1) attention_forward_simt(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.HD, q_stride, kv_stride, warps, 0);
+                if (version == 1)
+                    attention_forward_simt(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.NKV, s.HD, q_stride, kv_stride,
+                                           warps, s.causal, 0);
 #if !defined(ENABLE_FP32)
-                else attention_forward_tc(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.HD, q_stride, kv_stride, warps, version - 1, 0);
+                else
+                    attention_forward_tc(d_out, d_lse, d_q, d_k, d_v, m, s.B, s.Tq, s.Tk, s.NH, s.NKV, s.HD, q_stride, kv_stride,
+                                         warps, version - 1, s.causal, 0);
 #endif
             };
             lab_poison(d_out, n_out * sizeof(floatX));
