@@ -184,6 +184,7 @@ inline void layernorm_forward(floatX* out, floatS* mean, floatS* rstd, const flo
     cudaCheckLaunch("layernorm_forward_kernel");
 }
 
+struct LayernormPartials;   // the tag of the dweight, dbias scratch (device_scratch)
 inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
                                const floatX* weight, const floatS* mean, const floatS* rstd, int N, int C,
                                Stream stream) {
@@ -196,7 +197,6 @@ inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, con
         else layernorm_backward_dinp_kernel<1><<<grid, block_size, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
         cudaCheckLaunch("layernorm_backward_dinp_kernel");
     }
-    norm_param_grad<struct LayernormPartials>(dweight, dbias, dout, inp, mean, rstd, N, C, stream,
-                                              "layernorm_backward partial sums");
+    norm_param_grad<LayernormPartials>(dweight, dbias, dout, inp, mean, rstd, N, C, stream, "layernorm_backward partial sums");
 }
 #endif

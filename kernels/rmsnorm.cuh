@@ -225,9 +225,15 @@ inline void rmsnorm_forward_launch(floatX* out, floatS* rstd, const floatX* inp,
     else rmsnorm_forward_kernel<1><<<grid, block_size, 0, stream>>>(out, rstd, inp, residual, weight, N, C, eps);
     cudaCheckLaunch("rmsnorm_forward_kernel");
 }
-inline void rmsnorm_backward_launch(floatX* dinp, const floatX* dout, const floatX* x, const floatX* weight,
-                                    const floatS* rstd, int N, int C, bool accumulate, int block_size, Stream stream) {
+// With a weight, dweight (null: not computed) gets its column sums first (dinp may alias dout).
+struct RmsnormPartials;   // the tag of the dweight scratch (device_scratch)
+inline void rmsnorm_backward_launch(floatX* dinp, floatS* dweight, const floatX* dout, const floatX* x,
+                                    const floatX* weight, const floatS* rstd, int N, int C, bool accumulate,
+                                    int block_size, Stream stream) {
     if (N == 0) return;
+    if (weight)
+        norm_param_grad<RmsnormPartials>(dweight, nullptr, dout, x, nullptr, rstd, N, C, stream,
+                                         "rmsnorm_weighted_backward partial sums");
     constexpr int P = Packed128<floatX>::size;
     const int grid = CEIL_DIV(N, block_size / WARP_SIZE);
     const bool packed = C % P == 0 && ((uintptr_t)dinp | (uintptr_t)dout | (uintptr_t)x | (uintptr_t)weight) % 16 == 0;
@@ -242,7 +248,7 @@ inline void rmsnorm_forward(floatX* out, floatS* rstd, const floatX* inp, const 
 }
 inline void rmsnorm_backward(floatX* dinp, const floatX* dout, const floatX* out, const floatS* rstd, int N, int C,
                              bool accumulate, Stream stream) {
-    rmsnorm_backward_launch(dinp, dout, out, nullptr, rstd, N, C, accumulate, 256, stream);
+    rmsnorm_backward_launch(dinp, nullptr, dout, out, nullptr, rstd, N, C, accumulate, 256, stream);
 }
 inline void rmsnorm_weighted_forward(floatX* out, floatS* rstd, const floatX* inp, const floatX* weight, int N, int C,
                                      float eps, Stream stream) {
@@ -251,9 +257,6 @@ inline void rmsnorm_weighted_forward(floatX* out, floatS* rstd, const floatX* in
 inline void rmsnorm_weighted_backward(floatX* dinp, floatS* dweight, const floatX* dout, const floatX* inp,
                                       const floatX* weight, const floatS* rstd, int N, int C, bool accumulate,
                                       Stream stream) {
-    // dweight first: dinp may alias dout
-    norm_param_grad<struct RmsnormPartials>(dweight, nullptr, dout, inp, nullptr, rstd, N, C, stream,
-                                            "rmsnorm_weighted_backward partial sums");
-    rmsnorm_backward_launch(dinp, dout, inp, weight, rstd, N, C, accumulate, 256, stream);
+    rmsnorm_backward_launch(dinp, dweight, dout, inp, weight, rstd, N, C, accumulate, 256, stream);
 }
 #endif

@@ -833,7 +833,12 @@ static void test_masked_mean_all() {
 // =========================================================================================================
 // sigreg (the forward's statistics cs, per-slice values and loss; the backward from the reference's cs)
 
-static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, SigregVariant variant = SIGREG_LEJEPA) {
+// long_sums: fp32 sums over K = 16384 (x) or M = 70000 (dz) terms; in the fp32 build every tolerance is 1e-4 then.
+static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, SigregVariant variant = SIGREG_LEJEPA,
+                        bool long_sums = false) {
+    const Tol wide = {1e-4, 1e-4};
+    const Tol tol_sigreg = long_sums && !BF16 ? wide : TOL_SIGREG, tol_s = long_sums && !BF16 ? wide : TOL_S,
+              tol_red = long_sums && !BF16 ? wide : TOL_RED;
     const std::string tag = fmt("%sN=%d K=%d M=%d std=%g%s", variant == SIGREG_DEPRECATED ? "deprecated " : "", N, K, M,
                                 std, with_per_slice ? "" : " per_slice=null");
     vecd z((size_t)N * K);
@@ -854,9 +859,9 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, Si
     sigreg_forward(d_loss.p, with_per_slice ? d_ps.p : nullptr, d_cs.p, d_z.p, d_A.p, N, K, M, variant, st);
     const std::string fname = BK " sigreg_forward " + tag;
     launched(fname);
-    expect_close(fname + " loss", d_loss.get(), loss, TOL_SIGREG);
-    expect_close(fname + " cs", d_cs.get(), cs, TOL_S);
-    if (with_per_slice) expect_close(fname + " per_slice", d_ps.get(), ps, TOL_SIGREG);
+    expect_close(fname + " loss", d_loss.get(), loss, tol_sigreg);
+    expect_close(fname + " cs", d_cs.get(), cs, tol_s);
+    if (with_per_slice) expect_close(fname + " per_slice", d_ps.get(), ps, tol_sigreg);
     else expect_exact(fname + " per_slice untouched", d_ps.get(), vecd(M, NaN));
 
     // backward: both sides from the same cs (the reference's, rounded to floatS) and a fresh dloss
@@ -868,7 +873,7 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, Si
     d_dz.poison();
     sigreg_backward(d_dz.p, d_z.p, d_A.p, d_cs_in.p, d_dloss.p, N, K, M, variant, st);
     launched(BK " sigreg_backward " + tag);
-    expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, TOL_RED);
+    expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, tol_red);
 }
 
 static void test_sigreg_all() {
@@ -885,6 +890,12 @@ static void test_sigreg_all() {
     test_sigreg(37, 5, 3, 0.1, false, SIGREG_DEPRECATED);
     test_sigreg(1, 1, 1, 1.0, true, SIGREG_DEPRECATED);
     test_sigreg(300, 7, 33, 3.0, true, SIGREG_DEPRECATED);
+    // Shared memory beyond 48 KB (smem_opt_in): the statistics' column of A (K = 16384: 64 KB) and the backward's
+    // z_n, dz_n (128 KB); many slices: the backward's g for M = 16384 slices (66 KB, one tile), and M = 70000 (280 KB:
+    // more than any GPU gives a block, so several tiles).
+    test_sigreg(16, 16384, 8, 1.0, true, SIGREG_LEJEPA, true);
+    test_sigreg(32, 64, 16384, 1.0, true, SIGREG_LEJEPA, true);
+    test_sigreg(16, 32, 70000, 1.0, false, SIGREG_LEJEPA, true);
 }
 
 // =========================================================================================================
