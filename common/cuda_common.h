@@ -8,12 +8,14 @@
 //   Packed128<T>                          16 bytes of T (8 bf16 or 4 floats) loaded or stored in one instruction
 //   load_floats / store_floats            P elements of a tensor to / from floats (128-bit or scalar)
 //   cublaslt_handle() / cublaslt_workspace()   the one cuBLASLt handle and workspace of the process
+//   smem_dynamic_max / smem_opt_in        dynamic shared memory beyond the default 48 KB per block
 //   device_init()                         picks the GPU, prints what it is, creates the cuBLASLt handle
 #pragma once
 #ifdef __CUDACC__
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include "utils.h"
 
@@ -89,6 +91,52 @@ template <int P, typename T> __device__ inline void store_floats(T* p, const flo
         for (int k = 0; k < P; k++) v[k] = from_float<T>(x[k]);
         store128(p, v);
     }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Dynamic shared memory. By default a block may use 48 KB of shared memory, static and dynamic together; beyond
+// that a kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize), up to the device's per-block opt-in
+// limit (sharedMemPerBlockOptin: 227 KB on H100, 163 KB on A100) less the kernel's static shared memory.
+
+// The device's opt-in limit in bytes, read once (a process drives one device).
+inline size_t smem_optin_limit() {
+    static const size_t bytes = [] {
+        int dev = 0, v = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        return (size_t)v;
+    }();
+    return bytes;
+}
+
+// The most dynamic shared memory `kernel` can get per block on this device (the opt-in limit less its static part).
+template <typename Kernel>
+size_t smem_dynamic_max(Kernel kernel) {
+    cudaFuncAttributes attr;
+    cudaCheck(cudaFuncGetAttributes(&attr, (const void*)kernel));
+    const size_t limit = smem_optin_limit();
+    return limit > attr.sharedSizeBytes ? limit - attr.sharedSizeBytes : 0;
+}
+
+// Makes `kernel` launchable with `bytes` of dynamic shared memory: opts it in when its current maximum is lower;
+// when the device cannot give that much, ends in fatal naming the op and its sizes (`sizes`, printf-style).
+template <typename Kernel>
+void smem_opt_in(Kernel kernel, size_t bytes, const char* op, const char* sizes, ...) {
+    cudaFuncAttributes attr;
+    cudaCheck(cudaFuncGetAttributes(&attr, (const void*)kernel));
+    if (bytes <= (size_t)attr.maxDynamicSharedSizeBytes) return;
+    const size_t limit = smem_optin_limit();
+    if (attr.sharedSizeBytes + bytes > limit) {
+        char what[256];
+        va_list ap;
+        va_start(ap, sizes);
+        vsnprintf(what, sizeof what, sizes, ap);
+        va_end(ap);
+        fatal("%s (%s) needs %zu bytes of shared memory per block (%zu dynamic + %zu static); this GPU allows %zu "
+              "(its opt-in limit per block)", op, what, bytes + attr.sharedSizeBytes, bytes, (size_t)attr.sharedSizeBytes,
+              limit);
+    }
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 // ----------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #pragma once
 #include <math.h>
 #include "../common/device.h"
+#include "norm_param_grad.cuh"
 
 #define LAYERNORM_EPS 1e-5
 
@@ -100,15 +101,9 @@ inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, con
 //    the backward two (the sums a and b; write dinp); the second and third passes find the row in L1/L2. Each lane
 //    moves P elements per step: a 128-bit pack when C is a multiple of the pack size and every pointer is 16-byte
 //    aligned, else P = 1. A lane reads and then writes only its own elements, so out may alias inp.
-//  backward dweight, dbias: the rows are cut into at most LAYERNORM_CHUNKS chunks of consecutive rows; block
-//    (chunk, column tile) has a thread per column that sums its chunk's rows in order into a partial (fp32 scratch,
-//    (chunks, 2, C)); then a thread per column adds the chunks' partials in chunk order into dweight, dbias.
-//    N = 4096, C = 384: 128 chunks of 32 rows, 128 x 3 blocks of 128 threads. The chunking depends on N only, so
-//    the result is bitwise repeatable.
+//  backward dweight, dbias: fixed chunks of rows, then the chunks in order (kernels/norm_param_grad.cuh).
 
 #ifdef __CUDACC__
-#define LAYERNORM_CHUNKS 128
-
 template <int P>
 __global__ void layernorm_forward_kernel(floatX* out, floatS* mean, floatS* rstd, const floatX* inp,
                                          const floatX* weight, const floatX* bias, int N, int C) {
@@ -178,35 +173,6 @@ __global__ void layernorm_backward_dinp_kernel(floatX* dinp, const floatX* dout,
     }
 }
 
-// partial[chunk, 0, c] = sum over the chunk's rows of dout * xhat, partial[chunk, 1, c] = sum of dout (in row order)
-__global__ void layernorm_backward_partial_kernel(float* partial, const floatX* dout, const floatX* inp,
-                                                  const floatS* mean, const floatS* rstd, int N, int C,
-                                                  int rows_per_chunk) {
-    const int chunk = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    const int start = chunk * rows_per_chunk, end = min(N, start + rows_per_chunk);
-    float dw = 0.0f, db = 0.0f;
-    for (int n = start; n < end; n++) {
-        const float dy = to_float(dout[(size_t)n * C + c]);
-        dw += dy * (to_float(inp[(size_t)n * C + c]) - (float)mean[n]) * (float)rstd[n];
-        db += dy;
-    }
-    partial[((size_t)chunk * 2) * C + c] = dw;
-    partial[((size_t)chunk * 2 + 1) * C + c] = db;
-}
-
-__global__ void layernorm_backward_sum_kernel(floatS* dweight, floatS* dbias, const float* partial, int n_chunks, int C) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float dw = 0.0f, db = 0.0f;
-    for (int k = 0; k < n_chunks; k++) {
-        dw += partial[((size_t)k * 2) * C + c];
-        db += partial[((size_t)k * 2 + 1) * C + c];
-    }
-    if (dweight) dweight[c] += dw;
-    if (dbias) dbias[c] += db;
-}
-
 inline void layernorm_forward(floatX* out, floatS* mean, floatS* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, Stream stream) {
     if (N == 0 || C == 0) return;
@@ -218,6 +184,7 @@ inline void layernorm_forward(floatX* out, floatS* mean, floatS* rstd, const flo
     cudaCheckLaunch("layernorm_forward_kernel");
 }
 
+struct LayernormPartials;   // the tag of the dweight, dbias scratch (device_scratch)
 inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
                                const floatX* weight, const floatS* mean, const floatS* rstd, int N, int C,
                                Stream stream) {
@@ -230,17 +197,6 @@ inline void layernorm_backward(floatX* dinp, floatS* dweight, floatS* dbias, con
         else layernorm_backward_dinp_kernel<1><<<grid, block_size, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
         cudaCheckLaunch("layernorm_backward_dinp_kernel");
     }
-    if (dweight || dbias) {
-        float* partial = device_scratch<struct LayernormPartials>((size_t)LAYERNORM_CHUNKS * 2 * C, stream,
-                                                                   "layernorm_backward partial sums");   // (chunks, 2, C)
-        const int rows_per_chunk = CEIL_DIV(N, LAYERNORM_CHUNKS), n_chunks = CEIL_DIV(N, rows_per_chunk);
-        const int block_size = 128;
-        layernorm_backward_partial_kernel<<<dim3(n_chunks, CEIL_DIV(C, block_size)), block_size, 0, stream>>>(
-            partial, dout, inp, mean, rstd, N, C, rows_per_chunk);
-        cudaCheckLaunch("layernorm_backward_partial_kernel");
-        layernorm_backward_sum_kernel<<<CEIL_DIV(C, block_size), block_size, 0, stream>>>(dweight, dbias, partial,
-                                                                                          n_chunks, C);
-        cudaCheckLaunch("layernorm_backward_sum_kernel");
-    }
+    norm_param_grad<LayernormPartials>(dweight, dbias, dout, inp, mean, rstd, N, C, stream, "layernorm_backward partial sums");
 }
 #endif

@@ -282,19 +282,14 @@ __global__ void object_attention_backward_kernel(floatX* dqkv, const floatX* dou
     }
 }
 
-// Dynamic shared memory above the default 48 KB needs an opt-in per kernel (N = 32 with HD > 64).
-template <typename K>
-inline void object_attention_smem(K kernel, size_t bytes) {
-    if (bytes > 48 * 1024) cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-}
-
 inline void object_attention_forward(floatX* out, floatS* att, const floatX* qkv, const uint8_t* adj, const uint8_t* mask,
                                      int G, int N, int H, int HD, float dropout, uint64_t seed, Stream stream) {
     object_attention_check(N);
     if ((size_t)G * H * N == 0) return;
     const int HDP = HD | 1;
     const size_t smem = (3 * (size_t)N * HDP + (size_t)N * N) * sizeof(float);
-    object_attention_smem(object_attention_forward_kernel, smem);
+    // beyond 48 KB (N = 32 with HD > 64) an opt-in, up to the device's limit
+    smem_opt_in(object_attention_forward_kernel, smem, "object_attention_forward", "G = %d, N = %d, H = %d, HD = %d", G, N, H, HD);
     const float inv_sqrt = HD > 0 ? 1.0f / sqrtf((float)HD) : 0.0f;
     object_attention_forward_kernel<<<G * H, OBJECT_ATTENTION_BLOCK, smem, stream>>>(
         out, att, qkv, adj, mask, N, H, HD, dropout, object_attention_drop_scale(dropout), seed, inv_sqrt);
@@ -308,7 +303,7 @@ inline void object_attention_backward(floatX* dqkv, const floatX* dout, const fl
     if ((size_t)G * H * N * HD == 0) return;          // dqkv has no element
     const int HDP = HD | 1;
     const size_t smem = (4 * (size_t)N * HDP + 3 * (size_t)N * N) * sizeof(float);
-    object_attention_smem(object_attention_backward_kernel, smem);
+    smem_opt_in(object_attention_backward_kernel, smem, "object_attention_backward", "G = %d, N = %d, H = %d, HD = %d", G, N, H, HD);
     const float inv_sqrt = 1.0f / sqrtf((float)HD);
     object_attention_backward_kernel<<<G * H, OBJECT_ATTENTION_BLOCK, smem, stream>>>(
         dqkv, dout, att, qkv, N, H, HD, dropout, object_attention_drop_scale(dropout), seed, inv_sqrt);

@@ -295,18 +295,18 @@ __global__ void relational_loss_backward_kernel(floatX* de_ctx, floatX* de_tgt, 
     }
 }
 
-inline size_t relational_smem(int L, int N, int n_mats) {
-    const size_t bytes = (size_t)n_mats * (L + 1) * N * N * sizeof(float);
-    if (bytes > 48 * 1024) fatal("relational_loss: L = %d, N = %d need %zu bytes of shared memory (at most 48 KB)", L, N, bytes);
-    return bytes;
-}
+// The dynamic shared memory of a block: n_mats (L + 1, N, N) fp32 matrices (R; and the backward's G). Beyond 48 KB
+// (with the partial kernel's static scratch) the launchers opt in up to the device's limit (smem_opt_in).
+inline size_t relational_smem(int L, int N, int n_mats) { return (size_t)n_mats * (L + 1) * N * N * sizeof(float); }
 
 inline void relational_loss_forward(floatS* loss, const floatX* e_ctx, const uint8_t* adj_ctx, const uint8_t* mask_ctx,
                                     const floatX* e_tgt, const uint8_t* adj_tgt, const uint8_t* mask_tgt, int B, int L,
                                     int N, int D, float w_rel, float w_self, float scale_t, float scale_s, Stream stream) {
     float* partial = device_scratch<struct RelationalPartials>(2 * (size_t)std::max(B, 1), stream, "relational_loss partial sums");   // (B, 2)
     if (B > 0 && N > 0) {
-        relational_loss_partial_kernel<<<B, RELATIONAL_BLOCK, relational_smem(L, N, 1), stream>>>(
+        const size_t smem = relational_smem(L, N, 1);
+        smem_opt_in(relational_loss_partial_kernel, smem, "relational_loss_forward", "B = %d, L = %d, N = %d, D = %d", B, L, N, D);
+        relational_loss_partial_kernel<<<B, RELATIONAL_BLOCK, smem, stream>>>(
             partial, e_ctx, adj_ctx, mask_ctx, e_tgt, adj_tgt, mask_tgt, L, N, D);
         cudaCheckLaunch("relational_loss_partial_kernel");
     }
@@ -321,7 +321,9 @@ inline void relational_loss_backward(floatX* de_ctx, floatX* de_tgt, const float
                                      float scale_t, float scale_s, float dloss, Stream stream) {
     if ((size_t)B * N * D == 0) return;
     const float ct = 2.0f * dloss * w_rel * scale_t, cs = 2.0f * dloss * w_self * scale_s;
-    relational_loss_backward_kernel<<<B, RELATIONAL_BLOCK, relational_smem(L, N, 2), stream>>>(
+    const size_t smem = relational_smem(L, N, 2);
+    smem_opt_in(relational_loss_backward_kernel, smem, "relational_loss_backward", "B = %d, L = %d, N = %d, D = %d", B, L, N, D);
+    relational_loss_backward_kernel<<<B, RELATIONAL_BLOCK, smem, stream>>>(
         de_ctx, de_tgt, e_ctx, adj_ctx, mask_ctx, e_tgt, adj_tgt, mask_tgt, L, N, D, ct, cs);
     cudaCheckLaunch("relational_loss_backward_kernel");
 }

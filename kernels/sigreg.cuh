@@ -37,6 +37,7 @@
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <algorithm>
 #include <vector>
 #include "../common/device.h"
 #include "../common/rand.h"
@@ -174,14 +175,26 @@ inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const 
 }
 #endif
 
+// The GPU backward's slice tile: its block keeps z_n (K floats), the running sums of dz_n (K) and g_mn for Mt
+// slices in shared memory; Mt = M when that fits in `budget` bytes, else as many slices as fit; 0 when not even
+// one does (K too large). Host arithmetic, tested on the CPU (test_sigreg).
+inline int sigreg_backward_tile(int K, int M, size_t budget) {
+    const size_t fixed = 2 * (size_t)K * sizeof(float), slices = budget > fixed ? (budget - fixed) / sizeof(float) : 0;
+    return (int)std::min(slices, (size_t)std::max(M, 1));
+}
+inline size_t sigreg_backward_smem(int K, int tile) { return (2 * (size_t)K + (size_t)tile) * sizeof(float); }
+
 // ----------------------------------------------------------------------------------------------------------
 // CUDA. Statistics: one block per slice m; the column A[:, m] goes to shared memory, each thread projects the
 // samples n = threadIdx.x, + blockDim.x, ... and sums their cos / sin at the 17 knots in order, then 34
 // block_reduce_sum calls add the threads' sums in a fixed order. Loss: one block; thread i takes slices
 // i, i + blockDim.x, ... (T_m from cs), block_reduce_sum, / M. Backward: one block per sample n; z_n goes to
-// shared memory, threads over m compute x_mn and g_mn into shared memory, then threads over k sum g_mn A_km
-// over m in order. The variant is a kernel argument: every thread computes the 17 knots (t_j, phi_j, w_j) of
-// its variant with sigreg_knot (in double, once per thread, then rounded to float).
+// shared memory; then tile by tile of Mt slices (sigreg_backward_tile: all M at once when they fit), threads over
+// m compute x_mn and g_mn into shared memory, and threads over k add g_mn A_km to their running sums (shared
+// memory) over m in order: the same additions in the same order for every tile size. Shared memory beyond 48 KB
+// (large K, many slices) is opted in up to the device's limit (smem_opt_in). The variant is a kernel argument:
+// every thread computes the 17 knots (t_j, phi_j, w_j) of its variant with sigreg_knot (in double, once per
+// thread, then rounded to float).
 
 #ifdef __CUDACC__
 __global__ void sigreg_stats_kernel(floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K, int M,
@@ -252,12 +265,16 @@ __global__ void sigreg_loss_kernel(floatS* loss, const floatS* cs, int N, int M,
 }
 
 __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss,
-                                       int N, int K, int M, SigregVariant variant) {
+                                       int N, int K, int M, int tile, SigregVariant variant) {
     extern __shared__ float smem[];
-    float* zn = smem;          // K
-    float* g = smem + K;       // M
+    float* zn = smem;            // K
+    float* acc = smem + K;       // K: sum_m g_mn A_km so far
+    float* g = smem + 2 * K;     // tile
     const int n = blockIdx.x;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) zn[k] = to_float(z[(size_t)n * K + k]);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        zn[k] = to_float(z[(size_t)n * K + k]);
+        acc[k] = 0.0f;
+    }
     float tw2[SIGREG_POINTS], t[SIGREG_POINTS], phi[SIGREG_POINTS];   // tw2 = 2 w_j t_j
     for (int j = 0; j < SIGREG_POINTS; j++) {
         double tj, p, w;
@@ -266,34 +283,41 @@ __global__ void sigreg_backward_kernel(floatX* dz, const floatX* z, const floatS
         phi[j] = (float)p;
         tw2[j] = (float)(2.0 * w * tj);
     }
-    __syncthreads();
-    for (int m = threadIdx.x; m < M; m += blockDim.x) {
-        float x = 0.0f;
-        for (int k = 0; k < K; k++) x += zn[k] * (float)A[(size_t)k * M + m];
-        const floatS* c = cs + (size_t)m * 2 * SIGREG_POINTS;
-        float gm = 0.0f;
-        for (int j = 0; j < SIGREG_POINTS; j++) {
-            float sv, cv;
-            sincosf(t[j] * x, &sv, &cv);
-            gm += tw2[j] * ((float)c[SIGREG_POINTS + j] * cv - ((float)c[j] - phi[j]) * sv);
+    for (int m0 = 0; m0 < M; m0 += tile) {
+        const int mt = min(tile, M - m0);
+        __syncthreads();         // zn written; the previous tile's g read
+        for (int i = threadIdx.x; i < mt; i += blockDim.x) {
+            const int m = m0 + i;
+            float x = 0.0f;
+            for (int k = 0; k < K; k++) x += zn[k] * (float)A[(size_t)k * M + m];
+            const floatS* c = cs + (size_t)m * 2 * SIGREG_POINTS;
+            float gm = 0.0f;
+            for (int j = 0; j < SIGREG_POINTS; j++) {
+                float sv, cv;
+                sincosf(t[j] * x, &sv, &cv);
+                gm += tw2[j] * ((float)c[SIGREG_POINTS + j] * cv - ((float)c[j] - phi[j]) * sv);
+            }
+            g[i] = gm;
         }
-        g[m] = gm;
+        __syncthreads();
+        for (int k = threadIdx.x; k < K; k += blockDim.x) {   // thread k alone owns acc[k]
+            const floatS* a = A + (size_t)k * M + m0;
+            float sum = acc[k];
+            for (int i = 0; i < mt; i++) sum += g[i] * (float)a[i];
+            acc[k] = sum;
+        }
     }
-    __syncthreads();
     // dloss / M, and the variant's factor / N (1, or 1/N for the deprecated variant)
     const float scale = M > 0 ? (float)*dloss / (float)M * (float)(sigreg_factor(N, variant) / max(N, 1)) : 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const floatS* a = A + (size_t)k * M;
-        float acc = 0.0f;
-        for (int m = 0; m < M; m++) acc += g[m] * (float)a[m];
-        dz[(size_t)n * K + k] = from_float<floatX>(scale * acc);
-    }
+    for (int k = threadIdx.x; k < K; k += blockDim.x) dz[(size_t)n * K + k] = from_float<floatX>(scale * acc[k]);
 }
 
 inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const floatX* z, const floatS* A, int N, int K,
                            int M, SigregVariant variant, Stream stream) {
     if (M > 0) {
-        sigreg_stats_kernel<<<M, 256, K * sizeof(float), stream>>>(per_slice, cs, z, A, N, K, M, variant);
+        const size_t smem = (size_t)K * sizeof(float);
+        smem_opt_in(sigreg_stats_kernel, smem, "sigreg_forward", "N = %d, K = %d, M = %d", N, K, M);
+        sigreg_stats_kernel<<<M, 256, smem, stream>>>(per_slice, cs, z, A, N, K, M, variant);
         cudaCheckLaunch("sigreg_stats_kernel");
     }
     sigreg_loss_kernel<<<1, 256, 0, stream>>>(loss, cs, N, M, variant);
@@ -303,7 +327,14 @@ inline void sigreg_forward(floatS* loss, floatS* per_slice, floatS* cs, const fl
 inline void sigreg_backward(floatX* dz, const floatX* z, const floatS* A, const floatS* cs, const floatS* dloss, int N,
                             int K, int M, SigregVariant variant, Stream stream) {
     if ((size_t)N * K == 0) return;
-    sigreg_backward_kernel<<<N, 256, (K + M) * sizeof(float), stream>>>(dz, z, A, cs, dloss, N, K, M, variant);
+    const size_t budget = smem_dynamic_max(sigreg_backward_kernel);
+    const int tile = sigreg_backward_tile(K, M, budget);
+    if (tile == 0)
+        fatal("sigreg_backward (N = %d, K = %d, M = %d): z_n and dz_n alone need %zu bytes of shared memory per block; "
+              "this GPU gives the kernel at most %zu", N, K, M, sigreg_backward_smem(K, 0), budget);
+    const size_t smem = sigreg_backward_smem(K, tile);
+    smem_opt_in(sigreg_backward_kernel, smem, "sigreg_backward", "N = %d, K = %d, M = %d, %d slices per tile", N, K, M, tile);
+    sigreg_backward_kernel<<<N, 256, smem, stream>>>(dz, z, A, cs, dloss, N, K, M, tile, variant);
     cudaCheckLaunch("sigreg_backward_kernel");
 }
 #endif

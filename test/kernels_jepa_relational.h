@@ -300,6 +300,7 @@ static void test_jepa_relational() {
 #endif
     for (int HD : {16, 32, 64}) test_object_attention(37, 16, 4, HD, 0.1f);
     test_object_attention(5, 32, 2, 64, 0.2f);         // a full warp per softmax row
+    test_object_attention(3, 32, 2, 128, 0.1f);        // shared memory beyond 48 KB: 54 KB forward, 78 KB backward
     test_object_attention(9, 5, 3, 7, 0.1f);
     test_object_attention(4, 1, 2, 16, 0.0f);
     test_object_attention(4, 1, 2, 16, 0.5f);
@@ -311,6 +312,7 @@ static void test_jepa_relational() {
     test_relational_loss(512, 3, 16, 384, true, true);
     test_relational_loss(7, 2, 5, 33, true, false);
     test_relational_loss(3, 4, 32, 64, false, false);
+    test_relational_loss(3, 7, 40, 32, true, false);   // shared memory beyond 48 KB: 51 KB (+ static) forward, 102 KB backward
     test_relational_loss(2, 1, 9, 17, true, false);
     test_relational_loss(1, 1, 1, 1, true, false);
 

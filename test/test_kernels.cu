@@ -355,6 +355,76 @@ static void test_rmsnorm_backward(int N, int C, int mode) {
     expect_close(name, mode == 2 ? d_dout.get() : d_dinp.get(), ref, TOL_RED);
 }
 
+// RMSNorm with a weight (Qwen2's). out against the double reference; and exactly the Qwen2RMSNorm rounding from
+// the kernel's own rstd: floatX(floatX(inp * rstd) * weight), in fp32 (in the fp32 build: inp * rstd * weight).
+static void test_rmsnorm_weighted_forward(int N, int C, bool alias) {
+    const std::string name = fmt(BK " rmsnorm_weighted_forward N=%d C=%d%s", N, C, alias ? " out==inp" : "");
+    vecd inp = rnd((size_t)N * C, -2, 2);
+    small_rows(inp, N, C);
+    inp = rx(inp);
+    const vecd w = rx(rnd(C, 0.5, 1.5));
+    vecd out((size_t)N * C), rstd(N);
+    rmsnorm_weighted_forward_ref<double>(out.data(), rstd.data(), inp.data(), w.data(), N, C, RMS_EPS);
+    Dev<floatX> d_inp(inp), d_w(w), d_out(out.size());
+    Dev<floatS> d_rstd(N);
+    d_out.poison();
+    d_rstd.poison();
+    rmsnorm_weighted_forward(alias ? d_inp.p : d_out.p, d_rstd.p, d_inp.p, d_w.p, N, C, RMS_EPS, st);
+    launched(name);
+    const vecd got = alias ? d_inp.get() : d_out.get(), got_rstd = d_rstd.get();
+    expect_close(name + " out", got, out, TOL_RED);
+    expect_close(name + " rstd", got_rstd, rstd, TOL_S);
+    vecd rounded(out.size());
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            const float xhat = (float)inp[(size_t)n * C + c] * (float)got_rstd[n];
+            rounded[(size_t)n * C + c] = rx1((float)rx1(xhat) * (float)w[c]);
+        }
+    expect_exact(name + " out rounds as Qwen2RMSNorm (xhat to floatX, then times weight)", got, rounded);
+}
+
+// dweight always adds onto random values (or is null: a frozen weight); dinp as test_rmsnorm_backward's modes.
+// Then the same launch again on the same inputs: dinp and dweight must repeat bit for bit.
+static void test_rmsnorm_weighted_backward(int N, int C, int mode, bool with_dweight = true) {
+    static const char* modes[] = {"", " accumulate", " dinp==dout"};
+    const std::string name = fmt(BK " rmsnorm_weighted_backward N=%d C=%d%s%s", N, C, modes[mode],
+                                 with_dweight ? "" : " dweight=null");
+    vecd x = rnd((size_t)N * C, -2, 2), y((size_t)N * C), r(N);
+    small_rows(x, N, C);
+    x = rx(x);
+    const vecd w = rx(rnd(C, 0.5, 1.5));
+    rmsnorm_weighted_forward_ref<double>(y.data(), r.data(), x.data(), w.data(), N, C, RMS_EPS);
+    r = rs(r);
+    const vecd dout = rx(rnd((size_t)N * C, -1, 1)), dinp0 = rx(rnd((size_t)N * C, -1, 1)), dw0 = rs(rnd(C, -1, 1));
+    vecd ref = mode == 1 ? dinp0 : vecd((size_t)N * C), dw = dw0;
+    rmsnorm_weighted_backward_ref<double>(ref.data(), with_dweight ? dw.data() : nullptr, dout.data(), x.data(), w.data(),
+                                          r.data(), N, C, mode == 1);
+    Dev<floatX> d_dout(dout), d_x(x), d_w(w), d_dinp(dinp0);
+    Dev<floatS> d_r(r), d_dw(dw0);
+    std::vector<floatX> dinp_first;
+    std::vector<floatS> dw_first;
+    for (int run = 0; run < 2; run++) {
+        d_dinp.set(dinp0);
+        d_dout.set(dout);
+        d_dw.set(dw0);
+        if (mode == 0) d_dinp.poison();
+        floatX* dinp = mode == 2 ? d_dout.p : d_dinp.p;
+        rmsnorm_weighted_backward(dinp, with_dweight ? d_dw.p : nullptr, d_dout.p, d_x.p, d_w.p, d_r.p, N, C, mode == 1, st);
+        launched(name);
+        const Dev<floatX>& result = mode == 2 ? d_dout : d_dinp;
+        if (run == 0) {
+            expect_close(name + " dinp", result.get(), ref, TOL_RED);
+            if (with_dweight) expect_close(name + " dweight (+=)", d_dw.get(), dw, TOL_S);
+            else expect_exact(name + " dweight untouched", d_dw.get(), dw0);
+            dinp_first = result.raw();
+            dw_first = d_dw.raw();
+        } else {
+            expect_bitwise(name + " dinp repeatable", result.raw(), dinp_first);
+            expect_bitwise(name + " dweight repeatable", d_dw.raw(), dw_first);
+        }
+    }
+}
+
 static void test_rmsnorm() {
     const int shapes[][2] = {{1, 37}, {1000, 64}, {37, 384}, {1832, 512}, {5, 1000}};
     for (auto& s : shapes) {
@@ -364,6 +434,16 @@ static void test_rmsnorm() {
         test_rmsnorm_forward(s[0], s[1], true, true);
         for (int mode = 0; mode < 3; mode++) test_rmsnorm_backward(s[0], s[1], mode);
     }
+    // Qwen2.5-0.5B's width 896 (2 x 1024 tokens; and ragged N), C = 64, an odd C (the scalar path); N from 1 row to
+    // many rows per dweight chunk (16 rows per chunk at N = 2048, a short last chunk at N = 4099)
+    const int wshapes[][2] = {{1, 896}, {2048, 896}, {4099, 64}, {37, 64}, {300, 37}, {7, 896}};
+    for (auto& s : wshapes) {
+        test_rmsnorm_weighted_forward(s[0], s[1], false);
+        test_rmsnorm_weighted_forward(s[0], s[1], true);
+        for (int mode = 0; mode < 3; mode++) test_rmsnorm_weighted_backward(s[0], s[1], mode);
+    }
+    test_rmsnorm_weighted_backward(4099, 64, 1, false);
+    test_rmsnorm_weighted_backward(7, 896, 0, false);
 }
 
 // =========================================================================================================
@@ -787,7 +867,12 @@ static void test_masked_mean_all() {
 // =========================================================================================================
 // sigreg (the forward's statistics cs, per-slice values and loss; the backward from the reference's cs)
 
-static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, SigregVariant variant = SIGREG_LEJEPA) {
+// long_sums: fp32 sums over K = 16384 (x) or M = 70000 (dz) terms; in the fp32 build every tolerance is 1e-4 then.
+static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, SigregVariant variant = SIGREG_LEJEPA,
+                        bool long_sums = false) {
+    const Tol wide = {1e-4, 1e-4};
+    const Tol tol_sigreg = long_sums && !BF16 ? wide : TOL_SIGREG, tol_s = long_sums && !BF16 ? wide : TOL_S,
+              tol_red = long_sums && !BF16 ? wide : TOL_RED;
     const std::string tag = fmt("%sN=%d K=%d M=%d std=%g%s", variant == SIGREG_DEPRECATED ? "deprecated " : "", N, K, M,
                                 std, with_per_slice ? "" : " per_slice=null");
     vecd z((size_t)N * K);
@@ -808,9 +893,9 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, Si
     sigreg_forward(d_loss.p, with_per_slice ? d_ps.p : nullptr, d_cs.p, d_z.p, d_A.p, N, K, M, variant, st);
     const std::string fname = BK " sigreg_forward " + tag;
     launched(fname);
-    expect_close(fname + " loss", d_loss.get(), loss, TOL_SIGREG);
-    expect_close(fname + " cs", d_cs.get(), cs, TOL_S);
-    if (with_per_slice) expect_close(fname + " per_slice", d_ps.get(), ps, TOL_SIGREG);
+    expect_close(fname + " loss", d_loss.get(), loss, tol_sigreg);
+    expect_close(fname + " cs", d_cs.get(), cs, tol_s);
+    if (with_per_slice) expect_close(fname + " per_slice", d_ps.get(), ps, tol_sigreg);
     else expect_exact(fname + " per_slice untouched", d_ps.get(), vecd(M, NaN));
 
     // backward: both sides from the same cs (the reference's, rounded to floatS) and a fresh dloss
@@ -822,7 +907,7 @@ static void test_sigreg(int N, int K, int M, double std, bool with_per_slice, Si
     d_dz.poison();
     sigreg_backward(d_dz.p, d_z.p, d_A.p, d_cs_in.p, d_dloss.p, N, K, M, variant, st);
     launched(BK " sigreg_backward " + tag);
-    expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, TOL_RED);
+    expect_close(BK " sigreg_backward " + tag + " dz (=)", d_dz.get(), dz, tol_red);
 }
 
 static void test_sigreg_all() {
@@ -839,6 +924,12 @@ static void test_sigreg_all() {
     test_sigreg(37, 5, 3, 0.1, false, SIGREG_DEPRECATED);
     test_sigreg(1, 1, 1, 1.0, true, SIGREG_DEPRECATED);
     test_sigreg(300, 7, 33, 3.0, true, SIGREG_DEPRECATED);
+    // Shared memory beyond 48 KB (smem_opt_in): the statistics' column of A (K = 16384: 64 KB) and the backward's
+    // z_n, dz_n (128 KB); many slices: the backward's g for M = 16384 slices (66 KB, one tile), and M = 70000 (280 KB:
+    // more than any GPU gives a block, so several tiles).
+    test_sigreg(16, 16384, 8, 1.0, true, SIGREG_LEJEPA, true);
+    test_sigreg(32, 64, 16384, 1.0, true, SIGREG_LEJEPA, true);
+    test_sigreg(16, 32, 70000, 1.0, false, SIGREG_LEJEPA, true);
 }
 
 // =========================================================================================================
@@ -1255,7 +1346,7 @@ static void test_optimizer() {
 // What the SKIP lines name when there is no device.
 static const char* OP_GROUPS[] = {
     "matmul_forward, matmul_backward (trainer shapes, then odd shapes last)",
-    "rmsnorm_forward, rmsnorm_backward",
+    "rmsnorm_forward, rmsnorm_backward, rmsnorm_weighted_forward, rmsnorm_weighted_backward",
     "rope_forward, rope_backward",
     "attention_forward, attention_backward",
     "swiglu_forward, swiglu_backward, add_forward",

@@ -225,6 +225,54 @@ static void test_rmsnorm(int N, int C, bool with_res) {
     check(bitwise_equal(g2, dx), ("rmsnorm backward overwrites (NaN pre-fill), in place dinp == dout " + tag).c_str(), "differs");
 }
 
+// RMSNorm with a weight (Qwen2's): the forward against its formula, dinp and dweight against central differences
+// of sum G * out, accumulate on and off, dweight added onto random values, null dweight, in place dinp == dout.
+static void test_rmsnorm_weighted(int N, int C) {
+    const std::string tag = fmt("N=%d C=%d", N, C);
+    const float eps = 1e-5f;
+    vecd x = rand_vec((size_t)N * C, -2, 2), w = rand_vec(C, 0.5, 1.5), G = rand_vec((size_t)N * C);
+    vecd out((size_t)N * C, NaN), rstd(N, NaN);
+    rmsnorm_weighted_forward_ref(out.data(), rstd.data(), x.data(), w.data(), N, C, eps);
+    vecd out_ref(out.size()), rstd_ref(N);
+    for (int n = 0; n < N; n++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += x[(size_t)n * C + c] * x[(size_t)n * C + c];
+        rstd_ref[n] = 1.0 / sqrt(ss / C + (double)eps);
+        for (int c = 0; c < C; c++) out_ref[(size_t)n * C + c] = w[c] * x[(size_t)n * C + c] * rstd_ref[n];
+    }
+    const double e1 = max_rel_error(out.data(), out_ref.data(), out.size(), 1e-12);
+    const double e2 = max_rel_error(rstd.data(), rstd_ref.data(), N, 1e-12);
+    check(e1 < 1e-13 && e2 < 1e-13, ("rmsnorm_weighted forward vs formula " + tag).c_str(), "out err %.3g, rstd err %.3g", e1, e2);
+
+    auto loss = [&]() {
+        vecd o((size_t)N * C), rs(N);
+        rmsnorm_weighted_forward_ref(o.data(), rs.data(), x.data(), w.data(), N, C, eps);
+        return dotl(G, o);
+    };
+    vecd dx((size_t)N * C, NaN), dw(C, 0.0);
+    rmsnorm_weighted_backward_ref(dx.data(), dw.data(), G.data(), x.data(), w.data(), rstd.data(), N, C, false);
+    gradcheck("rmsnorm_weighted gradcheck dinp " + tag, x, dx, loss);
+    gradcheck("rmsnorm_weighted gradcheck dweight " + tag, w, dw, loss);
+
+    const vecd Rx = rand_vec(dx.size()), Rw = rand_vec(C);
+    vecd dx2 = Rx, dw2 = Rw;
+    rmsnorm_weighted_backward_ref(dx2.data(), dw2.data(), G.data(), x.data(), w.data(), rstd.data(), N, C, true);
+    const double e3 = added_err(dx2, Rx, dx), e4 = added_err(dw2, Rw, dw);
+    check(e3 < 1e-12 && e4 < 1e-12, ("rmsnorm_weighted backward accumulate=true adds to dinp, dweight adds " + tag).c_str(),
+          "dinp err %.3g, dweight err %.3g", e3, e4);
+    vecd dx3((size_t)N * C, NaN), dw3 = Rw;
+    rmsnorm_weighted_backward_ref(dx3.data(), dw3.data(), G.data(), x.data(), w.data(), rstd.data(), N, C, false);
+    const double e5 = added_err(dw3, Rw, dw);
+    check(bitwise_equal(dx3, dx) && e5 < 1e-12, ("rmsnorm_weighted backward accumulate=false overwrites dinp (NaN pre-fill), dweight still adds " + tag).c_str(),
+          "dinp differs or dweight err %.3g", e5);
+    vecd g2 = G, dw4 = Rw;   // dinp aliases dout; dweight is computed before dinp overwrites dout
+    rmsnorm_weighted_backward_ref(g2.data(), dw4.data(), g2.data(), x.data(), w.data(), rstd.data(), N, C, false);
+    check(bitwise_equal(g2, dx) && bitwise_equal(dw4, dw3), ("rmsnorm_weighted backward in place dinp == dout " + tag).c_str(), "differs");
+    vecd dx5((size_t)N * C, NaN);
+    rmsnorm_weighted_backward_ref(dx5.data(), (double*)nullptr, G.data(), x.data(), w.data(), rstd.data(), N, C, false);
+    check(bitwise_equal(dx5, dx), ("rmsnorm_weighted backward dweight = null (frozen weight) " + tag).c_str(), "dinp differs");
+}
+
 // =========================================================================================================
 // rope
 
@@ -1207,6 +1255,9 @@ int main() {
     test_rmsnorm(7, 10, false);
     test_rmsnorm(7, 10, true);
     test_rmsnorm(3, 33, true);
+    test_rmsnorm_weighted(7, 10);
+    test_rmsnorm_weighted(3, 33);
+    test_rmsnorm_weighted(4, 64);
 
     test_rope(2, 7, 3, 10, 0, 10000.0f);
     test_rope(3, 5, 1, 6, 1, 100.0f);

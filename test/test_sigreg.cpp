@@ -305,6 +305,30 @@ static void test_deprecated_defect() {
           "%.2f, %.2f vs N x %.4f, %.4f", l_iso, l_same, v_iso, v_same);
 }
 
+// The GPU backward's slice tile (host arithmetic): all M slices when z_n, dz_n (2K floats) and g (M floats) fit the
+// block's shared memory budget, else as many as fit, at least 1; 0 only when 2K floats plus one do not fit.
+static void test_backward_tile() {
+    struct Case { int K, M; size_t budget; int want; };
+    const size_t h100 = 232448;     // sharedMemPerBlockOptin of an H100 (227 KB)
+    const Case cases[] = {
+        {64, 1024, 48 * 1024, 1024},                        // fits the default 48 KB
+        {64, 16384, h100, 16384},                           // 66 KB: fits after the opt-in, one tile
+        {32, 70000, h100, (int)((h100 - 2 * 32 * 4) / 4)},  // 280 KB: tiles of 58048 slices
+        {5, 3, (2 * 5 + 3) * 4, 3},                         // exactly fits
+        {5, 3, (2 * 5 + 3) * 4 - 1, 2},                     // one byte short: one slice fewer
+        {5, 3, 2 * 5 * 4 + 4, 1},                           // room for one slice
+        {5, 3, 2 * 5 * 4 + 3, 0},                           // not even one slice
+        {30000, 8, h100, 0},                                // z_n and dz_n alone exceed the budget
+        {16, 0, 48 * 1024, 1},                              // no slices: a tile of 1 (the kernel's loop never runs)
+    };
+    for (const Case& c : cases) {
+        const int got = sigreg_backward_tile(c.K, c.M, c.budget);
+        const bool fits = got == 0 || sigreg_backward_smem(c.K, got) <= c.budget;
+        check(got == c.want && fits, fmt("sigreg_backward_tile K=%d M=%d budget=%zu -> %d", c.K, c.M, c.budget, c.want).c_str(),
+              "got %d (%zu bytes)", got, sigreg_backward_smem(c.K, got));
+    }
+}
+
 int main() {
     test_seed(20251205);
     test_knots();
@@ -320,5 +344,6 @@ int main() {
     test_gaussian_and_collapse();
     test_deprecated_defect();
     test_directions();
+    test_backward_tile();
     return test_summary();
 }
