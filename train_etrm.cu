@@ -61,18 +61,14 @@ both backends.
 #include "common/optimizer.h"
 // defines: Arena, arena_take, arena_alloc
 #include "common/arena.h"
+// defines: BlockConfig, BlockTensors, block_tensors, StackActs, StackShape, BlockScratch, stack_forward, stack_backward, ...
+#include "common/transformer.h"
 // defines: Run, run_begin, run_end, RunTiming, timing_step, mfu_field, log_progress, log_timing
 #include "common/run.h"
 // defines: matmul_forward, matmul_backward
 #include "kernels/matmul.cuh"
 // defines: rmsnorm_forward, rmsnorm_backward
 #include "kernels/rmsnorm.cuh"
-// defines: rope_tables, rope_forward, rope_backward
-#include "kernels/rope.cuh"
-// defines: attention_forward, attention_backward
-#include "kernels/attention.cuh"
-// defines: swiglu_forward, swiglu_backward
-#include "kernels/swiglu.cuh"
 // defines: add_forward
 #include "kernels/add.cuh"
 // defines: embedding_forward, embedding_backward, prefix_forward, prefix_backward
@@ -236,6 +232,7 @@ typedef struct {
     int ndim;             // TRM puzzle-embedding size
     float prefix_scale;
     float logvar_lo, logvar_hi;   // variational clamp: [-10, 10] for hybrid_variational (upstream), none for lpn
+    BlockConfig block;    // every block (pre_norm is set per stack): scale-free RMSNorm, no biases, NH kv heads
 } Dims;
 
 static Dims make_dims(const Config& c, int canvas) {
@@ -258,6 +255,7 @@ static Dims make_dims(const Config& c, int canvas) {
     d.prefix_scale = (d.enc != ENC_NONE && c.encoder_prefix_scale > 0) ? c.encoder_prefix_scale : sqrtf((float)d.D);
     d.logvar_lo = d.enc == ENC_HYBRID_VARIATIONAL ? -10.0f : -INFINITY;
     d.logvar_hi = d.enc == ENC_HYBRID_VARIATIONAL ? 10.0f : INFINITY;
+    d.block = {d.D, d.NH, d.NH, d.HD, d.I, false, false, false, false, c.rms_norm_eps};
     return d;
 }
 
@@ -313,16 +311,10 @@ static void config_validate(const Config& c) {
 
 enum { GROUP_DECODER, GROUP_ENCODER, GROUP_PUZZLE, GROUP_BUFFERS };
 
-template <typename T> struct BlockTensors {      // one transformer block (self- or cross-attention + SwiGLU)
-    T *qkv;                                      // (3D, D) self-attention: all Q heads, then K, then V
-    T *q, *k, *v;                                // (D, D) each: cross-attention (set encoder)
-    T *o, *gate_up, *down;                       // (D, D), (2I, D), (D, I)
-};
-
 template <typename T> struct ModelTensors {
     // decoder ("inner."): token embedding, the recursive net f, the output and halting heads
     T *embed_tokens;                             // (V, D)
-    std::vector<BlockTensors<T>> L_level;        // L_layers blocks
+    std::vector<BlockTensors<T>> L_level;        // L_layers blocks (common/transformer.h)
     T *lm_head;                                  // (V, D)
     T *q_head_w, *q_head_b;                      // (2, D), (2)
     // encoder ("encoder."): grid encoder over each demo pair, then aggregation over the demos
@@ -344,24 +336,15 @@ template <typename T> struct ModelTensors {
 // hybrid_variational, the puzzle table zero, H_init / L_init truncated normal (std 1).
 template <typename T>
 void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Dims& d, const Config& c, int n_puzzle_ids) {
-    auto linear = [&](T** field, const std::string& name, int out, int in) {
-        list.add(field, name + ".weight", {out, in}, init_trunc_normal(1.0f / sqrtf((float)in)));
-    };
-    auto mlp = [&](BlockTensors<T>* b, const std::string& prefix) {
-        linear(&b->gate_up, prefix + "mlp.gate_up_proj", 2 * d.I, d.D);
-        linear(&b->down, prefix + "mlp.down_proj", d.D, d.I);
-    };
+    auto lecun = [](int fan_in) { return init_trunc_normal(1.0f / sqrtf((float)fan_in)); };
+    auto linear = [&](T** field, const std::string& name, int out, int in) { list.add(field, name + ".weight", {out, in}, lecun(in)); };
     const Init emb = init_trunc_normal(1.0f / sqrtf((float)d.D));
 
     list.group(GROUP_DECODER);
     list.add(&t->embed_tokens, "inner.embed_tokens.embedding_weight", {d.V, d.D}, emb);
     t->L_level.resize(c.L_layers);
-    for (int l = 0; l < c.L_layers; l++) {
-        std::string p = "inner.L_level.layers." + std::to_string(l) + ".";
-        linear(&t->L_level[l].qkv, p + "self_attn.qkv_proj", 3 * d.D, d.D);
-        linear(&t->L_level[l].o, p + "self_attn.o_proj", d.D, d.D);
-        mlp(&t->L_level[l], p);
-    }
+    for (int l = 0; l < c.L_layers; l++)
+        block_tensors(list, &t->L_level[l], d.block, false, "inner.L_level.layers." + std::to_string(l) + ".", "self_attn.", lecun);
     linear(&t->lm_head, "inner.lm_head", d.V, d.D);
     list.add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, init_zero());       // starts at "never halt":
     list.add(&t->q_head_b, "inner.q_head.bias", {2}, init_const(-5.0f));        // sigmoid(-5) = 0.007
@@ -373,24 +356,14 @@ void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Dims& d, const
         list.add(&t->enc_input_embed, "encoder.grid_encoder.input_embed.embedding_weight", {d.V, d.D}, emb);
         list.add(&t->enc_output_embed, "encoder.grid_encoder.output_embed.embedding_weight", {d.V, d.D}, emb);
         if (d.lpn_grid) list.add(&t->cls_token, "encoder.grid_encoder.cls_token", {1, 1, d.D}, init_trunc_normal(0.02f));
-        for (int l = 0; l < c.encoder_num_layers; l++) {
-            std::string p = "encoder.grid_encoder.layers." + std::to_string(l) + ".";
-            std::string attn = d.lpn_grid ? p : p + "self_attn.";               // LPN blocks own their projections
-            linear(&t->grid_layers[l].qkv, attn + "qkv_proj", 3 * d.D, d.D);
-            linear(&t->grid_layers[l].o, attn + "o_proj", d.D, d.D);
-            mlp(&t->grid_layers[l], p);
-        }
+        for (int l = 0; l < c.encoder_num_layers; l++)                          // LPN blocks own their projections
+            block_tensors(list, &t->grid_layers[l], d.block, false, "encoder.grid_encoder.layers." + std::to_string(l) + ".",
+                          d.lpn_grid ? "" : "self_attn.", lecun);
         if (!d.lpn_grid) linear(&t->pool_proj, "encoder.grid_encoder.pool_proj", d.D, d.D);
         if (d.set_encoder) {
             list.add(&t->query_tokens, "encoder.set_encoder.query_tokens", {d.P, d.D}, init_trunc_normal(0.02f));
-            for (int l = 0; l < c.encoder_set_layers; l++) {
-                std::string p = "encoder.set_encoder.layers." + std::to_string(l) + ".";
-                linear(&t->set_layers[l].q, p + "q_proj", d.D, d.D);
-                linear(&t->set_layers[l].k, p + "k_proj", d.D, d.D);
-                linear(&t->set_layers[l].v, p + "v_proj", d.D, d.D);
-                linear(&t->set_layers[l].o, p + "o_proj", d.D, d.D);
-                mlp(&t->set_layers[l], p);
-            }
+            for (int l = 0; l < c.encoder_set_layers; l++)
+                block_tensors(list, &t->set_layers[l], d.block, true, "encoder.set_encoder.layers." + std::to_string(l) + ".", "", lecun);
         }
         if (d.variational) {
             linear(&t->mu_w, "encoder.mu_proj", d.D, d.D);
@@ -432,59 +405,6 @@ static ParamTable model_table(const Dims& d, const Config& c, int n_puzzle_ids) 
 //                                                         n2 = rms(r1) ; out = r1 + mlp(n2)
 //    with mlp(h) = down(swiglu(gate_up(h))) and attn either self-attention with RoPE over the fused qkv
 //    projection, or cross-attention from q(h) to k(memory), v(memory) (the set encoder).
-
-typedef struct {
-    floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
-    floatS *rstd1, *lse, *rstd2;
-} BlockActs;
-
-typedef struct {
-    floatX* in;                       // the stack's input (for the decoder: z + injection)
-    std::vector<BlockActs> layers;
-} StackActs;
-
-// The shape of one application of a stack of blocks.
-typedef struct {
-    int B, T, n_layers;
-    bool pre_norm;
-    bool cross;                           // cross-attention to `memory` instead of self-attention
-    const floatS *rope_cos, *rope_sin;    // self-attention RoPE tables
-    int rope_skip;                        // leading positions left unrotated (the LPN CLS token)
-    const floatX* memory;                 // cross-attention keys/values source (B, Tk, D)
-    int Tk;
-    const uint8_t* key_mask;              // (B, Tk) valid memory rows, or null
-} StackShape;
-
-static void stack_layout(Arena* a, StackActs* s, const StackShape& sh, const Dims& d) {
-    const size_t N = (size_t)sh.B * sh.T, D = d.D, I = d.I;
-    s->in = arena_take<floatX>(a, N * D);
-    s->layers.resize(sh.n_layers);
-    for (int l = 0; l < sh.n_layers; l++) {
-        BlockActs* b = &s->layers[l];
-        *b = BlockActs();
-        b->n1 = arena_take<floatX>(a, N * D);
-        b->rstd1 = arena_take<floatS>(a, N);
-        if (sh.cross) {
-            b->q = arena_take<floatX>(a, N * D);
-            b->k = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * D);
-            b->v = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * D);
-        } else {
-            b->qkv = arena_take<floatX>(a, N * 3 * D);
-        }
-        b->att = arena_take<floatX>(a, N * D);
-        b->lse = arena_take<floatS>(a, N * d.NH);
-        b->n2 = arena_take<floatX>(a, N * D);
-        b->rstd2 = arena_take<floatS>(a, N);
-        b->gu = arena_take<floatX>(a, N * 2 * I);
-        b->sw = arena_take<floatX>(a, N * I);
-        if (sh.pre_norm) {
-            b->r1 = arena_take<floatX>(a, N * D);
-            b->out = arena_take<floatX>(a, N * D);
-        } else {
-            b->out = b->n2;
-        }
-    }
-}
 
 // The demonstration encoder's tensors for one micro-batch (B samples, at most B*K valid demos).
 typedef struct {
@@ -537,9 +457,9 @@ typedef struct {
     int* eval_steps;
     uint8_t* eval_halted;
     floatS *weight_one, *weight_zero;                // (B) loss weights 1 and 0 (latent optimisation)
-    // backward: G carries the gradient through a stack (in place); the rest is per-block scratch, shared by
-    // the decoder and the encoder stacks (sized for the larger)
-    floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
+    // backward: the blocks' scratch (bs.G carries the gradient through a stack), shared by the decoder and the
+    // encoder stacks (sized for the larger)
+    BlockScratch bs;
     floatX *dx, *dlogits, *dq, *dq_in, *dprefix;   // (B, T, D), (B, T, V), (B, 2), (B, D), (B, P*D)
 } Acts;
 
@@ -550,6 +470,7 @@ typedef struct {
     Params p;                         // weights, gradients, optimizer state, EMA (common/parameters.h)
     ModelTensors<floatX> w, w_ema;    // the weights; what evaluation runs (the EMA of decoder and encoder)
     ModelTensors<floatS> g;           // gradients (decoder and encoder)
+    ModelTensors<floatS> g_none;      // no gradients: a backward pass for input gradients only (latent optimisation)
     int n_puzzle_ids;
     floatS *rope_cos, *rope_sin;      // decoder RoPE (T, HD)
     floatS *enc_rope_cos, *enc_rope_sin;   // encoder RoPE (2S, HD)
@@ -571,23 +492,26 @@ typedef struct {
 
 static StackShape decoder_shape(const Model& m, int B) {
     StackShape s = StackShape();
-    s.B = B; s.T = m.d.T; s.n_layers = m.cfg.L_layers; s.pre_norm = false;
+    s.cfg = m.d.block;                     // post-norm
+    s.B = B; s.T = m.d.T; s.n_layers = m.cfg.L_layers;
     s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
     return s;
 }
 
 static StackShape grid_shape(const Model& m, int Nd) {
     StackShape s = StackShape();
+    s.cfg = m.d.block;
+    s.cfg.pre_norm = m.d.lpn_grid || m.cfg.encoder_norm_style == "pre";
     s.B = Nd; s.T = m.d.S2; s.n_layers = m.cfg.encoder_num_layers;
-    s.pre_norm = m.d.lpn_grid || m.cfg.encoder_norm_style == "pre";
     s.rope_cos = m.enc_rope_cos; s.rope_sin = m.enc_rope_sin; s.rope_skip = m.d.lpn_grid ? 1 : 0;
     return s;
 }
 
 static StackShape set_shape(const Model& m, int B) {
     StackShape s = StackShape();
+    s.cfg = m.d.block;
+    s.cfg.pre_norm = m.cfg.encoder_norm_style == "pre";
     s.B = B; s.T = m.d.P; s.n_layers = m.cfg.encoder_set_layers;
-    s.pre_norm = m.cfg.encoder_norm_style == "pre";
     s.cross = true; s.memory = m.acts.enc.E; s.Tk = m.d.K; s.key_mask = m.acts.enc.demo_mask;
     return s;
 }
@@ -605,9 +529,9 @@ static void acts_layout(Arena* a, Model* m) {
     if (d.enc == ENC_NONE) ac->prefix_src = arena_take<floatX>(a, (size_t)B * d.ndim);
     ac->x = arena_take<floatX>(a, BT * D);
     StackShape dec = decoder_shape(*m, B);
-    stack_layout(a, &ac->scratch, dec, d);
+    stack_layout(a, &ac->scratch, dec);
     ac->calls.resize(m->cfg.L_cycles + 1);
-    for (StackActs& call : ac->calls) stack_layout(a, &call, dec, d);
+    for (StackActs& call : ac->calls) stack_layout(a, &call, dec);
     ac->logits = arena_take<floatX>(a, BT * d.V);
     ac->q_index = arena_take<int>(a, B);
     ac->q_in = arena_take<floatX>(a, (size_t)B * D);
@@ -633,14 +557,14 @@ static void acts_layout(Arena* a, Model* m) {
         e->pool_mask = arena_take<uint8_t>(a, Ndmax * d.S2);
         e->cls_index = arena_take<int>(a, Ndmax);
         e->latent_key = arena_take<int>(a, Ndmax);
-        stack_layout(a, &e->grid, grid_shape(*m, (int)Ndmax), d);
+        stack_layout(a, &e->grid, grid_shape(*m, (int)Ndmax));
         rows = std::max(rows, Ndmax * d.S2);
         e->pooled = arena_take<floatX>(a, Ndmax * D);
         e->e = arena_take<floatX>(a, Ndmax * D);
         e->e_rstd = arena_take<floatS>(a, Ndmax);
         e->E = arena_take<floatX>(a, Ndmax * D);
         if (d.set_encoder) {
-            stack_layout(a, &e->set, set_shape(*m, B), d);
+            stack_layout(a, &e->set, set_shape(*m, B));
             e->ctx = arena_take<floatX>(a, (size_t)B * d.P * D);
             e->ctx_rstd = arena_take<floatS>(a, (size_t)B * d.P);
         }
@@ -673,13 +597,7 @@ static void acts_layout(Arena* a, Model* m) {
         e->opt_tmp = arena_take<floatX>(a, L);
         e->opt_rows = arena_take<int>(a, B);
     }
-    // (cross-attention keeps dq, dk, dv side by side in d_qkv: B*P*D + 2*B*K*D values)
-    ac->G = arena_take<floatX>(a, rows * D);
-    ac->d_att = arena_take<floatX>(a, rows * D);
-    ac->d_qkv = arena_take<floatX>(a, std::max(rows * 3 * D, (size_t)B * (d.P + 2 * d.K) * D));
-    ac->d_gu = arena_take<floatX>(a, rows * 2 * d.I);
-    ac->d_sw = arena_take<floatX>(a, rows * d.I);
-    ac->d_tmp = arena_take<floatX>(a, rows * D);
+    scratch_layout(a, &ac->bs, d.block, rows, (size_t)B * d.P, (size_t)B * d.K);
     ac->dx = arena_take<floatX>(a, BT * D);
     ac->dlogits = arena_take<floatX>(a, BT * d.V);
     ac->dq = arena_take<floatX>(a, (size_t)B * 2);
@@ -725,6 +643,8 @@ static void model_build(Model* m, const Config& c, int canvas, int n_puzzle_ids,
     model_tensors(w_ema, &m->w_ema, d, c, m->n_puzzle_ids);
     TensorList<floatS> g = tensor_bind(table, param_bases(table, m->p.grads, BUF_GRADS));
     model_tensors(g, &m->g, d, c, m->n_puzzle_ids);
+    TensorList<floatS> none = tensor_bind(table, std::vector<floatS*>(table.groups.size(), nullptr));
+    model_tensors(none, &m->g_none, d, c, m->n_puzzle_ids);
 
     // RoPE tables: decoder positions 0..T-1; encoder positions 0..2S-1 (the LPN CLS token is not rotated)
     std::vector<floatS> cs((size_t)std::max(d.T, 2 * d.S) * d.HD), sn(cs.size());
@@ -789,61 +709,7 @@ static void model_init_weights(Model* m, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 4. Forward.
-//
-// One transformer block, as described at the top of section 3. Shapes: x (B, T, D); attention over T (self)
-// or over memory (B, Tk, D) (cross); N = B*T rows.
-
-static void attention_sublayer_forward(BlockActs* a, const floatX* h, const BlockTensors<floatX>& w, const StackShape& s,
-                                       const Dims& d, Stream st) {
-    const int N = s.B * s.T, D = d.D;
-    if (s.cross) {
-        matmul_forward(a->q, h, w.q, nullptr, N, D, D, st);
-        matmul_forward(a->k, s.memory, w.k, nullptr, s.B * s.Tk, D, D, st);
-        matmul_forward(a->v, s.memory, w.v, nullptr, s.B * s.Tk, D, D, st);
-        attention_forward(a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.NH, d.HD, D, D, false, st);
-    } else {
-        matmul_forward(a->qkv, h, w.qkv, nullptr, N, D, 3 * D, st);
-        rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
-        attention_forward(a->att, a->lse, a->qkv, a->qkv + D, a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.NH, d.HD,
-                          3 * D, 3 * D, false, st);
-    }
-}
-
-static void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floatX>& w, const StackShape& s,
-                          const Dims& d, float eps, Stream st) {
-    const int N = s.B * s.T, D = d.D, I = d.I;
-    if (s.pre_norm) {
-        rmsnorm_forward(a->n1, a->rstd1, x, nullptr, N, D, eps, st);                 // n1 = rms(x)
-        attention_sublayer_forward(a, a->n1, w, s, d, st);
-        matmul_forward(a->r1, a->att, w.o, nullptr, N, D, D, st);
-        add_forward(a->r1, a->r1, x, nullptr, (size_t)N * D, st);                     // r1 = x + o(attn(n1))
-        rmsnorm_forward(a->n2, a->rstd2, a->r1, nullptr, N, D, eps, st);             // n2 = rms(r1)
-        matmul_forward(a->gu, a->n2, w.gate_up, nullptr, N, D, 2 * I, st);
-        swiglu_forward(a->sw, a->gu, N, I, st);
-        matmul_forward(a->out, a->sw, w.down, nullptr, N, I, D, st);
-        add_forward(a->out, a->out, a->r1, nullptr, (size_t)N * D, st);               // out = r1 + mlp(n2)
-    } else {
-        attention_sublayer_forward(a, x, w, s, d, st);
-        matmul_forward(a->n1, a->att, w.o, nullptr, N, D, D, st);
-        rmsnorm_forward(a->n1, a->rstd1, a->n1, x, N, D, eps, st);                   // n1 = rms(x + o(attn(x)))
-        matmul_forward(a->gu, a->n1, w.gate_up, nullptr, N, D, 2 * I, st);
-        swiglu_forward(a->sw, a->gu, N, I, st);
-        matmul_forward(a->n2, a->sw, w.down, nullptr, N, I, D, st);
-        rmsnorm_forward(a->n2, a->rstd2, a->n2, a->n1, N, D, eps, st);               // out = n2 = rms(n1 + mlp(n1))
-    }
-}
-
-// Applies the stack to s->in; returns the output (the last block's out).
-static const floatX* stack_forward(StackActs* a, const BlockTensors<floatX>* w, const StackShape& s, const Dims& d,
-                                   float eps, Stream st) {
-    const floatX* x = a->in;
-    for (int l = 0; l < s.n_layers; l++) {
-        block_forward(&a->layers[l], x, w[l], s, d, eps, st);
-        x = a->layers[l].out;
-    }
-    return x;
-}
+// 4. Forward (the transformer blocks: common/transformer.h).
 
 // The demonstration encoder: (demos of each sample) -> context (B, P*D), and the KL of each latent.
 //   grid encoder   standard: sqrt(D) [E_in(x); E_out(y)] (2S tokens) -> blocks -> mean over non-PAD -> pool_proj
@@ -862,7 +728,7 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
         if (d.lpn_grid) broadcast_rows(e->grid.in, w.cls_token, Nd, 1, D, S2, 0, st);
         embedding_forward(e->grid.in, e->demo_in, w.enc_input_embed, Nd, S, D, S2, first, emb_scale, st);
         embedding_forward(e->grid.in, e->demo_out, w.enc_output_embed, Nd, S, D, S2, first + S, emb_scale, st);
-        const floatX* h = stack_forward(&e->grid, w.grid_layers.data(), grid_shape(*m, Nd), d, eps, st);
+        const floatX* h = stack_forward(&e->grid, w.grid_layers, grid_shape(*m, Nd), st);
         if (d.lpn_grid) {
             gather_rows(e->pooled, h, e->cls_index, Nd, D, st);
             rmsnorm_forward(e->e, e->e_rstd, e->pooled, nullptr, Nd, D, eps, st);
@@ -882,7 +748,7 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
     if (d.set_encoder) {
         StackShape ss = set_shape(*m, B);
         broadcast_rows(e->set.in, w.query_tokens, B, d.P, D, d.P, 0, st);
-        const floatX* out = stack_forward(&e->set, w.set_layers.data(), ss, d, eps, st);
+        const floatX* out = stack_forward(&e->set, w.set_layers, ss, st);
         if (m->cfg.set_encoder_final_norm) rmsnorm_forward(e->ctx, e->ctx_rstd, out, nullptr, B * d.P, D, eps, st);
         else copy_on_device(e->ctx, out, (size_t)B * d.P * D * sizeof(floatX));
         if (d.enc == ENC_HYBRID_VARIATIONAL) {        // one latent per sample from the pooled context
@@ -924,7 +790,6 @@ static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H
     Acts* a = &m->acts;
     const StackShape s = decoder_shape(*m, B);
     const size_t n = (size_t)B * d.T * d.D;
-    const float eps = m->cfg.rms_norm_eps;
     const int L = m->cfg.L_cycles;
     for (int h = 0; h < m->cfg.H_cycles; h++) {
         const bool grad = with_grad && h == m->cfg.H_cycles - 1;
@@ -932,7 +797,7 @@ static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H
             StackActs* stack = grad ? &a->calls[i] : &a->scratch;
             if (i < L) add_forward(stack->in, z_L, z_H, a->x, n, st);     // z_L = f(z_L + z_H + x)
             else add_forward(stack->in, z_H, z_L, nullptr, n, st);        // z_H = f(z_H + z_L)
-            const floatX* out = stack_forward(stack, w.L_level.data(), s, d, eps, st);
+            const floatX* out = stack_forward(stack, w.L_level, s, st);
             copy_on_device(i < L ? z_L : z_H, out, n * sizeof(floatX));
         }
     }
@@ -958,100 +823,43 @@ static void loss_forward(Model* m, int B, Stream st) {
     q_halt_loss_forward(a->q_loss, a->q, a->n_valid, a->n_correct, B, st);
 }
 
-// Backward of the attention sublayer given d_o, the gradient of its output projection o(attn(h)):
-// dh (=, or += when accumulate) gets the gradient of its input h; cross-attention adds into dmemory.
-static void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dmemory, const floatX* d_o, const BlockActs* a,
-                                        const floatX* h, const BlockTensors<floatX>& w, BlockTensors<floatS>& gw,
-                                        const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
-    const int N = s.B * s.T, D = d.D;
-    matmul_backward(sc.d_att, gw.o, nullptr, d_o, a->att, w.o, N, D, D, false, st);
-    if (s.cross) {
-        floatX *dq = sc.d_qkv, *dk = dq + (size_t)N * D, *dv = dk + (size_t)s.B * s.Tk * D;
-        attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, d.NH, d.NH, d.HD, D, D,
-                           false, st);
-        matmul_backward(dh, gw.q, nullptr, dq, h, w.q, N, D, D, accumulate, st);
-        matmul_backward(dmemory, gw.k, nullptr, dk, s.memory, w.k, s.B * s.Tk, D, D, true, st);
-        matmul_backward(dmemory, gw.v, nullptr, dv, s.memory, w.v, s.B * s.Tk, D, D, true, st);
-    } else {
-        attention_backward(sc.d_qkv, sc.d_qkv + D, sc.d_qkv + 2 * D, sc.d_att, a->att, a->lse, a->qkv, a->qkv + D,
-                           a->qkv + 2 * D, nullptr, s.B, s.T, s.T, d.NH, d.NH, d.HD, 3 * D, 3 * D, false, st);
-        rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, 2 * d.NH, d.HD, 3 * D, s.rope_skip, st);
-        matmul_backward(dh, gw.qkv, nullptr, sc.d_qkv, h, w.qkv, N, D, 3 * D, accumulate, st);
-    }
-}
-
-// Backward of mlp(h) = down(swiglu(gate_up(h))) given dout: dh (=, or += when accumulate).
-static void mlp_sublayer_backward(floatX* dh, bool accumulate, const floatX* dout, const BlockActs* a, const floatX* h,
-                                  const BlockTensors<floatX>& w, BlockTensors<floatS>& gw, int N, const Dims& d,
-                                  const Acts& sc, Stream st) {
-    matmul_backward(sc.d_sw, gw.down, nullptr, dout, a->sw, w.down, N, d.I, d.D, false, st);
-    swiglu_backward(sc.d_gu, sc.d_sw, a->gu, N, d.I, st);
-    matmul_backward(dh, gw.gate_up, nullptr, sc.d_gu, h, w.gate_up, N, d.D, 2 * d.I, accumulate, st);
-}
-
-// G holds the gradient of the block's output on entry and of its input x on return.
-static void block_backward(floatX* G, floatX* dmemory, const BlockActs* a, const floatX* x, const BlockTensors<floatX>& w,
-                           BlockTensors<floatS>& gw, const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
-    const int N = s.B * s.T, D = d.D;
-    if (s.pre_norm) {
-        // out = r1 + mlp(n2): G is already d r1 through the residual; add the path through n2 = rms(r1)
-        mlp_sublayer_backward(sc.d_tmp, false, G, a, a->n2, w, gw, N, d, sc, st);
-        rmsnorm_backward(G, sc.d_tmp, a->n2, a->rstd2, N, D, true, st);
-        // r1 = x + o(attn(n1)): G is d x through the residual; add the path through n1 = rms(x)
-        attention_sublayer_backward(sc.d_tmp, false, dmemory, G, a, a->n1, w, gw, s, d, sc, st);
-        rmsnorm_backward(G, sc.d_tmp, a->n1, a->rstd1, N, D, true, st);
-    } else {
-        rmsnorm_backward(G, G, a->n2, a->rstd2, N, D, false, st);               // G = d(n1 + mlp(n1))
-        mlp_sublayer_backward(G, true, G, a, a->n1, w, gw, N, d, sc, st);      // G = d n1
-        rmsnorm_backward(G, G, a->n1, a->rstd1, N, D, false, st);               // G = d(x + o(attn(x)))
-        attention_sublayer_backward(G, true, dmemory, G, a, x, w, gw, s, d, sc, st);   // G = d x
-    }
-}
-
-static void stack_backward(floatX* G, floatX* dmemory, const StackActs* a, const BlockTensors<floatX>* w,
-                           BlockTensors<floatS>* gw, const StackShape& s, const Dims& d, const Acts& sc, Stream st) {
-    for (int l = s.n_layers - 1; l >= 0; l--)
-        block_backward(G, dmemory, &a->layers[l], l ? a->layers[l - 1].out : a->in, w[l], gw[l], s, d, sc, st);
-}
-
 // Backward of the loss through the heads and the last H cycle of the decoder (the earlier cycles and the
-// carry are detached, as upstream) down to the input embedding; leaves d prefix in acts.dprefix. dloss_lm,
-// dloss_q: (B) weights of each sample's lm and q_halt losses in the objective.
-static void decoder_backward(Model* m, const floatX* z_H, int B, const floatS* dloss_lm, const floatS* dloss_q, Stream st) {
+// carry are detached, as upstream) down to the input embedding, for the weights w the forward pass ran; leaves
+// d prefix in acts.dprefix and adds the parameter gradients into g (m->g_none: none). dloss_lm, dloss_q: (B)
+// weights of each sample's lm and q_halt losses in the objective.
+static void decoder_backward(Model* m, const ModelTensors<floatX>& w, const ModelTensors<floatS>& g, const floatX* z_H, int B,
+                             const floatS* dloss_lm, const floatS* dloss_q, Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
-    const ModelTensors<floatX>& w = m->w;
-    ModelTensors<floatS>& g = m->g;
     const StackShape s = decoder_shape(*m, B);
     const int BT = B * d.T, L = m->cfg.L_cycles;
     const size_t n = (size_t)BT * d.D;
     stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, dloss_lm, B, d.T, d.P, d.V, st);
     q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, dloss_q, B, st);
     matmul_backward(a->dq_in, g.q_head_w, g.q_head_b, a->dq, a->q_in, w.q_head_w, B, d.D, 2, false, st);
-    scatter_rows(a->G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
-    matmul_backward(a->G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
+    scatter_rows(a->bs.G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
+    matmul_backward(a->bs.G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
     // z_H = f(z_H' + z_L): G becomes the gradient of the last z_L (z_H' came from a detached cycle)
-    stack_backward(a->G, nullptr, &a->calls[L], w.L_level.data(), g.L_level.data(), s, d, *a, st);
+    stack_backward(nullptr, &a->calls[L], w.L_level, g.L_level, s, a->bs, st);
     // z_L = f(z_L' + z_H' + x), L_cycles times: x collects every application's input gradient
     for (int i = L - 1; i >= 0; i--) {
-        stack_backward(a->G, nullptr, &a->calls[i], w.L_level.data(), g.L_level.data(), s, d, *a, st);
-        if (i == L - 1) copy_on_device(a->dx, a->G, n * sizeof(floatX));
-        else add_forward(a->dx, a->dx, a->G, nullptr, n, st);
+        stack_backward(nullptr, &a->calls[i], w.L_level, g.L_level, s, a->bs, st);
+        if (i == L - 1) copy_on_device(a->dx, a->bs.G, n * sizeof(floatX));
+        else add_forward(a->dx, a->dx, a->bs.G, nullptr, n, st);
     }
     const float scale = d.enc == ENC_NONE ? sqrtf((float)d.D) : d.prefix_scale;
     const int K = d.enc == ENC_NONE ? d.ndim : d.P * d.D;
-    embedding_backward(g.embed_tokens, a->dx, a->inputs, B, d.S, d.D, d.T, d.P, sqrtf((float)d.D), st);
+    if (g.embed_tokens) embedding_backward(g.embed_tokens, a->dx, a->inputs, B, d.S, d.D, d.T, d.P, sqrtf((float)d.D), st);
     prefix_backward(a->dprefix, a->dx, B, K, (size_t)d.T * d.D, scale, st);
 }
 
 // Backward of encoder_forward from acts.dprefix (the gradient of the context). dkl is the gradient of the
 // loss with respect to each latent's KL (kl_weight / (global batch * number of latents averaged)).
-static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
+static void encoder_backward(Model* m, const ModelTensors<floatX>& w, const ModelTensors<floatS>& g, int B, int Nd, float dkl,
+                             Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
     EncoderActs* e = &a->enc;
-    const ModelTensors<floatX>& w = m->w;
-    ModelTensors<floatS>& g = m->g;
     const int D = d.D, S = d.S, S2 = d.S2;
     if (d.set_encoder) {
         const floatX* d_context = a->dprefix;
@@ -1066,11 +874,11 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
         }
         StackShape ss = set_shape(*m, B);
         const size_t n_ctx = (size_t)B * d.P * D;
-        if (m->cfg.set_encoder_final_norm) rmsnorm_backward(a->G, d_context, e->ctx, e->ctx_rstd, B * d.P, D, false, st);
-        else copy_on_device(a->G, d_context, n_ctx * sizeof(floatX));
+        if (m->cfg.set_encoder_final_norm) rmsnorm_backward(a->bs.G, d_context, e->ctx, e->ctx_rstd, B * d.P, D, false, st);
+        else copy_on_device(a->bs.G, d_context, n_ctx * sizeof(floatX));
         device_memset(e->d_E, 0, (size_t)B * d.K * D * sizeof(floatX));
-        stack_backward(a->G, e->d_E, &e->set, w.set_layers.data(), g.set_layers.data(), ss, d, *a, st);
-        broadcast_rows_backward(g.query_tokens, a->G, B, d.P, D, d.P, 0, st);
+        stack_backward(e->d_E, &e->set, w.set_layers, g.set_layers, ss, a->bs, st);
+        broadcast_rows_backward(g.query_tokens, a->bs.G, B, d.P, D, d.P, 0, st);
     } else {
         matmul_backward(e->d_agg, g.latent_proj, nullptr, a->dprefix, e->agg, w.latent_proj, B, D, d.P * D, false, st);
         masked_mean_backward(e->d_E, e->d_agg, e->demo_mask, B, d.K, D, st);
@@ -1086,17 +894,17 @@ static void encoder_backward(Model* m, int B, int Nd, float dkl, Stream st) {
     }
     if (d.lpn_grid) {
         rmsnorm_backward(e->d_pooled, e->d_e, e->e, e->e_rstd, Nd, D, false, st);
-        scatter_rows(a->G, e->d_pooled, e->cls_index, Nd, Nd * S2, D, st);
+        scatter_rows(a->bs.G, e->d_pooled, e->cls_index, Nd, Nd * S2, D, st);
     } else {
         matmul_backward(e->d_pooled, g.pool_proj, nullptr, e->d_e, e->pooled, w.pool_proj, Nd, D, D, false, st);
-        masked_mean_backward(a->G, e->d_pooled, e->pool_mask, Nd, S2, D, st);
+        masked_mean_backward(a->bs.G, e->d_pooled, e->pool_mask, Nd, S2, D, st);
     }
-    stack_backward(a->G, nullptr, &e->grid, w.grid_layers.data(), g.grid_layers.data(), grid_shape(*m, Nd), d, *a, st);
+    stack_backward(nullptr, &e->grid, w.grid_layers, g.grid_layers, grid_shape(*m, Nd), a->bs, st);
     const int first = d.lpn_grid ? 1 : 0;
     const float emb_scale = sqrtf((float)D);
-    embedding_backward(g.enc_input_embed, a->G, e->demo_in, Nd, S, D, S2, first, emb_scale, st);
-    embedding_backward(g.enc_output_embed, a->G, e->demo_out, Nd, S, D, S2, first + S, emb_scale, st);
-    if (d.lpn_grid) broadcast_rows_backward(g.cls_token, a->G, Nd, 1, D, S2, 0, st);
+    embedding_backward(g.enc_input_embed, a->bs.G, e->demo_in, Nd, S, D, S2, first, emb_scale, st);
+    embedding_backward(g.enc_output_embed, a->bs.G, e->demo_out, Nd, S, D, S2, first + S, emb_scale, st);
+    if (d.lpn_grid) broadcast_rows_backward(g.cls_token, a->bs.G, Nd, 1, D, S2, 0, st);
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -1264,7 +1072,7 @@ static void demo_loss(Model* m, const ModelTensors<floatX>& w, const Sample* s, 
         copy_to_host(row_loss.data(), a->lm_loss, n * sizeof(floatS));
         for (int r = 0; r < n; r++) (*loss)[rows[r]] += row_loss[r];
         if (with_grad) {                                             // objective: the token loss only
-            decoder_backward(m, a->eval_z_H, n, a->weight_one, a->weight_zero, st);
+            decoder_backward(m, w, m->g_none, a->eval_z_H, n, a->weight_one, a->weight_zero, st);
             scatter_rows(e->opt_tmp, a->dprefix, e->opt_rows, n, B, ctx, st);
             add_forward(e->opt_d_context, e->opt_d_context, e->opt_tmp, nullptr, (size_t)B * ctx, st);
         }
@@ -1316,7 +1124,6 @@ static void latent_optimise(Model* m, const ModelTensors<floatX>& w, const Sampl
     *loss_after = std::accumulate(best_loss.begin(), best_loss.end(), 0.0);
     copy_to_device(e->opt_latent, best.data(), n * sizeof(floatX));
     set_context();
-    params_zero_grads(&m->p);                                      // the decoder's backward added parameter gradients
 }
 
 typedef struct {
@@ -1735,27 +1542,17 @@ static void debug_state_write(Model* m, const TrainState& ts, const DebugCapture
 
 static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logger* log);
 
-// Model FLOPs of one forward application of a stack of blocks (2 per multiply-add): per layer the attention
-// projections (fused qkv and o; cross-attention: q and o on the queries, k and v on the memory rows), the MLP
-// (gate_up and down) and attention itself (scores and weighted values: 2 x 2 Tq Tk D).
-static double stack_flops(const StackShape& s, const Dims& d) {
-    const double N = (double)s.B * s.T, D = d.D, I = d.I, memory_rows = (double)s.B * s.Tk;
-    const double projections = s.cross ? 2 * N * 2 * D * D + 2 * memory_rows * 2 * D * D : 2 * N * 4 * D * D;
-    const double layer = projections + 2 * N * 3 * D * I + 4 * N * (s.cross ? s.Tk : s.T) * D;
-    return layer * s.n_layers;
-}
-
 // Model FLOPs of one micro-batch's training step: the forward pass (all H_cycles x (L_cycles + 1) applications
 // of the decoder, its heads, the encoder) and a backward pass of twice the forward FLOPs of what receives
 // gradient (the last H cycle, the heads, the encoder). Recomputation is not counted (MFU in the usual sense).
 static double micro_batch_flops(const Model& m, int B, int Nd) {
     const Dims& d = m.d;
     const Config& c = m.cfg;
-    const double app = stack_flops(decoder_shape(m, B), d), heads = 2.0 * B * d.T * d.D * d.V;
+    const double app = stack_flops(decoder_shape(m, B)), heads = 2.0 * B * d.T * d.D * d.V;
     double flops = app * c.H_cycles * (c.L_cycles + 1) + heads + 2 * (app * (c.L_cycles + 1) + heads);
     if (d.enc != ENC_NONE) {
-        double enc = Nd > 0 ? stack_flops(grid_shape(m, Nd), d) : 0;
-        if (d.set_encoder) enc += stack_flops(set_shape(m, B), d);
+        double enc = Nd > 0 ? stack_flops(grid_shape(m, Nd)) : 0;
+        if (d.set_encoder) enc += stack_flops(set_shape(m, B));
         flops += 3 * enc;
     }
     return flops;
@@ -1866,7 +1663,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             r.q_halt_acc += (to_float(q[(size_t)b * 2]) >= 0) == exact;
         }
         if (cap) debug_capture(m, cap, &ts->carry[b0], B, latent_rows, q);
-        decoder_backward(m, z_H, B, a->dloss_lm, a->dloss_q, Stream());
+        decoder_backward(m, m->w, m->g, z_H, B, a->dloss_lm, a->dloss_q, Stream());
         // the decoder's gradients are complete after the last micro-batch's decoder backward: their sum over
         // the ranks overlaps the encoder's backward (which writes only the encoder's gradients)
         if (b0 + B == m->B_local) params_grad_sum_start(&m->p, GROUP_DECODER, GROUP_DECODER + 1, Stream());
@@ -1884,7 +1681,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
                         ctx_sum_sq[i] += x * x;
                     }
             }
-            encoder_backward(m, B, Nd, dkl, Stream());
+            encoder_backward(m, m->w, m->g, B, Nd, dkl, Stream());
         }
     }
     // the gradients and the metrics of the global batch (the encoder's sum queued behind the decoder's on the

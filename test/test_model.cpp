@@ -72,8 +72,8 @@ static double backward(Model* m, const std::vector<Sample>& batch, std::vector<d
     params_zero_grads(&m->p);
     const double L = act_step_loss(m, batch, &Nd);
     const int rows = m->d.enc == ENC_LPN_VARIATIONAL ? Nd : B;
-    decoder_backward(m, m->z_H, B, m->acts.dloss_lm, m->acts.dloss_q, Stream());
-    if (m->d.enc != ENC_NONE) encoder_backward(m, B, Nd, m->cfg.kl_weight / ((float)B * std::max(1, rows)), Stream());
+    decoder_backward(m, m->w, m->g, m->z_H, B, m->acts.dloss_lm, m->acts.dloss_q, Stream());
+    if (m->d.enc != ENC_NONE) encoder_backward(m, m->w, m->g, B, Nd, m->cfg.kl_weight / ((float)B * std::max(1, rows)), Stream());
     grads->assign(m->p.grads, m->p.grads + m->p.table.n_dense);
     for (double& g : *grads) g *= B;
     row_grads->assign(m->acts.dprefix, m->acts.dprefix + (m->d.enc == ENC_NONE ? (size_t)B * m->d.ndim : 0));
@@ -212,26 +212,33 @@ static void test_truncated_gradient(const char* encoder) {
 }
 
 // Test-time latent optimisation: d(demo loss)/d(context) against central differences, and the optimisation
-// keeps a latent whose demo loss is no higher than the encoder's (and lower after a few steps).
-static void test_latent_optimisation(const char* encoder) {
+// keeps a latent whose demo loss is no higher than the encoder's (and lower after a few steps). With `ema` the
+// evaluation weights are an EMA that differs from the raw weights, so a backward pass that read the raw weights
+// would differentiate the wrong function; and the optimisation must leave the training gradients untouched.
+static void test_latent_optimisation(const char* encoder, bool ema) {
     Config c = tiny_config(encoder);
     c.latent_opt_steps = 4;
     c.latent_opt_lr = 0.05f;
+    c.ema = ema;
     Rng rng = rng_make(5);
     Model m;
     std::vector<Sample> batch = random_model(&m, c, &rng);
+    for (size_t i = 0; ema && i < m.p.table.n_ema; i++) m.p.ema[i] = m.p.params[i] * 0.6 + 0.05 * rng_normal(&rng);
+    for (size_t i = 0; i < m.p.table.n_dense; i++) m.p.grads[i] = rng_normal(&rng);     // a step's gradients
+    const std::vector<double> grads_before(m.p.grads, m.p.grads + m.p.table.n_dense);
+    const ModelTensors<floatX>& w = m.w_ema;                                             // what evaluation runs
     EncoderActs* e = &m.acts.enc;
     const int Nd = upload_micro_batch(&m, batch.data(), B, 0, 1);
     latent_noise(&m, m.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
-    encoder_forward(&m, m.w, B, Nd, Stream());
+    encoder_forward(&m, w, B, Nd, Stream());
     const size_t n = (size_t)B * m.d.P * m.d.D;
     std::vector<double> context(e->context, e->context + n), loss;
-    demo_loss(&m, m.w, batch.data(), B, e->context, true, &loss, Stream());
+    demo_loss(&m, w, batch.data(), B, e->context, true, &loss, Stream());
     std::vector<double> grad(e->opt_d_context, e->opt_d_context + n);
     auto total = [&](size_t i, double v) {
         std::vector<double> ctx = context;
         ctx[i] = v;
-        demo_loss(&m, m.w, batch.data(), B, ctx.data(), false, &loss, Stream());
+        demo_loss(&m, w, batch.data(), B, ctx.data(), false, &loss, Stream());
         return std::accumulate(loss.begin(), loss.end(), 0.0);
     };
     double worst = 0, gmax = 0;
@@ -243,13 +250,16 @@ static void test_latent_optimisation(const char* encoder) {
         worst = std::max(worst, fabs(fd - grad[i]) / (fabs(grad[i]) + 1e-3 * gmax + 1e-12));
     }
     char name[128];
-    snprintf(name, sizeof name, "latent optimisation: d demo loss / d context == central differences (%s)", encoder);
+    const char* weights = ema ? "EMA weights" : "raw weights";
+    snprintf(name, sizeof name, "latent optimisation: d demo loss / d context == central differences (%s, %s)", encoder, weights);
     check(worst < 1e-5 && gmax > 0, name, "max rel error %.3g (largest gradient %.3g)", worst, gmax);
     std::copy(context.begin(), context.end(), e->context);
     double before = 0, after = 0;
-    latent_optimise(&m, m.w, batch.data(), B, &before, &after, Stream());
-    snprintf(name, sizeof name, "latent optimisation lowers the demonstrations' loss (%s)", encoder);
+    latent_optimise(&m, w, batch.data(), B, &before, &after, Stream());
+    snprintf(name, sizeof name, "latent optimisation lowers the demonstrations' loss (%s, %s)", encoder, weights);
     check(after < before, name, "encoder's latent %.6g, kept %.6g", before, after);
+    snprintf(name, sizeof name, "latent optimisation leaves the training gradients untouched (%s, %s)", encoder, weights);
+    check(std::equal(grads_before.begin(), grads_before.end(), m.p.grads), name, "the gradient buffer changed");
 }
 
 int main() {
@@ -263,8 +273,10 @@ int main() {
     test_variant("lpn_variational", "ETRM lpn_variational", nullptr);
     test_truncated_gradient("none");
     test_truncated_gradient("hybrid_variational");
-    test_latent_optimisation("standard");
-    test_latent_optimisation("hybrid_variational");
-    test_latent_optimisation("lpn_standard");
+    test_latent_optimisation("standard", false);
+    test_latent_optimisation("hybrid_variational", false);
+    test_latent_optimisation("lpn_standard", false);
+    test_latent_optimisation("standard", true);
+    test_latent_optimisation("lpn_variational", true);
     return test_summary();
 }

@@ -1,0 +1,293 @@
+// One transformer block, and stacks of them, with the options of the three systems. The weights are always passed
+// explicitly: the same block runs a model's live weights, its EMA, or weights without gradient.
+//
+//   post-norm (TRM decoder, standard ETRM encoders):  n1 = rms(x + o(attn(x))) ;  out = n2 = rms(n1 + mlp(n1))
+//   pre-norm  (LPN encoders, Qwen2):                  n1 = rms(x) ; r1 = x + o(attn(n1)) ; n2 = rms(r1) ;
+//                                                     out = r1 + mlp(n2)
+//   mlp(h) = down(swiglu(gate_up(h)))                 SwiGLU, no biases
+//   attn   self-attention: q, k, v = split(qkv(h) [+ qkv bias]), RoPE (rotate-half) on q and k, attention of the
+//          NH query heads over NKV key/value heads (GQA: query head h reads kv head h / (NH / NKV)), causal or
+//          bidirectional; cross-attention: q(h), k(memory), v(memory) [+ biases], with a key mask over the memory
+//   rms    scale-free RMSNorm (TRM), or with a learned weight (Qwen2: pre-norm only)
+//
+// Shapes: x (B, T, D) with N = B*T rows; q (N, NH*HD), k and v (B*Tk, NKV*HD); a fused self-attention row is
+// [q | k | v] of (NH + 2 NKV) * HD. Conventions (llm.c): parameter gradients accumulate (+=); a BlockTensors of
+// gradients may have null fields (no gradient wanted: evaluation, a frozen group), and then none is computed.
+#pragma once
+#include <vector>
+#include "../kernels/add.cuh"
+#include "../kernels/attention.cuh"
+#include "../kernels/matmul.cuh"
+#include "../kernels/rmsnorm.cuh"
+#include "../kernels/rope.cuh"
+#include "../kernels/swiglu.cuh"
+#include "arena.h"
+#include "device.h"
+#include "parameters.h"
+
+typedef struct {
+    int D, NH, NKV, HD, I;     // width, query heads, key/value heads, head width, SwiGLU width
+    bool pre_norm;
+    bool norm_weight;          // RMSNorm with a learned weight
+    bool qkv_bias;
+    bool causal;
+    float eps;                 // RMSNorm epsilon
+} BlockConfig;
+
+template <typename T> struct BlockTensors {
+    T *qkv, *qkv_b;            // ((NH + 2 NKV) HD, D), ((NH + 2 NKV) HD): self-attention, q rows then k, then v
+    T *q, *k, *v;              // (NH HD, D), (NKV HD, D), (NKV HD, D): cross-attention
+    T *q_b, *k_b, *v_b;        // their biases
+    T *o, *gate_up, *down;     // (D, NH HD), (2I, D), (D, I)
+    T *norm1, *norm2;          // (D) RMSNorm weights
+};
+
+// The tensors of one block, declared into (or bound from) a TensorList (common/parameters.h) under `prefix`,
+// with upstream's names: "<prefix><attn>qkv_proj", "<prefix><attn>o_proj" or q/k/v/o_proj, "<prefix>mlp.gate_up_proj",
+// "<prefix>mlp.down_proj", "<prefix>input_layernorm" / "post_attention_layernorm" (weights). Linear layers get
+// `linear_init(fan_in)`, biases zero, norm weights one.
+template <typename T, typename LinearInit>
+void block_tensors(TensorList<T>& list, BlockTensors<T>* b, const BlockConfig& c, bool cross, const std::string& prefix,
+                   const std::string& attn, LinearInit linear_init) {
+    const int QD = c.NH * c.HD, KD = c.NKV * c.HD;
+    *b = BlockTensors<T>();
+    if (cross) {
+        list.add(&b->q, prefix + attn + "q_proj.weight", {QD, c.D}, linear_init(c.D));
+        if (c.qkv_bias) list.add(&b->q_b, prefix + attn + "q_proj.bias", {QD}, init_zero());
+        list.add(&b->k, prefix + attn + "k_proj.weight", {KD, c.D}, linear_init(c.D));
+        if (c.qkv_bias) list.add(&b->k_b, prefix + attn + "k_proj.bias", {KD}, init_zero());
+        list.add(&b->v, prefix + attn + "v_proj.weight", {KD, c.D}, linear_init(c.D));
+        if (c.qkv_bias) list.add(&b->v_b, prefix + attn + "v_proj.bias", {KD}, init_zero());
+    } else {
+        list.add(&b->qkv, prefix + attn + "qkv_proj.weight", {QD + 2 * KD, c.D}, linear_init(c.D));
+        if (c.qkv_bias) list.add(&b->qkv_b, prefix + attn + "qkv_proj.bias", {QD + 2 * KD}, init_zero());
+    }
+    list.add(&b->o, prefix + attn + "o_proj.weight", {c.D, QD}, linear_init(QD));
+    list.add(&b->gate_up, prefix + "mlp.gate_up_proj.weight", {2 * c.I, c.D}, linear_init(c.D));
+    list.add(&b->down, prefix + "mlp.down_proj.weight", {c.D, c.I}, linear_init(c.I));
+    if (c.norm_weight) {
+        list.add(&b->norm1, prefix + "input_layernorm.weight", {c.D}, init_const(1.0f));
+        list.add(&b->norm2, prefix + "post_attention_layernorm.weight", {c.D}, init_const(1.0f));
+    }
+}
+
+inline void block_config_check(const BlockConfig& c) {
+    if (c.NKV < 1 || c.NH % c.NKV) fatal("attention heads: %d query heads are not a multiple of %d key/value heads", c.NH, c.NKV);
+    if (c.HD % 2) fatal("head width %d: must be even (RoPE rotates pairs)", c.HD);
+    if (c.norm_weight && !c.pre_norm) fatal("a learned RMSNorm weight needs pre-norm blocks (the post-norm input is not kept)");
+}
+
+// What one application of a stack keeps for its backward pass.
+typedef struct {
+    floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
+    floatS *rstd1, *lse, *rstd2;
+} BlockActs;
+
+typedef struct {
+    floatX* in;                       // the stack's input (B, T, D)
+    std::vector<BlockActs> layers;
+} StackActs;
+
+// One application of a stack of blocks.
+typedef struct {
+    BlockConfig cfg;
+    int B, T, n_layers;
+    bool cross;                           // cross-attention to `memory` instead of self-attention
+    const floatS *rope_cos, *rope_sin;    // self-attention RoPE tables (T, HD)
+    int rope_skip;                        // leading positions left unrotated (the LPN CLS token)
+    const floatX* memory;                 // cross-attention keys/values source (B, Tk, D)
+    int Tk;
+    const uint8_t* key_mask;              // (B, Tk) valid memory rows, or null
+} StackShape;
+
+// Backward scratch shared by every stack of a model (sized for the largest by transformer_scratch_layout); G carries
+// the gradient through a stack, in place.
+typedef struct {
+    floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
+} BlockScratch;
+
+inline void stack_layout(Arena* a, StackActs* s, const StackShape& sh) {
+    const BlockConfig& c = sh.cfg;
+    const size_t N = (size_t)sh.B * sh.T, D = c.D, I = c.I, QD = (size_t)c.NH * c.HD, KD = (size_t)c.NKV * c.HD;
+    s->in = arena_take<floatX>(a, N * D);
+    s->layers.resize(sh.n_layers);
+    for (BlockActs& b : s->layers) {
+        b = BlockActs();
+        b.n1 = arena_take<floatX>(a, N * D);
+        b.rstd1 = arena_take<floatS>(a, N);
+        if (sh.cross) {
+            b.q = arena_take<floatX>(a, N * QD);
+            b.k = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * KD);
+            b.v = arena_take<floatX>(a, (size_t)sh.B * sh.Tk * KD);
+        } else {
+            b.qkv = arena_take<floatX>(a, N * (QD + 2 * KD));
+        }
+        b.att = arena_take<floatX>(a, N * QD);
+        b.lse = arena_take<floatS>(a, N * c.NH);
+        b.n2 = arena_take<floatX>(a, N * D);
+        b.rstd2 = arena_take<floatS>(a, N);
+        b.gu = arena_take<floatX>(a, N * 2 * I);
+        b.sw = arena_take<floatX>(a, N * I);
+        if (c.pre_norm) {
+            b.r1 = arena_take<floatX>(a, N * D);
+            b.out = arena_take<floatX>(a, N * D);
+        } else {
+            b.out = b.n2;
+        }
+    }
+}
+
+// Scratch for stacks of at most `rows` rows and, in cross-attention, `cross_q_rows` query rows over `memory_rows`
+// memory rows.
+inline void scratch_layout(Arena* a, BlockScratch* s, const BlockConfig& c, size_t rows, size_t cross_q_rows,
+                           size_t memory_rows) {
+    const size_t D = c.D, QD = (size_t)c.NH * c.HD, KD = (size_t)c.NKV * c.HD;
+    s->G = arena_take<floatX>(a, rows * D);
+    s->d_att = arena_take<floatX>(a, rows * QD);
+    // self-attention: d qkv rows; cross-attention: dq, dk, dv side by side
+    s->d_qkv = arena_take<floatX>(a, std::max(rows * (QD + 2 * KD), cross_q_rows * QD + 2 * memory_rows * KD));
+    s->d_gu = arena_take<floatX>(a, rows * 2 * c.I);
+    s->d_sw = arena_take<floatX>(a, rows * c.I);
+    s->d_tmp = arena_take<floatX>(a, rows * D);
+}
+
+// n = rms(x) (scale-free or with the weight), fused with a residual add only in the scale-free post-norm form.
+inline void block_norm_forward(floatX* n, floatS* rstd, const floatX* x, const floatX* residual, const floatX* weight,
+                               int N, const BlockConfig& c, Stream st) {
+    if (c.norm_weight) rmsnorm_weighted_forward(n, rstd, x, weight, N, c.D, c.eps, st);
+    else rmsnorm_forward(n, rstd, x, residual, N, c.D, c.eps, st);
+}
+
+inline void attention_sublayer_forward(BlockActs* a, const floatX* h, const BlockTensors<floatX>& w, const StackShape& s,
+                                       Stream st) {
+    const BlockConfig& c = s.cfg;
+    const int N = s.B * s.T, QD = c.NH * c.HD, KD = c.NKV * c.HD;
+    if (s.cross) {
+        matmul_forward(a->q, h, w.q, w.q_b, N, c.D, QD, st);
+        matmul_forward(a->k, s.memory, w.k, w.k_b, s.B * s.Tk, c.D, KD, st);
+        matmul_forward(a->v, s.memory, w.v, w.v_b, s.B * s.Tk, c.D, KD, st);
+        attention_forward(a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, c.NH, c.NKV, c.HD, QD, KD,
+                          c.causal, st);
+    } else {
+        const int row = QD + 2 * KD;
+        matmul_forward(a->qkv, h, w.qkv, w.qkv_b, N, c.D, row, st);
+        if (s.rope_cos) rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
+        attention_forward(a->att, a->lse, a->qkv, a->qkv + QD, a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV,
+                          c.HD, row, row, c.causal, st);
+    }
+}
+
+inline void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floatX>& w, const StackShape& s, Stream st) {
+    const BlockConfig& c = s.cfg;
+    const int N = s.B * s.T, D = c.D, I = c.I, QD = c.NH * c.HD;
+    if (c.pre_norm) {
+        block_norm_forward(a->n1, a->rstd1, x, nullptr, w.norm1, N, c, st);          // n1 = rms(x)
+        attention_sublayer_forward(a, a->n1, w, s, st);
+        matmul_forward(a->r1, a->att, w.o, nullptr, N, QD, D, st);
+        add_forward(a->r1, a->r1, x, nullptr, (size_t)N * D, st);                     // r1 = x + o(attn(n1))
+        block_norm_forward(a->n2, a->rstd2, a->r1, nullptr, w.norm2, N, c, st);      // n2 = rms(r1)
+        matmul_forward(a->gu, a->n2, w.gate_up, nullptr, N, D, 2 * I, st);
+        swiglu_forward(a->sw, a->gu, N, I, st);
+        matmul_forward(a->out, a->sw, w.down, nullptr, N, I, D, st);
+        add_forward(a->out, a->out, a->r1, nullptr, (size_t)N * D, st);               // out = r1 + mlp(n2)
+    } else {
+        attention_sublayer_forward(a, x, w, s, st);
+        matmul_forward(a->n1, a->att, w.o, nullptr, N, QD, D, st);
+        rmsnorm_forward(a->n1, a->rstd1, a->n1, x, N, D, c.eps, st);                 // n1 = rms(x + o(attn(x)))
+        matmul_forward(a->gu, a->n1, w.gate_up, nullptr, N, D, 2 * I, st);
+        swiglu_forward(a->sw, a->gu, N, I, st);
+        matmul_forward(a->n2, a->sw, w.down, nullptr, N, I, D, st);
+        rmsnorm_forward(a->n2, a->rstd2, a->n2, a->n1, N, D, c.eps, st);             // out = n2 = rms(n1 + mlp(n1))
+    }
+}
+
+// Applies the stack (w: its n_layers blocks) to a->in; returns the output (the last block's out).
+inline const floatX* stack_forward(StackActs* a, const std::vector<BlockTensors<floatX>>& w, const StackShape& s, Stream st) {
+    const floatX* x = a->in;
+    for (int l = 0; l < s.n_layers; l++) {
+        block_forward(&a->layers[l], x, w[l], s, st);
+        x = a->layers[l].out;
+    }
+    return x;
+}
+
+// Backward of the attention sublayer given d_o, the gradient of its output projection o(attn(h)): dh (=, or +=
+// when accumulate) gets the gradient of its input h; cross-attention adds into dmemory.
+inline void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dmemory, const floatX* d_o, const BlockActs* a,
+                                        const floatX* h, const BlockTensors<floatX>& w, const BlockTensors<floatS>& gw,
+                                        const StackShape& s, const BlockScratch& sc, Stream st) {
+    const BlockConfig& c = s.cfg;
+    const int N = s.B * s.T, QD = c.NH * c.HD, KD = c.NKV * c.HD;
+    matmul_backward(sc.d_att, gw.o, nullptr, d_o, a->att, w.o, N, QD, c.D, false, st);
+    if (s.cross) {
+        floatX *dq = sc.d_qkv, *dk = dq + (size_t)N * QD, *dv = dk + (size_t)s.B * s.Tk * KD;
+        attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, c.NH,
+                           c.NKV, c.HD, QD, KD, c.causal, st);
+        matmul_backward(dh, gw.q, gw.q_b, dq, h, w.q, N, c.D, QD, accumulate, st);
+        matmul_backward(dmemory, gw.k, gw.k_b, dk, s.memory, w.k, s.B * s.Tk, c.D, KD, true, st);
+        matmul_backward(dmemory, gw.v, gw.v_b, dv, s.memory, w.v, s.B * s.Tk, c.D, KD, true, st);
+    } else {
+        const int row = QD + 2 * KD;
+        attention_backward(sc.d_qkv, sc.d_qkv + QD, sc.d_qkv + QD + KD, sc.d_att, a->att, a->lse, a->qkv, a->qkv + QD,
+                           a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV, c.HD, row, row, c.causal, st);
+        if (s.rope_cos) rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
+        matmul_backward(dh, gw.qkv, gw.qkv_b, sc.d_qkv, h, w.qkv, N, c.D, row, accumulate, st);
+    }
+}
+
+// Backward of mlp(h) = down(swiglu(gate_up(h))) given dout: dh (=, or += when accumulate).
+inline void mlp_sublayer_backward(floatX* dh, bool accumulate, const floatX* dout, const BlockActs* a, const floatX* h,
+                                  const BlockTensors<floatX>& w, const BlockTensors<floatS>& gw, int N, const BlockConfig& c,
+                                  const BlockScratch& sc, Stream st) {
+    matmul_backward(sc.d_sw, gw.down, nullptr, dout, a->sw, w.down, N, c.I, c.D, false, st);
+    swiglu_backward(sc.d_gu, sc.d_sw, a->gu, N, c.I, st);
+    matmul_backward(dh, gw.gate_up, nullptr, sc.d_gu, h, w.gate_up, N, c.D, 2 * c.I, accumulate, st);
+}
+
+// G += d(rms(x)) / dx applied to dn (the pre-norm residual path already holds the rest of d x in G).
+inline void block_norm_backward_add(floatX* G, floatS* dweight, const floatX* dn, const floatX* n, const floatX* x,
+                                    const floatX* weight, const floatS* rstd, int N, const BlockConfig& c, Stream st) {
+    if (c.norm_weight) rmsnorm_weighted_backward(G, dweight, dn, x, weight, rstd, N, c.D, true, st);
+    else rmsnorm_backward(G, dn, n, rstd, N, c.D, true, st);
+}
+
+// G holds the gradient of the block's output on entry and of its input x on return.
+inline void block_backward(floatX* G, floatX* dmemory, const BlockActs* a, const floatX* x, const BlockTensors<floatX>& w,
+                           const BlockTensors<floatS>& gw, const StackShape& s, const BlockScratch& sc, Stream st) {
+    const BlockConfig& c = s.cfg;
+    const int N = s.B * s.T, D = c.D;
+    if (c.pre_norm) {
+        // out = r1 + mlp(n2): G is already d r1 through the residual; add the path through n2 = rms(r1)
+        mlp_sublayer_backward(sc.d_tmp, false, G, a, a->n2, w, gw, N, c, sc, st);
+        block_norm_backward_add(G, gw.norm2, sc.d_tmp, a->n2, a->r1, w.norm2, a->rstd2, N, c, st);
+        // r1 = x + o(attn(n1)): G is d x through the residual; add the path through n1 = rms(x)
+        attention_sublayer_backward(sc.d_tmp, false, dmemory, G, a, a->n1, w, gw, s, sc, st);
+        block_norm_backward_add(G, gw.norm1, sc.d_tmp, a->n1, x, w.norm1, a->rstd1, N, c, st);
+    } else {
+        rmsnorm_backward(G, G, a->n2, a->rstd2, N, D, false, st);               // G = d(n1 + mlp(n1))
+        mlp_sublayer_backward(G, true, G, a, a->n1, w, gw, N, c, sc, st);       // G = d n1
+        rmsnorm_backward(G, G, a->n1, a->rstd1, N, D, false, st);               // G = d(x + o(attn(x)))
+        attention_sublayer_backward(G, true, dmemory, G, a, x, w, gw, s, sc, st);   // G = d x
+    }
+}
+
+// sc.G: the gradient of the stack's output on entry, of its input on return. gw: the blocks' gradients (fields may
+// be null, see the top).
+inline void stack_backward(floatX* dmemory, const StackActs* a, const std::vector<BlockTensors<floatX>>& w,
+                           const std::vector<BlockTensors<floatS>>& gw, const StackShape& s, const BlockScratch& sc, Stream st) {
+    for (int l = s.n_layers - 1; l >= 0; l--)
+        block_backward(sc.G, dmemory, &a->layers[l], l ? a->layers[l - 1].out : a->in, w[l], gw[l], s, sc, st);
+}
+
+// Model FLOPs of one forward application of a stack (2 per multiply-add): per layer the attention projections
+// (fused qkv and o; cross-attention: q and o on the queries, k and v on the memory rows), the MLP (gate_up and down)
+// and attention itself (scores and weighted values: 2 x 2 Tq Tk NH HD; causal: the half that is computed).
+inline double stack_flops(const StackShape& s) {
+    const BlockConfig& c = s.cfg;
+    const double N = (double)s.B * s.T, D = c.D, I = c.I, QD = (double)c.NH * c.HD, KD = (double)c.NKV * c.HD;
+    const double memory_rows = s.cross ? (double)s.B * s.Tk : N;
+    const double projections = 2 * N * D * QD * 2 + 2 * memory_rows * D * KD * 2;
+    const double keys = s.cross ? s.Tk : s.T;
+    const double layer = projections + 2 * N * 3 * D * I + 4 * N * keys * QD * (c.causal ? 0.5 : 1.0);
+    return layer * s.n_layers;
+}
