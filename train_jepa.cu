@@ -503,6 +503,9 @@ typedef struct {
     long refreshes;                              // refresh events so far (keys the random re-seeding)
     int* refresh_codes;                          // (K) scratch of a refresh: the dead codes
     floatS* refresh_vectors;                     // (K, D) and their new vectors
+    // the state at the start of the training step, restored when the step is skipped (non-finite loss)
+    floatS *saved_codebook, *saved_count, *saved_sum;
+    long saved_calls, saved_refreshes;
 } Codebook;
 
 // Everything on the device: weights, gradients, optimizer state, the target branch, codebooks, the InfoNCE queue,
@@ -517,6 +520,7 @@ typedef struct {
     floatS* queue;                   // (Q, P) past target projections, a ring
     int queue_ptr, queue_fill;
     floatX* pending;                 // (grad_accum * Bg, P) target projections waiting for the step to commit
+    floatX *pending_c, *pending_t;   // (grad_accum * B, P) this rank's projections for the diagnostics, likewise
     // one micro-batch
     int G_online, n_agg;             // online encoder grids; context samples aggregated (1 + invariance copies) * B
     EncoderActs enc, tenc;           // online and target encoder passes
@@ -535,7 +539,8 @@ typedef struct {
     floatX *ring_c, *ring_t;         // (diag_window, P) recent projections for the diagnostics
     int ring_ptr, ring_fill;
     std::vector<double> usage;       // objects per code since the last diagnostics (online encoder, all ranks)
-    long refreshed;                  // codes re-seeded since the last diagnostics
+    std::vector<double> step_usage;  // ... in the current step, added to usage when the step commits
+    long refreshed, saved_refreshed; // codes re-seeded since the last diagnostics; at the start of the step
     void* arena;
     size_t arena_bytes;
 } Model;
@@ -577,13 +582,43 @@ static void codebook_alloc(Codebook* cb, const Dims& d) {
     cb->sums = (floatS*)device_malloc(KD * sizeof(floatS), "codebook batch sums");
     cb->refresh_codes = (int*)device_malloc(d.K * sizeof(int), "codebook refresh codes");
     cb->refresh_vectors = (floatS*)device_malloc(KD * sizeof(floatS), "codebook refresh vectors");
+    cb->saved_codebook = (floatS*)device_malloc(KD * sizeof(floatS), "codebook at the start of the step");
+    cb->saved_count = (floatS*)device_malloc(d.K * sizeof(floatS), "codebook counts at the start of the step");
+    cb->saved_sum = (floatS*)device_malloc(KD * sizeof(floatS), "codebook sums at the start of the step");
     cb->calls = cb->refreshes = 0;
+}
+
+// A skipped step (non-finite loss) must leave every state as it was, but the forward passes of its micro-batches
+// already moved the codebooks (EMA steps, refreshes): their state is saved at the start of every training step
+// and restored on a skip.
+static void codebook_save(Codebook* cb, const Dims& d) {
+    if (!cb->codebook) return;
+    const size_t KD = (size_t)d.K * d.D;
+    copy_on_device(cb->saved_codebook, cb->codebook, KD * sizeof(floatS));
+    copy_on_device(cb->saved_count, cb->ema_count, d.K * sizeof(floatS));
+    copy_on_device(cb->saved_sum, cb->ema_sum, KD * sizeof(floatS));
+    cb->saved_calls = cb->calls;
+    cb->saved_refreshes = cb->refreshes;
+}
+static void codebook_restore(Codebook* cb, const Dims& d) {
+    if (!cb->codebook) return;
+    const size_t KD = (size_t)d.K * d.D;
+    copy_on_device(cb->codebook, cb->saved_codebook, KD * sizeof(floatS));
+    copy_on_device(cb->ema_count, cb->saved_count, d.K * sizeof(floatS));
+    copy_on_device(cb->ema_sum, cb->saved_sum, KD * sizeof(floatS));
+    cb->calls = cb->saved_calls;
+    cb->refreshes = cb->saved_refreshes;
 }
 
 static void model_build(Model* m, const Config& c) {
     m->c = c;
     m->d = make_dims(c);
     const Dims& d = m->d;
+    m->cb = Codebook();                 // every field, also of a codebook this configuration does not allocate,
+    m->tcb = Codebook();                // is written to checkpoints
+    m->refreshed = m->saved_refreshed = 0;
+    m->usage.assign(d.K, 0.0);
+    m->step_usage.assign(d.K, 0.0);
     params_alloc(&m->p, model_table(d, c), true, c.target_ema_decay);
     const ParamTable& table = m->p.table;
     TensorList<floatX> w = tensor_bind(table, param_bases(table, m->p.params, BUF_PARAMS));
@@ -602,6 +637,8 @@ static void model_build(Model* m, const Config& c) {
     device_memset(m->queue, 0, std::max(1, c.queue_size) * (size_t)d.P * sizeof(floatS));
     m->queue_ptr = m->queue_fill = 0;
     m->pending = (floatX*)device_malloc((size_t)c.grad_accum_steps * d.Bg * d.P * sizeof(floatX), "queue staging");
+    m->pending_c = (floatX*)device_malloc((size_t)c.grad_accum_steps * d.B * d.P * sizeof(floatX), "diagnostics staging");
+    m->pending_t = (floatX*)device_malloc((size_t)c.grad_accum_steps * d.B * d.P * sizeof(floatX), "diagnostics staging");
     // online grids per micro-batch: the context (B L) and, per invariance, its perturbed copy (B L) and the
     // perturbed target (B); the unperturbed target too when there is no target branch
     m->n_agg = (1 + d.n_inv) * d.B;
@@ -1557,8 +1594,6 @@ int main(int argc, char** argv) {
     log_printf(&log, "memory: %.2f GiB allocated on the device\n", device_bytes_allocated() / 1073741824.0);
 
     const Stream st = Stream();
-    m->usage.assign(d.K, 0.0);
-    m->refreshed = 0;
     RunTiming timing = timing_begin(ts.step + 1);          // steps counted from 1 in the timing and progress
     bool stop = false;
     for (int step = ts.step; step < total_steps && !stop; step++) {
@@ -1568,6 +1603,10 @@ int main(int argc, char** argv) {
         double terms[LOSS_COUNT] = {0};
         bool finite = true;
         double flops = 0, data_seconds = 0;             // data_seconds: the host's sample building (objects, perturbations)
+        codebook_save(&m->cb, d);
+        codebook_save(&m->tcb, d);
+        m->saved_refreshed = m->refreshed;
+        std::fill(m->step_usage.begin(), m->step_usage.end(), 0.0);
         for (int j = 0; j < cfg.grad_accum_steps; j++) {
             flops += micro_batch_flops(m);
             std::vector<JepaExample> ex(d.Bg);
@@ -1591,23 +1630,31 @@ int main(int argc, char** argv) {
             }
             copy_on_device(m->pending + (size_t)j * d.Bg * d.P, m->t_all, (size_t)d.Bg * d.P * sizeof(floatX));
             if (cfg.diag_every > 0) {
-                ring_push(m, m->head_c.proj, m->head_t.proj, d.B, st);
+                const size_t rows = (size_t)j * d.B * d.P, bytes = (size_t)d.B * d.P * sizeof(floatX);
+                copy_on_device(m->pending_c + rows, m->head_c.proj, bytes);
+                copy_on_device(m->pending_t + rows, m->head_t.proj, bytes);
                 if (d.vq) {
                     std::vector<floatS> counts(d.K);
                     if (d.gumbel) vq_code_stats(m->cb.counts, m->cb.sums, m->enc.idx, encoder_top(m, &m->enc), m->enc.mask,
                                                 m->G_online * d.N, d.K, d.D, st);
                     copy_to_host(counts.data(), m->cb.counts, d.K * sizeof(floatS));
-                    for (int k = 0; k < d.K; k++) m->usage[k] += counts[k];
+                    for (int k = 0; k < d.K; k++) m->step_usage[k] += counts[k];
                 }
             }
         }
         double norm = 0;
         float lr = 0;
-        if (!finite) {   // the reference skips the step, zeroes the gradients and drops the staged queue entries
+        if (!finite) {   // the reference skips the step, zeroes the gradients and drops the staged queue entries;
+                         // the codebooks go back to where the step started
             log_printf(&log, "step %d skipped: non-finite loss (%s)\n", step + 1, terms_string(terms).c_str());
+            codebook_restore(&m->cb, d);
+            codebook_restore(&m->tcb, d);
+            m->refreshed = m->saved_refreshed;
         } else {
             norm = model_update(m, step, total_steps, &lr, st);
             queue_push(m, cfg.grad_accum_steps * d.Bg, st);
+            if (cfg.diag_every > 0) ring_push(m, m->pending_c, m->pending_t, cfg.grad_accum_steps * d.B, st);
+            for (int k = 0; k < d.K; k++) m->usage[k] += m->step_usage[k];
         }
         params_zero_grads(&m->p);
         device_synchronize();

@@ -10,8 +10,9 @@
 //                      with diff = x - e rounded to float and acc = fma(diff, diff, acc) in float: never
 //                      negative, and the float CPU reference and the GPU compute bitwise the same numbers, so the
 //                      CPU and GPU backends pick the same code (exact ties, e.g. duplicated codes after a refresh,
-//                      go to the smallest k on both). NaN distances are never selected; idx = 0 if none is finite.
-//   vq_quantize        out[r] = e_{idx[r]} where valid (or valid == null), else out[r] = x[r]              (=)
+//                      go to the smallest k on both). NaN distances are never selected; a row with no finite
+//                      distance (a non-finite x) gets idx = -1: it is not quantised and counts for no code.
+//   vq_quantize        out[r] = e_{idx[r]} where valid (or valid == null) and idx[r] >= 0, else out[r] = x[r]  (=)
 //                      The straight-through value q = x + sg(e - x); its backward (identity) is the trainer's.
 //   vq_code_stats      counts[k] = #{r valid : idx[r] = k},  sums[k, :] = sum of those x_r, r ascending    (=)
 //                      (rows with idx outside [0, K) are ignored)
@@ -85,7 +86,7 @@ void vq_nearest_ref(int* idx, TS* dist, const TX* x, const TS* codebook, int R, 
             const A acc = vq_distance_ref<A>(xr, codebook + (size_t)k * D, D);
             if (acc < best) { best = acc; bk = k; }
         }
-        idx[r] = bk < 0 ? 0 : bk;
+        idx[r] = bk;
         if (dist) dist[r] = (TS)best;
     }
 }
@@ -94,7 +95,7 @@ template <typename TX, typename TS>
 void vq_quantize_ref(TX* out, const int* idx, const TS* codebook, const TX* x, const uint8_t* valid, int R, int D) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
-        const bool on = !valid || valid[r];
+        const bool on = (!valid || valid[r]) && idx[r] >= 0;
         for (int d = 0; d < D; d++)
             out[(size_t)r * D + d] = on ? (TX)codebook[(size_t)idx[r] * D + d] : x[(size_t)r * D + d];
     }
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(VQ_TILE_THREADS) vq_nearest_kernel(int* idx, f
             const int k = cand_k[row][t];
             if (k >= 0 && (best_k < 0 || d < best || (d == best && k < best_k))) { best = d; best_k = k; }
         }
-        idx[m0 + row] = best_k < 0 ? 0 : best_k;
+        idx[m0 + row] = best_k;
         if (dist) dist[m0 + row] = best;
     }
 }
@@ -351,7 +352,7 @@ __global__ void vq_quantize_kernel(floatX* out, const int* idx, const floatS* E,
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)R * D) return;
     const int r = (int)(i / D), d = (int)(i % D);
-    out[i] = (!valid || valid[r]) ? from_float<floatX>(E[(size_t)idx[r] * D + d]) : x[i];
+    out[i] = (!valid || valid[r]) && idx[r] >= 0 ? from_float<floatX>(E[(size_t)idx[r] * D + d]) : x[i];
 }
 
 inline void vq_quantize(floatX* out, const int* idx, const floatS* codebook, const floatX* x, const uint8_t* valid, int R,

@@ -163,8 +163,16 @@ def test_exports(tmp):
 
 
 def test_skip_and_stop(tmp):
+    # lr=1e30: the first step is finite and blows the weights up; every later step is non-finite and skipped
     so = train(f"{tmp}/nan", "lr=1e30", "warmup_steps=1", "max_norm=0")
     check("skipped: non-finite loss" in so, "a non-finite loss skips the step and says so", so[-400:])
+    train(f"{tmp}/nan_one", "lr=1e30", "warmup_steps=1", "max_norm=0", "max_steps=1")
+    a, b = read_sections(f"{tmp}/nan_one/latest.bin"), read_sections(f"{tmp}/nan/latest.bin")
+    differ = sorted(k for k in a if k != "state" and a[k] != b.get(k))
+    counters = lambda st: struct.unpack("<12q", st)[4:10]          # queue pointer and fill, codebook counters
+    check(a.keys() == b.keys() and not differ and counters(a["state"]) == counters(b["state"]),
+          "skipped steps leave weights, optimizer, target branch, codebooks, queue and counters as they were",
+          f"sections that changed: {differ}; counters {counters(a['state'])} -> {counters(b['state'])}")
     so = train(f"{tmp}/stop", "epochs=20", "early_stop_patience=1", "early_stop_min_delta=1e9")
     check("early stop at epoch 2" in so, "early stopping after early_stop_patience validations without improvement", so[-300:])
 

@@ -124,7 +124,28 @@ static void gradcheck(const Config& c, const char* label, bool only_after_vq) {
           checked, worst, worst_name.c_str(), L);
 }
 
+// Checkpoints write every codebook counter, also of codebooks a configuration does not allocate (no VQ, or the
+// Gumbel VQ's target): model_build must set them, whatever the memory held before.
+static void test_state_initialised() {
+    for (const char* mode : {"off", "gumbel"}) {
+        Config c = tiny_config();
+        c.vq_enabled = std::string(mode) != "off";
+        c.vq_mode = c.vq_enabled ? mode : "hard";
+        void* raw = malloc(sizeof(Model));
+        memset(raw, 0xA5, sizeof(Model));
+        Model* m = new (raw) Model;                   // default-initialised: plain fields keep the 0xA5 bytes
+        model_build(m, c);
+        const bool ok = m->cb.calls == 0 && m->cb.refreshes == 0 && m->tcb.calls == 0 && m->tcb.refreshes == 0 &&
+                        m->queue_ptr == 0 && m->queue_fill == 0 && m->refreshed == 0;
+        check(ok, fmt("model_build sets every counter a checkpoint stores (vq %s)", mode).c_str(),
+              "cb %ld %ld, tcb %ld %ld", m->cb.calls, m->cb.refreshes, m->tcb.calls, m->tcb.refreshes);
+        m->~Model();
+        free(raw);
+    }
+}
+
 int main() {
+    test_state_initialised();
     {
         Config c = tiny_config();
         c.context_agg = "gru";

@@ -88,6 +88,32 @@ static void test_nearest_random(int R, int K, int D) {
           "idx equal %d, max dist rel err %.3g", (int)(idx == bidx), derr);
 }
 
+// A row with a non-finite embedding (a step that will be skipped) has no finite distance: it gets idx = -1, is not
+// quantised (passes through) and counts for no code; the other rows are unaffected.
+static void test_nearest_non_finite() {
+    const int R = 4, K = 5, D = 3;
+    vecd x = rand_vec((size_t)R * D, -1, 1);
+    const vecd E = rand_vec((size_t)K * D, -1, 1);
+    x[1 * D + 2] = NAN;
+    x[3 * D + 0] = INFINITY;
+    veci idx(R, 7), bidx;
+    vecd dist(R), bdist;
+    vq_nearest_ref(idx.data(), dist.data(), x.data(), E.data(), R, K, D);
+    brute_nearest(bidx, bdist, x, E, R, K, D);
+    check(idx[1] == -1 && idx[3] == -1 && idx[0] == bidx[0] && idx[2] == bidx[2], "vq_nearest: rows without a finite distance get -1",
+          "idx = %d %d %d %d", idx[0], idx[1], idx[2], idx[3]);
+    vecd out((size_t)R * D), counts(K), sums((size_t)K * D);
+    vq_quantize_ref(out.data(), idx.data(), E.data(), x.data(), (const uint8_t*)nullptr, R, D);
+    vq_code_stats_ref(counts.data(), sums.data(), idx.data(), x.data(), (const uint8_t*)nullptr, R, K, D);
+    double total = 0;
+    bool finite = true;
+    for (int k = 0; k < K; k++) total += counts[k];
+    for (double v : sums) finite = finite && std::isfinite(v);
+    check(std::isnan(out[1 * D + 2]) && out[0] == E[(size_t)idx[0] * D] && total == 2 && finite,
+          "vq_quantize passes unquantised rows through, vq_code_stats counts only the finite rows",
+          "counts total %g, sums finite %d", total, (int)finite);
+}
+
 static void test_nearest_ties() {
     const int K = 12, D = 5;
     vecd E = rand_vec((size_t)K * D, -1, 1);
@@ -644,6 +670,7 @@ int main() {
     test_nearest_random(33, 8, 1);
     test_nearest_random(5, 1, 4);
     test_nearest_ties();
+    test_nearest_non_finite();
     test_quantize_and_stats();
     test_ema_by_hand();
     test_refresh();
