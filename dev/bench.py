@@ -135,6 +135,7 @@ def judge(stage, output, status, seconds):
         why = first_line(output, "FAIL ") or first_line(output, "SKIP ") or last_words(output)
         if status not in (0, None) and failed == 0:
             why = f"exit status {status}: {why}"
+        tally["failed"] = max(failed, 1)            # a crash, a timeout or no PASS at all counts as one failure
         return Outcome("FAIL", timed_out + why[:240], **tally)
     try:
         data = stage.parse(output) if status == 0 else None
@@ -161,7 +162,7 @@ def run_stage(stage, deadline=None):
         note = f"{', '.join(missing)} missing (not built, or an earlier stage failed)"
         return Outcome("FAIL", note, failed=1), note + "\n"
     timeout = stage.timeout if deadline is None else min(stage.timeout, deadline - time.time())
-    if timeout < MIN_STAGE_SECONDS:
+    if deadline is not None and timeout < min(stage.timeout, MIN_STAGE_SECONDS):
         return Outcome("NOT RUN", "the time budget was spent"), "not run: the time budget was spent\n"
     output, status, seconds = execute(stage.cmd, timeout, dict(os.environ, **stage.env))
     end = f"[exit status {status}, {seconds:.1f} s]" if status is not None else f"[timed out after {timeout:.0f} s]"
@@ -178,7 +179,7 @@ def run_stages(stages, log, deadline=None, parallel=1):
         with lock:
             log.write(f"\n===== {stage.name}: {outcome.status} {outcome.note}\n$ {' '.join(stage.cmd)}\n{text}")
             log.flush()
-            print(f"{outcome.status:8} {stage.name} ({outcome.seconds:.0f} s){': ' + outcome.note if outcome.note else ''}",
+            print(f"[{outcome.status}] {stage.name} ({outcome.seconds:.0f} s){': ' + outcome.note if outcome.note else ''}",
                   flush=True)
         return outcome
 
@@ -342,7 +343,7 @@ def attention_table(results):
         torch_ms = [float(r["ms"]) for r in results if r["op"] == f"attention_forward_backward{suffix}"]
         total = f"{sum(ours):.3f}" if None not in ours else "not measured"
         theirs = f"{torch_ms[0]:.3f}" if torch_ms else "not measured"
-        ratio = f"{torch_ms[0] / sum(ours):.2f}x" if None not in ours and torch_ms else ""
+        ratio = f"{torch_ms[0] / sum(ours):.2f}x" if None not in ours and torch_ms else "n/a"
         md.append(f"| {label} | {total} | {theirs} | {ratio} |")
     return md + [""]
 
