@@ -12,6 +12,8 @@ import tempfile
 import time
 
 import harness
+import test_jepa
+import test_train
 from harness import check, finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,12 +162,32 @@ def test_command():
         assert "compiling" in log and "[exit status 2," in log, log
 
 
+def test_trainer_lines():
+    """trainer_timing on the trainers' own output (the CPU backend's: the GPU's adds mfu=)."""
+    test_train.ensure_synthetic_data()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"train_etrm_cpu": [f"data_paths={test_train.SYNTH}/train.bin"] + test_train.TINY +
+                ["encoder_type=standard", "max_steps=2", "eval_interval=0", f"checkpoint_path={tmp}/etrm"],
+                "train_jepa_cpu": test_jepa.TINY + ["max_steps=2", f"checkpoint_path={tmp}/jepa"]}
+        for binary, args in runs.items():
+            if not os.path.exists(os.path.join(ROOT, binary)):
+                raise harness.Skip(f"{binary} is not built")
+            p = subprocess.run([os.path.join(ROOT, binary)] + args, capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+            assert p.returncode == 0, f"{binary}: {p.stderr[-300:]}"
+            row = bench.trainer_timing(p.stdout)
+            assert row and {"ms_per_step", "steps_per_s", "samples_per_s", "tflops", "precision", "params"} <= set(row), \
+                f"{binary}: {row}"
+            assert binary != "train_etrm_cpu" or {"micro_batch", "memory_gib"} <= set(row), row
+
+
 def main():
     for name, fn in [("gpu-check: where the shared bench and ARC data are found", test_find_shared),
                      ("gpu-check: stage outcomes (missing, failing, crashing, skipped, measuring)", test_stage_outcomes),
                      ("gpu-check: a timed-out stage is killed with its children", test_timeout_kills_children),
                      ("gpu-check: stages past the budget are NOT RUN", test_budget),
                      ("gpu-check: the report from fabricated outcomes", test_report),
+                     ("gpu-check: the timing lines of the trainers (CPU backend) are read", test_trainer_lines),
                      ("gpu-check: the command with a failing build writes its report and exits 1", test_command)]:
         check(name, fn)
     finish()
