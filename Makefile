@@ -190,7 +190,7 @@ gpu-check:
 # checkout, shared/ included, but not ../shared.
 shared-copy:
 	@test -d ../shared/bench -a -d ../shared/data/arc-agi-1 || { echo "make shared-copy: ../shared/bench or ../shared/data/arc-agi-1 is missing"; exit 1; }
-	mkdir -p shared/data && cp -r ../shared/bench shared/ && cp -r ../shared/data/arc-agi-1 shared/data/
+	mkdir -p shared/data && cp -r --no-preserve=mode ../shared/bench shared/ && cp -r --no-preserve=mode ../shared/data/arc-agi-1 shared/data/
 
 clean:
 	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32
