@@ -148,7 +148,8 @@ def main():
         verdict = write_report(path, outcomes, header, args.budget, seconds)
         log.write(f"\n{verdict} in {seconds:.0f} s\n")
     copied = ""
-    if os.environ.get("OUT"):
+    if os.environ.get("OUT") and os.path.realpath(os.environ["OUT"]) != os.path.realpath(args.out):
+        os.makedirs(os.environ["OUT"], exist_ok=True)
         for suffix in (".md", ".log"):
             shutil.copy(path + suffix, os.environ["OUT"])
         copied = f" (and copied them to {os.environ['OUT']})"
