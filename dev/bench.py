@@ -478,7 +478,7 @@ def main():
         outcomes = run_stages(measurement_stages(args.steps, args.arc_data, args.torch_bench, labs,
                                                  train=not args.skip_train, jepa=not args.skip_jepa), log)
     md = [f"# arc.cu benchmark: {device}", "", f"Date {date}, commit `{commit}`, `make bench` (dev/bench.py); raw log: "
-          f"`{os.path.basename(path)}.log`.", ""] + stages_table(outcomes) + report_tables(outcomes)
+          f"`{os.path.basename(path)}.log`.", "", "## Runs", ""] + stages_table(outcomes) + report_tables(outcomes)
     with open(path + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -19,7 +19,8 @@ The stages, each with its own timeout (seconds, cut to what is left of --budget)
   one at a time   MFU)                                                                                    90, 150
                   the JEPA step at train_jepa's defaults, --steps steps                                        60
                   build/lab_attention_* (validated, then timed) and dev/cuda/attention_sdpa.py (torch SDPA)   60 each
-                  bench_trm.py (TRM, ETRM) and dev/jepa_torch.py (eager), the same configurations in PyTorch  90 each
+                  bench_trm.py (TRM, ETRM) and dev/jepa_torch.py (eager), the same configurations in
+                  PyTorch, 5 timed steps each                                                          90, 120, 90
 The tests run together (the GPU is idle most of their time; each gets OMP_NUM_THREADS = cores / 4); the
 measurements run alone. `make bench` (dev/bench.py) has the longer measurement: every lab, 30 steps, torch.compile.
 
@@ -46,7 +47,7 @@ from bench import ROOT, Stage  # noqa: E402
 
 # Seconds per stage (each also cut to what is left of the budget).
 TIMEOUTS = {"build": 300, "kernels": 120, "test_gpu": 240, "convert": 60, "TRM": 90, "ETRM": 150, "JEPA": 60,
-            "lab": 60, "sdpa": 60, "torch TRM": 90, "torch ETRM": 90, "torch JEPA": 90}
+            "lab": 60, "sdpa": 60, "torch TRM": 90, "torch ETRM": 120, "torch JEPA": 90}
 # Timed steps of the PyTorch runs (after their warm-up: 3 for bench_trm.py, 5 for dev/jepa_torch.py).
 TORCH_STEPS = 5
 # The measurements in the order they run: arc.cu's own first, the PyTorch comparisons last.
