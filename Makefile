@@ -186,8 +186,8 @@ GPU_CHECK_BUILD = $(MAKE) -j$(shell nproc) -k GPU_COMPUTE_CAPABILITY='$(GPU_CHEC
 gpu-check:
 	$(PYTHON) dev/gpu_check.py --build "$(GPU_CHECK_BUILD)" $(GPU_CHECK_ARGS)
 
-# What gpu-check and bench read from ../shared, copied into shared/ (ignored by git): the device machine gets the
-# checkout, shared/ included, but not ../shared.
+# What gpu-check and bench read from ../shared, copied into shared/ (ignored by git), where they look next: for a GPU
+# machine that gets the checkout but not ../shared.
 shared-copy:
 	@test -d ../shared/bench -a -d ../shared/data/arc-agi-1 || { echo "make shared-copy: ../shared/bench or ../shared/data/arc-agi-1 is missing"; exit 1; }
 	mkdir -p shared/data && cp -r --no-preserve=mode ../shared/bench shared/ && cp -r --no-preserve=mode ../shared/data/arc-agi-1 shared/data/
