@@ -6,7 +6,7 @@ both there too. It never stops at a failure: every stage runs (or is reported NO
 spent), and the exit status is 1 when any stage failed or did not run.
 
     python3 dev/gpu_check.py [--build CMD] [--budget 480] [--quick] [--steps 10] [--skip-tests] [--skip-measure]
-                             [--arc-data DIR] [--torch-bench PATH] [--out dev/results]
+                             [--arc-data DIR] [--torch-bench PATH] [--out dev/results] [--commit HASH]
 
 The stages, each with its own timeout (seconds, cut to what is left of --budget):
   build           --build CMD: `make gpu-check` passes `make -j<nproc> -k` of the targets it needs, for the GPU's
@@ -114,11 +114,13 @@ def main():
     ap.add_argument("--torch-bench", default=bench.find_shared(bench.TORCH_BENCH), help="bench_trm.py (default: "
                     "the shared folder's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "dev", "results"))
+    ap.add_argument("--commit", help="the commit to name in the report when the checkout has no .git (a copy)")
     args = ap.parse_args()
     start = time.time()
     deadline = start + args.budget
 
     device, arch, commit, date = bench.describe()
+    commit = args.commit or commit
     os.makedirs(args.out, exist_ok=True)
     path = bench.stem(args.out, "gpu_check", device or "no GPU", date)
     cores = os.cpu_count()
