@@ -5,7 +5,9 @@
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
 # Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
-#          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), clean.
+#          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), gpu-check (the one command of
+#          a GPU window: build, GPU tests and a short measurement in 8 minutes -> dev/results), shared-copy (../shared's
+#          bench and ARC-AGI-1 into shared/, which travels with the checkout), clean.
 
 CXX ?= g++
 CXXFLAGS ?= -O3 -march=native
@@ -73,7 +75,7 @@ LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
 GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
-.PHONY: all run run-jepa test test-gpu labs bench clean features
+.PHONY: all run run-jepa test test-gpu labs bench gpu-check shared-copy clean features
 all: features train_etrm_cpu train_jepa_cpu $(if $(NVCC_PATH),train_etrm train_jepa)
 
 features:
@@ -155,7 +157,8 @@ test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.b
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
-		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
+		"$(PYTHON) test/test_gpu_check.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
@@ -167,6 +170,27 @@ test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 # output). BENCH_ARGS passes options to dev/bench.py.
 bench: train_etrm train_jepa $(LABS)
 	$(PYTHON) dev/bench.py $(BENCH_ARGS)
+
+# The one command of a GPU window (dev/gpu_check.py; README "GPU check"): builds what it needs with make -j<cores> -k
+# for the GPU's own arch only (nvidia-smi's compute capability, 90 on an H100 / H200; GPU_COMPUTE_CAPABILITY=... on the
+# command line overrides it), then runs the kernel tests in both precisions and test/test_gpu.py together, then TRM,
+# ETRM and the JEPA step for 10 steps each, the attention labs and torch SDPA, and bench_trm.py / dev/jepa_torch.py
+# when present, in an 8-minute budget; writes dev/results/gpu_check_<device>_<date>.{md,log} (and copies them to $OUT
+# when set). GPU_CHECK_ARGS passes options to dev/gpu_check.py (--quick, --budget S, --skip-measure, ...).
+GPU_CHECK_TARGETS = train_etrm_cpu train_jepa_cpu train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels \
+	build/test_kernels_fp32 $(filter build/lab_attention%,$(LABS)) $(SYNTH)/train.bin
+GPU_CHECK_ARCH = $(if $(filter command line environment,$(origin GPU_COMPUTE_CAPABILITY)),$(GPU_COMPUTE_CAPABILITY),$(or \
+	$(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .),$(GPU_COMPUTE_CAPABILITY)))
+# (the build command through a variable: `make -n gpu-check` then prints it instead of running the check)
+GPU_CHECK_BUILD = $(MAKE) -j$(shell nproc) -k GPU_COMPUTE_CAPABILITY='$(GPU_CHECK_ARCH)' $(GPU_CHECK_TARGETS)
+gpu-check:
+	$(PYTHON) dev/gpu_check.py --build "$(GPU_CHECK_BUILD)" $(GPU_CHECK_ARGS)
+
+# What gpu-check and bench read from ../shared, copied into shared/ (ignored by git), where they look next: for a GPU
+# machine that gets the checkout but not ../shared.
+shared-copy:
+	@test -d ../shared/bench -a -d ../shared/data/arc-agi-1 || { echo "make shared-copy: ../shared/bench or ../shared/data/arc-agi-1 is missing"; exit 1; }
+	mkdir -p shared/data && cp -r --no-preserve=mode ../shared/bench shared/ && cp -r --no-preserve=mode ../shared/data/arc-agi-1 shared/data/
 
 clean:
 	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32

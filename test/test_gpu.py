@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """End-to-end tests of the CUDA trainers against the CPU backend (standard library only).
 
-    python3 test/test_gpu.py       (from the repository root, after `make train_etrm_cpu train_etrm train_etrm_fp32
-                                    train_jepa_cpu train_jepa train_jepa_fp32`)
+    python3 test/test_gpu.py [etrm|jepa] [--quick]    (from the repository root, after `make train_etrm_cpu train_etrm
+                                                      train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32`)
+
+etrm or jepa runs one trainer's checks (dev/gpu_check.py runs the two at once); --quick compares TRM and the
+standard encoder only, and the first JEPA configuration only (the determinism and resume checks stay whole).
 
 Checks, on the synthetic data, for train_etrm.cu:
   - GPU FP32 build == CPU backend from the same initial weights and batches: the first step's debug state
@@ -23,6 +26,7 @@ The determinism, resume and micro-batch checks are test/test_train.py's and test
 binaries. Without a GPU every check is reported as SKIP (not passed); with ARC_REQUIRE_GPU=1 (make test-gpu) a
 missing GPU is a failure.
 """
+import argparse
 import json
 import math
 import os
@@ -172,8 +176,8 @@ def logged_difference(a, b):
                default=(0.0, ""))
 
 
-def test_gpu_matches_cpu(tmp):
-    for enc in ENCODERS:
+def test_gpu_matches_cpu(tmp, encoders=ENCODERS):
+    for enc in encoders:
         common = [f"encoder_type={enc}", "kl_weight=0.1"]
         cpu_path, gpu_path = f"{tmp}/cpu_{enc}.safetensors", f"{tmp}/gpu_{enc}.safetensors"
         train(CPU_BIN, ETRM_TINY, f"{tmp}/cpu_debug_{enc}", *common, "max_steps=1", f"debug_state={cpu_path}")
@@ -199,8 +203,8 @@ def test_gpu_matches_cpu(tmp):
               f"relative difference {diff:.3g}")
 
 
-def test_jepa_gpu_matches_cpu(tmp):
-    for i, (name, extra) in enumerate(JEPA_CONFIGS):
+def test_jepa_gpu_matches_cpu(tmp, configs=JEPA_CONFIGS):
+    for i, (name, extra) in enumerate(configs):
         cpu_out, gpu_out = f"{tmp}/jepa_cpu_{i}", f"{tmp}/jepa_gpu_{i}"
         cpu = logged_numbers(train(JEPA_CPU_BIN, test_jepa.TINY, cpu_out, *extra))
         gpu = logged_numbers(train(JEPA_GPU_FP32_BIN, test_jepa.TINY, gpu_out, *extra))
@@ -246,17 +250,23 @@ def gpu_available():
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("trainer", nargs="?", choices=("etrm", "jepa"), help="one trainer's checks (default: both)")
+    ap.add_argument("--quick", action="store_true", help="TRM and the standard encoder, the first JEPA configuration")
+    args = ap.parse_args()
+    encoders, configs = (ENCODERS[:2], JEPA_CONFIGS[:1]) if args.quick else (ENCODERS, JEPA_CONFIGS)
     test_train.ensure_synthetic_data()
     # head size 16 (D=32, 2 heads): the BF16 build then takes the tensor-core attention path
     etrm_tiny = ["hidden_size=32" if a.startswith("hidden_size=") else a for a in test_train.TINY]
-    harness.run_groups([("GPU FP32 == CPU backend", test_gpu_matches_cpu),
-                        ("GPU determinism", on_gpu(test_train, GPU_BIN, test_train.test_determinism, "gpu", etrm_tiny)),
-                        ("GPU resume", on_gpu(test_train, GPU_BIN, test_train.test_resume, "gpu", etrm_tiny)),
-                        ("GPU micro-batches", on_gpu(test_train, GPU_FP32_BIN, test_train.test_micro_batches, "gpu", etrm_tiny)),
-                        ("JEPA GPU FP32 == CPU backend", test_jepa_gpu_matches_cpu),
-                        ("JEPA GPU determinism", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_determinism, "gpu jepa")),
-                        ("JEPA GPU resume", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_resume, "gpu jepa"))],
-                       "arc_test_gpu_", gpu_available())
+    etrm = [("GPU FP32 == CPU backend", lambda tmp: test_gpu_matches_cpu(tmp, encoders)),
+            ("GPU determinism", on_gpu(test_train, GPU_BIN, test_train.test_determinism, "gpu", etrm_tiny)),
+            ("GPU resume", on_gpu(test_train, GPU_BIN, test_train.test_resume, "gpu", etrm_tiny)),
+            ("GPU micro-batches", on_gpu(test_train, GPU_FP32_BIN, test_train.test_micro_batches, "gpu", etrm_tiny))]
+    jepa = [("JEPA GPU FP32 == CPU backend", lambda tmp: test_jepa_gpu_matches_cpu(tmp, configs)),
+            ("JEPA GPU determinism", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_determinism, "gpu jepa")),
+            ("JEPA GPU resume", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_resume, "gpu jepa"))]
+    groups = {"etrm": etrm, "jepa": jepa}.get(args.trainer, etrm + jepa)
+    harness.run_groups(groups, "arc_test_gpu_", gpu_available())
     finish()
 
 
