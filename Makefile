@@ -158,7 +158,7 @@ test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.b
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
-		"$(PYTHON) test/test_gpu_check.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }

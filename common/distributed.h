@@ -97,6 +97,10 @@ inline std::string dist_init_device() {
 }
 
 template <typename T> inline void dist_sum(T* buf, size_t n, Stream st) {
+#if defined(__CUDACC__)
+    static_assert(std::is_same<T, float>::value || std::is_same<T, __nv_bfloat16>::value,
+                  "dist_sum on the GPU sums float or bf16 buffers (NCCL's ncclFloat / ncclBfloat16)");
+#endif
     if (dist().world == 1 || n == 0) return;
 #if defined(__CUDACC__)
 #if defined(USE_NCCL)
