@@ -591,23 +591,16 @@ static void codebook_alloc(Codebook* cb, const Dims& d) {
 // A skipped step (non-finite loss) must leave every state as it was, but the forward passes of its micro-batches
 // already moved the codebooks (EMA steps, refreshes): their state is saved at the start of every training step
 // and restored on a skip.
-static void codebook_save(Codebook* cb, const Dims& d) {
+typedef enum { CODEBOOK_SAVE, CODEBOOK_RESTORE } CodebookKeep;
+static void codebook_keep(Codebook* cb, const Dims& d, CodebookKeep what) {
     if (!cb->codebook) return;
-    const size_t KD = (size_t)d.K * d.D;
-    copy_on_device(cb->saved_codebook, cb->codebook, KD * sizeof(floatS));
-    copy_on_device(cb->saved_count, cb->ema_count, d.K * sizeof(floatS));
-    copy_on_device(cb->saved_sum, cb->ema_sum, KD * sizeof(floatS));
-    cb->saved_calls = cb->calls;
-    cb->saved_refreshes = cb->refreshes;
-}
-static void codebook_restore(Codebook* cb, const Dims& d) {
-    if (!cb->codebook) return;
-    const size_t KD = (size_t)d.K * d.D;
-    copy_on_device(cb->codebook, cb->saved_codebook, KD * sizeof(floatS));
-    copy_on_device(cb->ema_count, cb->saved_count, d.K * sizeof(floatS));
-    copy_on_device(cb->ema_sum, cb->saved_sum, KD * sizeof(floatS));
-    cb->calls = cb->saved_calls;
-    cb->refreshes = cb->saved_refreshes;
+    const size_t n[3] = {(size_t)d.K * d.D, (size_t)d.K, (size_t)d.K * d.D};
+    floatS* live[3] = {cb->codebook, cb->ema_count, cb->ema_sum};
+    floatS* saved[3] = {cb->saved_codebook, cb->saved_count, cb->saved_sum};
+    const bool save = what == CODEBOOK_SAVE;
+    for (int i = 0; i < 3; i++) copy_on_device(save ? saved[i] : live[i], save ? live[i] : saved[i], n[i] * sizeof(floatS));
+    if (save) { cb->saved_calls = cb->calls; cb->saved_refreshes = cb->refreshes; }
+    else { cb->calls = cb->saved_calls; cb->refreshes = cb->saved_refreshes; }
 }
 
 static void model_build(Model* m, const Config& c) {
@@ -1603,8 +1596,8 @@ int main(int argc, char** argv) {
         double terms[LOSS_COUNT] = {0};
         bool finite = true;
         double flops = 0, data_seconds = 0;             // data_seconds: the host's sample building (objects, perturbations)
-        codebook_save(&m->cb, d);
-        codebook_save(&m->tcb, d);
+        codebook_keep(&m->cb, d, CODEBOOK_SAVE);
+        codebook_keep(&m->tcb, d, CODEBOOK_SAVE);
         m->saved_refreshed = m->refreshed;
         std::fill(m->step_usage.begin(), m->step_usage.end(), 0.0);
         for (int j = 0; j < cfg.grad_accum_steps; j++) {
@@ -1647,8 +1640,8 @@ int main(int argc, char** argv) {
         if (!finite) {   // the reference skips the step, zeroes the gradients and drops the staged queue entries;
                          // the codebooks go back to where the step started
             log_printf(&log, "step %d skipped: non-finite loss (%s)\n", step + 1, terms_string(terms).c_str());
-            codebook_restore(&m->cb, d);
-            codebook_restore(&m->tcb, d);
+            codebook_keep(&m->cb, d, CODEBOOK_RESTORE);
+            codebook_keep(&m->tcb, d, CODEBOOK_RESTORE);
             m->refreshed = m->saved_refreshed;
         } else {
             norm = model_update(m, step, total_steps, &lr, st);
