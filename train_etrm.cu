@@ -222,8 +222,14 @@ typedef enum { ENC_NONE, ENC_STANDARD, ENC_HYBRID_STANDARD, ENC_HYBRID_VARIATION
 
 #define VOCAB 12          // 0 PAD, 1 EOS, 2..11 colours 0..9
 
+// Output width of a head of n outputs as the trainer lays it out: n rounded up to 8, a multiple of 16 bytes in
+// bf16 (and fp32), so cuBLASLt always has a tensor-core algorithm for its leading dimensions. The extra weight
+// rows are zero and get zero gradient: the extra outputs are 0 and nothing reads them.
+static int head_width(int n) { return CEIL_DIV(n, 8) * 8; }
+
 typedef struct {
     int D, NH, HD, I, V, P, S, T, canvas;
+    int V_pad, Q_pad;     // output widths of the lm head and the q head (head_width): rows of logits and q
     EncoderKind enc;
     bool lpn_grid;        // LPN grid encoder (CLS token, pre-norm); else the standard grid encoder
     bool set_encoder;     // standard, hybrid_*: cross-attention over the demo encodings
@@ -238,6 +244,8 @@ typedef struct {
 static Dims make_dims(const Config& c, int canvas) {
     Dims d;
     d.D = c.hidden_size; d.NH = c.num_heads; d.HD = d.D / d.NH; d.V = VOCAB; d.canvas = canvas;
+    d.V_pad = head_width(d.V);
+    d.Q_pad = head_width(2);
     d.I = (int)lround(c.expansion * d.D * 2.0 / 3.0);
     d.I = CEIL_DIV(d.I, 256) * 256;
     const std::string& t = c.encoder_type;
@@ -315,8 +323,8 @@ template <typename T> struct ModelTensors {
     // decoder ("inner."): token embedding, the recursive net f, the output and halting heads
     T *embed_tokens;                             // (V, D)
     std::vector<BlockTensors<T>> L_level;        // L_layers blocks (common/transformer.h)
-    T *lm_head;                                  // (V, D)
-    T *q_head_w, *q_head_b;                      // (2, D), (2)
+    T *lm_head;                                  // (V, D), zero rows up to V_pad in the layout
+    T *q_head_w, *q_head_b;                      // (2, D), (2), zero rows up to Q_pad in the layout
     // encoder ("encoder."): grid encoder over each demo pair, then aggregation over the demos
     T *enc_input_embed, *enc_output_embed;       // (V, D)
     T *cls_token;                                // (D) LPN grid encoder
@@ -345,9 +353,11 @@ void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Dims& d, const
     t->L_level.resize(c.L_layers);
     for (int l = 0; l < c.L_layers; l++)
         block_tensors(list, &t->L_level[l], d.block, false, "inner.L_level.layers." + std::to_string(l) + ".", "self_attn.", lecun);
-    linear(&t->lm_head, "inner.lm_head", d.V, d.D);
-    list.add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, init_zero());       // starts at "never halt":
-    list.add(&t->q_head_b, "inner.q_head.bias", {2}, init_const(-5.0f));        // sigmoid(-5) = 0.007
+    // the heads reserve zero rows up to their padded output widths (head_width)
+    list.add(&t->lm_head, "inner.lm_head.weight", {d.V, d.D}, lecun(d.D), (size_t)d.V_pad * d.D);
+    // the q head starts at "never halt": weight 0, bias -5 (sigmoid(-5) = 0.007)
+    list.add(&t->q_head_w, "inner.q_head.weight", {2, d.D}, init_zero(), (size_t)d.Q_pad * d.D);
+    list.add(&t->q_head_b, "inner.q_head.bias", {2}, init_const(-5.0f), d.Q_pad);
 
     list.group(GROUP_ENCODER);
     t->grid_layers.resize(d.enc == ENC_NONE ? 0 : c.encoder_num_layers);
@@ -447,9 +457,9 @@ typedef struct {
     floatX* x;                                   // (B, T, D) input embedding
     StackActs scratch;                           // applications of f without gradient (overwritten each time)
     std::vector<StackActs> calls;                // the L_cycles + 1 applications with gradient
-    floatX* logits;                              // (B, T, V)
+    floatX* logits;                              // (B, T, V_pad)
     int* q_index;                                // (B) b * T: position 0 of every sample
-    floatX *q_in, *q;                            // (B, D), (B, 2) = (q_halt, q_continue)
+    floatX *q_in, *q;                            // (B, D), (B, Q_pad): q_halt, q_continue, then zeros
     // loss
     floatS *lm_loss, *q_loss, *dloss_lm, *dloss_q;   // (B)
     int *n_valid, *n_correct, *preds;                // (B), (B), (B, S)
@@ -460,7 +470,7 @@ typedef struct {
     // backward: the blocks' scratch (bs.G carries the gradient through a stack), shared by the decoder and the
     // encoder stacks (sized for the larger)
     BlockScratch bs;
-    floatX *dx, *dlogits, *dq, *dq_in, *dprefix;   // (B, T, D), (B, T, V), (B, 2), (B, D), (B, P*D)
+    floatX *dx, *dlogits, *dq, *dq_in, *dprefix;   // (B, T, D), (B, T, V_pad), (B, Q_pad), (B, D), (B, P*D)
 } Acts;
 
 typedef struct {
@@ -532,10 +542,10 @@ static void acts_layout(Arena* a, Model* m) {
     stack_layout(a, &ac->scratch, dec);
     ac->calls.resize(m->cfg.L_cycles + 1);
     for (StackActs& call : ac->calls) stack_layout(a, &call, dec);
-    ac->logits = arena_take<floatX>(a, BT * d.V);
+    ac->logits = arena_take<floatX>(a, BT * d.V_pad);
     ac->q_index = arena_take<int>(a, B);
     ac->q_in = arena_take<floatX>(a, (size_t)B * D);
-    ac->q = arena_take<floatX>(a, (size_t)B * 2);
+    ac->q = arena_take<floatX>(a, (size_t)B * d.Q_pad);
     ac->lm_loss = arena_take<floatS>(a, B); ac->q_loss = arena_take<floatS>(a, B);
     ac->dloss_lm = arena_take<floatS>(a, B); ac->dloss_q = arena_take<floatS>(a, B);
     ac->n_valid = arena_take<int>(a, B); ac->n_correct = arena_take<int>(a, B);
@@ -599,8 +609,8 @@ static void acts_layout(Arena* a, Model* m) {
     }
     scratch_layout(a, &ac->bs, d.block, rows, (size_t)B * d.P, (size_t)B * d.K);
     ac->dx = arena_take<floatX>(a, BT * D);
-    ac->dlogits = arena_take<floatX>(a, BT * d.V);
-    ac->dq = arena_take<floatX>(a, (size_t)B * 2);
+    ac->dlogits = arena_take<floatX>(a, BT * d.V_pad);
+    ac->dq = arena_take<floatX>(a, (size_t)B * d.Q_pad);
     ac->dq_in = arena_take<floatX>(a, (size_t)B * D);
     ac->dprefix = arena_take<floatX>(a, (size_t)B * d.P * D);
 }
@@ -784,7 +794,7 @@ static void input_embedding_forward(Model* m, const ModelTensors<floatX>& w, int
 //   repeat H_cycles: { repeat L_cycles: z_L = f(z_L + z_H + x) ;  z_H = f(z_H + z_L) }
 // with f the stack of L_layers post-norm blocks. With `with_grad`, the last H cycle keeps its L_cycles + 1
 // applications in acts.calls for the backward pass (the earlier cycles, and evaluation, keep nothing).
-// Then the heads: logits = lm_head(z_H) (B, T, V); q = q_head(z_H[:, 0]) (B, 2).
+// Then the heads: logits = lm_head(z_H) (B, T, V_pad); q = q_head(z_H[:, 0]) (B, Q_pad) (zero padding columns).
 static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H, floatX* z_L, int B, bool with_grad, Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
@@ -801,9 +811,9 @@ static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H
             copy_on_device(i < L ? z_L : z_H, out, n * sizeof(floatX));
         }
     }
-    matmul_forward(a->logits, z_H, w.lm_head, nullptr, B * d.T, d.D, d.V, st);
+    matmul_forward(a->logits, z_H, w.lm_head, nullptr, B * d.T, d.D, d.V_pad, st);
     gather_rows(a->q_in, z_H, a->q_index, B, d.D, st);
-    matmul_forward(a->q, a->q_in, w.q_head_w, w.q_head_b, B, d.D, 2, st);
+    matmul_forward(a->q, a->q_in, w.q_head_w, w.q_head_b, B, d.D, d.Q_pad, st);
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -819,8 +829,8 @@ static void decoder_forward(Model* m, const ModelTensors<floatX>& w, floatX* z_H
 static void loss_forward(Model* m, int B, Stream st) {
     const Dims& d = m->d;
     Acts* a = &m->acts;
-    stablemax_loss_forward(a->lm_loss, a->n_valid, a->n_correct, a->preds, a->logits, a->labels, B, d.T, d.P, d.V, st);
-    q_halt_loss_forward(a->q_loss, a->q, a->n_valid, a->n_correct, B, st);
+    stablemax_loss_forward(a->lm_loss, a->n_valid, a->n_correct, a->preds, a->logits, a->labels, B, d.T, d.P, d.V, d.V_pad, st);
+    q_halt_loss_forward(a->q_loss, a->q, a->n_valid, a->n_correct, B, d.Q_pad, st);
 }
 
 // Backward of the loss through the heads and the last H cycle of the decoder (the earlier cycles and the
@@ -834,11 +844,12 @@ static void decoder_backward(Model* m, const ModelTensors<floatX>& w, const Mode
     const StackShape s = decoder_shape(*m, B);
     const int BT = B * d.T, L = m->cfg.L_cycles;
     const size_t n = (size_t)BT * d.D;
-    stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, dloss_lm, B, d.T, d.P, d.V, st);
-    q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, dloss_q, B, st);
-    matmul_backward(a->dq_in, g.q_head_w, g.q_head_b, a->dq, a->q_in, w.q_head_w, B, d.D, 2, false, st);
+    // the padding columns of dlogits and dq are 0: the padding rows of the heads get zero gradient
+    stablemax_loss_backward(a->dlogits, a->logits, a->labels, a->n_valid, dloss_lm, B, d.T, d.P, d.V, d.V_pad, st);
+    q_halt_loss_backward(a->dq, a->q, a->n_valid, a->n_correct, dloss_q, B, d.Q_pad, st);
+    matmul_backward(a->dq_in, g.q_head_w, g.q_head_b, a->dq, a->q_in, w.q_head_w, B, d.D, d.Q_pad, false, st);
     scatter_rows(a->bs.G, a->dq_in, a->q_index, B, BT, d.D, st);                       // q head reads position 0
-    matmul_backward(a->bs.G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V, true, st);
+    matmul_backward(a->bs.G, g.lm_head, nullptr, a->dlogits, z_H, w.lm_head, BT, d.D, d.V_pad, true, st);
     // z_H = f(z_H' + z_L): G becomes the gradient of the last z_L (z_H' came from a detached cycle)
     stack_backward(nullptr, &a->calls[L], w.L_level, g.L_level, s, a->bs, st);
     // z_L = f(z_L' + z_H' + x), L_cycles times: x collects every application's input gradient
@@ -1175,7 +1186,7 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     std::vector<Sample> batch;
     std::vector<int> preds((size_t)B * d.S), n_valid(B), n_correct(B);
     std::vector<floatS> lm_loss(B);
-    std::vector<floatX> q((size_t)B * 2);
+    std::vector<floatX> q((size_t)B * d.Q_pad);
     int real;
     while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
         const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
@@ -1202,7 +1213,7 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
         copy_to_host(q.data(), a->q, q.size() * sizeof(floatX));
         for (int b = 0; b < real; b++) {
             const Sample& s = batch[b];
-            const double q_halt = to_float(q[(size_t)b * 2]);
+            const double q_halt = to_float(q[(size_t)b * d.Q_pad]);
             const bool exact = n_correct[b] == n_valid[b];
             r.n_samples++;
             if (n_valid[b] > 0) {
@@ -1569,12 +1580,13 @@ typedef struct {
 // (B, K, D) with zeros at padded demo slots.
 static void debug_capture(Model* m, DebugCapture* cap, const Sample* s, int B, int latent_rows, const std::vector<floatX>& q) {
     const Dims& d = m->d;
-    std::vector<floatX> logits((size_t)B * d.T * d.V);
+    std::vector<floatX> logits((size_t)B * d.T * d.V_pad);
     copy_to_host(logits.data(), m->acts.logits, logits.size() * sizeof(floatX));
     for (int b = 0; b < B; b++) {
-        for (size_t i = (size_t)d.P * d.V; i < (size_t)d.T * d.V; i++) cap->logits.push_back(to_float(logits[(size_t)b * d.T * d.V + i]));
-        cap->q_halt.push_back(to_float(q[(size_t)b * 2]));
-        cap->q_continue.push_back(to_float(q[(size_t)b * 2 + 1]));
+        for (int t = d.P; t < d.T; t++)
+            for (int v = 0; v < d.V; v++) cap->logits.push_back(to_float(logits[((size_t)b * d.T + t) * d.V_pad + v]));
+        cap->q_halt.push_back(to_float(q[(size_t)b * d.Q_pad]));
+        cap->q_continue.push_back(to_float(q[(size_t)b * d.Q_pad + 1]));
     }
     if (!d.variational) return;
     std::vector<floatS> eps((size_t)latent_rows * d.D);
@@ -1616,7 +1628,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     std::vector<floatS> lm(B), ql(B), kl((size_t)B * std::max(d.K, 1));
     std::vector<floatX> context;
     std::vector<int> n_valid(B), n_correct(B), steps(B);
-    std::vector<floatX> q((size_t)B * 2);
+    std::vector<floatX> q((size_t)B * d.Q_pad);
     std::vector<uint8_t> halted(B);
     const size_t ctx_size = (size_t)d.P * d.D;
     diagnostics = diagnostics && d.enc != ENC_NONE;
@@ -1635,7 +1647,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         input_embedding_forward(m, m->w, B, a->enc.context, Stream());
         decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
         loss_forward(m, B, Stream());
-        act_halt(m->halted + b0, m->steps + b0, a->q, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, slot0, W, Stream());
+        act_halt(m->halted + b0, m->steps + b0, a->q, d.Q_pad, B, c.halt_max_steps, c.halt_exploration_prob, true, halt_seed, slot0, W, Stream());
 
         copy_to_host(lm.data(), a->lm_loss, B * sizeof(floatS));
         copy_to_host(ql.data(), a->q_loss, B * sizeof(floatS));
@@ -1660,7 +1672,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
             r.count++;
             r.accuracy += (double)n_correct[b] / n_valid[b];
             r.exact += exact;
-            r.q_halt_acc += (to_float(q[(size_t)b * 2]) >= 0) == exact;
+            r.q_halt_acc += (to_float(q[(size_t)b * d.Q_pad]) >= 0) == exact;
         }
         if (cap) debug_capture(m, cap, &ts->carry[b0], B, latent_rows, q);
         decoder_backward(m, m->w, m->g, z_H, B, a->dloss_lm, a->dloss_q, Stream());

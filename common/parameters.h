@@ -15,6 +15,8 @@
 // then frozen groups. Every buffer is then a prefix of the flat layout and one offset serves them all; a frozen
 // group has no gradient, master copy or optimizer state, and its weights stay in floatX. Every tensor starts at a
 // multiple of 64 elements (the gaps stay zero): 128-bit loads and cuBLASLt's fastest kernels need aligned rows.
+// A tensor may reserve more elements than it has (zero rows after it, e.g. a head padded to a 16-byte output
+// width): they stay zero as long as their gradient is zero; names, shapes, exports and numel ignore them.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -65,6 +67,7 @@ typedef struct {
     size_t offset, numel;
     int group;
     Init init;
+    size_t reserve;                  // elements the layout reserves from offset (>= numel; the rest stays zero)
 } TensorInfo;
 
 typedef struct {
@@ -92,7 +95,8 @@ inline int group_index(const ParamTable& t, const std::string& name) {
 //         list.group(GROUP_INDEX);
 //         list.add(&t->lm_head, "lm_head.weight", {V, D}, init_trunc_normal(std));
 //     }
-// and calls it once to declare and once per buffer to bind.
+// and calls it once to declare and once per buffer to bind. `reserve` (elements, >= numel; 0: numel) keeps zero
+// elements after the tensor in the layout.
 template <typename T> struct TensorList {
     ParamTable* table;              // declaring
     const ParamTable* layout;       // binding
@@ -100,11 +104,12 @@ template <typename T> struct TensorList {
     int current = 0, next = 0;
 
     void group(int g) { current = g; }
-    void add(T** field, const std::string& name, std::vector<int64_t> shape, Init init) {
+    void add(T** field, const std::string& name, std::vector<int64_t> shape, Init init, size_t reserve = 0) {
         if (table) {
             size_t n = 1;
             for (int64_t s : shape) n *= (size_t)s;
-            table->tensors.push_back({name, shape, 0, n, current, init});
+            if (reserve != 0 && reserve < n) fatal("internal: tensor '%s' reserves %zu < %zu elements", name.c_str(), reserve, n);
+            table->tensors.push_back({name, shape, 0, n, current, init, reserve ? reserve : n});
             *field = nullptr;
             return;
         }
@@ -138,7 +143,7 @@ inline void param_table_layout(ParamTable* t) {
         for (TensorInfo& ti : t->tensors) {
             if (ti.group != g) continue;
             ti.offset = CEIL_DIV(grp.end, 64) * 64;
-            grp.end = ti.offset + ti.numel;
+            grp.end = ti.offset + ti.reserve;
         }
         offset = grp.end;
         if (grp.kind != GROUP_FROZEN) t->n_trainable = grp.end;

@@ -9,6 +9,7 @@
 //               training (and max_steps > 1) only: halted |= q_halt > 0 ; then exploration: with probability
 //               explore_prob a slot must run at least U{2..max_steps} steps: halted &= steps >= min_steps
 //               (min_steps = 0 for a slot that does not explore). Evaluation always runs max_steps steps.
+// q (B, 2) = (q_halt, q_continue) has rows ld >= 2 apart (the trainer pads the q head to a 16-byte output width).
 // The random numbers are hash(seed, global slot, purpose), global slot = slot_offset + b * slot_stride, so
 // the decisions are identical on every backend and for any number of ranks.
 #pragma once
@@ -33,13 +34,13 @@ void act_reset_ref(T* z_H, T* z_L, const T* H_init, const T* L_init, int* steps,
 }
 
 template <typename T>
-void act_halt_ref(uint8_t* halted, int* steps, const T* q, int B, int max_steps, float explore_prob, bool training,
+void act_halt_ref(uint8_t* halted, int* steps, const T* q, int ld, int B, int max_steps, float explore_prob, bool training,
                   uint64_t seed, int slot_offset, int slot_stride) {
     for (int b = 0; b < B; b++) {
         steps[b] += 1;
         bool halt = steps[b] >= max_steps;
         if (training && max_steps > 1) {
-            halt = halt || (double)q[(size_t)b * 2] > 0;
+            halt = halt || (double)q[(size_t)b * ld] > 0;
             const uint64_t slot = (uint64_t)(slot_offset + b * slot_stride);
             const bool explore = hash_uniform(seed, slot, 0) < explore_prob;
             const int min_steps = explore ? 2 + (int)hash_below((uint32_t)(max_steps - 1), seed, slot, 1) : 0;
@@ -57,9 +58,9 @@ inline void act_reset(floatX* z_H, floatX* z_L, const floatX* H_init, const floa
                       const uint8_t* halted, int B, int T, int D, Stream) {
     act_reset_ref(z_H, z_L, H_init, L_init, steps, halted, B, T, D);
 }
-inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int B, int max_steps, float explore_prob,
+inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int ld, int B, int max_steps, float explore_prob,
                      bool training, uint64_t seed, int slot_offset, int slot_stride, Stream) {
-    act_halt_ref(halted, steps, q, B, max_steps, explore_prob, training, seed, slot_offset, slot_stride);
+    act_halt_ref(halted, steps, q, ld, B, max_steps, explore_prob, training, seed, slot_offset, slot_stride);
 }
 #endif
 
@@ -83,7 +84,7 @@ __global__ void act_reset_kernel(T* z_H, T* z_L, const T* H_init, const T* L_ini
 
 // One thread per slot; the same decisions as the reference (the same hash functions, the same comparisons).
 template <typename T>
-__global__ void act_halt_kernel(uint8_t* halted, int* steps, const T* q, int B, int max_steps, float explore_prob,
+__global__ void act_halt_kernel(uint8_t* halted, int* steps, const T* q, int ld, int B, int max_steps, float explore_prob,
                                 bool training, uint64_t seed, int slot_offset, int slot_stride) {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
@@ -91,7 +92,7 @@ __global__ void act_halt_kernel(uint8_t* halted, int* steps, const T* q, int B, 
     steps[b] = step;
     bool halt = step >= max_steps;
     if (training && max_steps > 1) {
-        halt = halt || (double)to_float(q[(size_t)b * 2]) > 0;
+        halt = halt || (double)to_float(q[(size_t)b * ld]) > 0;
         const uint64_t slot = (uint64_t)(slot_offset + b * slot_stride);
         const bool explore = hash_uniform(seed, slot, 0) < explore_prob;
         const int min_steps = explore ? 2 + (int)hash_below((uint32_t)(max_steps - 1), seed, slot, 1) : 0;
@@ -109,11 +110,11 @@ inline void act_reset(floatX* z_H, floatX* z_L, const floatX* H_init, const floa
     cudaCheckLaunch("act_reset_kernel");
 }
 
-inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int B, int max_steps, float explore_prob,
+inline void act_halt(uint8_t* halted, int* steps, const floatX* q, int ld, int B, int max_steps, float explore_prob,
                      bool training, uint64_t seed, int slot_offset, int slot_stride, Stream stream) {
     if (B == 0) return;
     const int block_size = 256;
-    act_halt_kernel<<<CEIL_DIV(B, block_size), block_size, 0, stream>>>(halted, steps, q, B, max_steps, explore_prob,
+    act_halt_kernel<<<CEIL_DIV(B, block_size), block_size, 0, stream>>>(halted, steps, q, ld, B, max_steps, explore_prob,
                                                                        training, seed, slot_offset, slot_stride);
     cudaCheckLaunch("act_halt_kernel");
 }

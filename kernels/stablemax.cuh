@@ -7,7 +7,8 @@
 //             s'(x) = 1 (x >= 0), 1 / (1 - x)^2 (x < 0); each token scaled by dloss[b] / max(1, count_b)      (=)
 //
 // logits (B, T, V) cover all T = P + S decoder positions (the lm head runs on every row); the S grid tokens
-// start at row P and the P prefix rows get zero gradient. labels (B, S). Besides the loss, the forward pass
+// start at row P and the P prefix rows get zero gradient. Rows are ld >= V apart (the trainer pads the lm head
+// to a 16-byte output width); the backward writes 0 into the padding columns V..ld-1. labels (B, S). Besides the loss, the forward pass
 // returns per sample the number of valid tokens, how many the argmax predicts right, and (optionally) the
 // argmax predictions themselves (B, S) (first maximum on ties, like torch.argmax).
 #pragma once
@@ -24,14 +25,14 @@ HOST_DEVICE inline double stablemax_ds(double x) { return x >= 0 ? 1.0 : 1.0 / (
 
 template <typename T>
 void stablemax_loss_forward_ref(T* loss, int* n_valid, int* n_correct, int* preds, const T* logits, const int* labels,
-                                int B, int T_len, int P, int V) {
+                                int B, int T_len, int P, int V, int ld) {
     const int S = T_len - P;
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         double sum = 0;
         int count = 0, correct = 0;
         for (int s = 0; s < S; s++) {
-            const T* x = logits + ((size_t)b * T_len + P + s) * V;
+            const T* x = logits + ((size_t)b * T_len + P + s) * ld;
             int argmax = 0;
             for (int v = 1; v < V; v++) if (x[v] > x[argmax]) argmax = v;
             if (preds) preds[(size_t)b * S + s] = argmax;
@@ -51,14 +52,15 @@ void stablemax_loss_forward_ref(T* loss, int* n_valid, int* n_correct, int* pred
 
 template <typename T>
 void stablemax_loss_backward_ref(T* dlogits, const T* logits, const int* labels, const int* n_valid, const T* dloss,
-                                 int B, int T_len, int P, int V) {
+                                 int B, int T_len, int P, int V, int ld) {
     const int S = T_len - P;
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const double scale = (double)dloss[b] / (n_valid[b] > 1 ? n_valid[b] : 1);
         for (int t = 0; t < T_len; t++) {
-            const T* x = logits + ((size_t)b * T_len + t) * V;
-            T* dx = dlogits + ((size_t)b * T_len + t) * V;
+            const T* x = logits + ((size_t)b * T_len + t) * ld;
+            T* dx = dlogits + ((size_t)b * T_len + t) * ld;
+            for (int v = V; v < ld; v++) dx[v] = 0;
             const int y = t < P ? IGNORE_LABEL_ID : labels[(size_t)b * S + t - P];
             if (y == IGNORE_LABEL_ID) { for (int v = 0; v < V; v++) dx[v] = 0; continue; }
             double total = 0;
@@ -77,29 +79,29 @@ void stablemax_loss_backward_ref(T* dlogits, const T* logits, const int* labels,
 
 #ifndef __CUDACC__
 inline void stablemax_loss_forward(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
-                                   const int* labels, int B, int T, int P, int V, Stream) {
-    stablemax_loss_forward_ref(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V);
+                                   const int* labels, int B, int T, int P, int V, int ld, Stream) {
+    stablemax_loss_forward_ref(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V, ld);
 }
 inline void stablemax_loss_backward(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
-                                    const floatS* dloss, int B, int T, int P, int V, Stream) {
-    stablemax_loss_backward_ref(dlogits, logits, labels, n_valid, dloss, B, T, P, V);
+                                    const floatS* dloss, int B, int T, int P, int V, int ld, Stream) {
+    stablemax_loss_backward_ref(dlogits, logits, labels, n_valid, dloss, B, T, P, V, ld);
 }
 #endif
 
 // ----------------------------------------------------------------------------------------------------------
 // CUDA. Forward: a block per sample; each thread takes the sample's tokens threadIdx.x, + blockDim.x, ... and
 // sums its -logp_y in a fixed order, then block_reduce_sum adds the threads' sums in a fixed order: the loss is
-// deterministic (no atomics) for a given block size. Backward: a thread per (b, t) row of V logits.
+// deterministic (no atomics) for a given block size. Backward: a thread per (b, t) row of ld logits.
 // s(x) and the sums are in double like the reference (V = 12 logits per row: the math is cheap, the rows tiny).
 
 #ifdef __CUDACC__
 __global__ void stablemax_loss_forward_kernel(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
-                                              const int* labels, int T, int P, int V) {
+                                              const int* labels, int T, int P, int V, int ld) {
     __shared__ double scratch[WARP_SIZE];
     const int b = blockIdx.x, S = T - P;
     double sum = 0, count = 0, correct = 0;        // counts in double: one block_reduce_sum for all three
     for (int s = threadIdx.x; s < S; s += blockDim.x) {
-        const floatX* x = logits + ((size_t)b * T + P + s) * V;
+        const floatX* x = logits + ((size_t)b * T + P + s) * ld;
         int argmax = 0;
         float best = to_float(x[0]);
         double total = stablemax_s(best);
@@ -126,12 +128,13 @@ __global__ void stablemax_loss_forward_kernel(floatS* loss, int* n_valid, int* n
 }
 
 __global__ void stablemax_loss_backward_kernel(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
-                                               const floatS* dloss, int B, int T, int P, int V) {
+                                               const floatS* dloss, int B, int T, int P, int V, int ld) {
     const int row = blockIdx.x * blockDim.x + threadIdx.x;   // (b, t)
     if (row >= B * T) return;
     const int b = row / T, t = row % T;
-    const floatX* x = logits + (size_t)row * V;
-    floatX* dx = dlogits + (size_t)row * V;
+    const floatX* x = logits + (size_t)row * ld;
+    floatX* dx = dlogits + (size_t)row * ld;
+    for (int v = V; v < ld; v++) dx[v] = from_float<floatX>(0.0);
     const int y = t < P ? IGNORE_LABEL_ID : labels[(size_t)b * (T - P) + t - P];
     if (y == IGNORE_LABEL_ID) {
         for (int v = 0; v < V; v++) dx[v] = from_float<floatX>(0.0);
@@ -150,25 +153,25 @@ __global__ void stablemax_loss_backward_kernel(floatX* dlogits, const floatX* lo
 
 // The launchers with the block size as a parameter; the lab sweeps it (a multiple of 32 for the forward).
 inline void stablemax_loss_forward_launch(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
-                                          const int* labels, int B, int T, int P, int V, int block_size, Stream stream) {
+                                          const int* labels, int B, int T, int P, int V, int ld, int block_size, Stream stream) {
     if (B == 0) return;
-    stablemax_loss_forward_kernel<<<B, block_size, 0, stream>>>(loss, n_valid, n_correct, preds, logits, labels, T, P, V);
+    stablemax_loss_forward_kernel<<<B, block_size, 0, stream>>>(loss, n_valid, n_correct, preds, logits, labels, T, P, V, ld);
     cudaCheckLaunch("stablemax_loss_forward_kernel");
 }
 inline void stablemax_loss_backward_launch(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
-                                           const floatS* dloss, int B, int T, int P, int V, int block_size, Stream stream) {
+                                           const floatS* dloss, int B, int T, int P, int V, int ld, int block_size, Stream stream) {
     if (B * T == 0) return;
     stablemax_loss_backward_kernel<<<CEIL_DIV(B * T, block_size), block_size, 0, stream>>>(dlogits, logits, labels, n_valid,
-                                                                                           dloss, B, T, P, V);
+                                                                                           dloss, B, T, P, V, ld);
     cudaCheckLaunch("stablemax_loss_backward_kernel");
 }
 
 inline void stablemax_loss_forward(floatS* loss, int* n_valid, int* n_correct, int* preds, const floatX* logits,
-                                   const int* labels, int B, int T, int P, int V, Stream stream) {
-    stablemax_loss_forward_launch(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V, 512, stream);
+                                   const int* labels, int B, int T, int P, int V, int ld, Stream stream) {
+    stablemax_loss_forward_launch(loss, n_valid, n_correct, preds, logits, labels, B, T, P, V, ld, 512, stream);
 }
 inline void stablemax_loss_backward(floatX* dlogits, const floatX* logits, const int* labels, const int* n_valid,
-                                    const floatS* dloss, int B, int T, int P, int V, Stream stream) {
-    stablemax_loss_backward_launch(dlogits, logits, labels, n_valid, dloss, B, T, P, V, 256, stream);
+                                    const floatS* dloss, int B, int T, int P, int V, int ld, Stream stream) {
+    stablemax_loss_backward_launch(dlogits, logits, labels, n_valid, dloss, B, T, P, V, ld, 256, stream);
 }
 #endif

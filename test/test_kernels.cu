@@ -992,15 +992,19 @@ static void test_variational() {
 // =========================================================================================================
 // stablemax loss, q_halt loss
 
-static void test_stablemax(int B, int T, int P, int V, bool with_preds) {
-    const std::string tag = fmt("B=%d T=%d P=%d V=%d preds=%s", B, T, P, V, with_preds ? "yes" : "null");
+// Rows of logits ld >= V apart (the trainer's padded lm head); the padding columns hold values the loss must
+// not read, and the backward writes 0 there.
+static void test_stablemax(int B, int T, int P, int V, int ld, bool with_preds) {
+    const std::string tag = fmt("B=%d T=%d P=%d V=%d ld=%d preds=%s", B, T, P, V, ld, with_preds ? "yes" : "null");
     const int S = T - P;
-    vecd logits = rx(rnd((size_t)B * T * V, -4, 4));
+    vecd logits = rx(rnd((size_t)B * T * ld, -4, 4));
+    for (size_t row = 0; row < (size_t)B * T; row++)
+        for (int v = V; v < ld; v++) logits[row * ld + v] = 8.0;
     veci labels((size_t)B * S);
     const uint64_t seed = fresh_seed();
     for (int b = 0; b < B; b++)
         for (int s = 0; s < S; s++) {
-            double* x = &logits[((size_t)b * T + P + s) * V];
+            double* x = &logits[((size_t)b * T + P + s) * ld];
             const size_t i = (size_t)b * S + s;
             labels[i] = hash_uniform(seed, i, 0) < 0.2f ? IGNORE_LABEL_ID : (int)hash_below((uint32_t)V, seed, i, 1);
             if (V >= 2 && s % 5 == 0) {        // a tie for the maximum: the first one is the prediction
@@ -1015,7 +1019,7 @@ static void test_stablemax(int B, int T, int P, int V, bool with_preds) {
     if (B >= 2) std::fill(labels.begin() + S, labels.begin() + 2 * S, IGNORE_LABEL_ID);   // sample 1: nothing valid
     vecd loss(B);
     veci nv(B), nc(B), preds((size_t)B * S);
-    stablemax_loss_forward_ref<double>(loss.data(), nv.data(), nc.data(), preds.data(), logits.data(), labels.data(), B, T, P, V);
+    stablemax_loss_forward_ref<double>(loss.data(), nv.data(), nc.data(), preds.data(), logits.data(), labels.data(), B, T, P, V, ld);
     Dev<floatX> d_logits(logits);
     Dev<int> d_labels(labels), d_nv(B), d_nc(B), d_preds(preds.size());
     Dev<floatS> d_loss(B);
@@ -1027,7 +1031,7 @@ static void test_stablemax(int B, int T, int P, int V, bool with_preds) {
         d_nv.poison();
         d_nc.poison();
         d_preds.poison();
-        stablemax_loss_forward(d_loss.p, d_nv.p, d_nc.p, with_preds ? d_preds.p : nullptr, d_logits.p, d_labels.p, B, T, P, V, st);
+        stablemax_loss_forward(d_loss.p, d_nv.p, d_nc.p, with_preds ? d_preds.p : nullptr, d_logits.p, d_labels.p, B, T, P, V, ld, st);
         launched(fname);
         if (run == 0) {
             expect_close(fname + " loss", d_loss.get(), loss, TOL_S);
@@ -1043,49 +1047,51 @@ static void test_stablemax(int B, int T, int P, int V, bool with_preds) {
     }
 
     const vecd dloss = rs(rnd(B, 0.1, 2));
-    vecd dl((size_t)B * T * V);
-    stablemax_loss_backward_ref<double>(dl.data(), logits.data(), labels.data(), nv.data(), dloss.data(), B, T, P, V);
+    vecd dl((size_t)B * T * ld);
+    stablemax_loss_backward_ref<double>(dl.data(), logits.data(), labels.data(), nv.data(), dloss.data(), B, T, P, V, ld);
     Dev<int> d_nv_in(nv);
     Dev<floatS> d_dloss(dloss);
     Dev<floatX> d_dl(dl.size());
     d_dl.poison();
-    stablemax_loss_backward(d_dl.p, d_logits.p, d_labels.p, d_nv_in.p, d_dloss.p, B, T, P, V, st);
+    stablemax_loss_backward(d_dl.p, d_logits.p, d_labels.p, d_nv_in.p, d_dloss.p, B, T, P, V, ld, st);
     launched(BK " stablemax_loss_backward " + tag);
     expect_close(BK " stablemax_loss_backward " + tag, d_dl.get(), dl, TOL_RED);
 }
 
-static void test_q_halt(int B) {
-    const std::string tag = fmt("B=%d", B);
-    const vecd q = rx(rnd((size_t)B * 2, -6, 6)), dloss = rs(rnd(B, 0.1, 2));
+// q rows ld >= 2 apart (the trainer's padded q head).
+static void test_q_halt(int B, int ld) {
+    const std::string tag = fmt("B=%d ld=%d", B, ld);
+    const vecd q = rx(rnd((size_t)B * ld, -6, 6)), dloss = rs(rnd(B, 0.1, 2));
     veci nv = rnd_int(B, 6), nc(B);
     const uint64_t seed = fresh_seed();
     for (int b = 0; b < B; b++) nc[b] = hash_uniform(seed, b) < 0.5f ? nv[b] : (int)hash_below((uint32_t)nv[b] + 1, seed, b, 1);
     if (B >= 2) nv[1] = nc[1] = 0;            // no valid token: counts as right
-    vecd loss(B), dq((size_t)B * 2);
-    q_halt_loss_forward_ref<double>(loss.data(), q.data(), nv.data(), nc.data(), B);
-    q_halt_loss_backward_ref<double>(dq.data(), q.data(), nv.data(), nc.data(), dloss.data(), B);
+    vecd loss(B), dq((size_t)B * ld);
+    q_halt_loss_forward_ref<double>(loss.data(), q.data(), nv.data(), nc.data(), B, ld);
+    q_halt_loss_backward_ref<double>(dq.data(), q.data(), nv.data(), nc.data(), dloss.data(), B, ld);
     Dev<floatX> d_q(q), d_dq(dq.size());
     Dev<int> d_nv(nv), d_nc(nc);
     Dev<floatS> d_dloss(dloss), d_loss(B);
     d_loss.poison();
     d_dq.poison();
-    q_halt_loss_forward(d_loss.p, d_q.p, d_nv.p, d_nc.p, B, st);
+    q_halt_loss_forward(d_loss.p, d_q.p, d_nv.p, d_nc.p, B, ld, st);
     launched(BK " q_halt_loss_forward " + tag);
     expect_close(BK " q_halt_loss_forward " + tag, d_loss.get(), loss, TOL_S);
-    q_halt_loss_backward(d_dq.p, d_q.p, d_nv.p, d_nc.p, d_dloss.p, B, st);
+    q_halt_loss_backward(d_dq.p, d_q.p, d_nv.p, d_nc.p, d_dloss.p, B, ld, st);
     launched(BK " q_halt_loss_backward " + tag);
     expect_close(BK " q_halt_loss_backward " + tag, d_dq.get(), dq, TOL_EW);
 }
 
 static void test_losses() {
-    test_stablemax(4, 916, 16, 12, true);      // decoder: 16 prefix rows, 30x30 canvas, 12 tokens
-    test_stablemax(4, 916, 16, 12, false);
-    test_stablemax(3, 37, 0, 37, false);
-    test_stablemax(1, 5, 1, 1000, true);
-    test_stablemax(7, 33, 3, 2, true);
-    test_q_halt(1);
-    test_q_halt(37);
-    test_q_halt(1000);
+    test_stablemax(4, 916, 16, 12, 16, true);      // decoder: 16 prefix rows, 30x30 canvas, 12 tokens, padded to 16
+    test_stablemax(4, 916, 16, 12, 16, false);
+    test_stablemax(4, 916, 16, 12, 12, true);
+    test_stablemax(3, 37, 0, 37, 37, false);
+    test_stablemax(1, 5, 1, 1000, 1003, true);
+    test_stablemax(7, 33, 3, 2, 8, true);
+    test_q_halt(1, 8);
+    test_q_halt(37, 2);
+    test_q_halt(1000, 8);
 }
 
 // =========================================================================================================
@@ -1114,21 +1120,22 @@ static void test_act_reset(int B, int T, int D) {
     expect_equal(name + " steps", d_steps.raw(), steps);
 }
 
-static void test_act_halt(int B, int max_steps, float explore, bool training, int slot_offset, int slot_stride) {
+// q rows ld >= 2 apart (the trainer's padded q head).
+static void test_act_halt(int B, int ld, int max_steps, float explore, bool training, int slot_offset, int slot_stride) {
     const uint64_t seed = fresh_seed();
-    const std::string name = fmt(BK " act_halt B=%d max_steps=%d explore=%g training=%d slot_offset=%d slot_stride=%d", B,
-                                 max_steps, explore, training, slot_offset, slot_stride);
-    vecd q = rx(rnd((size_t)B * 2, -1, 1));
-    for (int b = 3; b < B; b += 17) q[(size_t)b * 2] = 0.0;      // q == 0 does not halt
+    const std::string name = fmt(BK " act_halt B=%d ld=%d max_steps=%d explore=%g training=%d slot_offset=%d slot_stride=%d", B,
+                                 ld, max_steps, explore, training, slot_offset, slot_stride);
+    vecd q = rx(rnd((size_t)B * ld, -1, 1));
+    for (int b = 3; b < B; b += 17) q[(size_t)b * ld] = 0.0;     // q == 0 does not halt
     const veci steps0 = rnd_int(B, max_steps);
     veci steps = steps0;
     vecu8 halted(B);
-    act_halt_ref<double>(halted.data(), steps.data(), q.data(), B, max_steps, explore, training, seed, slot_offset, slot_stride);
+    act_halt_ref<double>(halted.data(), steps.data(), q.data(), ld, B, max_steps, explore, training, seed, slot_offset, slot_stride);
     Dev<floatX> d_q(q);
     Dev<int> d_steps(steps0);
     Dev<uint8_t> d_halted(B);
     d_halted.poison();
-    act_halt(d_halted.p, d_steps.p, d_q.p, B, max_steps, explore, training, seed, slot_offset, slot_stride, st);
+    act_halt(d_halted.p, d_steps.p, d_q.p, ld, B, max_steps, explore, training, seed, slot_offset, slot_stride, st);
     launched(name);
     expect_equal(name + " halted", d_halted.raw(), halted);
     expect_equal(name + " steps", d_steps.raw(), steps);
@@ -1138,13 +1145,13 @@ static void test_act() {
     test_act_reset(5, 916, 64);
     test_act_reset(1, 7, 37);
     test_act_reset(64, 916, 512);
-    test_act_halt(1000, 16, 0.5f, true, 0, 1);
-    test_act_halt(1000, 16, 0.5f, false, 0, 1);
-    test_act_halt(37, 4, 0.5f, true, 1000, 3);
-    test_act_halt(1, 16, 0.5f, true, 7, 1);
-    test_act_halt(500, 1, 0.5f, true, 0, 1);
-    test_act_halt(500, 6, 0.0f, true, 64, 2);
-    test_act_halt(500, 6, 1.0f, true, 0, 1);
+    test_act_halt(1000, 8, 16, 0.5f, true, 0, 1);
+    test_act_halt(1000, 2, 16, 0.5f, false, 0, 1);
+    test_act_halt(37, 8, 4, 0.5f, true, 1000, 3);
+    test_act_halt(1, 2, 16, 0.5f, true, 7, 1);
+    test_act_halt(500, 8, 1, 0.5f, true, 0, 1);
+    test_act_halt(500, 8, 6, 0.0f, true, 64, 2);
+    test_act_halt(500, 2, 6, 1.0f, true, 0, 1);
 }
 
 // =========================================================================================================

@@ -262,7 +262,45 @@ static void test_latent_optimisation(const char* encoder, bool ema) {
     check(std::equal(grads_before.begin(), grads_before.end(), m.p.grads), name, "the gradient buffer changed");
 }
 
+// The heads' output widths are 16-byte multiples in bf16 (cuBLASLt's tensor-core algorithms need that of the
+// leading dimensions: V = 12 and 2 outputs are 24 and 4 bytes); the padding rows of their weights, and the
+// padding columns of logits, q and their gradients, are exactly zero after a forward and backward pass.
+static void test_head_padding(const char* encoder) {
+    bool widths = head_width(VOCAB) == 16 && head_width(2) == 8;
+    for (int n = 1; n <= 40; n++) widths &= head_width(n) >= n && head_width(n) < n + 8 && head_width(n) * 2 % 16 == 0;
+    check(widths, "head_width: V=12 -> 16, 2 -> 8, 16-byte multiples in bf16", "head_width(12) = %d, head_width(2) = %d",
+          head_width(VOCAB), head_width(2));
+    Config c = tiny_config(encoder);
+    Rng rng = rng_make(99);
+    Model m;
+    std::vector<Sample> batch = random_model(&m, c, &rng);
+    const Dims& d = m.d;
+    check(d.V_pad == head_width(d.V) && d.Q_pad == head_width(2), fmt("head widths of the model (%s)", encoder).c_str(),
+          "V_pad %d, Q_pad %d", d.V_pad, d.Q_pad);
+    std::vector<double> grads, row_grads;
+    backward(&m, batch, &grads, &row_grads);
+    bool layout = true, zero = true, used = false;
+    for (const TensorInfo& t : m.p.table.tensors) {
+        const bool head = t.name == "inner.lm_head.weight" || t.name == "inner.q_head.weight" || t.name == "inner.q_head.bias";
+        const size_t rows = t.name == "inner.lm_head.weight" ? d.V_pad : d.Q_pad;
+        if (!head) { layout &= t.reserve == t.numel; continue; }
+        layout &= t.reserve == rows * (t.shape.size() > 1 ? d.D : 1);
+        for (size_t i = t.offset + t.numel; i < t.offset + t.reserve; i++) zero &= m.p.params[i] == 0 && grads[i] == 0;
+        for (size_t i = t.offset; i < t.offset + t.numel; i++) used |= grads[i] != 0;
+    }
+    const Acts& a = m.acts;
+    for (int r = 0; r < B * d.T; r++)
+        for (int v = d.V; v < d.V_pad; v++) zero &= a.logits[(size_t)r * d.V_pad + v] == 0 && a.dlogits[(size_t)r * d.V_pad + v] == 0;
+    for (int b = 0; b < B; b++)
+        for (int j = 2; j < d.Q_pad; j++) zero &= a.q[(size_t)b * d.Q_pad + j] == 0 && a.dq[(size_t)b * d.Q_pad + j] == 0;
+    check(layout, fmt("parameter layout reserves V_pad / Q_pad rows for the heads only (%s)", encoder).c_str(), "differs");
+    check(zero && used, fmt("head padding rows, logits / q padding columns and their gradients are exactly 0 (%s)", encoder).c_str(),
+          zero ? "the heads got no gradient" : "a nonzero value");
+}
+
 int main() {
+    test_head_padding("none");
+    test_head_padding("hybrid_variational");
     test_variant("none", "TRM puzzle embedding", nullptr);
     test_variant("standard", "ETRM standard", nullptr);
     test_variant("standard", "ETRM standard, pre-norm, no final norm", [](Config* c) { c->encoder_norm_style = "pre"; c->set_encoder_final_norm = 0; });

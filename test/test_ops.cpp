@@ -865,35 +865,38 @@ static void test_reparameterize(int N, int C, float lo, float hi, float dkl, boo
 
 static double s_direct(double x) { return x >= 0 ? x + 1 : 1 / (1 - x); }
 
-static void test_stablemax(int B, int T, int P, int V, bool logits_at_zero) {
-    std::string tag = fmt("B=%d T=%d P=%d V=%d%s", B, T, P, V, logits_at_zero ? " some logits exactly 0" : "");
+// Rows of logits ld >= V apart; the padding columns hold large values the loss must not read.
+static void test_stablemax(int B, int T, int P, int V, int ld, bool logits_at_zero) {
+    std::string tag = fmt("B=%d T=%d P=%d V=%d ld=%d%s", B, T, P, V, ld, logits_at_zero ? " some logits exactly 0" : "");
     const int S = T - P;
-    vecd logits = rand_away0((size_t)B * T * V, 0.2, 3.0);
+    vecd logits = rand_away0((size_t)B * T * ld, 0.2, 3.0);
+    for (size_t row = 0; row < (size_t)B * T; row++)
+        for (int v = V; v < ld; v++) logits[row * ld + v] = 50.0 + v;
     std::vector<int> labels((size_t)B * S);
     for (int i = 0; i < B * S; i++) labels[i] = (i * 3 + 1) % V;
     // sample 0: a tie for the maximum (first one wins) and a token labelled with its argmax
-    double* r = logits.data() + (size_t)P * V;
+    double* r = logits.data() + (size_t)P * ld;
     for (int v = 0; v < V; v++) r[v] = -1.0 - 0.1 * v;
     r[2] = r[V - 2] = 3.5;
     labels[0] = V - 2;   // ties: the argmax is 2, so this token counts as wrong
-    double* r2 = logits.data() + (size_t)(P + 1) * V;
+    double* r2 = logits.data() + (size_t)(P + 1) * ld;
     r2[4] = 4.0;
     labels[1] = 4;       // right
     // sample 1: some ignored labels; sample 2 (when present): all ignored
     for (int s = 0; s < S; s += 2) labels[(size_t)S + s] = IGNORE_LABEL_ID;
     if (B > 2) for (int s = 0; s < S; s++) labels[(size_t)2 * S + s] = IGNORE_LABEL_ID;
-    if (logits_at_zero) for (size_t i = 3; i < logits.size(); i += 7) logits[i] = 0.0;
+    if (logits_at_zero) for (size_t i = 3; i < logits.size(); i += 7) if ((int)(i % ld) < V) logits[i] = 0.0;
 
     vecd loss(B, NaN);
     std::vector<int> n_valid(B, -1), n_correct(B, -1), preds((size_t)B * S, -1);
-    stablemax_loss_forward_ref(loss.data(), n_valid.data(), n_correct.data(), preds.data(), logits.data(), labels.data(), B, T, P, V);
+    stablemax_loss_forward_ref(loss.data(), n_valid.data(), n_correct.data(), preds.data(), logits.data(), labels.data(), B, T, P, V, ld);
     double lerr = 0;
     bool counts = true, pred_ok = true;
     for (int b = 0; b < B; b++) {
         double sum = 0;
         int cnt = 0, cor = 0;
         for (int s = 0; s < S; s++) {
-            const double* x = logits.data() + ((size_t)b * T + P + s) * V;
+            const double* x = logits.data() + ((size_t)b * T + P + s) * ld;
             int am = 0;
             for (int v = 0; v < V; v++) if (x[v] > x[am]) am = v;
             pred_ok &= preds[(size_t)b * S + s] == am;
@@ -918,19 +921,22 @@ static void test_stablemax(int B, int T, int P, int V, bool logits_at_zero) {
               "loss %g, n_valid %d", loss[2], n_valid[2]);
 
     vecd dloss = rand_vec(B, 0.5, 1.5), dl(logits.size(), NaN);
-    stablemax_loss_backward_ref(dl.data(), logits.data(), labels.data(), n_valid.data(), dloss.data(), B, T, P, V);
-    bool zero_rows = true;
+    stablemax_loss_backward_ref(dl.data(), logits.data(), labels.data(), n_valid.data(), dloss.data(), B, T, P, V, ld);
+    bool zero_rows = true, zero_pad = true;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             const bool ignored = t < P || labels[(size_t)b * S + t - P] == IGNORE_LABEL_ID;
-            if (ignored) zero_rows &= all_equal(dl.data() + ((size_t)b * T + t) * V, (size_t)V, 0.0);
+            const double* row = dl.data() + ((size_t)b * T + t) * ld;
+            if (ignored) zero_rows &= all_equal(row, (size_t)V, 0.0);
+            zero_pad &= all_equal(row + V, (size_t)(ld - V), 0.0);
         }
     check(zero_rows, ("stablemax backward: prefix rows < P and ignored tokens get exactly 0 (NaN pre-fill) " + tag).c_str(), "nonzero");
+    check(zero_pad, ("stablemax backward: padding columns V..ld-1 get exactly 0 (NaN pre-fill) " + tag).c_str(), "nonzero");
     check(all_finite(dl.data(), dl.size()), ("stablemax backward overwrites dlogits " + tag).c_str(), "NaN left");
     auto L = [&]() {
         vecd l(B);
         std::vector<int> nv(B), nc(B);
-        stablemax_loss_forward_ref(l.data(), nv.data(), nc.data(), (int*)nullptr, logits.data(), labels.data(), B, T, P, V);
+        stablemax_loss_forward_ref(l.data(), nv.data(), nc.data(), (int*)nullptr, logits.data(), labels.data(), B, T, P, V, ld);
         return dotl(dloss, l);
     };
     // s is only C1 at 0: there the central difference is off by ~h/2 relative, hence the looser tolerance
@@ -940,15 +946,16 @@ static void test_stablemax(int B, int T, int P, int V, bool logits_at_zero) {
 // =========================================================================================================
 // q_halt loss
 
+// q rows 8 apart, as the trainer's padded q head: (q_halt, q_continue, 6 unread columns).
 static void test_q_halt() {
-    const int B = 7;
-    vecd q = rand_vec((size_t)B * 2, -3, 3);
+    const int B = 7, ld = 8;
+    vecd q = rand_vec((size_t)B * ld, -3, 3);
     const int n_valid[B] = {5, 5, 0, 3, 9, 9, 1}, n_correct[B] = {5, 4, 0, 0, 9, 2, 1};   // targets 1 0 1 0 1 0 1
     vecd loss(B, NaN);
-    q_halt_loss_forward_ref(loss.data(), q.data(), n_valid, n_correct, B);
+    q_halt_loss_forward_ref(loss.data(), q.data(), n_valid, n_correct, B, ld);
     double err = 0;
     for (int b = 0; b < B; b++) {
-        const double x = q[(size_t)b * 2], t = n_correct[b] == n_valid[b], p = 1 / (1 + exp(-x));
+        const double x = q[(size_t)b * ld], t = n_correct[b] == n_valid[b], p = 1 / (1 + exp(-x));
         const double bce = -(t * log(p) + (1 - t) * log(1 - p));
         err = fmax(err, fabs(loss[b] - bce) / (1e-12 + bce));
     }
@@ -956,17 +963,17 @@ static void test_q_halt() {
     vecd qx = {40, 0, -40, 0};
     const int nv2[2] = {2, 2}, nc2[2] = {1, 2};   // q = +40 with target 0, q = -40 with target 1: loss ~ 40
     vecd l2(2);
-    q_halt_loss_forward_ref(l2.data(), qx.data(), nv2, nc2, 2);
+    q_halt_loss_forward_ref(l2.data(), qx.data(), nv2, nc2, 2, 2);
     check(fabs(l2[0] - 40) < 1e-9 && fabs(l2[1] - 40) < 1e-9, "q_halt loss stable for large |q|", "%g %g", l2[0], l2[1]);
 
     vecd dloss = rand_vec(B, 0.5, 1.5), dq(q.size(), NaN);
-    q_halt_loss_backward_ref(dq.data(), q.data(), n_valid, n_correct, dloss.data(), B);
+    q_halt_loss_backward_ref(dq.data(), q.data(), n_valid, n_correct, dloss.data(), B, ld);
     bool col1 = true;
-    for (int b = 0; b < B; b++) col1 &= dq[(size_t)b * 2 + 1] == 0.0;
-    check(col1, "q_halt backward dq[:, 1] == 0 (NaN pre-fill)", "nonzero");
+    for (int b = 0; b < B; b++) col1 &= all_equal(dq.data() + (size_t)b * ld + 1, (size_t)(ld - 1), 0.0);
+    check(col1, "q_halt backward dq[:, 1..ld-1] == 0 (NaN pre-fill)", "nonzero");
     auto L = [&]() {
         vecd l(B);
-        q_halt_loss_forward_ref(l.data(), q.data(), n_valid, n_correct, B);
+        q_halt_loss_forward_ref(l.data(), q.data(), n_valid, n_correct, B, ld);
         return dotl(dloss, l);
     };
     gradcheck("q_halt loss gradcheck dq", q, dq, L);
@@ -1004,26 +1011,26 @@ static void test_act() {
         std::vector<uint8_t> halted(B, 7);
         bool ok = true;
         for (int k = 1; k <= max_steps; k++) {
-            act_halt_ref(halted.data(), steps.data(), q.data(), B, max_steps, 0.5f, false, seed, 0, 1);
+            act_halt_ref(halted.data(), steps.data(), q.data(), 2, B, max_steps, 0.5f, false, seed, 0, 1);
             for (int b = 0; b < B; b++) ok &= steps[b] == k && halted[b] == (k == max_steps);
         }
         check(ok, "act_halt eval mode halts only at max_steps", "differs");
     }
-    {   // training, explore_prob = 0: exactly halted = steps >= max_steps || q > 0
-        const int B = 40, max_steps = 5;
-        vecd qd = rand_vec((size_t)B * 2, -1, 1);
+    {   // training, explore_prob = 0: exactly halted = steps >= max_steps || q > 0; q rows 3 apart (padded)
+        const int B = 40, max_steps = 5, ld = 3;
+        vecd qd = rand_vec((size_t)B * ld, -1, 1);
         qd[0] = 0.0;   // q == 0 does not halt
         auto q = cast_vec<float>(qd);
         std::vector<int> steps(B), steps0;
         for (int b = 0; b < B; b++) steps[b] = b % max_steps;
         steps0 = steps;
         std::vector<uint8_t> halted(B, 7);
-        act_halt_ref(halted.data(), steps.data(), q.data(), B, max_steps, 0.0f, true, seed, 0, 1);
+        act_halt_ref(halted.data(), steps.data(), q.data(), ld, B, max_steps, 0.0f, true, seed, 0, 1);
         bool ok = true;
-        for (int b = 0; b < B; b++) ok &= steps[b] == steps0[b] + 1 && halted[b] == (steps[b] >= max_steps || q[(size_t)b * 2] > 0);
-        check(ok, "act_halt training explore_prob=0: halted = steps >= max_steps || q_halt > 0", "differs");
+        for (int b = 0; b < B; b++) ok &= steps[b] == steps0[b] + 1 && halted[b] == (steps[b] >= max_steps || q[(size_t)b * ld] > 0);
+        check(ok, "act_halt training explore_prob=0: halted = steps >= max_steps || q_halt > 0 (q rows 3 apart)", "differs");
         std::vector<int> st1(B, 0);
-        act_halt_ref(halted.data(), st1.data(), q.data(), B, 1, 1.0f, true, seed, 0, 1);
+        act_halt_ref(halted.data(), st1.data(), q.data(), ld, B, 1, 1.0f, true, seed, 0, 1);
         check(all_equal(halted.data(), (size_t)B, (uint8_t)1), "act_halt max_steps=1 always halts", "a slot did not halt");
     }
     {   // explore_prob = 1: no slot halts before step 2; everyone halts at max_steps
@@ -1031,9 +1038,9 @@ static void test_act() {
         vecf q((size_t)B * 2, 1.0f);
         std::vector<int> steps(B, 0);
         std::vector<uint8_t> halted(B);
-        act_halt_ref(halted.data(), steps.data(), q.data(), B, max_steps, 1.0f, true, seed, 0, 1);
+        act_halt_ref(halted.data(), steps.data(), q.data(), 2, B, max_steps, 1.0f, true, seed, 0, 1);
         bool none = all_equal(halted.data(), (size_t)B, (uint8_t)0);
-        for (int k = 2; k <= max_steps; k++) act_halt_ref(halted.data(), steps.data(), q.data(), B, max_steps, 1.0f, true, seed, 0, 1);
+        for (int k = 2; k <= max_steps; k++) act_halt_ref(halted.data(), steps.data(), q.data(), 2, B, max_steps, 1.0f, true, seed, 0, 1);
         check(none, "act_halt explore_prob=1: no slot halts at step 1 even with q_halt > 0", "some halted");
         check(all_equal(halted.data(), (size_t)B, (uint8_t)1), "act_halt explore_prob=1: every slot halted at max_steps", "some running");
     }
@@ -1044,7 +1051,7 @@ static void test_act() {
         std::vector<int> steps(B, 0), first(B, 0);
         std::vector<uint8_t> halted(B);
         for (int k = 1; k <= max_steps; k++) {
-            act_halt_ref(halted.data(), steps.data(), q.data(), B, max_steps, p, true, seed, 0, 1);
+            act_halt_ref(halted.data(), steps.data(), q.data(), 2, B, max_steps, p, true, seed, 0, 1);
             for (int b = 0; b < B; b++) if (halted[b] && !first[b]) first[b] = k;
         }
         int explored = 0, hist[8] = {0};
@@ -1057,9 +1064,9 @@ static void test_act() {
 
         std::vector<int> s1(B, 0), s2(B, 0), s3(B, 0);
         std::vector<uint8_t> h1(B), h2(B), h3(B);
-        act_halt_ref(h1.data(), s1.data(), q.data(), B, max_steps, p, true, seed, 0, 1);
-        act_halt_ref(h2.data(), s2.data(), q.data(), B, max_steps, p, true, seed, 0, 1);
-        act_halt_ref(h3.data(), s3.data(), q.data(), B, max_steps, p, true, seed + 1, 0, 1);
+        act_halt_ref(h1.data(), s1.data(), q.data(), 2, B, max_steps, p, true, seed, 0, 1);
+        act_halt_ref(h2.data(), s2.data(), q.data(), 2, B, max_steps, p, true, seed, 0, 1);
+        act_halt_ref(h3.data(), s3.data(), q.data(), 2, B, max_steps, p, true, seed + 1, 0, 1);
         check(bitwise_equal(h1, h2), "act_halt deterministic for the same seed", "differs");
         check(!bitwise_equal(h1, h3), "act_halt different for another seed", "identical");
     }
@@ -1070,14 +1077,14 @@ static void test_act() {
         for (int b = 0; b < B; b++) steps[b] = b % 3;
         std::vector<int> st_all = steps;
         std::vector<uint8_t> h_all(B);
-        act_halt_ref(h_all.data(), st_all.data(), q.data(), B, max_steps, 0.5f, true, seed, off, 1);
+        act_halt_ref(h_all.data(), st_all.data(), q.data(), 2, B, max_steps, 0.5f, true, seed, off, 1);
         bool ok = true;
         for (int half = 0; half < 2; half++) {
             vecf qh;
             std::vector<int> sh;
             for (int b = half; b < B; b += 2) { qh.push_back(q[(size_t)b * 2]); qh.push_back(q[(size_t)b * 2 + 1]); sh.push_back(steps[b]); }
             std::vector<uint8_t> hh(sh.size());
-            act_halt_ref(hh.data(), sh.data(), qh.data(), (int)sh.size(), max_steps, 0.5f, true, seed, off + half, 2);
+            act_halt_ref(hh.data(), sh.data(), qh.data(), 2, (int)sh.size(), max_steps, 0.5f, true, seed, off + half, 2);
             for (size_t i = 0; i < sh.size(); i++) ok &= hh[i] == h_all[half + 2 * i] && sh[i] == st_all[half + 2 * i];
         }
         int n_halt = 0;
@@ -1146,7 +1153,8 @@ static void test_ema() {
             auto w = cast_vec<float>(rand_vec(n));
             ema_update_ref(ema.data(), w.data(), n, rate);
             for (size_t i = 0; i < n; i++) er[i] = (1 - (double)rate) * w[i] + (double)rate * er[i];
-            err = fmax(err, max_rel_error(ema.data(), er.data(), n, 1e-3));
+            // error relative to the terms' scale (values in [-1, 1]): (1 - rate) * w + rate * ema may cancel
+            err = fmax(err, max_rel_error(ema.data(), er.data(), n, 1.0));
         }
         check(err < 1e-6, fmt("ema (1 - rate) * w + rate * ema, rate %g, 3 steps", rate).c_str(), "max err %.3g", err);
     }
@@ -1309,9 +1317,11 @@ int main() {
     test_reparameterize(4, 5, -INFINITY, INFINITY, 0.0f);
     test_reparameterize(2, 9, -INFINITY, INFINITY, 1.3f);
 
-    test_stablemax(3, 6, 2, 7, false);
-    test_stablemax(2, 5, 0, 10, false);
-    test_stablemax(3, 5, 1, 9, true);
+    test_stablemax(3, 6, 2, 7, 7, false);
+    test_stablemax(2, 5, 0, 10, 10, false);
+    test_stablemax(3, 5, 1, 9, 9, true);
+    test_stablemax(3, 6, 2, 12, 16, false);   // the trainer's padded lm head
+    test_stablemax(3, 5, 1, 9, 16, true);
 
     test_q_halt();
     test_act();
