@@ -1322,7 +1322,7 @@ static std::string checkpoint_name(const std::string& dir, const char* kind, int
 static void export_safetensors(Model* m, const std::string& path, int step, const std::string& config) {
     const bool ema = m->p.ema != nullptr;
     SafetensorsWriter st;
-    safetensors_add_table(&st, m->p.table, params_values(m->p, ema), [](const TensorInfo&) { return false; });
+    safetensors_add_table(&st, m->p.table, params_values(m->p, ema));
     safetensors_add_meta(&st, "format", "arc.cu");
     safetensors_add_meta(&st, "step", std::to_string(step));
     safetensors_add_meta(&st, "weights", ema ? "ema" : "raw");

@@ -568,7 +568,7 @@ static void acts_layout(Arena* a, Model* m) {
     m->dsig = arena_take<floatX>(a, (size_t)d.B * d.P);
     m->sig_dirs = arena_take<floatS>(a, (size_t)d.P * m->c.sigreg_slices);
     m->sig_cs = arena_take<floatS>(a, (size_t)m->c.sigreg_slices * 2 * SIGREG_POINTS);
-    m->losses = arena_take<floatS>(a, LOSS_COUNT + 4);          // the loss terms, then device_scalar()s
+    m->losses = arena_take<floatS>(a, LOSS_COUNT + 1);          // the loss terms, then device_scalar(m, 0)
     m->ring_c = arena_take<floatX>(a, (size_t)m->c.diag_window * d.P);
     m->ring_t = arena_take<floatX>(a, (size_t)m->c.diag_window * d.P);
 }

@@ -83,11 +83,6 @@ inline size_t group_numel(const ParamTable& t, int g) {
     return n;
 }
 
-inline int group_index(const ParamTable& t, const std::string& name) {
-    for (int g = 0; g < (int)t.groups.size(); g++) if (t.groups[g].name == name) return g;
-    fatal("internal: no parameter group '%s'", name.c_str());
-}
-
 // Walks a trainer's list of tensors. Declaring (tensor_declare), it appends each tensor to a table; binding
 // (tensor_bind), it points each field at its tensor in a buffer laid out by that table: base[g] + offset for a
 // tensor of group g, or null where base[g] is null (the group is not in that buffer). A trainer writes
@@ -319,9 +314,7 @@ inline void params_read_weights(const ParamTable& t, const Sections& s, const ch
         section_get(s, path, (g.name + ".weights").c_str(), w->data() + g.begin, g.end - g.begin);
 }
 
-// Every tensor of the table under its name, from host values of the flat layout (skip: tensors left out).
-template <typename Skip>
-void safetensors_add_table(SafetensorsWriter* st, const ParamTable& t, const std::vector<floatS>& w, Skip skip) {
-    for (const TensorInfo& ti : t.tensors)
-        if (!skip(ti)) safetensors_add_f32(st, ti.name, ti.shape, w.data() + ti.offset);
+// Every tensor of the table under its name, from host values of the flat layout.
+inline void safetensors_add_table(SafetensorsWriter* st, const ParamTable& t, const std::vector<floatS>& w) {
+    for (const TensorInfo& ti : t.tensors) safetensors_add_f32(st, ti.name, ti.shape, w.data() + ti.offset);
 }

@@ -49,14 +49,13 @@ inline void run_end(Run* r) {
 // Timing of the steps a process runs: the first one (warm-up, allocations) is not counted in the averages.
 typedef struct {
     double t_start, seconds, flops;
-    int first_step, last_step, steps;
+    int first_step, steps;
 } RunTiming;
 
-inline RunTiming timing_begin(int first_step) { return {wall_time(), 0, 0, first_step, 0, 0}; }
+inline RunTiming timing_begin(int first_step) { return {wall_time(), 0, 0, first_step, 0}; }
 
 // Step `step` (counted from 1) took `seconds` for `flops` model FLOPs.
 inline void timing_step(RunTiming* t, int step, double seconds, double flops) {
-    t->last_step = step;
     if (step == t->first_step) return;
     t->seconds += seconds;
     t->flops += flops;

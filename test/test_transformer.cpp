@@ -53,9 +53,8 @@ static void check_stack(const Case& k) {
 
     StackActs acts;
     BlockScratch sc;
-    void* memory_block = nullptr;
     size_t bytes;
-    memory_block = arena_alloc([&](Arena* a) {
+    void* memory_block = arena_alloc([&](Arena* a) {
         stack_layout(a, &acts, s);
         scratch_layout(a, &sc, c, (size_t)B * T, (size_t)B * T, (size_t)B * Tk);
     }, &bytes, "test activations");
