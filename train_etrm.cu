@@ -29,6 +29,7 @@ both backends.
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -267,6 +268,16 @@ static Dims make_dims(const Config& c, int canvas) {
     return d;
 }
 
+// The keys that give the weights their meaning: a checkpoint or safetensors file written with other values is
+// refused (resume=1, load_checkpoint=; load_decoder= compares the decoder's). On resume, other differing keys are
+// logged as warnings, except these run-control keys, which a continued run is expected to change.
+#define ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|puzzle_emb_len|puzzle_emb_ndim|rope_theta|rms_norm_eps|" \
+    "encoder_type|encoder_num_layers|encoder_set_layers|encoder_norm_style|encoder_pooling_method|set_encoder_final_norm|" \
+    "encoder_prefix_scale|canvas"
+#define DECODER_ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps"
+#define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|data_paths_test|max_eval_groups|eval_num_aug|checkpoint_path|" \
+    "load_checkpoint|load_decoder|debug_state|resume|checkpoint_every|checkpoint_keep|save_safetensors|eval_only|log_every"
+
 // Checks that need the whole configuration; every message names the key and the value.
 static void config_validate(const Config& c) {
     auto positive = [](const char* key, int v) { if (v <= 0) fatal("%s=%d: must be positive", key, v); };
@@ -305,6 +316,10 @@ static void config_validate(const Config& c) {
     if (c.num_aug < 0 || c.eval_num_aug < 0 || c.max_train_groups < 0 || c.max_eval_groups < 0 || c.canvas < 0 || c.max_steps < 0)
         fatal("num_aug, eval_num_aug, max_train_groups, max_eval_groups, canvas and max_steps must be >= 0");
     if (c.canvas > 30) fatal("canvas=%d: at most 30 (the largest ARC grid)", c.canvas);
+    if (!(c.lr <= 1) || !(c.puzzle_emb_lr <= 1)) fatal("lr=%g, puzzle_emb_lr=%g: must be at most 1 (upstream uses 1e-4 and 1e-2)", c.lr, c.puzzle_emb_lr);
+    for (const std::string* paths : {&c.data_paths, &c.data_paths_test})
+        if (!paths->empty() && split_commas(*paths).empty())
+            fatal("%s=%s: expected comma-separated file names", paths == &c.data_paths ? "data_paths" : "data_paths_test", paths->c_str());
     if (c.data_paths.empty() && !c.eval_only) fatal("data_paths is empty: give the training task files, e.g. data_paths=data/synth/train.bin (make the synthetic set with python3 data/synth.py data/synth)");
     if (c.eval_only && c.data_paths_test.empty()) fatal("eval_only=1 needs data_paths_test (the tasks to evaluate)");
     if (c.eval_only && c.load_checkpoint.empty() && !c.resume) fatal("eval_only=1 needs weights: load_checkpoint=PATH or resume=1");
@@ -1275,6 +1290,23 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
 // Everything a run needs to continue bit for bit. Weights are also exported as safetensors with the upstream
 // state_dict names.
 
+// A carry sample's indices must name this run's data: a blank (task -1, nothing else set) or a pair of a task under
+// one of its augmentations, with at most max_demos demos (none for TRM).
+static void sample_check(const Sample& s, const DataLoader& dl, const char* path, int slot) {
+    char what[64];
+    snprintf(what, sizeof what, "carry slot %d's task", slot);
+    section_check_range(path, what, s.task, -1, (long long)dl.tasks.size() - 1);
+    const bool blank = s.task < 0;
+    snprintf(what, sizeof what, "carry slot %d's augmentation", slot);
+    section_check_range(path, what, s.aug, 0, blank ? 0 : (long long)dl.tasks[s.task].augs.size() - 1);
+    snprintf(what, sizeof what, "carry slot %d's pair", slot);
+    section_check_range(path, what, s.pair, 0, blank ? 0 : (long long)loader_task(dl, s.task).pairs.size() - 1);
+    snprintf(what, sizeof what, "carry slot %d's puzzle identifier", slot);
+    section_check_range(path, what, s.puzzle_id, 0, blank ? 0 : std::max(dl.n_puzzle_ids - 1, 0));
+    snprintf(what, sizeof what, "carry slot %d's number of demos", slot);
+    section_check_range(path, what, s.n_demos, 0, blank || !dl.etrm ? 0 : dl.max_demos);
+}
+
 // The carry's samples as int32 records: n_demos, puzzle_id, task, aug, pair, then the tokens.
 static void samples_serialize(const std::vector<Sample>& samples, int S, std::vector<int32_t>* out) {
     out->clear();
@@ -1288,20 +1320,35 @@ static void samples_serialize(const std::vector<Sample>& samples, int S, std::ve
     }
 }
 
-static std::vector<Sample> samples_deserialize(const std::vector<int32_t>& in, int n, int S, const char* path) {
+// Reads n records back. With a loader, every field is checked against this run's data and sizes (a checkpoint is
+// hostile until validated: a token outside the vocabulary or too many demos would index outside the buffers).
+static std::vector<Sample> samples_deserialize(const std::vector<int32_t>& in, int n, int S, const DataLoader* dl,
+                                               const char* path) {
     std::vector<Sample> out(n);
     size_t p = 0;
-    for (Sample& s : out) {
-        if (p + 5 + 2 * (size_t)S > in.size()) fatal("%s: the carry's samples are truncated", path);
+    for (int b = 0; b < n; b++) {
+        Sample& s = out[b];
+        if (in.size() - p < 5 + 2 * (size_t)S) fatal("%s: the carry's samples are truncated at slot %d", path, b);
         s.n_demos = in[p]; s.puzzle_id = in[p + 1]; s.task = in[p + 2]; s.aug = in[p + 3]; s.pair = in[p + 4];
         p += 5;
+        if (dl) sample_check(s, *dl, path, b);
         const size_t nd = (size_t)s.n_demos * S;
-        if (s.n_demos < 0 || p + 2 * S + 2 * nd > in.size()) fatal("%s: the carry's samples are corrupt", path);
+        if (s.n_demos < 0 || in.size() - p < 2 * S + 2 * nd) fatal("%s: the carry's samples are truncated at slot %d", path, b);
         s.inputs.assign(in.begin() + p, in.begin() + p + S); p += S;
         s.labels.assign(in.begin() + p, in.begin() + p + S); p += S;
         s.demo_inputs.assign(in.begin() + p, in.begin() + p + nd); p += nd;
         s.demo_labels.assign(in.begin() + p, in.begin() + p + nd); p += nd;
+        if (!dl) continue;
+        auto tokens_ok = [](const std::vector<int32_t>& v, bool labels) {
+            for (int32_t t : v) if (!((t >= 0 && t < VOCAB) || (labels && t == LOADER_IGNORE_LABEL))) return false;
+            return true;
+        };
+        if (!tokens_ok(s.inputs, false) || !tokens_ok(s.labels, true) || !tokens_ok(s.demo_inputs, false) || !tokens_ok(s.demo_labels, false))
+            fatal("%s: carry slot %d holds a token outside the vocabulary 0..%d (labels may also be %d) (corrupt checkpoint)",
+                  path, b, VOCAB - 1, LOADER_IGNORE_LABEL);
     }
+    if (dl && p != in.size())            // (only the fixed-size records of checkpoint_save's gather have padding)
+        fatal("%s: %zu int32 values after the carry's last sample (corrupt checkpoint)", path, in.size() - p);
     return out;
 }
 
@@ -1390,7 +1437,7 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
     for (int g = 0; g < Bl * dist().world; g++) {
         std::vector<int32_t> r(record);
         memcpy(r.data(), &records_all[g * record * sizeof(int32_t)], record * sizeof(int32_t));
-        carry_all.push_back(samples_deserialize(r, 1, d.S, "checkpoint")[0]);
+        carry_all.push_back(samples_deserialize(r, 1, d.S, nullptr, "checkpoint")[0]);
     }
     std::vector<int32_t> samples;
     samples_serialize(carry_all, d.S, &samples);
@@ -1416,12 +1463,10 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
     }
 }
 
-// Continues a run: the model, optimizer, EMA, carry and data position of the checkpoint at `path`.
-static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char* path) {
+// Continues a run: the model, optimizer, EMA, carry and data position of the checkpoint at `path`, every value
+// validated against this run (sizes, ranges, vocabulary, finiteness) before it is used.
+static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char* path, const Sections& s) {
     const Dims& d = m->d;
-    int step;
-    std::string config;
-    Sections s = checkpoint_read(path, &step, &config);
     int64_t state[5];
     section_get(s, path, "state", state, 5);
     const int Bl = m->B_local, B_global = Bl * dist().world;
@@ -1430,24 +1475,31 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
               path, (long long)state[3], B_global);
     if (state[4] != m->n_puzzle_ids)
         fatal("%s: written with %lld puzzle identifiers, this run has %d: resume with the same data and num_aug", path, (long long)state[4], m->n_puzzle_ids);
+    section_check_range(path, "the step", state[0], 0, INT_MAX - 1);
+    section_check_range(path, "the data epoch", state[1], 0, INT_MAX);
+    section_check_range(path, "the data cursor", state[2], 0, (long long)dl->train_groups.size());
     params_load_sections(&m->p, s, path);
     const size_t slot_z = (size_t)d.T * d.D, carry = (size_t)B_global * slot_z;
     std::vector<floatS> buf(2 * carry);
     // this rank's slots of the global carry
     section_get(s, path, "carry_z", buf.data(), 2 * carry);
+    section_check_finite(path, "carry_z", buf.data(), buf.size());
     upload_floatX(m->z_H, slots_of_rank(buf.data(), slot_z, Bl).data(), (size_t)Bl * slot_z);
     upload_floatX(m->z_L, slots_of_rank(buf.data() + carry, slot_z, Bl).data(), (size_t)Bl * slot_z);
     std::vector<int> steps(B_global);
     section_get(s, path, "carry_steps", steps.data(), steps.size());
+    for (int v : steps) section_check_range(path, "an ACT step count of the carry", v, 0, m->cfg.halt_max_steps);
     copy_to_device(m->steps, slots_of_rank(steps.data(), 1, Bl).data(), Bl * sizeof(int));
     std::vector<uint8_t> halted(B_global);
     section_get(s, path, "carry_halted", halted.data(), halted.size());
+    for (uint8_t v : halted) section_check_range(path, "a halted flag of the carry", v, 0, 1);
     ts->halted = slots_of_rank(halted.data(), 1, Bl);
     copy_to_device(m->halted, ts->halted.data(), ts->halted.size());
-    const std::vector<uint8_t>& raw = s["carry_samples"];
-    std::vector<int32_t> samples(raw.size() / sizeof(int32_t));
-    memcpy(samples.data(), raw.data(), samples.size() * sizeof(int32_t));
-    std::vector<Sample> carry_all = samples_deserialize(samples, B_global, d.S, path);
+    auto it = s.find("carry_samples");
+    if (it == s.end() || it->second.size() % sizeof(int32_t)) fatal("%s: section 'carry_samples' is missing or not whole int32 records", path);
+    std::vector<int32_t> samples(it->second.size() / sizeof(int32_t));
+    section_get(s, path, "carry_samples", samples.data(), samples.size());
+    std::vector<Sample> carry_all = samples_deserialize(samples, B_global, d.S, dl, path);
     ts->carry = slots_of_rank(carry_all.data(), 1, Bl);
     ts->step = (int)state[0];
     dl->epoch = state[1];
@@ -1462,13 +1514,16 @@ static bool ends_with(const std::string& s, const char* suffix) {
 
 // Initial weights from a file: an arc.cu checkpoint (.bin) or safetensors with the upstream names. With
 // decoder_only, only the decoder (inner.*) is read (TRM -> ETRM transfer; the puzzle table is skipped) and the
-// encoder keeps its initialisation.
-static void load_weights(Model* m, const std::string& path, bool decoder_only) {
+// encoder keeps its initialisation. A file written by arc.cu carries its configuration: its architecture must be
+// this run's. Tensors of the file that this model does not have are named in a warning.
+static void load_weights(Model* m, Run* run, const std::string& path, bool decoder_only) {
     const Dims& d = m->d;
     const ParamTable& table = m->p.table;
+    const char* arch = decoder_only ? DECODER_ARCH_KEYS : ARCH_KEYS;
     std::vector<floatS> w = params_values(m->p);
     if (ends_with(path, ".safetensors")) {
         Safetensors st = safetensors_read(path.c_str());
+        config_check_file(run, path.c_str(), safetensors_meta(st, "config"), arch, "", false);
         if (d.enc == ENC_NONE && !decoder_only) {
             const SafetensorsEntry* e = safetensors_find(st, "inner.puzzle_emb.weights");
             if (!e) fatal("%s: no inner.puzzle_emb.weights (a TRM model needs its puzzle table)", path.c_str());
@@ -1477,16 +1532,28 @@ static void load_weights(Model* m, const std::string& path, bool decoder_only) {
                       "files and num_aug, which must match the run that trained it", path.c_str(),
                       safetensors_shape_str(e->shape).c_str(), m->n_puzzle_ids, d.ndim);
         }
-        for (const TensorInfo& t : table.tensors)
-            if (!(decoder_only && (t.group == GROUP_ENCODER || t.group == GROUP_PUZZLE)))
-                safetensors_get(st, t.name, t.shape, w.data() + t.offset);
+        std::set<std::string> used;
+        for (const TensorInfo& t : table.tensors) {
+            const bool skip = decoder_only && (t.group == GROUP_ENCODER || t.group == GROUP_PUZZLE);
+            if (!skip) safetensors_get(st, t.name, t.shape, w.data() + t.offset);
+            used.insert(t.name);
+        }
+        std::string unused;
+        int n_unused = 0;
+        for (const SafetensorsEntry& e : st.entries)
+            if (!used.count(e.name) && n_unused++ < 8) unused += (unused.empty() ? "" : ", ") + safetensors_printable(e.name);
+        if (n_unused)
+            log_printf(&run->log, "warning: %s has %d tensor%s this model does not use: %s%s\n", path.c_str(), n_unused,
+                       n_unused > 1 ? "s" : "", unused.c_str(), n_unused > 8 ? ", ..." : "");
     } else {
         if (decoder_only) fatal("load_decoder=%s: expected a .safetensors file (convert PyTorch checkpoints with dev/convert_trm_checkpoint.py)", path.c_str());
         int step;
         std::string config;
         Sections s = checkpoint_read(path.c_str(), &step, &config);
+        config_check_file(run, path.c_str(), config, arch, "", false);
         params_read_weights(table, s, path.c_str(), &w);
     }
+    params_check_finite(table, w, path.c_str(), "the weights");
     params_set(&m->p, w);
 }
 
@@ -1798,7 +1865,7 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
 }
 
 #ifndef TESTING
-int main(int argc, char** argv) {
+static int train_main(int argc, char** argv) {
     Config cfg = config_defaults();
     std::vector<ArgSpec> specs = config_specs(&cfg);
     Run run;
@@ -1821,8 +1888,8 @@ int main(int argc, char** argv) {
     Model* m = &model;
     model_build(m, cfg, dl.canvas, dl.n_puzzle_ids, cfg.global_batch_size / W);
     model_init_weights(m, (uint64_t)cfg.seed);
-    if (!cfg.load_checkpoint.empty()) load_weights(m, cfg.load_checkpoint, false);
-    if (!cfg.load_decoder.empty()) load_weights(m, cfg.load_decoder, true);
+    if (!cfg.load_checkpoint.empty()) load_weights(m, &run, cfg.load_checkpoint, false);
+    if (!cfg.load_decoder.empty()) load_weights(m, &run, cfg.load_decoder, true);
     TrainState ts;
     ts.step = 0;
     ts.carry.assign(m->B_local, loader_blank_sample(dl));
@@ -1832,9 +1899,19 @@ int main(int argc, char** argv) {
         if (found.empty()) {
             if (cfg.eval_only) fatal("resume=1: no checkpoint in %s", cfg.checkpoint_path.c_str());
             log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
-        } else {
-            const std::string path = checkpoint_name(cfg.checkpoint_path, "ckpt", found.back(), ".bin");
-            checkpoint_load(m, &dl, &ts, path.c_str());
+        } else {                                 // the newest checkpoint that reads whole; a damaged one is skipped
+            std::vector<std::string> paths;
+            for (auto it = found.rbegin(); it != found.rend(); ++it) paths.push_back(checkpoint_name(cfg.checkpoint_path, "ckpt", *it, ".bin"));
+            Checkpoint ck;
+            std::string newest_error;
+            const std::string path = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
+                log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
+                if (newest_error.empty()) newest_error = p + ": " + why;
+            });
+            if (path.empty()) fatal("resume=1: no checkpoint in %s reads (%zu tried; the newest, %s)", cfg.checkpoint_path.c_str(),
+                                    paths.size(), newest_error.c_str());
+            config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true);
+            checkpoint_load(m, &dl, &ts, path.c_str(), ck.sections);
             log_printf(&log, "resumed from %s at step %d\n", path.c_str(), ts.step);
         }
     }
@@ -1873,6 +1950,9 @@ int main(int argc, char** argv) {
         const bool capture = step == 1 && !cfg.debug_state.empty();
         const bool log_step = step % cfg.log_every == 0 || step == total_steps;
         StepMetrics r = train_step(m, &dl, &ts, capture ? &cap : nullptr, log_step);
+        if (!std::isfinite(r.loss))      // (summed over the ranks: every rank stops here, before the update)
+            fatal("step %d: the loss is %g: the run diverged (try a lower lr or grad_clip_norm=1); the checkpoints written "
+                  "so far are kept", step, r.loss);
         if (capture && rank == 0) {
             debug_state_write(m, ts, cap, cfg.debug_state, config_text);
             log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
@@ -1900,4 +1980,5 @@ int main(int argc, char** argv) {
     run_end(&run);
     return 0;
 }
+int main(int argc, char** argv) { return run_main(train_main, argc, argv); }
 #endif

@@ -61,12 +61,10 @@ inline int32_t arc_tasks_le32(const uint8_t* p) {
 // Loads and validates a task file; any problem is fatal (exit 1) with a message naming the file.
 inline ArcTaskFile arc_tasks_load(const char* path) {
     static const char* REGEN = "regenerate it with python3 data/arc.py OUT.bin ARC_JSON_DIR (or data/synth.py)";
-    FILE* f = fopen(path, "rb");
-    if (!f) fatal("cannot open task file %s: %s (create it with python3 data/arc.py %s ARC_JSON_DIR)", path, strerror(errno), path);
-    if (fseek(f, 0, SEEK_END) != 0) fatal("%s: cannot seek: %s (is it a regular file?)", path, strerror(errno));
-    long size = ftell(f);
-    if (size < 0) fatal("%s: cannot tell its size: %s (is it a regular file?)", path, strerror(errno));
-    rewind(f);
+    struct stat sb;
+    if (stat(path, &sb) != 0) fatal("cannot open task file %s: %s (create it with python3 data/arc.py %s ARC_JSON_DIR)", path, strerror(errno), path);
+    const long size = regular_file_size(path, "task file");
+    FILE* f = fopen_check(path, "rb");
     std::vector<uint8_t> bytes((size_t)size);
     fread_check(bytes.data(), (size_t)size, f, path);
     fclose(f);

@@ -80,7 +80,8 @@ inline void arg_set(const ArgSpec& a, const std::string& value) {
         }
         case ARG_FLOAT: {
             double v = strtod(s, &end);
-            if (value.empty() || *end || errno || !isfinite(v)) fatal("%s=%s: expected a finite number", a.key, s);
+            if (value.empty() || *end || errno || !isfinite(v) || !isfinite((float)v))
+                fatal("%s=%s: expected a finite number (of float range)", a.key, s);
             *(float*)a.ptr = (float)v;
             break;
         }
@@ -101,6 +102,7 @@ inline void arg_set(const ArgSpec& a, const std::string& value) {
 
 // Parses argv[1..]; returns false if help was printed (the caller exits 0).
 inline bool args_parse(int argc, char** argv, const std::vector<ArgSpec>& specs, const char* usage) {
+    std::vector<std::string> given(specs.size());       // the argument that set each key (a key is set once)
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i];
         if (arg == "--help" || arg == "-h" || arg == "help") {
@@ -126,6 +128,9 @@ inline bool args_parse(int argc, char** argv, const std::vector<ArgSpec>& specs,
             if (best && best_d <= 3) fatal("unknown key '%s' (did you mean '%s'? run %s --help for all keys)", key.c_str(), best->key, argv[0]);
             fatal("unknown key '%s' (run %s --help for all keys)", key.c_str(), argv[0]);
         }
+        std::string& first = given[found - specs.data()];
+        if (!first.empty()) fatal("%s is given twice (%s and %s): give each key once", found->key, first.c_str(), arg.c_str());
+        first = arg;
         arg_set(*found, value);
     }
     return true;

@@ -12,7 +12,7 @@
 //   dist_sum_host       in-place sum over the ranks of host doubles / ints (metrics, counts)
 //   dist_gather_host    rank 0 receives every rank's equally sized host block, in rank order
 //   dist_allgather_host the same on every rank
-//   dist_check_same     every rank must hold the same 64-bit value (e.g. a hash of the configuration)
+//   dist_check_same     every rank must hold the same lines (e.g. of the configuration); a difference is named
 //   dist_finish         MPI_Finalize
 //
 // Global batch slots are interleaved: rank r holds the global slots r, r + W, r + 2W, ... (W ranks), so slot
@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 #include "device.h"
+#include "rand.h"
 #include "utils.h"
 #ifdef USE_MPI
 #define OMPI_SKIP_MPICXX 1           // the C API only (OpenMPI's C++ bindings do not compile warning-free)
@@ -239,12 +240,15 @@ inline std::vector<uint8_t> dist_slot_order(const std::vector<uint8_t>& by_rank,
 }
 
 // Stops every rank with `what` when the ranks do not all hold the same value.
-inline void dist_check_same(uint64_t value, const char* what) {
-    std::vector<uint8_t> all = dist_allgather_host(&value, sizeof value);
-    for (int r = 0; r < dist().world; r++) {
-        uint64_t v;
-        memcpy(&v, all.data() + r * sizeof v, sizeof v);
-        if (v != value) fatal("rank %d: %s differs from rank %d's: every rank must be started with the same arguments",
-                              dist().rank, what, r);
-    }
+inline void dist_check_same(const std::vector<std::string>& lines, const char* what) {
+    std::vector<uint64_t> mine;
+    for (const std::string& l : lines) mine.push_back(hash_bytes(l.data(), l.size()));
+    const std::vector<uint8_t> all = dist_allgather_host(mine.data(), mine.size() * sizeof(uint64_t));
+    for (int r = 0; r < dist().world; r++)
+        for (size_t i = 0; i < mine.size(); i++) {
+            uint64_t v;
+            memcpy(&v, all.data() + (r * mine.size() + i) * sizeof v, sizeof v);
+            if (v != mine[i]) fatal("rank %d: %s '%s' differs from rank %d's: every rank must be started with the same arguments",
+                                    dist().rank, what, lines[i].c_str(), r);
+        }
 }

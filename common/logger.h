@@ -5,18 +5,22 @@
 // which dev/plot.py parses. Only the process that owns the log (rank 0) writes.
 #pragma once
 #include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <string>
 #include "utils.h"
 
 typedef struct {
+    std::string path;
     FILE* file;
     bool active;     // false on ranks other than 0: nothing is printed or written
 } Logger;
 
 inline void logger_open(Logger* log, const std::string& path, bool active) {
     log->active = active;
+    log->path = path;
     log->file = nullptr;
     if (active && !path.empty()) log->file = fopen_check(path.c_str(), "a");
 }
@@ -28,11 +32,14 @@ inline void log_printf(Logger* log, const char* fmt, ...) {
     vprintf(fmt, ap);
     va_end(ap);
     fflush(stdout);
-    if (log->file) {
+    if (log->file) {   // a log line that cannot be written (a full disk) stops the run: it must not go missing
         va_start(ap, fmt);
-        vfprintf(log->file, fmt, ap);
+        const bool ok = vfprintf(log->file, fmt, ap) >= 0 && fflush(log->file) == 0;
         va_end(ap);
-        fflush(log->file);
+        if (!ok) {
+            log->file = nullptr;
+            fatal("writing %s failed: %s (disk full?)", log->path.c_str(), strerror(errno));
+        }
     }
 }
 

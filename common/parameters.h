@@ -262,6 +262,16 @@ inline std::vector<floatS> params_values(const Params& p, bool ema = false) {
 // ----------------------------------------------------------------------------------------------------------
 // Checkpoints and safetensors
 
+// The first non-finite value among the tensors of `t` in host values of the flat layout (or a prefix of it, as the
+// Adam and EMA buffers are): the tensor's name and the element, or "" when every value is finite.
+inline std::string params_find_nonfinite(const ParamTable& t, const std::vector<floatS>& values) {
+    for (const TensorInfo& ti : t.tensors)
+        for (size_t i = 0; i < ti.numel && ti.offset + i < values.size(); i++)
+            if (!std::isfinite((double)values[ti.offset + i]))
+                return ti.name + " element " + std::to_string(i) + " is " + std::to_string((double)values[ti.offset + i]);
+    return "";
+}
+
 // The parameter state as checkpoint sections: per group "<group>.weights" (fp32), per Adam group "<group>.adam_m"
 // and "<group>.adam_v", per EMA group "<group>.ema", and "param_steps" (each group's optimizer steps, int64).
 inline void params_sections(const Params& p, SectionList* out) {
@@ -270,6 +280,11 @@ inline void params_sections(const Params& p, SectionList* out) {
     std::vector<floatS> m(t.n_dense), v(t.n_dense);
     copy_to_host(m.data(), p.adam_m, m.size() * sizeof(floatS));
     copy_to_host(v.data(), p.adam_v, v.size() * sizeof(floatS));
+    const std::vector<floatS>* state[4] = {&w, &e, &m, &v};
+    for (const std::vector<floatS>* values : state) {            // a checkpoint never holds a diverged model
+        const std::string bad = params_find_nonfinite(t, *values);
+        if (!bad.empty()) fatal("not writing a checkpoint: %s (the run diverged; the previous checkpoints are kept)", bad.c_str());
+    }
     for (const ParamGroup& g : t.groups) {
         const size_t bytes = (g.end - g.begin) * sizeof(floatS);
         section_add(out, g.name + ".weights", w.data() + g.begin, bytes);
@@ -283,7 +298,14 @@ inline void params_sections(const Params& p, SectionList* out) {
     section_add(out, "param_steps", steps.data(), steps.size() * sizeof(int64_t));
 }
 
-// Reads the sections params_sections wrote (sizes checked against this run's table).
+// Values read from a file must be finite: NaN or Inf would silently train garbage.
+inline void params_check_finite(const ParamTable& t, const std::vector<floatS>& values, const char* path, const char* what) {
+    const std::string bad = params_find_nonfinite(t, values);
+    if (!bad.empty()) fatal("%s: %s of %s: expected finite values (corrupt or diverged file)", path, what, bad.c_str());
+}
+
+// Reads the sections params_sections wrote (sizes checked against this run's table; values must be finite, Adam's
+// second moments non-negative, the step counts 0..INT_MAX).
 inline void params_load_sections(Params* p, const Sections& s, const char* path) {
     const ParamTable& t = p->table;
     std::vector<floatS> w = params_values(*p), m(t.n_dense), v(t.n_dense), e(t.n_ema);
@@ -296,6 +318,13 @@ inline void params_load_sections(Params* p, const Sections& s, const char* path)
         }
         if (g.ema && p->ema) section_get(s, path, (g.name + ".ema").c_str(), e.data() + g.begin, n);
     }
+    params_check_finite(t, w, path, "the weights");
+    params_check_finite(t, m, path, "Adam's first moment");
+    params_check_finite(t, e, path, "the EMA");
+    for (size_t i = 0; i < v.size(); i++)
+        if (!(v[i] >= 0) || !std::isfinite(v[i]))
+            fatal("%s: Adam's second moment holds %g at flat element %zu, expected a finite, non-negative value (corrupt checkpoint)",
+                  path, (double)v[i], i);
     params_set(p, w);
     copy_to_device(p->adam_m, m.data(), m.size() * sizeof(floatS));
     copy_to_device(p->adam_v, v.data(), v.size() * sizeof(floatS));
@@ -305,13 +334,17 @@ inline void params_load_sections(Params* p, const Sections& s, const char* path)
     }
     std::vector<int64_t> steps(p->steps.size());
     section_get(s, path, "param_steps", steps.data(), steps.size());
-    for (size_t g = 0; g < steps.size(); g++) p->steps[g] = (int)steps[g];
+    for (size_t g = 0; g < steps.size(); g++) {
+        section_check_range(path, ("group " + t.groups[g].name + "'s optimizer steps").c_str(), steps[g], 0, INT_MAX);
+        p->steps[g] = (int)steps[g];
+    }
 }
 
 // Only the weights (load_checkpoint=): "<group>.weights" of every group, into host values of the flat layout.
 inline void params_read_weights(const ParamTable& t, const Sections& s, const char* path, std::vector<floatS>* w) {
     for (const ParamGroup& g : t.groups)
         section_get(s, path, (g.name + ".weights").c_str(), w->data() + g.begin, g.end - g.begin);
+    params_check_finite(t, *w, path, "the weights");
 }
 
 // Every tensor of the table under its name, from host values of the flat layout.

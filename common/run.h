@@ -2,6 +2,9 @@
 // training loop (ms per step, samples/s, model TFLOP/s and MFU against the device's peak, progress and ETA).
 #pragma once
 #include <stdio.h>
+#include <map>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 #include "args.h"
@@ -33,12 +36,56 @@ bool run_begin(Run* r, int* argc, char*** argv, const std::vector<ArgSpec>& spec
     }
     validate();
     r->config_text = args_dump(specs);
-    dist_check_same(hash_bytes(r->config_text.data(), r->config_text.size()), "the configuration");
+    dist_check_same(split_lines(r->config_text), "the configuration line");
     r->device_name = dist_init_device();
     r->peak_flops = device_peak_tflops(r->device_name) * 1e12;
     if (r->rank == 0 && !dir.empty()) make_dirs(dir);
     logger_open(&r->log, dir.empty() ? "" : dir + "/log.txt", r->rank == 0);
     return true;
+}
+
+// The configuration a file was written with (its args_dump text, e.g. a checkpoint's) against this run's. A key of
+// `fatal_keys` ("a|b|c": the architecture, which the weights mean nothing without) that differs stops the run;
+// with warn_others, any other differing key that is not in `quiet_keys` (run control: paths, logging, length) is
+// logged as a warning. Keys one side does not know (another arc.cu version) are skipped.
+inline void config_check_file(Run* r, const char* path, const std::string& stored, const char* fatal_keys,
+                              const char* quiet_keys, bool warn_others) {
+    std::map<std::string, std::string> now;
+    for (const std::string& line : split_lines(r->config_text)) {
+        const size_t eq = line.find('=');
+        if (eq != std::string::npos) now[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+    auto clip = [](const std::string& v) {                     // the stored text is untrusted: printable, short
+        std::string out;
+        for (char c : v.substr(0, 80)) out += (c >= 32 && c < 127) ? c : '?';
+        return v.size() > 80 ? out + "..." : out;
+    };
+    for (const std::string& line : split_lines(stored)) {
+        const size_t eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
+        auto it = now.find(key);
+        if (it == now.end() || it->second == value) continue;
+        if (choice_allowed(fatal_keys, key))
+            fatal("%s was written with %s=%s, this run has %s=%s: the architecture must match", path, clip(key).c_str(),
+                  clip(value).c_str(), key.c_str(), it->second.c_str());
+        if (warn_others && !choice_allowed(quiet_keys, key))
+            log_printf(&r->log, "warning: %s was written with %s=%s, this run has %s=%s\n", path, key.c_str(), clip(value).c_str(),
+                       key.c_str(), it->second.c_str());
+    }
+}
+
+// The process boundary of a trainer: an exception escaping main() (host memory exhausted, a library's error)
+// becomes one error line and exit status 1, never an abort with a core dump.
+template <typename Main>
+int run_main(Main body, int argc, char** argv) {
+    try {
+        return body(argc, argv);
+    } catch (const std::bad_alloc&) {
+        fatal("out of host memory");
+    } catch (const std::exception& e) {
+        fatal("internal error: %s", e.what());
+    }
 }
 
 inline void run_end(Run* r) {

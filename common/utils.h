@@ -2,15 +2,18 @@
 //
 // Every error names what is wrong (the file, the flag, the value) and what was expected, then exits with
 // status 1. Nothing here ever leaves a half-written file behind: write_file_atomic() writes to a
-// temporary name and renames it over the target only when everything was written.
+// temporary name and renames it over the target only when everything was written; a failed write (a full
+// disk) removes its temporary file, so the space is free for the next attempt.
 #pragma once
 #include <errno.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,8 @@
 
 // Called by fatal() instead of exit(1) when set: a multi-process run aborts every process (common/distributed.h).
 inline void (*&fatal_hook())() { static void (*hook)() = nullptr; return hook; }
+// The temporary file write_file_atomic() is writing, removed by fatal() (empty: none).
+inline std::string& pending_tmp_file() { static std::string path; return path; }
 
 // Print "error: <message>" (printf-style) and exit(1).
 [[noreturn]] inline void fatal(const char* fmt, ...) {
@@ -29,6 +34,7 @@ inline void (*&fatal_hook())() { static void (*hook)() = nullptr; return hook; }
     fprintf(stderr, "\n");
     va_end(ap);
     fflush(stderr);
+    if (!pending_tmp_file().empty()) remove(pending_tmp_file().c_str());
     if (fatal_hook()) fatal_hook()();
     exit(1);
 }
@@ -45,8 +51,19 @@ inline FILE* fopen_check(const char* path, const char* mode) {
     return f;
 }
 
+// Fails unless `path` is a regular file: a directory or a FIFO given as an input file must not be opened
+// (a directory has no size, reading a FIFO can block forever). Returns its size in bytes.
+inline long regular_file_size(const char* path, const char* what) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) fatal("cannot open %s %s: %s", what, path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        fatal("%s %s is not a regular file (it is a %s)", what, path, S_ISDIR(sb.st_mode) ? "directory" : "FIFO, socket or device");
+    return (long)sb.st_size;
+}
+
 // Read exactly `bytes` or fail with a message that says whether the file ended early.
 inline void fread_check(void* dst, size_t bytes, FILE* f, const char* path) {
+    if (bytes == 0) return;
     size_t got = fread(dst, 1, bytes, f);
     if (got != bytes) {
         if (feof(f)) fatal("%s ended early: wanted %zu more bytes, got %zu (truncated file?)", path, bytes, got);
@@ -55,15 +72,8 @@ inline void fread_check(void* dst, size_t bytes, FILE* f, const char* path) {
 }
 
 inline void fwrite_check(const void* src, size_t bytes, FILE* f, const char* path) {
+    if (bytes == 0) return;
     if (fwrite(src, 1, bytes, f) != bytes) fatal("writing %s failed: %s (disk full?)", path, strerror(errno));
-}
-
-inline long file_size(const char* path) {
-    FILE* f = fopen_check(path, "rb");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fclose(f);
-    return n;
 }
 
 inline bool file_exists(const char* path) {
@@ -72,16 +82,36 @@ inline bool file_exists(const char* path) {
     return f != nullptr;
 }
 
-// Writes a file through a callback on "<path>.tmp", then renames it to <path>: a crash or a full disk
-// never leaves a truncated file under the final name.
+// Writes a file through a callback on "<path>.tmp", flushes it to the disk, then renames it to <path>: a crash
+// or a full disk never leaves a truncated file under the final name, and a failed write removes the .tmp.
 template <typename WriteFn>
 void write_file_atomic(const std::string& path, WriteFn&& write_body) {
-    std::string tmp = path + ".tmp";
+    const std::string tmp = path + ".tmp";
     FILE* f = fopen_check(tmp.c_str(), "wb");
+    pending_tmp_file() = tmp;
     write_body(f, tmp.c_str());
-    if (fflush(f) != 0 || fclose(f) != 0) fatal("writing %s failed: %s (disk full?)", tmp.c_str(), strerror(errno));
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0)
+        fatal("writing %s failed: %s (disk full?)", tmp.c_str(), strerror(errno));
     if (rename(tmp.c_str(), path.c_str()) != 0)
         fatal("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
+    pending_tmp_file().clear();
+}
+
+// CRC-32 (IEEE 802.3, the polynomial of zlib and PNG) of `bytes`, continuing from `crc` (0 to start).
+inline uint32_t crc32(const void* data, size_t bytes, uint32_t crc = 0) {
+    static const std::array<uint32_t, 256> table = [] {
+        std::array<uint32_t, 256> t;
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        return t;
+    }();
+    const uint8_t* p = (const uint8_t*)data;
+    crc = ~crc;
+    for (size_t i = 0; i < bytes; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
 }
 
 // Split "a,b,c" into its non-empty parts.
@@ -92,6 +122,19 @@ inline std::vector<std::string> split_commas(const std::string& s) {
         size_t end = s.find(',', start);
         if (end == std::string::npos) end = s.size();
         if (end > start) out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+// The lines of a text, without their newlines (a last line without one included).
+inline std::vector<std::string> split_lines(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start < s.size()) {
+        size_t end = s.find('\n', start);
+        if (end == std::string::npos) end = s.size();
+        out.push_back(s.substr(start, end - start));
         start = end + 1;
     }
     return out;

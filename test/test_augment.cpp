@@ -155,7 +155,7 @@ static void write_bytes(const std::string& path, const std::vector<uint8_t>& b) 
     fclose(f);
 }
 static std::vector<uint8_t> read_bytes(const std::string& path) {
-    std::vector<uint8_t> b((size_t)file_size(path.c_str()));
+    std::vector<uint8_t> b((size_t)regular_file_size(path.c_str(), "file"));
     FILE* f = fopen_check(path.c_str(), "rb");
     fread_check(b.data(), b.size(), f, path.c_str());
     fclose(f);

@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 
 from harness import expect as check, finish, run_groups
 
@@ -51,17 +52,19 @@ def train_lines(stdout):
 
 
 def read_sections(path):
-    """Sections of an arc.cu checkpoint (see train_etrm.cu section 9): name -> bytes."""
+    """Sections of an arc.cu checkpoint (common/checkpoint.h, version 3): name -> bytes, each CRC-32 checked."""
     with open(path, "rb") as f:
         data = f.read()
     header = struct.unpack("<256i", data[:1024])
+    assert header[1] == 3, f"{path}: checkpoint version {header[1]}, expected 3"
     pos = 1024 + header[4]
     sections = {}
     for _ in range(header[3]):
         name = data[pos:pos + 48].split(b"\0")[0].decode()
-        (n,) = struct.unpack("<q", data[pos + 48:pos + 56])
-        sections[name] = data[pos + 56:pos + 56 + n]
-        pos += 56 + n
+        n, crc, _zero = struct.unpack("<qII", data[pos + 48:pos + 64])
+        sections[name] = data[pos + 64:pos + 64 + n]
+        assert zlib.crc32(sections[name]) == crc, f"{path}: section {name} fails its CRC-32"
+        pos += 64 + n
     return sections
 
 
