@@ -26,6 +26,7 @@ Compiled twice (common/device.h): train_jepa_cpu, the CPU reference, and train_j
 draws the same global micro-batch and keeps the samples rank, rank + W, ...; gradients, codebook statistics and
 metrics are summed over the ranks, so every rank takes the same step.
 */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -283,6 +284,13 @@ static int agg_kind(const std::string& s) {
     return s == "mean" ? AGG_MEAN : s == "last" ? AGG_LAST : s == "attention" ? AGG_ATTENTION : AGG_GRU;
 }
 
+// The keys that give the weights their meaning: a checkpoint written with other values is refused. On resume, other
+// differing keys are logged as warnings, except these run-control keys, which a continued run is expected to change.
+#define ARCH_KEYS "context_mode|context_window|hidden_dim|relational_layers|relational_heads|vq_enabled|num_embeddings|" \
+    "vq_mode|context_agg|projection_dim|proj_final_relu|use_target_encoder|objective|queue_size"
+#define RUN_CONTROL_KEYS "epochs|max_steps|log_every|diag_every|diag_window|checkpoint_path|checkpoint_interval|" \
+    "eval_every_epochs|resume|export_codes|codes_data|early_stop_patience|early_stop_min_delta"
+
 static void config_validate(const Config& c) {
     auto need = [](bool ok, const char* key, const char* what, double value) {
         if (!ok) fatal("%s=%g: expected %s", key, value, what);
@@ -301,6 +309,14 @@ static void config_validate(const Config& c) {
     need(c.temperature > 0 && c.temperature_min > 0 && c.temperature_min <= c.temperature_max, "temperature_min",
          "0 < temperature_min <= temperature_max", c.temperature_min);
     need(c.sigreg_slices >= 1, "sigreg_slices", ">= 1", c.sigreg_slices);
+    need(c.lr > 0 && c.lr <= 1, "lr", "in (0, 1] (the reference uses 5e-5)", c.lr);
+    need(c.weight_decay >= 0, "weight_decay", ">= 0", c.weight_decay);
+    need(c.warmup_steps >= 0, "warmup_steps", ">= 0", c.warmup_steps);
+    need(c.max_norm >= 0, "max_norm", ">= 0 (0: off)", c.max_norm);
+    need(c.min_lr_scale >= 0 && c.min_lr_scale <= 1, "min_lr_scale", "in [0, 1]", c.min_lr_scale);
+    need(c.beta1 >= 0 && c.beta1 < 1, "beta1", "in [0, 1)", c.beta1);
+    need(c.beta2 >= 0 && c.beta2 < 1, "beta2", "in [0, 1)", c.beta2);
+    need(c.adam_eps > 0, "adam_eps", "> 0", c.adam_eps);
     need(c.batch_size >= 1, "batch_size", ">= 1", c.batch_size);
     need(c.grad_accum_steps >= 1 && c.batch_size % c.grad_accum_steps == 0, "grad_accum_steps", "a divisor of batch_size", c.grad_accum_steps);
     need(c.epochs >= 1, "epochs", ">= 1", c.epochs);
@@ -1351,31 +1367,59 @@ static void checkpoint_save(Model* m, const TrainState& ts, const std::string& p
     checkpoint_write(path, ts.step, args_dump(config_specs(&m->c)), sections);
 }
 
-static void checkpoint_load(Model* m, TrainState* ts, const char* path) {
+// Continues from checkpoint sections, every value validated against this run (sizes, ranges, finiteness) before
+// it is used: the queue position indexes the queue, the step indexes the data order.
+static void checkpoint_load(Model* m, TrainState* ts, const char* path, const Sections& s) {
     const Dims& d = m->d;
-    int step;
-    std::string config;
-    const Sections s = checkpoint_read(path, &step, &config);
+    int64_t state[12];
+    section_get(s, path, "state", state, 12);
+    const int Q = std::max(1, m->c.queue_size);
+    section_check_range(path, "the step", state[0], 0, INT_MAX - 1);
+    section_check_range(path, "the epoch", state[1], 0, INT_MAX);
+    section_check_range(path, "the epochs without improvement", state[3], 0, INT_MAX);
+    section_check_range(path, "the queue position", state[4], 0, Q - 1);
+    section_check_range(path, "the queue fill", state[5], 0, m->c.queue_size);
+    for (int i = 6; i < 10; i++) section_check_range(path, "a codebook counter", state[i], 0, LLONG_MAX);
+    double best_val;
+    memcpy(&best_val, &state[2], sizeof(double));
+    if (std::isnan(best_val)) fatal("%s: the best validation loss is NaN (corrupt checkpoint)", path);
     params_load_sections(&m->p, s, path);
     std::vector<floatS> buf;
-    auto get = [&](const char* name, floatS* dst, size_t n) {
+    auto get = [&](const char* name, floatS* dst, size_t n, bool non_negative) {
         buf.resize(n);
         section_get(s, path, name, buf.data(), n);
+        section_check_finite(path, name, buf.data(), n, non_negative);
         copy_to_device(dst, buf.data(), n * sizeof(floatS));
     };
     if (d.vq && !d.gumbel) {
         const size_t KD = (size_t)d.K * d.D;
-        get("codebook", m->cb.codebook, KD); get("codebook_count", m->cb.ema_count, d.K); get("codebook_sum", m->cb.ema_sum, KD);
-        get("target_codebook", m->tcb.codebook, KD); get("target_codebook_count", m->tcb.ema_count, d.K);
-        get("target_codebook_sum", m->tcb.ema_sum, KD);
+        get("codebook", m->cb.codebook, KD, false); get("codebook_count", m->cb.ema_count, d.K, true);
+        get("codebook_sum", m->cb.ema_sum, KD, false);
+        get("target_codebook", m->tcb.codebook, KD, false); get("target_codebook_count", m->tcb.ema_count, d.K, true);
+        get("target_codebook_sum", m->tcb.ema_sum, KD, false);
     }
-    get("queue", m->queue, (size_t)std::max(1, m->c.queue_size) * d.P);
-    int64_t state[12];
-    section_get(s, path, "state", state, 12);
+    get("queue", m->queue, (size_t)Q * d.P, false);
     ts->step = (int)state[0]; ts->epoch = (int)state[1]; ts->wait = (int)state[3];
-    memcpy(&ts->best_val, &state[2], sizeof(double));
+    ts->best_val = best_val;
     m->queue_ptr = (int)state[4]; m->queue_fill = (int)state[5];
     m->cb.calls = state[6]; m->cb.refreshes = state[7]; m->tcb.calls = state[8]; m->tcb.refreshes = state[9];
+}
+
+// resume=latest's candidates, newest first: latest.bin, then epoch_<e>.bin by descending epoch (those that exist).
+static std::vector<std::string> latest_checkpoints(const std::string& dir) {
+    std::vector<std::string> paths;
+    if (file_exists((dir + "/latest.bin").c_str())) paths.push_back(dir + "/latest.bin");
+    std::vector<int> epochs;
+    if (DIR* dp = opendir(dir.c_str())) {
+        while (struct dirent* e = readdir(dp)) {
+            int epoch, n = 0;
+            if (sscanf(e->d_name, "epoch_%d.bin%n", &epoch, &n) == 1 && n == (int)strlen(e->d_name) && epoch >= 0) epochs.push_back(epoch);
+        }
+        closedir(dp);
+    }
+    std::sort(epochs.rbegin(), epochs.rend());
+    for (int e : epochs) paths.push_back(dir + "/epoch_" + std::to_string(e) + ".bin");
+    return paths;
 }
 
 // The encoder, aggregator, head and codebook as safetensors with the reference's state_dict names (q/k/v split).
@@ -1524,7 +1568,7 @@ static DataSet load_examples(const std::string& path, const Config& c) {
 }
 
 #ifndef TESTING
-int main(int argc, char** argv) {
+static int train_main(int argc, char** argv) {
     Config cfg = config_defaults();
     std::vector<ArgSpec> specs = config_specs(&cfg);
     Run run;
@@ -1539,11 +1583,23 @@ int main(int argc, char** argv) {
     model_build(m, cfg);
     model_init(m, (uint64_t)cfg.seed);
     TrainState ts = {0, 0, INFINITY, 0};
-    std::string resume = cfg.resume;
-    if (resume == "latest") resume = file_exists((cfg.checkpoint_path + "/latest.bin").c_str()) ? cfg.checkpoint_path + "/latest.bin" : "";
-    if (!resume.empty()) {
-        checkpoint_load(m, &ts, resume.c_str());
-        log_printf(&log, "resumed from %s at step %d (epoch %d)\n", resume.c_str(), ts.step, ts.epoch);
+    // resume=latest: latest.bin, or when it is damaged the newest numbered checkpoint that reads; resume=PATH: that file
+    std::string resume;
+    if (!cfg.resume.empty()) {
+        std::vector<std::string> paths = {cfg.resume};
+        if (cfg.resume == "latest") paths = latest_checkpoints(cfg.checkpoint_path);
+        Checkpoint ck;
+        resume = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
+            if (cfg.resume != "latest") fatal("checkpoint %s: %s", p.c_str(), why.c_str());
+            log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
+        });
+        if (!resume.empty()) {
+            config_check_file(&run, resume.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true);
+            checkpoint_load(m, &ts, resume.c_str(), ck.sections);
+            log_printf(&log, "resumed from %s at step %d (epoch %d)\n", resume.c_str(), ts.step, ts.epoch);
+        } else if (!paths.empty()) {
+            fatal("resume=latest: no checkpoint in %s reads (%zu tried, see the warnings above)", cfg.checkpoint_path.c_str(), paths.size());
+        }
     }
     if (!cfg.export_codes.empty()) {
         if (resume.empty()) fatal("export_codes=%s needs a checkpoint: resume=PATH", cfg.export_codes.c_str());
@@ -1692,4 +1748,5 @@ int main(int argc, char** argv) {
     run_end(&run);
     return 0;
 }
+int main(int argc, char** argv) { return run_main(train_main, argc, argv); }
 #endif

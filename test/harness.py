@@ -60,6 +60,21 @@ def run_groups(groups, prefix, why_skipped=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def merge_args(args):
+    """key=value arguments where a later value of a key replaces the earlier one (in the earlier one's place): the
+    tests build on a base configuration, and the trainers refuse a key given twice."""
+    out, where = [], {}
+    for a in args:
+        key = a.split("=", 1)[0] if "=" in a and not a.startswith("-") else None
+        if key in where:
+            out[where[key]] = a
+        else:
+            if key is not None:
+                where[key] = len(out)
+            out.append(a)
+    return out
+
+
 def finish():
     print(f"{counts['passed']} passed, {counts['failed']} failed")
     sys.exit(1 if counts["failed"] else 0)

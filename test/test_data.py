@@ -221,6 +221,20 @@ MALFORMED = {
     "dir_with_bad_task": ({"d/a.json": GOOD, "d/b.json": with_grid([[11]])}, ["d"], "d/b.json", ['task "b"']),
     "duplicate_name": ({"x/t.json": GOOD, "y/t.json": GOOD}, ["x", "y/t.json"], "y/t.json",
                        ['task "t"', "duplicate", "x/t.json"]),
+    # json.load would keep the last of two task ids, accept NaN/Infinity (and read 1e999 as inf), or raise
+    # RecursionError / ValueError out of these
+    "challenges_duplicate_id": ({K: '{"t1": %s, "t1": %s}' % (json.dumps(KAGGLE["t1"]), json.dumps(GOOD))}, [K], K,
+                                ['key "t1" appears twice']),
+    "duplicate_key_in_pair": ({B: json.dumps(GOOD).replace('"input"', '"input": [[5]], "input"', 1)}, [B], B,
+                              ['task "bad"', 'key "input" appears twice']),
+    "solutions_duplicate_id": ({K: KAGGLE, S: '{"t1": [[[1]]], "t1": [[[2]]]}'}, [K], S, ['key "t1" appears twice']),
+    "nan": ({B: json.dumps(with_grid(float("nan")))}, [B], B, ['task "bad"', "NaN is not a number"]),
+    "infinity_in_unused_key": ({B: json.dumps(dict(GOOD, note=float("inf")))}, [B], B, ["Infinity is not a number"]),
+    "minus_infinity": ({B: json.dumps(with_grid([[float("-inf")]]))}, [B], B, ["-Infinity is not a number"]),
+    "overflowing_float": ({B: json.dumps(GOOD).replace("[[0]]", "[[1e999]]")}, [B], B, ["1e999 is out of range"]),
+    "huge_integer": ({B: json.dumps(GOOD).replace("[[0]]", "[[" + "9" * 5000 + "]]")}, [B], B, ["bad JSON"]),
+    "deep_nesting": ({B: "[" * 100000 + "]" * 100000}, [B], B, ['task "bad"', "nested too deeply"]),
+    "challenges_deep_nesting": ({K: '{"t1": ' + "[" * 100000 + "]" * 100000 + "}"}, [K], K, ["nested too deeply"]),
 }
 
 
@@ -233,7 +247,7 @@ def check_malformed(case, files, inputs, named, expected):
     assert rc == 1 and not stdout, f"exit status {rc}, expected 1 (stdout {stdout!r}, stderr {stderr!r})"
     assert "Traceback" not in stderr, f"traceback on stderr: {stderr!r}"
     assert stderr.endswith("\n") and stderr.count("\n") == 1, f"stderr is not one line: {stderr!r}"
-    prefix = f"data/arc.py: {os.path.join(folder, named)}: "
+    prefix = f"data/arc.py: error: {os.path.join(folder, named)}: "
     assert stderr.startswith(prefix), f"does not start with {prefix!r}: {stderr!r}"
     for text in expected:
         assert text in stderr, f"{text!r} not in {stderr.strip()!r}"
@@ -419,17 +433,28 @@ def check_synth_json(default, cfg):
 
 
 def check_synth_bad_args():
-    for args, text in ((["--max-side", "9"], "--canvas"), (["--heldout", "flip,nosuch"], "recolor_largest"),
-                       (["--min-side", "5", "--max-side", "8"], "scale"), (["--min-side", "2"], "--min-side"),
-                       (["--tasks", "-1"], "--tasks"), (["--sequences", "-1"], "--sequences"),
-                       (["--sequence-steps", "1"], "--sequence-steps"), (["--sequence-min-side", "2"], "--sequence-min-side"),
-                       (["--sequence-min-side", "9", "--sequence-max-side", "8"], "--sequence-max-side"),
-                       (["--sequence-max-side", "31"], "--sequence-max-side")):
-        out = os.path.join(TMP, "synth_bad")
-        rc, _, stderr = run_tool("synth.py", out, *args)
-        assert rc == 1 and stderr.count("\n") == 1 and text in stderr and "Traceback" not in stderr, \
-            f"{args}: exit {rc}, stderr {stderr!r}"
-        assert not os.path.exists(out), f"{args}: output folder created"
+    """A value out of its own range is a usage error (exit 2), a bad combination exits 1; either way one
+    "error:" line naming the option, no traceback and no output folder."""
+    usage = [(["--tasks", "0"], "--tasks: must be >= 1"), (["--tasks", "-1"], "--tasks: must be >= 1"),
+             (["--tasks", "x"], "--tasks: 'x' is not an integer"), (["--eval-tasks", "-1"], "--eval-tasks: must be >= 0"),
+             (["--heldout-tasks", "-1"], "--heldout-tasks"), (["--sequences", "-1"], "--sequences: must be >= 0"),
+             (["--val-sequences", "-1"], "--val-sequences"), (["--min-side", "2"], "--min-side: must be 3..30"),
+             (["--max-side", "31"], "--max-side: must be 3..30"), (["--canvas", "31"], "--canvas: must be 3..30"),
+             (["--sequence-steps", "1"], "--sequence-steps: must be >= 2"),
+             (["--sequence-min-side", "2"], "--sequence-min-side"), (["--sequence-max-side", "31"], "--sequence-max-side")]
+    combination = [(["--max-side", "9"], "--canvas"), (["--heldout", "flip,nosuch"], "recolor_largest"),
+                   (["--min-side", "5", "--max-side", "8"], "scale"),
+                   (["--sequence-min-side", "9", "--sequence-max-side", "8"], "--sequence-max-side"),
+                   (["--heldout", ",".join(synth.FAMILIES)], "every family is held out"),
+                   (["--heldout", "", "--heldout-tasks", "1"], "--heldout-tasks")]
+    for status, cases in ((2, usage), (1, combination)):
+        for args, text in cases:
+            out = os.path.join(TMP, "synth_bad")
+            rc, _, stderr = run_tool("synth.py", out, *args)
+            errors = [line for line in stderr.splitlines() if "error: " in line]
+            assert rc == status and len(errors) == 1 and text in errors[0] and "Traceback" not in stderr, \
+                f"{args}: exit {rc}, expected {status}; stderr {stderr!r}"
+            assert not os.path.exists(out), f"{args}: output folder created"
 
 
 # ---------------------------------------------------------------- synth.py sequences
@@ -543,6 +568,21 @@ def check_sequences_none():
         "a sequence file was written"
 
 
+def check_synth_empty_splits():
+    """A count of 0 writes no file (the trainer refuses a task file without tasks) and removes the file
+    an earlier run left in OUT_DIR, which would not match the new train.bin."""
+    out = os.path.join(TMP, "synth_empty")
+    stale = ("eval.bin", "heldout.bin", "sequences_train.bin", "sequences_val.bin", "json/eval/old_0001.json")
+    for name in stale:
+        write_json(os.path.join(out, name), "stale")
+    run_synth("synth_empty", "--tasks", "12", "--eval-tasks", "0", "--heldout", "", "--heldout-tasks", "0",
+              "--sequences", "0", "--val-sequences", "0", "--json", files=1)
+    left = [name for name in stale if os.path.exists(os.path.join(out, name))]
+    assert not left, f"stale files left: {left}"
+    tasks, _ = read_split(out, "train")
+    assert len(tasks) == 12 and len(os.listdir(os.path.join(out, "json", "train"))) == 12, "train.bin / json differ"
+
+
 def check_sequences_options():
     """Other steps and sides are honoured."""
     out = run_synth("synth_seq_opts", "--tasks", "12", "--eval-tasks", "12", "--heldout-tasks", "3",
@@ -597,6 +637,7 @@ def run_checks():
               runs["small"])
     check("synth_sequences_none", check_sequences_none)
     check("synth_sequences_options", check_sequences_options)
+    check("synth_empty_splits", check_synth_empty_splits)
     check("synth_bad_args", check_synth_bad_args)
 
 

@@ -114,7 +114,7 @@ def sections_difference(a, b, names):
 
 def train(binary, config, out, *extra):
     """Runs a trainer with config, checkpoint_path=out and extra; its stdout."""
-    args = [binary] + list(config) + [f"checkpoint_path={out}"] + list(extra)
+    args = [binary] + harness.merge_args(list(config) + [f"checkpoint_path={out}"] + list(extra))
     p = subprocess.run(args, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{os.path.basename(binary)} {' '.join(extra)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
@@ -240,8 +240,8 @@ def gpu_available():
             return f"{os.path.basename(binary)} is not built"
     probe = tempfile.mkdtemp(prefix="arc_gpu_probe_")
     try:
-        p = subprocess.run([GPU_FP32_BIN, f"data_paths={SYNTH}/train.bin", f"checkpoint_path={probe}", "max_steps=1",
-                            "eval_interval=0"] + test_train.TINY, capture_output=True, text=True)
+        p = subprocess.run([GPU_FP32_BIN] + harness.merge_args([f"data_paths={SYNTH}/train.bin", f"checkpoint_path={probe}",
+                            "max_steps=1", "eval_interval=0"] + test_train.TINY), capture_output=True, text=True)
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     if p.returncode != 0 and "no CUDA GPU" in p.stderr:

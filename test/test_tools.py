@@ -51,6 +51,10 @@ def cand(grid, votes=1, mean_q=0.5):
     return {"votes": votes, "mean_q": mean_q, "grid": grid}
 
 
+# one candidate with its mean_q spelled as MEAN_Q, for values json.dumps cannot write
+RAW_CAND = '{"tasks": {"a": [[{"votes": 1, "mean_q": MEAN_Q, "grid": [[1]]}]]}}'
+
+
 def preds(name, tasks):
     return write(name, {"step": 20, "set": "data/synth/eval.bin", "tasks": tasks})
 
@@ -149,14 +153,20 @@ def check_submission_score():
 
 
 def expect_error(script, args, culprit, *phrases):
-    """The tool exits 1 with one stderr line naming `culprit`, without a traceback or an output file."""
+    """The tool exits 1 with exactly one stderr line "error: <culprit>..." (other lines may only be warnings)
+    mentioning `phrases`, without a traceback or an output file (nor its temporary file)."""
     rc, stdout, stderr = run_tool(script, *args)
     assert rc == 1, f"exit status {rc}, expected 1 (stderr {stderr.strip()!r})"
-    assert stderr.count("\n") == 1 and "Traceback" not in stderr, f"stderr is not one line: {stderr!r}"
-    for phrase in (culprit,) + phrases:
-        assert phrase in stderr, f"error {stderr.strip()!r} does not mention {phrase!r}"
+    assert "Traceback" not in stderr, f"traceback on stderr: {stderr!r}"
+    errors = [line for line in stderr.splitlines() if "error: " in line]
+    others = [line for line in stderr.splitlines() if line not in errors and ": warning: " not in line]
+    assert len(errors) == 1 and not others, f"stderr is not one error line (and warnings): {stderr!r}"
+    assert f"error: {culprit}" in errors[0], f"error {errors[0]!r} does not start with {culprit!r}"
+    for phrase in phrases:
+        assert phrase in errors[0], f"error {errors[0]!r} does not mention {phrase!r}"
     if script == "submission.py":
         assert not os.path.exists(args[0]), "an output file was written"
+        assert not os.path.exists(args[0] + ".tmp"), "a temporary file was left behind"
 
 
 def submission_malformed_cases():
@@ -177,6 +187,20 @@ def submission_malformed_cases():
         "ragged_grid": ({"tasks": {"a": [[cand([[1, 2], [3]])]]}}, "different lengths"),
         "colour_10": ({"tasks": {"a": [[cand([[10]])]]}}, "0..9"),
         "test_count_disagrees": ({"tasks": {"a": [[cand(G1)], [cand(G2)]]}}, "ok.json"),
+        # json.load would accept these (NaN/Infinity, 1e999 -> inf, the last of two keys) or raise out of them
+        "nan_mean_q": (RAW_CAND.replace("MEAN_Q", "NaN"), "NaN is not a number"),
+        "infinity_mean_q": (RAW_CAND.replace("MEAN_Q", "Infinity"), "Infinity is not a number"),
+        "minus_infinity_mean_q": (RAW_CAND.replace("MEAN_Q", "-Infinity"), "-Infinity is not a number"),
+        "overflowing_mean_q": (RAW_CAND.replace("MEAN_Q", "1e999"), "1e999 is out of range"),
+        "huge_integer": (RAW_CAND.replace("MEAN_Q", "9" * 5000), "bad JSON"),
+        "deep_nesting": ('{"tasks": {"a": ' + "[" * 100000 + "]" * 100000 + "}}", "nested too deeply"),
+        "duplicate_task": ('{"tasks": {"a": [[]], "a": [[]]}}', 'key "a" appears twice'),
+        "mean_q_above_1": ({"tasks": {"a": [[cand(G1, 1, 1.5)]]}}, '"mean_q" is 1.5, expected a number 0..1'),
+        "votes_above_int32": ({"tasks": {"a": [[cand(G1, 2**31)]]}}, '"votes" is 2147483648'),
+        "grid_31x31": ({"tasks": {"a": [[cand([[1] * 31] * 31)]]}}, "31x31, expected sides 1..30"),
+        "grid_1x31": ({"tasks": {"a": [[cand([[1] * 31])]]}}, "1x31"),
+        "no_test_inputs": ({"tasks": {"a": []}}, "no test inputs"),
+        "empty_task_name": ({"tasks": {"": [[cand(G1)]]}}, "task name is empty"),
     }
     cases = {}
     for case, (content, phrase) in bad_preds.items():
@@ -191,7 +215,9 @@ def submission_malformed_cases():
         cases["pred_" + case] = ([ok, path], path, phrase)
     for flag in ("tasks", "solutions"):
         for case, content, phrase in (("missing", None, "cannot read"), ("list", [1], "top level"),
-                                      ("bad_task", {"a": 5}, '"a"')):
+                                      ("bad_task", {"a": 5}, '"a"'), ("empty", {}, "no tasks"),
+                                      ("nan", '{"a": NaN}', "NaN"), ("duplicate_task", '{"a": 1, "a": 2}', '"a"'),
+                                      ("deep_nesting", "[" * 100000 + "]" * 100000, "nested too deeply")):
             path = os.path.join(TMP, "absent_" + flag) if content is None else \
                 write(os.path.join("malformed", f"{flag}_{case}.json"), content)
             cases[f"{flag}_{case}"] = ([ok, "--" + flag, path], path, phrase)
@@ -199,6 +225,14 @@ def submission_malformed_cases():
     cases["solutions_ragged"] = ([ok, "--solutions", bad_sol], bad_sol, "different lengths")
     count_sol = write("malformed/solutions_count.json", {"a": [G1, G1]})
     cases["solutions_count"] = ([ok, "--solutions", count_sol], count_sol, "2 test outputs")
+    for flag, case, content, phrase in (
+            ("tasks", "no_test", {"a": {"train": [], "test": []}}, '"test"'),
+            ("tasks", "test_without_input", {"a": {"train": [], "test": [{"output": G1}]}}, '"input"'),
+            ("tasks", "grid_31x1", {"a": {"train": [], "test": [{"input": [[0]] * 31}]}}, "31x1"),
+            ("solutions", "empty_grid", {"a": [[]]}, "empty"),
+            ("solutions", "grid_31x31", {"a": [[[0] * 31] * 31]}, "31x31")):
+        path = write(os.path.join("malformed", f"{flag}_{case}.json"), content)
+        cases[f"{flag}_{case}"] = ([ok, "--" + flag, path], path, phrase)
     return cases
 
 
@@ -209,6 +243,19 @@ def check_submission_malformed(args, culprit, phrase):
 def check_submission_unwritable():
     out = os.path.join(TMP, "no_such_dir", "out.json")
     expect_error("submission.py", [out, preds("u.json", {"a": [[cand(G1)]]})], out, "cannot write")
+
+
+def check_submission_keeps_output():
+    """A failure leaves OUT.json as it was: after a bad input, and when the final rename fails."""
+    out = write("sub_keep/out.json", "previous\n")
+    rc, _, stderr = run_tool("submission.py", out, write("keep_nan.json", RAW_CAND.replace("MEAN_Q", "NaN")))
+    assert rc == 1 and stderr.count("error: ") == 1 and "Traceback" not in stderr, f"exit {rc}: {stderr!r}"
+    with open(out, encoding="utf-8") as f:
+        assert f.read() == "previous\n", "OUT.json changed"
+    folder = os.path.dirname(path_in_tmp("sub_keep", "a_folder", "x"))   # os.replace() onto a folder fails
+    rc, _, stderr = run_tool("submission.py", folder, preds("keep_ok.json", {"a": [[cand(G1)]]}))
+    assert rc == 1 and f"error: {folder}: cannot write" in stderr and "Traceback" not in stderr, f"exit {rc}: {stderr!r}"
+    assert os.path.isdir(folder) and not os.path.exists(folder + ".tmp"), "the temporary file was left behind"
 
 
 # ---------------------------------------------------------------- plot.py
@@ -274,6 +321,9 @@ def check_plot_csv():
     with open(out, encoding="utf-8") as f:
         text = f.read()
     assert text == CSV_AB, f"CSV differs:\n{text}"
+    # "train step=oops" and "train the loss went down"; runB has no malformed line
+    assert stderr.count("warning:") == 1 and f"warning: {log_a}: skipped 2 malformed line(s) (lines 10, 11)" in stderr, \
+        f"stderr {stderr!r}"
     for phrase in ("runA (", "4 train steps (1..4), 3 eval points (sets eval, heldout)", "runB (",
                    "2 train steps (1..2), 0 eval points", f"wrote {out}"):
         assert phrase in stdout, f"summary lacks {phrase!r}:\n{stdout}"
@@ -311,6 +361,45 @@ def check_plot_bad_logs():
     expect_error("plot.py", [empty], empty, "no train or eval lines")
 
 
+LOG_MALFORMED = """\
+train step=1 loss=3.0
+train step=\u00b2 loss=9.0
+eval step=1 pass@1=0.5
+train step=2 loss
+diag =1 step=2
+val epoch=1 loss=8.0
+train step=2 loss=2.0
+"""
+
+
+def check_plot_malformed_lines():
+    """Malformed train/eval/diag/val lines are skipped with one warning naming the file and the lines."""
+    log = write("malformed_run/log.txt", LOG_MALFORMED)
+    out = path_in_tmp("malformed_run", "out.csv")
+    rc, stdout, stderr = run_tool("plot.py", log, "--csv", out, "--out", path_in_tmp("malformed_run", "out.png"))
+    assert rc == 0 and "Traceback" not in stderr, f"plot.py exited {rc}: {stderr!r}"
+    warnings = [line for line in stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, f"expected one warning: {stderr!r}"
+    for phrase in (f"warning: {log}: skipped 5 malformed line(s) (lines 2, 3, 4, 5, 6)", "not a whole number"):
+        assert phrase in warnings[0], f"warning {warnings[0]!r} lacks {phrase!r}"
+    with open(out, encoding="utf-8") as f:
+        assert f.read() == "log,kind,set,step,loss\nmalformed_run,train,,1,3.0\nmalformed_run,train,,2,2.0\n", \
+            "CSV differs"
+    only_bad = write("malformed_only/log.txt", "".join(LOG_MALFORMED.splitlines(True)[1:6]))
+    expect_error("plot.py", [only_bad], only_bad, "no train or eval lines (5 malformed line(s) skipped)")
+
+
+def check_plot_keeps_output():
+    """A CSV or PNG path that cannot be replaced is an error line, and no temporary file is left."""
+    log_a, _ = logs()
+    folder = os.path.dirname(path_in_tmp("plot_keep", "a_folder", "x"))   # os.replace() onto a folder fails
+    rc, _, stderr = run_tool("plot.py", log_a, "--csv", folder, "--out", path_in_tmp("plot_keep", "c.png"))
+    errors = [line for line in stderr.splitlines() if "error: " in line]
+    assert rc == 1 and len(errors) == 1 and f"error: {folder}: cannot write" in errors[0] and \
+        "Traceback" not in stderr, f"exit {rc}: {stderr!r}"
+    assert os.path.isdir(folder) and not os.path.exists(folder + ".tmp"), "the temporary file was left behind"
+
+
 def make_matplotlib_stand_in():
     """TMP/no_matplotlib/matplotlib/__init__.py raising ImportError (see the module docstring)."""
     path = path_in_tmp("no_matplotlib", "matplotlib", "__init__.py")
@@ -329,11 +418,14 @@ def run_checks():
     for case, spec in submission_malformed_cases().items():
         check("submission_malformed_" + case, check_submission_malformed, *spec)
     check("submission_unwritable", check_submission_unwritable)
+    check("submission_keeps_output", check_submission_keeps_output)
     check("plot_parse", check_plot_parse)
     check("plot_csv", check_plot_csv)
     check("plot_without_matplotlib", check_plot_without_matplotlib)
     check("plot_unknown_key", check_plot_unknown_key)
     check("plot_bad_logs", check_plot_bad_logs)
+    check("plot_malformed_lines", check_plot_malformed_lines)
+    check("plot_keeps_output", check_plot_keeps_output)
 
 
 def main():

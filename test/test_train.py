@@ -18,7 +18,7 @@ import subprocess
 import sys
 import zlib
 
-from harness import expect as check, finish, run_groups
+from harness import expect as check, finish, merge_args, run_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "train_etrm_cpu")
@@ -31,7 +31,7 @@ TINY = ["hidden_size=16", "num_heads=2", "L_layers=2", "H_cycles=2", "L_cycles=2
 
 
 def run(args, cwd=None):
-    p = subprocess.run([BIN] + args, capture_output=True, text=True, cwd=cwd)
+    p = subprocess.run([BIN] + merge_args(args), capture_output=True, text=True, cwd=cwd)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -51,13 +51,14 @@ def train_lines(stdout):
             if l.startswith("train ")]
 
 
-def read_sections(path):
-    """Sections of an arc.cu checkpoint (common/checkpoint.h, version 3): name -> bytes, each CRC-32 checked."""
+def read_checkpoint(path):
+    """An arc.cu checkpoint (common/checkpoint.h, version 3): (step, config text, {name: bytes}), CRCs checked."""
     with open(path, "rb") as f:
         data = f.read()
     header = struct.unpack("<256i", data[:1024])
     assert header[1] == 3, f"{path}: checkpoint version {header[1]}, expected 3"
     pos = 1024 + header[4]
+    config = data[1024:pos].decode()
     sections = {}
     for _ in range(header[3]):
         name = data[pos:pos + 48].split(b"\0")[0].decode()
@@ -65,7 +66,22 @@ def read_sections(path):
         sections[name] = data[pos + 64:pos + 64 + n]
         assert zlib.crc32(sections[name]) == crc, f"{path}: section {name} fails its CRC-32"
         pos += 64 + n
-    return sections
+    return header[2], config, sections
+
+
+def read_sections(path):
+    return read_checkpoint(path)[2]
+
+
+def write_checkpoint(path, step, config, sections):
+    """The inverse of read_checkpoint (valid CRCs), for tests that hand the trainers a modified checkpoint."""
+    header = [0] * 256
+    header[:6] = [20261122, 3, step, len(sections), len(config.encode()), zlib.crc32(config.encode())]
+    out = [struct.pack("<256I", *[h & 0xFFFFFFFF for h in header]), config.encode()]
+    for name, data in sections.items():
+        out += [name.encode().ljust(48, b"\0"), struct.pack("<qII", len(data), zlib.crc32(data), 0), data]
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
 
 
 def read_safetensors_header(path):
