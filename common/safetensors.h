@@ -13,8 +13,8 @@
 // numel * dtype size of them). Any problem is a fatal() naming the file and what is wrong; a malformed file
 // can never crash the reader or make it read out of bounds. The JSON parser handles exactly this schema:
 // objects, strings (with every JSON escape, \uXXXX surrogate pairs included), non-negative integers and arrays
-// of them. Tensors need not be contiguous or in offset order (the reference loader requires that; we only
-// require each tensor to lie inside the data block).
+// of them. The tensors must tile the data block exactly (no overlap, no gap, nothing after the last), as the
+// reference loader requires; the header may list them in any order.
 //
 // Writing: collect tensors and metadata in a SafetensorsWriter, then safetensors_write(): tensors sorted by
 // name and packed back to back from offset 0 (as the reference loader requires), the header padded with
@@ -439,6 +439,29 @@ inline Safetensors safetensors_read(const char* path) {
                   path, name.c_str(), e.dtype.c_str(), safetensors_shape_str(e.shape).c_str(),
                   (unsigned long long)(numel * esize), e.begin, e.end, e.end - e.begin);
     }
+    // the tensors tile the data block exactly, as the format requires: no overlap (two names for the same bytes),
+    // no gap or trailing bytes (data that belongs to no tensor)
+    std::vector<const SafetensorsEntry*> by_offset;
+    for (const auto& e : st.entries) by_offset.push_back(&e);
+    std::sort(by_offset.begin(), by_offset.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+        return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
+    size_t covered = 0;
+    const SafetensorsEntry* prev = nullptr;
+    for (const SafetensorsEntry* e : by_offset) {
+        if (e->begin < covered)
+            fatal("%s: tensor '%s' has data_offsets [%zu, %zu], overlapping tensor '%s' [%zu, %zu]", path,
+                  safetensors_printable(e->name).c_str(), e->begin, e->end, safetensors_printable(prev->name).c_str(),
+                  prev->begin, prev->end);
+        if (e->begin > covered)
+            fatal("%s: data bytes [%zu, %zu) belong to no tensor (the next, '%s', starts at %zu): corrupt or not packed", path,
+                  covered, e->begin, safetensors_printable(e->name).c_str(), e->begin);
+        covered = e->end;
+        prev = e;
+    }
+    if (covered != st.data.size())
+        fatal("%s: %zu data bytes after the last tensor (ends at %zu of %zu): corrupt or not packed", path,
+              st.data.size() - covered, covered, st.data.size());
     return st;
 }
 

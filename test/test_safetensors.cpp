@@ -239,14 +239,14 @@ static void test_python_reader(const std::string& path) {
 }
 
 static void test_hand_built() {
-    // Unpadded header, odd whitespace, fields in another order, gaps between tensors, every string escape.
+    // Unpadded header, odd whitespace, fields in another order, tensors not in offset order, every string escape.
     std::string header =
         "{\n"
         "  \"__metadata__\": {\"src\": \"hand \\u00e9 \\ud83d\\ude00 \\/ \\\"q\\\" \\\\ \\b\\f\\n\\r\\t\"},\n"
-        "  \"f16\": {\"dtype\": \"F16\", \"shape\": [11], \"data_offsets\": [16, 38]},\n"
+        "  \"f16\": {\"dtype\": \"F16\", \"shape\": [11], \"data_offsets\": [14, 36]},\n"
         "  \"bf16\" : { \"shape\" : [ 7 ] , \"dtype\":\"BF16\", \"data_offsets\":[0,14] },\n"
-        "  \"f64\": {\"dtype\": \"F64\", \"shape\": [2, 2], \"data_offsets\": [40, 72]},\r\n"
-        "\t\"i32\": {\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[72,76]}\n"
+        "  \"f64\": {\"dtype\": \"F64\", \"shape\": [2, 2], \"data_offsets\": [36, 68]},\r\n"
+        "\t\"i32\": {\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[68,72]}\n"
         "}  ";
     std::vector<uint16_t> bf16 = {0x3F80, 0xC040, 0x7F80, 0xFF80, 0x7FC0, 0x0001, 0x4049};
     std::vector<float> bf16_want = {1.0f, -3.0f, INFINITY, -INFINITY, NAN, ldexpf(1.0f, -133), 3.140625f};
@@ -255,7 +255,7 @@ static void test_hand_built() {
                                    INFINITY, -INFINITY, NAN, -0.0f, 0.333251953125f};
     double f64[4] = {0.1, -2.5, 1e10, 1e-310};
     int32_t i32 = 9;
-    std::string data = le16(bf16) + std::string(2, '\x55') + le16(f16) + std::string(2, '\x55') +
+    std::string data = le16(bf16) + le16(f16) +
                        std::string((const char*)f64, 32) + std::string((const char*)&i32, 4);
     std::string path = make_file("hand.safetensors", header, data);
     Safetensors st = safetensors_read(path.c_str());
@@ -357,6 +357,12 @@ static void test_errors(const std::string& good) {
         {"unknown_dtype", "{\"a\":{\"dtype\":\"F4X\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "unknown dtype 'F4X'"},
         {"shape_overflow", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,0]}}", 0,
          "overflows"},
+        {"offsets_overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                            "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlapping tensor 'a'"},
+        {"offsets_same_bytes", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                               "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "overlapping tensor"},
+        {"offsets_gap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "data bytes [0, 4) belong to no tensor"},
+        {"offsets_trailing", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, "4 data bytes after the last tensor"},
     };
     for (const auto& c : bad_tensor) {
         std::string path = make_file(std::string(c.name) + ".safetensors", c.header, std::string(c.data_bytes, '\0'));
