@@ -6,11 +6,13 @@ Each INPUT is one of
   - a directory: every *.json directly in it, sorted by file name;
   - a Kaggle file *_challenges.json (task id -> task; test outputs may be missing), with
     *_solutions.json next to it when present (task id -> one output grid per test input).
-Tasks are written in the order given.  Any problem (bad JSON, a malformed task or grid,
-duplicate task names, ...) exits with status 1 and one line on stderr naming the file and task.
+Tasks are written in the order given.  Any problem (bad JSON, NaN/Infinity, a key twice in one
+object, a malformed task or grid, duplicate task names, ...) exits with status 1 and one line
+"error: FILE: problem" on stderr naming the file and task; OUT.bin is then left as it was.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -27,15 +29,42 @@ class InputError(Exception):
         super().__init__(f'{path}: task "{task}": {problem}' if task is not None else f"{path}: {problem}")
 
 
+def reject_constant(name):
+    raise ValueError(f"{name} is not a number (expected finite numbers only)")
+
+
+def finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):   # 1e999 parses as inf
+        raise ValueError(f"number {text} is out of range (expected finite numbers only)")
+    return value
+
+
+def unique_keys(pairs):
+    """object_pairs_hook: json.load silently keeps the last of duplicate keys (a Kaggle file naming
+    a task id twice would lose a task); refuse them instead."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f'key "{key}" appears twice in one object (expected unique keys, e.g. task ids)')
+        obj[key] = value
+    return obj
+
+
 def load_json(path, task=None):
-    """Parse a JSON file; `task` names the task it holds (for messages), if it is a single task."""
+    """Parse a JSON file strictly (no NaN/Infinity, no duplicate keys); `task` names the task it holds
+    (for messages), if it is a single task."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise InputError(path, task, f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}")
     except UnicodeDecodeError as e:
         raise InputError(path, task, f"not UTF-8 text ({e.reason} at byte {e.start})")
+    except ValueError as e:   # the hooks above, or an integer with more digits than int() accepts
+        raise InputError(path, task, f"bad JSON: {e}")
+    except RecursionError:
+        raise InputError(path, task, "bad JSON: nested too deeply (expected tasks, pairs and grids, a few levels)")
     except OSError as e:
         raise InputError(path, task, f"cannot read: {e.strerror}")
 
@@ -165,7 +194,7 @@ def main(argv=None):
     try:
         tasks = convert(args.out, args.inputs)
     except InputError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # never a traceback: report anything unexpected on one line
         print(f"{PROG}: internal error: {type(e).__name__}: {e}", file=sys.stderr)

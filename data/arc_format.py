@@ -11,7 +11,8 @@ All integers are little-endian int32 unless noted.
     cells   uint8[n_cells]      colours 0..9, each grid row-major, grids back to back
     names   char[names_bytes]   each task's name, NUL-terminated
 
-A task's pairs are pairs[first_pair : first_pair + n_train + n_test], train pairs first.
+A task's pairs are pairs[first_pair : first_pair + n_train + n_test], train pairs first;
+n_tasks, n_train and n_test are >= 1, names are non-empty UTF-8, max_side <= canvas <= 1024.
 An unknown output (a test pair of a Kaggle challenges file without solutions) has
 out_rows = out_cols = 0 and out_offset = -1.  The file length is exactly
 1024 + 16*n_tasks + 24*n_pairs + n_cells + names_bytes.
@@ -29,6 +30,7 @@ HEADER_INTS = 256
 TASK_INTS = 4
 PAIR_INTS = 6
 MAX_SIDE = 30  # largest grid side ARC allows
+MAX_CANVAS = 1024  # sanity bound on the header's canvas (ARC_MAX_CANVAS of common/arc_tasks.h)
 HEADER_FIELDS = ("magic", "version", "n_tasks", "n_pairs", "n_cells", "names_bytes", "canvas", "max_side")
 
 
@@ -75,7 +77,10 @@ def json_kind(value):
 
 
 def write_tasks(path, tasks, canvas):
-    """Write `tasks` to `path` atomically (via path + ".tmp"); raises ValueError on an invalid grid."""
+    """Write `tasks` to `path` atomically (via path + ".tmp"); raises ValueError on an invalid grid or
+    anything else the C++ loader would refuse (no tasks, a task without train or test pairs, a bad canvas)."""
+    if not tasks:
+        raise ValueError("no tasks: a task file must hold at least one")
     task_rows, pair_rows = array("i"), array("i")
     cells, names = bytearray(), bytearray()
     max_side = 0
@@ -95,6 +100,9 @@ def write_tasks(path, tasks, canvas):
         name = task["name"].encode()
         if not name or b"\0" in name:
             raise ValueError(f"task name {task['name']!r} must be non-empty and contain no NUL")
+        if not task["train"] or not task["test"]:
+            raise ValueError(f"task {task['name']!r} has {len(task['train'])} train and {len(task['test'])} test "
+                             f"pairs, expected at least one of each")
         task_rows.extend((len(pair_rows) // PAIR_INTS, len(task["train"]), len(task["test"]), len(names)))
         names += name + b"\0"
         for i, (inp, out) in enumerate(task["train"] + task["test"]):
@@ -106,6 +114,8 @@ def write_tasks(path, tasks, canvas):
                 out_offset = add_grid(out, where + " output")
                 pair_rows.extend((len(inp), len(inp[0]), len(out), len(out[0]), in_offset, out_offset))
 
+    if not max_side <= canvas <= MAX_CANVAS:
+        raise ValueError(f"canvas {canvas} must be {max_side}..{MAX_CANVAS} (at least the largest grid side)")
     header = array("i", [0] * HEADER_INTS)
     header[:len(HEADER_FIELDS)] = array("i", (MAGIC, VERSION, len(task_rows) // TASK_INTS,
                                               len(pair_rows) // PAIR_INTS, len(cells), len(names),
@@ -144,6 +154,10 @@ def read_tasks(path):
     if min(n_tasks, n_pairs, n_cells, names_bytes) < 0:
         raise bad(f"negative size in header: n_tasks {n_tasks}, n_pairs {n_pairs}, "
                   f"n_cells {n_cells}, names_bytes {names_bytes}")
+    if n_tasks == 0:
+        raise bad("holds no tasks, expected at least one")
+    if any(_ints(data, 4 * len(HEADER_FIELDS), HEADER_INTS - len(HEADER_FIELDS))):
+        raise bad(f"header ints {len(HEADER_FIELDS)}..{HEADER_INTS - 1} are not all 0")
     expected = 4 * HEADER_INTS + 4 * TASK_INTS * n_tasks + 4 * PAIR_INTS * n_pairs + n_cells + names_bytes
     if len(data) != expected:
         raise bad(f"file is {len(data)} bytes but its header implies {expected} (truncated or corrupt)")
@@ -171,7 +185,9 @@ def read_tasks(path):
         end = names.find(b"\0", name_offset) if 0 <= name_offset < names_bytes else -1
         if end < 0:
             raise bad(f"task {t}: name offset {name_offset} does not start a NUL-terminated name")
-        if n_train < 0 or n_test < 0 or first < 0 or first + n_train + n_test > n_pairs:
+        if n_train < 1 or n_test < 1:
+            raise bad(f"task {t}: {n_train} train and {n_test} test pairs, expected at least one of each")
+        if first < 0 or first + n_train + n_test > n_pairs:
             raise bad(f"task {t}: pairs {first}..{first + n_train + n_test} (train {n_train}, "
                       f"test {n_test}) outside the {n_pairs} pairs")
         pairs = []
@@ -185,9 +201,17 @@ def read_tasks(path):
             pairs.append((inp, out))
         if any(out is None for _, out in pairs[:n_train]):
             raise bad(f"task {t}: a train pair has an unknown output")
-        tasks.append({"name": names[name_offset:end].decode(), "train": pairs[:n_train], "test": pairs[n_train:]})
+        try:
+            name = names[name_offset:end].decode()
+        except UnicodeDecodeError:
+            raise bad(f"task {t}: name is not UTF-8")
+        if not name:
+            raise bad(f"task {t}: empty name")
+        tasks.append({"name": name, "train": pairs[:n_train], "test": pairs[n_train:]})
     if largest != header["max_side"]:
         raise bad(f"header max_side is {header['max_side']} but the largest grid side is {largest}")
+    if not largest <= header["canvas"] <= MAX_CANVAS:
+        raise bad(f"header canvas is {header['canvas']}, expected max_side {largest}..{MAX_CANVAS}")
     return tasks, header
 
 

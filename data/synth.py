@@ -607,20 +607,30 @@ def split_tasks(families, count, first_index, cfg):
 
 
 def write_json(tasks, folder):
-    """Each task as ARC JSON folder/<name>.json (stale .json files there are removed first)."""
+    """Each task as ARC JSON folder/<name>.json (stale .json files there are removed first), each file
+    written to a temporary name and renamed, so none is ever half written."""
     os.makedirs(folder, exist_ok=True)
     for old in os.listdir(folder):
         if old.endswith(".json"):
             os.remove(os.path.join(folder, old))
     for task in tasks:
         obj = {split: [{"input": i, "output": o} for i, o in task[split]] for split in ("train", "test")}
-        with open(os.path.join(folder, task["name"] + ".json"), "w") as f:
+        path = os.path.join(folder, task["name"] + ".json")
+        with open(path + ".tmp", "w") as f:
             json.dump(obj, f)
+        os.replace(path + ".tmp", path)
+
+
+def remove_stale(path):
+    """Remove an output of an earlier run that this run does not write (it would not match the others)."""
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def generate(cfg):
     """Write the three splits (and their JSON with cfg.json) and the two sequence files, printing one
-    summary line per file."""
+    summary line per file.  A split or sequence file with no tasks is not written (the trainer refuses
+    it), and its file from an earlier run into OUT_DIR is removed."""
     heldout = [FAMILIES[n] for n in FAMILIES if n in cfg.heldout]
     training = [f for f in FAMILIES.values() if f.name not in cfg.heldout]
     n_train_of = {f.name: len(range(i, cfg.tasks, len(training))) for i, f in enumerate(training)}
@@ -631,9 +641,12 @@ def generate(cfg):
     for split, families, count, first_index in splits:
         tasks = split_tasks(families, count, first_index, cfg)
         path = os.path.join(cfg.out_dir, split + ".bin")
-        arc_format.write_tasks(path, tasks, cfg.canvas)
         if cfg.json:
             write_json(tasks, os.path.join(cfg.out_dir, "json", split))
+        if not tasks:
+            remove_stale(path)
+            continue
+        arc_format.write_tasks(path, tasks, cfg.canvas)
         n_pairs = sum(len(t["train"]) + len(t["test"]) for t in tasks)
         print(f"{PROG}: wrote {len(tasks)} tasks ({n_pairs} pairs, {min(count, len(families))} families) to {path}")
     generate_sequences(cfg)
@@ -826,43 +839,65 @@ def make_sequence(index, cfg):
 def generate_sequences(cfg):
     """Write sequences_train.bin and sequences_val.bin (a split with no sequences is not written)."""
     for split, first, count in (("train", 0, cfg.sequences), ("val", cfg.sequences, cfg.val_sequences)):
+        path = os.path.join(cfg.out_dir, f"sequences_{split}.bin")
         if count == 0:
+            remove_stale(path)
             continue
         tasks = [make_sequence(index, cfg) for index in range(first, first + count)]
-        path = os.path.join(cfg.out_dir, f"sequences_{split}.bin")
         arc_format.write_tasks(path, tasks, cfg.sequence_max_side)
         print(f"{PROG}: wrote {count} sequences ({cfg.sequence_steps + 1} frames each) to {path}")
 
 
 # ---------------------------------------------------------------- command line
 
+def int_in(low, high=None, why=""):
+    """An argparse type: an int in low..high (high None: no upper bound), else a usage error (exit 2)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {f'>= {low}' if high is None else f'{low}..{high}'}{why}, "
+                                             f"got {value}")
+        return value
+    return parse
+
+
 def parse_args(argv):
-    """Parse and check the command line; raises ValueError (one line) on a bad combination."""
+    """Parse and check the command line: a value out of its own range is a usage error (exit 2); raises
+    ValueError (one line) on a bad combination."""
+    count = int_in(0)
+    side = int_in(3, arc_format.MAX_SIDE, " (3: room for the objects; 30: the ARC limit)")
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
         epilog=f"families: {', '.join(FAMILIES)}\ndefault held-out families: {','.join(DEFAULT_HELDOUT)}")
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder for train.bin, eval.bin, heldout.bin, sequences_train.bin, sequences_val.bin")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--tasks", type=int, default=400, help="tasks in train.bin (default 400)")
-    parser.add_argument("--eval-tasks", type=int, default=100, help="tasks in eval.bin (default 100)")
-    parser.add_argument("--heldout-tasks", type=int, default=100, help="tasks in heldout.bin (default 100)")
+    parser.add_argument("--tasks", type=int_in(1, why=" (the trainer refuses a task file without tasks)"),
+                        default=400, help="tasks in train.bin, >= 1 (default 400)")
+    parser.add_argument("--eval-tasks", type=count, default=100, help="tasks in eval.bin (default 100; 0: no file)")
+    parser.add_argument("--heldout-tasks", type=count, default=100,
+                        help="tasks in heldout.bin (default 100; 0: no file)")
     parser.add_argument("--heldout", default=",".join(DEFAULT_HELDOUT),
                         help=f"comma-separated held-out families (default {','.join(DEFAULT_HELDOUT)})")
-    parser.add_argument("--min-side", type=int, default=3, help="smallest input side, >= 3 (default 3)")
-    parser.add_argument("--max-side", type=int, default=6, help="largest input side (default 6)")
-    parser.add_argument("--canvas", type=int, default=8,
-                        help="largest side of any grid, outputs included; written to the header (default 8)")
+    parser.add_argument("--min-side", type=side, default=3, help="smallest input side, 3..30 (default 3)")
+    parser.add_argument("--max-side", type=side, default=6, help="largest input side, 3..30 (default 6)")
+    parser.add_argument("--canvas", type=side, default=8,
+                        help="largest side of any grid, outputs included, 3..30; written to the header (default 8)")
     parser.add_argument("--json", action="store_true",
                         help="also write OUT_DIR/json/<split>/<name>.json (not for the sequences)")
-    parser.add_argument("--sequences", type=int, default=2000,
+    parser.add_argument("--sequences", type=count, default=2000,
                         help="sequences in sequences_train.bin (default 2000; 0: no file)")
-    parser.add_argument("--val-sequences", type=int, default=200,
+    parser.add_argument("--val-sequences", type=count, default=200,
                         help="held-out sequences in sequences_val.bin (default 200; 0: no file)")
-    parser.add_argument("--sequence-steps", type=int, default=3,
-                        help="rule steps per sequence, >= 2: frames are steps + 1 (default 3)")
-    parser.add_argument("--sequence-min-side", type=int, default=6, help="smallest sequence grid side, >= 3 (default 6)")
-    parser.add_argument("--sequence-max-side", type=int, default=14, help="largest sequence grid side (default 14)")
+    parser.add_argument("--sequence-steps", type=int_in(2, why=" (a sequence task needs a train and a test pair)"),
+                        default=3, help="rule steps per sequence, >= 2: frames are steps + 1 (default 3)")
+    parser.add_argument("--sequence-min-side", type=side, default=6,
+                        help="smallest sequence grid side, 3..30 (default 6)")
+    parser.add_argument("--sequence-max-side", type=side, default=14,
+                        help="largest sequence grid side, 3..30 (default 14)")
     cfg = parser.parse_args(argv)
     cfg.heldout = [n.strip() for n in cfg.heldout.split(",") if n.strip()]
     check_args(cfg)
@@ -873,31 +908,18 @@ def check_args(cfg):
     unknown = [n for n in cfg.heldout if n not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown held-out family {unknown[0]!r} (valid: {', '.join(FAMILIES)})")
-    for option in ("tasks", "eval_tasks", "heldout_tasks", "sequences", "val_sequences"):
-        if getattr(cfg, option) < 0:
-            raise ValueError(f"--{option.replace('_', '-')} must be >= 0")
-    if cfg.min_side < 3:
-        raise ValueError(f"--min-side {cfg.min_side} is below 3 (families need room for their objects)")
     if cfg.max_side < cfg.min_side:
         raise ValueError(f"--max-side {cfg.max_side} is below --min-side {cfg.min_side}")
     if cfg.max_side > cfg.canvas:
         raise ValueError(f"--max-side {cfg.max_side} exceeds --canvas {cfg.canvas} (every grid must fit the canvas)")
-    if cfg.canvas > arc_format.MAX_SIDE:
-        raise ValueError(f"--canvas {cfg.canvas} exceeds the ARC limit {arc_format.MAX_SIDE}")
-    if cfg.sequence_steps < 2:
-        raise ValueError(f"--sequence-steps {cfg.sequence_steps} is below 2 (a sequence task needs a train and a test pair)")
-    if cfg.sequence_min_side < 3:
-        raise ValueError(f"--sequence-min-side {cfg.sequence_min_side} is below 3 (sequences need room for their objects)")
     if cfg.sequence_max_side < cfg.sequence_min_side:
         raise ValueError(f"--sequence-max-side {cfg.sequence_max_side} is below --sequence-min-side {cfg.sequence_min_side}")
-    if cfg.sequence_max_side > arc_format.MAX_SIDE:
-        raise ValueError(f"--sequence-max-side {cfg.sequence_max_side} exceeds the ARC limit {arc_format.MAX_SIDE}")
     training = [n for n in FAMILIES if n not in cfg.heldout]
-    if not training and cfg.tasks + cfg.eval_tasks:
-        raise ValueError("every family is held out, so train.bin and eval.bin would have no family")
+    if not training:   # train.bin needs at least one task (--tasks >= 1)
+        raise ValueError("every family is held out, so train.bin would have no family")
     if not cfg.heldout and cfg.heldout_tasks:
         raise ValueError("no held-out families but --heldout-tasks > 0 (use --heldout-tasks 0)")
-    for name in (training if cfg.tasks + cfg.eval_tasks else []) + (cfg.heldout if cfg.heldout_tasks else []):
+    for name in training + (cfg.heldout if cfg.heldout_tasks else []):
         problem = FAMILIES[name].problem(cfg)
         if problem:
             raise ValueError(f"family {name} {problem} (got canvas {cfg.canvas}, min_side {cfg.min_side})")
@@ -905,12 +927,13 @@ def check_args(cfg):
 
 def main(argv=None):
     try:
-        generate(parse_args(argv))
+        cfg = parse_args(argv)
+        generate(cfg)
     except (ValueError, GenerationError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    except OSError as e:   # only generate() touches files, so cfg is set
+        print(f"{PROG}: error: {e.filename or cfg.out_dir}: cannot write: {e.strerror}", file=sys.stderr)
         return 1
     return 0
 

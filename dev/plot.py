@@ -11,7 +11,9 @@ and train_jepa's
   diag step=200 rows=1024 ctx_erank_rankme=7.1 ... vq_usage=0.24 vq_perplexity=80.1 vq_refreshed=0
   val step=95 epoch=1 loss=8.66 infonce=8.51 ...
 (diag fields join the train fields of their step; val lines are the eval set "val") are read; anything else
-(headers, progress, checkpoint lines) is ignored.  A resumed run appends
+(headers, progress, checkpoint lines) is ignored.  A train/eval/diag/val line that does not have that form
+(a token without "=", no whole-number step, an eval line without set=; e.g. a line cut short by a crash) is
+skipped with one warning per log naming its line numbers.  A resumed run appends
 to the same log, so a step may appear twice: the later line wins.
 
 Keys are the train fields (loss, lm_loss, ..., samples_per_s) and the eval fields prefixed with
@@ -24,7 +26,9 @@ The CSV (--csv, or --out with a .csv suffix when matplotlib is missing) has the 
   log,kind,set,step,<every field in first-seen order>
 with one row per train step and per eval (set, step), values copied from the log as written,
 empty where a line lacks the field.  A summary (steps, last and best value of each key) is
-always printed.  Bad input (a missing log, no train/eval lines, an unknown key) exits 1 with one line.
+always printed.  Bad input (a missing log, no usable train/eval lines, an unknown key) exits 1 with one
+line "error: ..." naming the file.  The CSV and the PNG are written atomically (a temporary file, then
+os.replace()), so a failure never leaves half a file.
 """
 import argparse
 import csv
@@ -55,25 +59,37 @@ def log_path(arg):
 
 
 def parse_line(line):
-    """('train' | 'eval' | 'diag', fields) for a train/eval/diag/val line, else None."""
+    """('train' | 'eval' | 'diag', fields) for a train/eval/diag/val line, None for a line of another
+    kind; raises ValueError (what is wrong) for a train/eval/diag/val line that is malformed."""
     tokens = line.split()
-    if len(tokens) < 2 or tokens[0] not in ("train", "eval", "diag", "val") or not all("=" in t for t in tokens[1:]):
+    if not tokens or tokens[0] not in ("train", "eval", "diag", "val"):
         return None
+    bad = [t for t in tokens[1:] if t.startswith("=") or "=" not in t]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not key=value")
     fields = dict(t.split("=", 1) for t in tokens[1:])
     if tokens[0] == "val":
         tokens[0], fields["set"] = "eval", "val"
-    if not fields.get("step", "").isdigit() or (tokens[0] == "eval" and not fields.get("set")):
-        return None
+    step = fields.get("step", "")
+    if not (step.isascii() and step.isdigit()):   # isdigit() alone also takes "²", which int() refuses
+        raise ValueError(f"step {step!r} is not a whole number" if "step" in fields else "no step=")
+    if tokens[0] == "eval" and not fields.get("set"):
+        raise ValueError("eval line without set=")
     return tokens[0], fields
 
 
 def parse_log(path):
-    """{"path", "train": {step: fields}, "eval": {(set, step): fields}}, later lines winning."""
-    run = {"path": path, "train": {}, "eval": {}}
+    """{"path", "train": {step: fields}, "eval": {(set, step): fields}, "skipped": [(line number, why)]},
+    later lines winning; "skipped" lists the malformed train/eval/diag/val lines."""
+    run = {"path": path, "train": {}, "eval": {}, "skipped": []}
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parsed = parse_line(line)
+            for number, line in enumerate(f, 1):
+                try:
+                    parsed = parse_line(line)
+                except ValueError as e:
+                    run["skipped"].append((number, str(e)))
+                    continue
                 if parsed is None:
                     continue
                 kind, fields = parsed
@@ -87,8 +103,35 @@ def parse_log(path):
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}")
     if not run["train"] and not run["eval"]:
-        raise InputError(f"{path}: no train or eval lines")
+        skipped = f" ({len(run['skipped'])} malformed line(s) skipped)" if run["skipped"] else ""
+        raise InputError(f"{path}: no train or eval lines{skipped}, expected lines like 'train step=N loss=X ...'")
     return run
+
+
+def skipped_warning(run):
+    """One line about the run's malformed lines, or None."""
+    skipped = run["skipped"]
+    if not skipped:
+        return None
+    numbers = ", ".join(str(n) for n, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+    return (f"{run['path']}: skipped {len(skipped)} malformed line(s) (line{'s' if len(skipped) > 1 else ''} "
+            f"{numbers}); line {skipped[0][0]}: {skipped[0][1]}, expected 'kind step=N key=value ...'")
+
+
+def write_atomic(path, mode, write):
+    """Call write(f) on path + ".tmp" opened with `mode`, then os.replace() it over `path`: a failure
+    (also in matplotlib, or an interrupt) never leaves half a file, nor the temporary one."""
+    tmp = path + ".tmp"
+    try:
+        try:
+            with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+                write(f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):   # only when something above failed
+                os.remove(tmp)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write: {e.strerror}")
 
 
 def label_runs(runs, args):
@@ -110,15 +153,14 @@ def write_csv(path, runs):
     for run in runs:
         for _, _, _, rec in rows(run):
             fields += [k for k in rec if k not in ("step", "set") and k not in fields]
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["log", "kind", "set", "step"] + fields)
-            for run in runs:
-                for kind, s, step, rec in rows(run):
-                    w.writerow([run["label"], kind, s, step] + [rec.get(k, "") for k in fields])
-    except OSError as e:
-        raise InputError(f"{path}: cannot write: {e.strerror}")
+
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["log", "kind", "set", "step"] + fields)
+        for run in runs:
+            for kind, s, step, rec in rows(run):
+                w.writerow([run["label"], kind, s, step] + [rec.get(k, "") for k in fields])
+    write_atomic(path, "w", write)
 
 
 def number(text):
@@ -228,10 +270,12 @@ def plot(path, runs, keys, smooth, plt):
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     fig.tight_layout()
+    # savefig takes the format from the file name, which the temporary file does not have
+    image_format = os.path.splitext(path)[1][1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write: {e.strerror}")
+        write_atomic(path, "wb", lambda f: fig.savefig(f, format=image_format, dpi=100))
+    except ValueError as e:   # a format matplotlib does not know
+        raise InputError(f"{path}: cannot write: {e}")
     finally:
         plt.close(fig)
 
@@ -259,6 +303,8 @@ def main(argv):
         ap.error("--smooth must be at least 1")
     try:
         runs = [parse_log(log_path(arg)) for arg in args.logs]
+        for warning in filter(None, map(skipped_warning, runs)):
+            print(f"{ap.prog}: warning: {warning}", file=sys.stderr)
         label_runs(runs, args.logs)
         keys = choose_keys(args.keys, runs)
         plt = load_pyplot()
@@ -270,7 +316,7 @@ def main(argv):
             plot(args.out, runs, keys, args.smooth, plt)
             written.append(args.out)
     except InputError as e:
-        print(f"{ap.prog}: {e}", file=sys.stderr)
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 1
     print(summary(runs, keys))
     print("wrote " + " and ".join(written) if written else "wrote nothing (no keys to plot)")

@@ -7,6 +7,7 @@ Usage:  python3 dev/submission.py OUT.json PRED.json [PRED.json ...]
 PRED.json is a predictions_step%08d_<set>.json written by train_etrm (section 8):
   {"step": S, "set": "...", "tasks": {"<task>": [[{"votes": int, "mean_q": float, "grid": [[...]]}, ...
                                                   up to 10 candidates, best first], ... one list per test input]}}
+(votes 1..2^31-1, mean_q the mean halting probability 0..1, grids at most 30x30 with colours 0..9).
 OUT.json is  {"<task>": [{"attempt_1": grid, "attempt_2": grid}, ... one per test input]}.
 
 Several PRED files (checkpoints, processes) are merged per task and test input: identical grids
@@ -18,15 +19,18 @@ candidate fills both; none gives [[0]] (ARC needs a non-empty grid).
 [[0]]); a task whose number of test inputs differs from the challenge's is an error.
 --solutions: also print the ARC Prize score (per task, the fraction of test inputs that either
 attempt solves; the score is the mean over the solutions' tasks).
-Prints a one-line summary.  Any bad input exits 1 with one line on stderr naming the file.
+Prints a one-line summary.  Any bad input (also: JSON with NaN/Infinity, duplicate keys or absurd
+nesting) exits 1 with one line "error: FILE: problem" on stderr; OUT.json is then left as it was.
 """
 import argparse
 import json
+import math
 import os
 import sys
-import tempfile
 
 FILLER = [[0]]
+MAX_SIDE = 30           # ARC grids have sides 1..30
+MAX_VOTES = 2**31 - 1   # train_etrm writes votes as an int32
 
 
 class InputError(Exception):
@@ -43,14 +47,40 @@ def kind(value):
     return names.get(type(value), type(value).__name__)
 
 
+def reject_constant(name):
+    raise ValueError(f"{name} is not a number (expected finite numbers only)")
+
+
+def finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):   # 1e999 parses as inf
+        raise ValueError(f"number {text} is out of range (expected finite numbers only)")
+    return value
+
+
+def unique_keys(pairs):
+    """object_pairs_hook: json.load silently keeps the last of duplicate keys; refuse them instead."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f'key "{key}" appears twice in one object (expected unique keys)')
+        obj[key] = value
+    return obj
+
+
 def load_json(path):
+    """Parse a JSON file strictly: no NaN/Infinity, no duplicate keys; any problem is an InputError."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise InputError(path, f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}")
     except UnicodeDecodeError as e:
         raise InputError(path, f"not UTF-8 text ({e.reason} at byte {e.start})")
+    except ValueError as e:   # the hooks above, or an integer with more digits than int() accepts
+        raise InputError(path, f"bad JSON: {e}")
+    except RecursionError:
+        raise InputError(path, "bad JSON: nested too deeply (expected a few levels: tasks, test inputs, grids)")
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror}")
 
@@ -59,12 +89,18 @@ def is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def parse_grid(grid, path, task, where):
-    """Validate a grid (rows of equal length, colours 0..9); returns it as a tuple of tuples."""
+def parse_grid(grid, path, task, where, allow_empty=False):
+    """Validate a grid (rows of equal length, sides 1..MAX_SIDE, colours 0..9); returns it as a tuple of
+    tuples.  With allow_empty, a grid without cells (a prediction that can never be right) passes too."""
     if not isinstance(grid, list) or not all(isinstance(row, list) for row in grid):
         raise InputError(path, f"{where}: grid is {kind(grid)}, expected a list of rows", task)
     if grid and len({len(row) for row in grid}) != 1:
         raise InputError(path, f"{where}: grid rows have different lengths", task)
+    rows, cols = len(grid), len(grid[0]) if grid else 0
+    if not (rows and cols) and not allow_empty:
+        raise InputError(path, f"{where}: grid is empty, expected sides 1..{MAX_SIDE}", task)
+    if rows > MAX_SIDE or cols > MAX_SIDE:
+        raise InputError(path, f"{where}: grid is {rows}x{cols}, expected sides 1..{MAX_SIDE}", task)
     if not all(is_int(c) and 0 <= c <= 9 for row in grid for c in row):
         raise InputError(path, f"{where}: grid cells must be integers 0..9", task)
     return tuple(tuple(row) for row in grid)
@@ -78,11 +114,14 @@ def parse_candidate(cand, path, task, where):
         if key not in cand:
             raise InputError(path, f'{where}: missing "{key}"', task)
     votes, mean_q = cand["votes"], cand["mean_q"]
-    if not is_int(votes) or votes < 1:
-        raise InputError(path, f'{where}: "votes" must be a positive integer, got {json.dumps(votes)}', task)
+    if not is_int(votes) or not 1 <= votes <= MAX_VOTES:
+        got = votes if is_int(votes) else kind(votes)
+        raise InputError(path, f'{where}: "votes" is {got}, expected an integer 1..{MAX_VOTES}', task)
     if isinstance(mean_q, bool) or not isinstance(mean_q, (int, float)):
-        raise InputError(path, f'{where}: "mean_q" is {kind(mean_q)}, expected a number', task)
-    return parse_grid(cand["grid"], path, task, where), votes, float(mean_q)
+        raise InputError(path, f'{where}: "mean_q" is {kind(mean_q)}, expected a number 0..1', task)
+    if not 0 <= mean_q <= 1:   # a mean probability; NaN and Infinity never get here (load_json)
+        raise InputError(path, f'{where}: "mean_q" is {mean_q}, expected a number 0..1', task)
+    return parse_grid(cand["grid"], path, task, where, allow_empty=True), votes, float(mean_q)
 
 
 def load_predictions(path):
@@ -92,8 +131,12 @@ def load_predictions(path):
         raise InputError(path, 'expected an object with a "tasks" object')
     tasks = {}
     for task, inputs in obj["tasks"].items():
+        if not task:
+            raise InputError(path, "a task name is empty, expected the task's id")
         if not isinstance(inputs, list) or not all(isinstance(c, list) for c in inputs):
             raise InputError(path, "expected a list of candidate lists (one per test input)", task)
+        if not inputs:   # every ARC task has at least one test input
+            raise InputError(path, "no test inputs, expected one list of candidates per test input", task)
         tasks[task] = [[parse_candidate(c, path, task, f"test {i} candidate {j}") for j, c in enumerate(cands)]
                        for i, cands in enumerate(inputs)]
     return tasks
@@ -140,6 +183,8 @@ def load_task_object(path):
     obj = load_json(path)
     if not isinstance(obj, dict):
         raise InputError(path, f"top level is {kind(obj)}, expected an object of tasks")
+    if not obj:
+        raise InputError(path, "contains no tasks, expected an object of tasks")
     return obj
 
 
@@ -150,6 +195,10 @@ def load_challenges(path):
     for task, body in obj.items():
         if not isinstance(body, dict) or not isinstance(body.get("test"), list) or not body["test"]:
             raise InputError(path, 'expected an object with a non-empty "test" list', task)
+        for i, pair in enumerate(body["test"]):
+            if not isinstance(pair, dict) or "input" not in pair:
+                raise InputError(path, f'test {i} is not an object with an "input" grid', task)
+            parse_grid(pair["input"], path, task, f"test {i} input")
         counts[task] = len(body["test"])
     return counts
 
@@ -198,21 +247,19 @@ def score(submission, solutions, solutions_path):
         solved = sum(any(tuple(map(tuple, e[a])) == out for a in ("attempt_1", "attempt_2"))
                      for e, out in zip(entries, outputs))
         total += solved / len(outputs)
-    return total / len(solutions) if solutions else 0.0, total
+    return total / len(solutions), total   # load_task_object refuses a file without tasks
 
 
 def write_atomic(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write via path + ".tmp" and os.replace(), so `path` is never half written."""
+    tmp = path + ".tmp"
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".submission.", suffix=".tmp")
-    except OSError as e:
-        raise InputError(path, f"cannot write: {e.strerror}")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise InputError(path, f"cannot write: {e.strerror}")
 
 
@@ -231,7 +278,7 @@ def main(argv):
         result = score(submission, solutions, args.solutions) if solutions is not None else None
         write_atomic(args.out, json.dumps(submission, separators=(",", ":")) + "\n")
     except InputError as e:
-        print(f"{ap.prog}: {e}", file=sys.stderr)
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 1
     n_inputs = sum(len(v) for v in submission.values())
     line = (f"wrote {args.out}: {len(submission)} tasks, {n_inputs} test inputs from {len(args.predictions)} "

@@ -284,12 +284,18 @@ def check_format_roundtrip():
     assert (header["n_pairs"], header["n_cells"], header["canvas"], header["max_side"]) == (2, 5, 8, 2), header
     assert not os.path.exists(path + ".tmp"), "temporary file left behind"
     bad = os.path.join(TMP, "never.bin")
-    try:
-        arc_format.write_tasks(bad, [{"name": "t", "train": [([[1, 12]], [[1]])], "test": []}], 8)
-        raise AssertionError("write_tasks accepted colour 12")
-    except ValueError:
-        pass
-    assert not os.path.exists(bad) and not os.path.exists(bad + ".tmp"), "failed write left a file"
+    pair = ([[1]], [[2]])
+    for tasks, canvas, text in (([{"name": "t", "train": [([[1, 12]], [[1]])], "test": [pair]}], 8, "colour 12"),
+                                ([], 8, "no tasks"), ([{"name": "t", "train": [pair], "test": []}], 8, "0 test"),
+                                ([{"name": "t", "train": [], "test": [pair]}], 8, "0 train"),
+                                ([{"name": "t", "train": [([[1] * 9], [[1]])], "test": [pair]}], 8, "canvas 8"),
+                                ([{"name": "t", "train": [pair], "test": [pair]}], 1025, "canvas 1025")):
+        try:
+            arc_format.write_tasks(bad, tasks, canvas)
+            raise AssertionError(f"write_tasks accepted a file with {text}")
+        except ValueError as e:
+            assert text in str(e), f"{text!r} not in {str(e)!r}"
+        assert not os.path.exists(bad) and not os.path.exists(bad + ".tmp"), "failed write left a file"
 
 
 def check_format_errors():
@@ -302,6 +308,14 @@ def check_format_errors():
     pair0 = 1024 + 16
     expect_format_error(path, data[:pair0 + 16] + struct.pack("<i", 999) + data[pair0 + 20:], "outside")
     expect_format_error(path, data[:-3] + b"\x0b" + data[-2:], "colour 11")
+    # what the C++ loader refuses too: no tasks, a task without test pairs, a header word past max_side set,
+    # a canvas below max_side, a name that is empty or not UTF-8
+    expect_format_error(path, data[:8] + struct.pack("<i", 0) + data[12:], "no tasks")
+    expect_format_error(path, data[:1032] + struct.pack("<i", 0) + data[1036:], "1 train and 0 test pairs")
+    expect_format_error(path, data[:32] + struct.pack("<i", 1) + data[36:], "header ints 8..255")
+    expect_format_error(path, data[:24] + struct.pack("<i", 1) + data[28:], "canvas is 1")
+    expect_format_error(path, data[:-2] + b"\xff\0", "not UTF-8")
+    expect_format_error(path, data[:-2] + b"\0\0", "empty name")
 
 
 # ---------------------------------------------------------------- synth.py
@@ -436,12 +450,14 @@ def check_synth_bad_args():
     """A value out of its own range is a usage error (exit 2), a bad combination exits 1; either way one
     "error:" line naming the option, no traceback and no output folder."""
     usage = [(["--tasks", "0"], "--tasks: must be >= 1"), (["--tasks", "-1"], "--tasks: must be >= 1"),
-             (["--tasks", "x"], "--tasks: 'x' is not an integer"), (["--eval-tasks", "-1"], "--eval-tasks: must be >= 0"),
-             (["--heldout-tasks", "-1"], "--heldout-tasks"), (["--sequences", "-1"], "--sequences: must be >= 0"),
-             (["--val-sequences", "-1"], "--val-sequences"), (["--min-side", "2"], "--min-side: must be 3..30"),
-             (["--max-side", "31"], "--max-side: must be 3..30"), (["--canvas", "31"], "--canvas: must be 3..30"),
+             (["--tasks", "x"], "--tasks: 'x' is not an integer"),
+             (["--eval-tasks", "-1"], "--eval-tasks: must be >= 0"), (["--heldout-tasks", "-1"], "--heldout-tasks"),
+             (["--sequences", "-1"], "--sequences: must be >= 0"), (["--val-sequences", "-1"], "--val-sequences"),
+             (["--min-side", "2"], "--min-side: must be 3..30"), (["--max-side", "31"], "--max-side: must be 3..30"),
+             (["--canvas", "31"], "--canvas: must be 3..30"),
              (["--sequence-steps", "1"], "--sequence-steps: must be >= 2"),
-             (["--sequence-min-side", "2"], "--sequence-min-side"), (["--sequence-max-side", "31"], "--sequence-max-side")]
+             (["--sequence-min-side", "2"], "--sequence-min-side"),
+             (["--sequence-max-side", "31"], "--sequence-max-side")]
     combination = [(["--max-side", "9"], "--canvas"), (["--heldout", "flip,nosuch"], "recolor_largest"),
                    (["--min-side", "5", "--max-side", "8"], "scale"),
                    (["--sequence-min-side", "9", "--sequence-max-side", "8"], "--sequence-max-side"),

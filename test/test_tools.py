@@ -254,7 +254,8 @@ def check_submission_keeps_output():
         assert f.read() == "previous\n", "OUT.json changed"
     folder = os.path.dirname(path_in_tmp("sub_keep", "a_folder", "x"))   # os.replace() onto a folder fails
     rc, _, stderr = run_tool("submission.py", folder, preds("keep_ok.json", {"a": [[cand(G1)]]}))
-    assert rc == 1 and f"error: {folder}: cannot write" in stderr and "Traceback" not in stderr, f"exit {rc}: {stderr!r}"
+    assert rc == 1 and f"error: {folder}: cannot write" in stderr and "Traceback" not in stderr, \
+        f"exit {rc}: {stderr!r}"
     assert os.path.isdir(folder) and not os.path.exists(folder + ".tmp"), "the temporary file was left behind"
 
 
@@ -322,8 +323,8 @@ def check_plot_csv():
         text = f.read()
     assert text == CSV_AB, f"CSV differs:\n{text}"
     # "train step=oops" and "train the loss went down"; runB has no malformed line
-    assert stderr.count("warning:") == 1 and f"warning: {log_a}: skipped 2 malformed line(s) (lines 10, 11)" in stderr, \
-        f"stderr {stderr!r}"
+    warning = f"warning: {log_a}: skipped 2 malformed line(s) (lines 10, 11)"
+    assert stderr.count("warning:") == 1 and warning in stderr, f"stderr {stderr!r}"
     for phrase in ("runA (", "4 train steps (1..4), 3 eval points (sets eval, heldout)", "runB (",
                    "2 train steps (1..2), 0 eval points", f"wrote {out}"):
         assert phrase in stdout, f"summary lacks {phrase!r}:\n{stdout}"
