@@ -5,6 +5,7 @@
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
 # Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
+#          asan (sanitizer builds of the CPU trainers), fuzz-asan (the hostile-input suite through them),
 #          labs (dev/cuda kernel labs), bench (labs + training benchmark -> dev/results), gpu-check (the one command of
 #          a GPU window: build, GPU tests and a short measurement in 8 minutes -> dev/results), shared-copy (../shared's
 #          bench and ARC-AGI-1 into shared/, which travels with the checkout), clean.
@@ -75,7 +76,7 @@ LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
 GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
-.PHONY: all run run-jepa test test-gpu labs bench gpu-check shared-copy clean features
+.PHONY: all run run-jepa test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan
 all: features train_etrm_cpu train_jepa_cpu $(if $(NVCC_PATH),train_etrm train_jepa)
 
 features:
@@ -162,11 +163,22 @@ test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.b
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"./build/test_transformer" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
-		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
 	@ARC_REQUIRE_GPU=1 test/run.sh $(GPU_TESTS)
+
+# The sanitizer builds of both CPU trainers (AddressSanitizer + UndefinedBehaviorSanitizer, any report fatal;
+# single-process: MPI's own allocations would drown the reports) and the hostile-input suite through them (about
+# 10 minutes on 2 cores; FUZZ_ARGS passes options, e.g. --mutants 200 --seed 2).
+ASAN_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+build/asan/train_%_cpu: train_%.cu $(HEADERS)
+	@mkdir -p build/asan
+	$(CXX) $(ASAN_FLAGS) -x c++ $< -o $@
+asan: build/asan/train_etrm_cpu build/asan/train_jepa_cpu
+fuzz-asan: asan $(SYNTH)/train.bin
+	@test/run.sh "$(PYTHON) test/test_hostile.py --asan $(FUZZ_ARGS)"
 
 # --- kernel labs and the training benchmark (a GPU machine) -----------------------------------------------------
 # Runs every lab, PyTorch's attention beside ours, fixed-length training runs at the ARC default, and the JEPA step

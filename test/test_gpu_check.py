@@ -172,7 +172,7 @@ def test_trainer_lines():
         for binary, args in runs.items():
             if not os.path.exists(os.path.join(ROOT, binary)):
                 raise harness.Skip(f"{binary} is not built")
-            p = subprocess.run([os.path.join(ROOT, binary)] + args, capture_output=True, text=True, timeout=120,
+            p = subprocess.run([os.path.join(ROOT, binary)] + harness.merge_args(args), capture_output=True, text=True, timeout=120,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
             assert p.returncode == 0, f"{binary}: {p.stderr[-300:]}"
             row = bench.trainer_timing(p.stdout)

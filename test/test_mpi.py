@@ -151,7 +151,7 @@ def test_jepa_matches_one_process(tmp):
     extra = ["relational_dropout=0", "inv_translation=0", "refresh_mode=off", "max_steps=6", "diag_every=0"]
     out = {}
     for ranks in (1, 2):
-        cmd = [test_jepa.BIN] + test_jepa.TINY + [f"checkpoint_path={tmp}/jepa_{ranks}"] + extra
+        cmd = [test_jepa.BIN] + merge_args(test_jepa.TINY + [f"checkpoint_path={tmp}/jepa_{ranks}"] + extra)
         if ranks > 1:
             cmd = ["mpirun", "-np", "2"] + cmd
         p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
