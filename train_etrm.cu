@@ -1478,7 +1478,7 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     section_check_range(path, "the step", state[0], 0, INT_MAX - 1);
     section_check_range(path, "the data epoch", state[1], 0, INT_MAX);
     section_check_range(path, "the data cursor", state[2], 0, (long long)dl->train_groups.size());
-    params_load_sections(&m->p, s, path);
+    params_load_sections(&m->p, s, path, state[0]);
     const size_t slot_z = (size_t)d.T * d.D, carry = (size_t)B_global * slot_z;
     std::vector<floatS> buf(2 * carry);
     // this rank's slots of the global carry

@@ -1376,14 +1376,14 @@ static void checkpoint_load(Model* m, TrainState* ts, const char* path, const Se
     const int Q = std::max(1, m->c.queue_size);
     section_check_range(path, "the step", state[0], 0, INT_MAX - 1);
     section_check_range(path, "the epoch", state[1], 0, INT_MAX);
-    section_check_range(path, "the epochs without improvement", state[3], 0, INT_MAX);
+    section_check_range(path, "the epochs without improvement", state[3], 0, state[1]);
     section_check_range(path, "the queue position", state[4], 0, Q - 1);
     section_check_range(path, "the queue fill", state[5], 0, m->c.queue_size);
-    for (int i = 6; i < 10; i++) section_check_range(path, "a codebook counter", state[i], 0, LLONG_MAX);
+    for (int i = 6; i < 10; i++) section_check_range(path, "a codebook counter", state[i], 0, INT_MAX);
     double best_val;
     memcpy(&best_val, &state[2], sizeof(double));
     if (std::isnan(best_val)) fatal("%s: the best validation loss is NaN (corrupt checkpoint)", path);
-    params_load_sections(&m->p, s, path);
+    params_load_sections(&m->p, s, path, state[0]);
     std::vector<floatS> buf;
     auto get = [&](const char* name, floatS* dst, size_t n, bool non_negative) {
         buf.resize(n);

@@ -305,8 +305,8 @@ inline void params_check_finite(const ParamTable& t, const std::vector<floatS>& 
 }
 
 // Reads the sections params_sections wrote (sizes checked against this run's table; values must be finite, Adam's
-// second moments non-negative, the step counts 0..INT_MAX).
-inline void params_load_sections(Params* p, const Sections& s, const char* path) {
+// second moments non-negative, each group's optimizer steps 0..step, the training step the checkpoint was written at).
+inline void params_load_sections(Params* p, const Sections& s, const char* path, int64_t step) {
     const ParamTable& t = p->table;
     std::vector<floatS> w = params_values(*p), m(t.n_dense), v(t.n_dense), e(t.n_ema);
     for (const ParamGroup& g : t.groups) {
@@ -335,7 +335,7 @@ inline void params_load_sections(Params* p, const Sections& s, const char* path)
     std::vector<int64_t> steps(p->steps.size());
     section_get(s, path, "param_steps", steps.data(), steps.size());
     for (size_t g = 0; g < steps.size(); g++) {
-        section_check_range(path, ("group " + t.groups[g].name + "'s optimizer steps").c_str(), steps[g], 0, INT_MAX);
+        section_check_range(path, ("group " + t.groups[g].name + "'s optimizer steps").c_str(), steps[g], 0, step);
         p->steps[g] = (int)steps[g];
     }
 }
