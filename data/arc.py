@@ -11,8 +11,6 @@ object, a malformed task or grid, duplicate task names, ...) exits with status 1
 "error: FILE: problem" on stderr naming the file and task; OUT.bin is then left as it was.
 """
 import argparse
-import json
-import math
 import os
 import sys
 
@@ -29,44 +27,14 @@ class InputError(Exception):
         super().__init__(f'{path}: task "{task}": {problem}' if task is not None else f"{path}: {problem}")
 
 
-def reject_constant(name):
-    raise ValueError(f"{name} is not a number (expected finite numbers only)")
-
-
-def finite_float(text):
-    value = float(text)
-    if not math.isfinite(value):   # 1e999 parses as inf
-        raise ValueError(f"number {text} is out of range (expected finite numbers only)")
-    return value
-
-
-def unique_keys(pairs):
-    """object_pairs_hook: json.load silently keeps the last of duplicate keys (a Kaggle file naming
-    a task id twice would lose a task); refuse them instead."""
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f'key "{key}" appears twice in one object (expected unique keys, e.g. task ids)')
-        obj[key] = value
-    return obj
-
-
 def load_json(path, task=None):
-    """Parse a JSON file strictly (no NaN/Infinity, no duplicate keys); `task` names the task it holds
-    (for messages), if it is a single task."""
+    """arc_format.load_json_strict with InputError; `task` names the task the file holds (for messages),
+    if it is a single task."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as e:
-        raise InputError(path, task, f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}")
-    except UnicodeDecodeError as e:
-        raise InputError(path, task, f"not UTF-8 text ({e.reason} at byte {e.start})")
-    except ValueError as e:   # the hooks above, or an integer with more digits than int() accepts
-        raise InputError(path, task, f"bad JSON: {e}")
-    except RecursionError:
-        raise InputError(path, task, "bad JSON: nested too deeply (expected tasks, pairs and grids, a few levels)")
-    except OSError as e:
-        raise InputError(path, task, f"cannot read: {e.strerror}")
+        return arc_format.load_json_strict(path, expected_levels="tasks, pairs and grids, a few levels",
+                                           expected_keys="unique keys, e.g. task ids")
+    except arc_format.JSONFileError as e:
+        raise InputError(path, task, e.problem)
 
 
 def parse_task(obj, path, name, kaggle=False):

@@ -18,8 +18,11 @@ out_rows = out_cols = 0 and out_offset = -1.  The file length is exactly
 1024 + 16*n_tasks + 24*n_pairs + n_cells + names_bytes.
 
 In Python a task is a dict {"name": str, "train": [(input, output)], "test": [(input, output or None)]}
-and a grid is a list of rows, each a list of ints.
+and a grid is a list of rows, each a list of ints.  load_json_strict reads the JSON the tools take
+(ARC task files, Kaggle challenges/solutions, train_etrm predictions) strictly.
 """
+import json
+import math
 import os
 import sys
 from array import array
@@ -36,6 +39,52 @@ HEADER_FIELDS = ("magic", "version", "n_tasks", "n_pairs", "n_cells", "names_byt
 
 class FormatError(ValueError):
     """A task file that does not follow the format; the message is one line naming the file."""
+
+
+class JSONFileError(ValueError):
+    """A JSON file that cannot be read or is not strict JSON (see load_json_strict); the message is one
+    line "PATH: problem", and `problem` is the part after the path."""
+
+    def __init__(self, path, problem):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def load_json_strict(path, expected_levels="a few levels", expected_keys="unique keys"):
+    """Parse the JSON file `path` strictly; raises JSONFileError on an unreadable file, text that is not
+    UTF-8, bad JSON, NaN/Infinity, a number out of float range (1e999), an integer with more digits than
+    int() accepts, a key twice in one object (json.load would silently keep the last) or nesting too
+    deep for the parser.  `expected_levels` and `expected_keys` end the messages on the last two."""
+    def reject_constant(name):
+        raise ValueError(f"{name} is not a number (expected finite numbers only)")
+
+    def finite_float(text):
+        value = float(text)
+        if not math.isfinite(value):   # 1e999 parses as inf
+            raise ValueError(f"number {text} is out of range (expected finite numbers only)")
+        return value
+
+    def unique_keys(pairs):
+        obj = {}
+        for key, value in pairs:
+            if key in obj:
+                raise ValueError(f'key "{key}" appears twice in one object (expected {expected_keys})')
+            obj[key] = value
+        return obj
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as e:
+        raise JSONFileError(path, f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}")
+    except UnicodeDecodeError as e:
+        raise JSONFileError(path, f"not UTF-8 text ({e.reason} at byte {e.start})")
+    except ValueError as e:   # the hooks above, or an integer with more digits than int() accepts
+        raise JSONFileError(path, f"bad JSON: {e}")
+    except RecursionError:
+        raise JSONFileError(path, f"bad JSON: nested too deeply (expected {expected_levels})")
+    except OSError as e:
+        raise JSONFileError(path, f"cannot read: {e.strerror}")
 
 
 def grid_problem(grid):

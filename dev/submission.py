@@ -24,9 +24,11 @@ nesting) exits 1 with one line "error: FILE: problem" on stderr; OUT.json is the
 """
 import argparse
 import json
-import math
 import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"))
+import arc_format  # noqa: E402
 
 FILLER = [[0]]
 MAX_SIDE = 30           # ARC grids have sides 1..30
@@ -41,48 +43,13 @@ class InputError(Exception):
 
 
 def kind(value):
-    """JSON-flavoured type name for messages."""
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a bool", int: "an integer",
-             float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def reject_constant(name):
-    raise ValueError(f"{name} is not a number (expected finite numbers only)")
-
-
-def finite_float(text):
-    value = float(text)
-    if not math.isfinite(value):   # 1e999 parses as inf
-        raise ValueError(f"number {text} is out of range (expected finite numbers only)")
-    return value
-
-
-def unique_keys(pairs):
-    """object_pairs_hook: json.load silently keeps the last of duplicate keys; refuse them instead."""
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f'key "{key}" appears twice in one object (expected unique keys)')
-        obj[key] = value
-    return obj
+    """JSON-flavoured type name for messages: arc_format.json_kind, in this tool's words for numbers."""
+    return {int: "an integer", float: "a number"}.get(type(value)) or arc_format.json_kind(value)
 
 
 def load_json(path):
-    """Parse a JSON file strictly: no NaN/Infinity, no duplicate keys; any problem is an InputError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}")
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not UTF-8 text ({e.reason} at byte {e.start})")
-    except ValueError as e:   # the hooks above, or an integer with more digits than int() accepts
-        raise InputError(path, f"bad JSON: {e}")
-    except RecursionError:
-        raise InputError(path, "bad JSON: nested too deeply (expected a few levels: tasks, test inputs, grids)")
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror}")
+    """arc_format.load_json_strict: any problem is an arc_format.JSONFileError ("PATH: problem")."""
+    return arc_format.load_json_strict(path, expected_levels="a few levels: tasks, test inputs, grids")
 
 
 def is_int(x):
@@ -277,7 +244,7 @@ def main(argv):
         submission, counts = build(ranked, source, challenges, args.tasks)
         result = score(submission, solutions, args.solutions) if solutions is not None else None
         write_atomic(args.out, json.dumps(submission, separators=(",", ":")) + "\n")
-    except InputError as e:
+    except (InputError, arc_format.JSONFileError) as e:
         print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 1
     n_inputs = sum(len(v) for v in submission.values())
