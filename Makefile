@@ -136,7 +136,8 @@ run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 # --- tests --------------------------------------------------------------------------------------------------
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
-	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model build/test_transformer
+	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model build/test_transformer \
+	build/test_lm_ops
 build/%: test/%.cpp $(HEADERS) test/test.h test/op_test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -145,6 +146,10 @@ build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 build/test_jepa_model: test/test_jepa_model.cpp train_jepa.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
+# the language-model ops (softmax cross-entropy, the chunked lm head, LoRA) through their launchers, in double
+build/test_lm_ops: test/test_lm_ops.cpp $(HEADERS) test/test.h test/op_test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 # the transformer block through its launchers, in double
@@ -161,7 +166,7 @@ GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32
 test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
-		"./build/test_transformer" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
+		"./build/test_transformer" "./build/test_lm_ops" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
 		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" $(GPU_TESTS)
 

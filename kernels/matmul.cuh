@@ -1,6 +1,7 @@
 // Linear layer: out = inp @ weight^T (+ bias), weights stored (out_features, in_features) as in PyTorch.
 //
 //   forward   out[n, o]      = sum_c inp[n, c] * weight[o, c] + bias[o]     inp (N, C), weight (OC, C), out (N, OC)
+//                            (+= with accumulate: a second branch into the same output, e.g. LoRA's)
 //   backward  dinp[n, c]     = sum_o dout[n, o] * weight[o, c]             (+= when accumulate_dinp)
 //             dweight[o, c] += sum_n dout[n, o] * inp[n, c]
 //             dbias[o]      += sum_n dout[n, o]
@@ -71,12 +72,12 @@ void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate
 }
 
 template <typename T>
-void matmul_forward_ref(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC) {
+void matmul_forward_ref(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, bool accumulate = false) {
     // out = inp @ weight^T: transpose the (small) weight once so the GEMM streams contiguous rows of it.
     std::vector<T> weight_t((size_t)C * OC);
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++) weight_t[(size_t)c * OC + o] = weight[(size_t)o * C + c];
-    gemm_ref<T, false>(out, inp, weight_t.data(), N, OC, C, false);
+    gemm_ref<T, false>(out, inp, weight_t.data(), N, OC, C, accumulate);
     if (bias) {
         for (int n = 0; n < N; n++)
             for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
@@ -197,9 +198,9 @@ __global__ void matmul_bias_backward_kernel(floatS* dbias, const floatX* dout, i
 }
 
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
-                           int N, int C, int OC, Stream st) {
+                           int N, int C, int OC, Stream st, bool accumulate = false) {
     if (N == 0) return;
-    matmul_cublaslt(out, weight, inp, bias, OC, N, C, true, false, 0.0f, st);
+    matmul_cublaslt(out, weight, inp, bias, OC, N, C, true, false, accumulate ? 1.0f : 0.0f, st);
 }
 inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
                             const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream st) {
@@ -213,8 +214,8 @@ inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const 
 }
 #else  // CPU launchers
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
-                           int N, int C, int OC, Stream) {
-    matmul_forward_ref(out, inp, weight, bias, N, C, OC);
+                           int N, int C, int OC, Stream, bool accumulate = false) {
+    matmul_forward_ref(out, inp, weight, bias, N, C, OC, accumulate);
 }
 inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
                             const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream) {

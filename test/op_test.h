@@ -4,6 +4,7 @@
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #include <functional>
 #include <string>
 #include <vector>
@@ -52,6 +53,25 @@ static inline double max_abs_diff(const vecd& a, const vecd& b) {
     return m;
 }
 
+// sum a[i] * b[i] in long double (keeps the rounding noise of L far below the finite-difference signal)
+template <typename A, typename B> static double dotl(const A& a, const B& b, size_t n) {
+    long double s = 0;
+    for (size_t i = 0; i < n; i++) s += (long double)a[i] * (long double)b[i];
+    return (double)s;
+}
+static double dotl(const vecd& a, const vecd& b) { return dotl(a.data(), b.data(), a.size()); }
+
+static bool all_finite(const double* x, size_t n) {
+    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return false;
+    return true;
+}
+template <typename T> static bool all_equal(const T* x, size_t n, T value) {
+    for (size_t i = 0; i < n; i++) if (!(x[i] == value)) return false;
+    return true;
+}
+template <typename T> static bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
 // Central-difference check of d loss / d x against `analytic`, over every element of x (perturbed in place and
 // restored; h_of(i) may set the step of element i, FD_H otherwise). The error of element i is
 // |fd_i - an_i| / (|an_i| + FD_FLOOR max_j |an_j|): the floor keeps the finite-difference noise (~1e-9 absolute:

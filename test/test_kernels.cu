@@ -38,6 +38,8 @@
 #include "../kernels/ema.cuh"
 #include "../kernels/embedding.cuh"
 #include "../kernels/global_norm.cuh"
+#include "../kernels/lm_head_loss.cuh"
+#include "../kernels/lora.cuh"
 #include "../kernels/masked_mean.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/mse.cuh"
@@ -47,6 +49,7 @@
 #include "../kernels/rope.cuh"
 #include "../kernels/rows.cuh"
 #include "../kernels/sigreg.cuh"
+#include "../kernels/softmax_xent.cuh"
 #include "../kernels/stablemax.cuh"
 #include "../kernels/swiglu.cuh"
 #include "../kernels/variational.cuh"
@@ -1095,6 +1098,104 @@ static void test_losses() {
 }
 
 // =========================================================================================================
+// The language-model ops: softmax cross-entropy over a vocabulary, the chunked lm head, LoRA
+
+static veci lm_labels(int N, int V) {
+    veci labels = rnd_int(N, V);
+    for (int n = 2; n < N; n += 3) labels[n] = IGNORE_LABEL_ID;
+    return labels;
+}
+
+// every row's loss, argmax (exact) and in-place gradient, twice (bitwise the same)
+static void test_softmax_xent(int N, int V, int ld) {
+    const std::string name = fmt(BK " softmax_xent N=%d V=%d ld=%d", N, V, ld);
+    vecd logits = rx(rnd((size_t)N * ld, -6, 6));
+    const veci labels = lm_labels(N, V);
+    const double dscale = 1.0 / 3;
+    vecd loss(N), grad = logits;
+    veci argmax(N);
+    softmax_xent_ref<double>(loss.data(), argmax.data(), grad.data(), labels.data(), N, V, ld, dscale, true);
+    Dev<int> d_labels(labels), d_argmax(N);
+    Dev<floatS> d_loss(N);
+    std::vector<floatX> first;
+    for (int run = 0; run < 2; run++) {
+        Dev<floatX> d_logits(logits);
+        d_loss.poison();
+        d_argmax.poison();
+        softmax_xent(d_loss.p, d_argmax.p, d_logits.p, d_labels.p, N, V, ld, dscale, true, st);
+        launched(name);
+        if (run == 0) {
+            expect_close(name + " loss", d_loss.get(), loss, TOL_S);
+            expect_equal(name + " argmax (first maximum)", d_argmax.raw(), argmax);
+            expect_close(name + " dlogits (in place)", d_logits.get(), grad, TOL_EW);
+            first = d_logits.raw();
+        } else {
+            expect_bitwise(name + " repeatable", d_logits.raw(), first);
+        }
+    }
+}
+
+// the chunked head against the whole-batch composition of the double references
+static void test_lm_head_loss(int N, int C, int V, int chunk) {
+    const std::string name = fmt(BK " lm_head_loss N=%d C=%d V=%d chunk=%d", N, C, V, chunk);
+    const vecd h = rx(rnd((size_t)N * C, -1, 1)), W = rx(rnd((size_t)V * C, -0.2, 0.2)), dW0 = rs(rnd((size_t)V * C, -1, 1));
+    const veci labels = lm_labels(N, V);
+    const double dscale = 1.0 / N;
+    vecd logits((size_t)N * V), loss(N), dh((size_t)N * C), dW = dW0;
+    veci argmax(N);
+    matmul_forward_ref<double>(logits.data(), h.data(), W.data(), nullptr, N, C, V);
+    softmax_xent_ref<double>(loss.data(), argmax.data(), logits.data(), labels.data(), N, V, V, dscale, true);
+    matmul_backward_ref<double>(dh.data(), dW.data(), nullptr, logits.data(), h.data(), W.data(), N, C, V, false);
+    Dev<floatX> d_h(h), d_W(W), d_dh(dh.size()), d_scratch((size_t)std::min(chunk, N) * V);
+    Dev<floatS> d_loss(N), d_dW(dW0);
+    Dev<int> d_labels(labels), d_argmax(N);
+    d_dh.poison();
+    lm_head_loss(d_loss.p, d_argmax.p, d_dh.p, d_dW.p, d_h.p, d_W.p, d_labels.p, N, C, V, dscale, true, d_scratch.p, chunk, st);
+    launched(name);
+    expect_close(name + " loss", d_loss.get(), loss, TOL_S);
+    // (the bf16 logits may reorder near-ties: compare the argmax only in the fp32 build)
+    if (!BF16) expect_equal(name + " argmax", d_argmax.raw(), argmax);
+    expect_close(name + " dh", d_dh.get(), dh, TOL_RED);
+    expect_close(name + " dW (+=)", d_dW.get(), dW, TOL_S);
+}
+
+static void test_lora(int N, int C, int OC, int r, double scale) {
+    const std::string name = fmt(BK " lora N=%d C=%d OC=%d r=%d", N, C, OC, r);
+    const vecd x = rx(rnd((size_t)N * C, -1, 1)), A = rx(rnd((size_t)r * C, -1, 1)), B = rx(rnd((size_t)OC * r, -1, 1));
+    const vecd base = rx(rnd((size_t)N * OC, -1, 1)), dout = rx(rnd((size_t)N * OC, -1, 1)), dx0 = rx(rnd((size_t)N * C, -1, 1));
+    const vecd dA0 = rs(rnd(A.size(), -1, 1)), dB0 = rs(rnd(B.size(), -1, 1));
+    // reference: t = scale x A^T, out = base + t B^T; dt = scale dout B, dB += dout^T t, dA += dt^T x, dx += dt A
+    vecd t((size_t)N * r), out = base, dt((size_t)N * r), dx = dx0, dA = dA0, dB = dB0;
+    matmul_forward_ref<double>(t.data(), x.data(), A.data(), nullptr, N, C, r);
+    for (double& v : t) v *= scale;
+    matmul_forward_ref<double>(out.data(), t.data(), B.data(), nullptr, N, r, OC, true);
+    matmul_backward_ref<double>(dt.data(), dB.data(), nullptr, dout.data(), t.data(), B.data(), N, r, OC, false);
+    for (double& v : dt) v *= scale;
+    matmul_backward_ref<double>(dx.data(), dA.data(), nullptr, dt.data(), x.data(), A.data(), N, C, r, true);
+    Dev<floatX> d_x(x), d_A(A), d_B(B), d_out(base), d_t(t.size()), d_dout(dout), d_dx(dx0), d_dt(dt.size());
+    Dev<floatS> d_dA(dA0), d_dB(dB0);
+    d_t.poison();
+    d_dt.poison();
+    lora_forward(d_out.p, d_t.p, d_x.p, d_A.p, d_B.p, N, C, OC, r, scale, st);
+    lora_backward(d_dx.p, d_dA.p, d_dB.p, d_dt.p, d_dout.p, d_x.p, d_t.p, d_A.p, d_B.p, N, C, OC, r, scale, st);
+    launched(name);
+    expect_close(name + " out (+=)", d_out.get(), out, TOL_RED);
+    expect_close(name + " dx (+=)", d_dx.get(), dx, TOL_RED);
+    expect_close(name + " dA (+=)", d_dA.get(), dA, TOL_S);
+    expect_close(name + " dB (+=)", d_dB.get(), dB, TOL_S);
+}
+
+static void test_lm_ops() {
+    test_softmax_xent(5, 151936, 151936);        // Qwen2's vocabulary
+    test_softmax_xent(33, 1000, 1008);
+    test_softmax_xent(7, 13, 16);                // fewer columns than threads
+    test_lm_head_loss(37, 64, 1000, 16);
+    test_lm_head_loss(64, 128, 4096, 64);
+    test_lora(37, 64, 96, 8, 2.0);               // alpha 16, r 8
+    test_lora(512, 896, 128, 16, 0.25);          // Qwen2.5-0.5B's k/v projection, r 16, rsLoRA alpha 1
+}
+
+// =========================================================================================================
 // ACT
 
 static void test_act_reset(int B, int T, int D) {
@@ -1363,6 +1464,7 @@ static const char* OP_GROUPS[] = {
     "sigreg_forward, sigreg_backward",
     "gaussian_noise, reparameterize_forward, reparameterize_backward",
     "stablemax_loss_forward, stablemax_loss_backward, q_halt_loss_forward, q_halt_loss_backward",
+    "softmax_xent, lm_head_loss, lora_forward, lora_backward (language models)",
     "act_reset, act_halt",
     "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS, convert_to_floatX, mse",
     "layernorm, activation, l2norm, dropout, sigreg variants (JEPA)",
@@ -1407,6 +1509,7 @@ int main() {
     test_sigreg_all();
     test_variational();
     test_losses();
+    test_lm_ops();
     test_act();
     test_optimizer();
     test_jepa_layers();

@@ -40,25 +40,6 @@
 static const double NaN = nan("");
 
 
-// sum a[i] * b[i] in long double (keeps the rounding noise of L far below the finite-difference signal)
-template <typename A, typename B> static double dotl(const A& a, const B& b, size_t n) {
-    long double s = 0;
-    for (size_t i = 0; i < n; i++) s += (long double)a[i] * (long double)b[i];
-    return (double)s;
-}
-static double dotl(const vecd& a, const vecd& b) { return dotl(a.data(), b.data(), a.size()); }
-
-static bool all_finite(const double* x, size_t n) {
-    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return false;
-    return true;
-}
-template <typename T> static bool all_equal(const T* x, size_t n, T value) {
-    for (size_t i = 0; i < n; i++) if (!(x[i] == value)) return false;
-    return true;
-}
-template <typename T> static bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
-    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 // Checks "a == base + delta" up to the rounding of one addition:
 // max over i of |a[i] - (base[i] + delta[i])| / (|base[i]| + |delta[i]|).
 static double added_err(const vecd& a, const vecd& base, const vecd& delta) {
