@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Tests for data/strategies.py, the strategy-sequence tasks of seed report 004; standard library only.
+
+Run from the repository root:  python3 test/test_strategies.py
+Prints "PASS name" or "FAIL name: why" per check, then "<N> passed, <M> failed"; exits 1 if anything failed.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "data"))
+from harness import check, finish  # noqa: E402
+import strategies as S  # noqa: E402
+
+PER_STRATEGY = 300    # seeded examples per strategy of every task
+MEASURED = 500        # training examples per task measured as --report does
+DECIDED_WITHIN = 7    # two strategies' traces for the same x differ within this many characters (the docstring)
+TMP = None            # scratch folder, made by main()
+
+
+def run_tool(*args):
+    """Run data/strategies.py from the repo root; returns (returncode, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, os.path.join("data", "strategies.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def examples(task, strategy, n=PER_STRATEGY):
+    return [S.generate(task, strategy, random.Random(f"test:{task}:{strategy}:{i}")) for i in range(n)]
+
+
+def answer_of(y):
+    return y.rsplit("ans:", 1)[1].strip()
+
+
+def wrong(answer):
+    """A different answer: the last move dropped, or the last digit changed."""
+    if answer[-1] in "UDLR":
+        return answer[:-2]
+    alphabet = S.DIGITS
+    return answer[:-1] + alphabet[(alphabet.index(answer[-1]) + 1) % 10]
+
+
+# ---------------------------------------------------------------- traces
+
+def check_answers(task):
+    """Every strategy's traces end in a correct answer, the detector names the strategy, and a changed answer
+    fails the check."""
+    for s in range(len(S.STRATEGIES[task])):
+        for ex in examples(task, s):
+            x, y = ex["x"], ex["y"]
+            assert S.check(task, x, y), f"strategy {s}: check fails on {x!r} -> {y!r}"
+            assert S.detect(task, y) == s, f"strategy {s}: detected {S.detect(task, y)} on {y!r}"
+            assert not S.check(task, x, y.rsplit("ans:", 1)[0] + "ans: " + wrong(answer_of(y))), \
+                f"strategy {s}: a wrong answer passes on {x!r}"
+            assert ex["text"] == f"<bos> <x> {x} </x> <z> </z> <y> {y} </y> <eos>", f"template: {ex['text']!r}"
+            assert not any(name in y for name in S.STRATEGIES[task]), f"a strategy is named in {y!r}"
+
+
+def check_same_answer(task):
+    """For one x, every strategy's trace is different, differs early, and ends in the same answer."""
+    t = S.task_of(task)
+    for i in range(200):
+        problem, x = S.draw_problem(task, random.Random(f"same:{task}:{i}"))
+        ys = [S.trace(task, problem, s) for s in range(len(t.strategies))]
+        assert len({answer_of(y) for y in ys}) == 1, f"{x!r}: answers differ: {ys}"
+        for a in range(len(ys)):
+            for b in range(a):
+                assert ys[a][:DECIDED_WITHIN] != ys[b][:DECIDED_WITHIN], \
+                    f"{x!r}: strategies {b} and {a} agree on {ys[a][:DECIDED_WITHIN]!r}"
+
+
+def check_measured(task):
+    """The documented detector accuracy (100%) and coinciding fraction (0) on the examples --report measures."""
+    stats = S.measure(task, MEASURED, 0)
+    assert stats["hits"] == MEASURED, f"detector accuracy {stats['hits']}/{MEASURED}, documented 100%"
+    assert stats["coinciding"] == 0, f"{stats['coinciding']}/{MEASURED} coinciding traces, documented 0"
+    assert stats["decided_by"] < DECIDED_WITHIN, f"traces first differ at character {stats['decided_by']}"
+    assert stats["max_chars"] <= S.MAX_CHARS, f"an example of {stats['max_chars']} characters"
+
+
+def check_lengths(task):
+    """Every example of every split fits MAX_CHARS characters, so 512 tokens character-level and byte-level."""
+    for split in S.SPLITS:
+        for i in range(100):
+            text = S.example(task, split, i, 5)["text"]
+            assert len(text) <= S.MAX_CHARS and text.isascii(), f"{split} {i}: {len(text)} characters"
+            assert S.char_tokens(text) <= len(text) - 8, f"{split} {i}: the markers are not single tokens"
+
+
+def check_largest_problems():
+    """The largest problems of the size-capped tasks fit without any redrawing (grid_pathfinding is the one task
+    where a rare maze may be redrawn)."""
+    largest = {"multidigit_addition": [(10 ** 8 - 1, 10 ** 8 - 1), (10 ** 7, 10 ** 8 - 1)],
+               "list_summation": [[99] * 12, [10] * 12],
+               "linear_equation_solving": [(-9, -20, 9, 196), (9, -20, -9, -236)],
+               "base_conversion": [(9999, 4), (9999, 8), (9999, 16), (8191, 4)],
+               "sorting_algorithms": [[99 - i for i in range(9)], [10 + i for i in range(9)]]}
+    for task, problems in largest.items():
+        t = S.task_of(task)
+        for problem in problems:
+            x = t.question(problem)
+            assert t.parse(x) == problem, f"{task}: parse {x!r}"
+            for s in range(len(t.strategies)):
+                text = S.render(x, S.trace(task, problem, s))
+                assert len(text) <= S.MAX_CHARS, f"{task} {x!r} strategy {s}: {len(text)} characters"
+
+
+# ---------------------------------------------------------------- determinism and splits
+
+def check_determinism():
+    for task in S.TASKS:
+        first = [S.example(task, "train", i, 0) for i in range(20)]
+        assert first == [S.example(task, "train", i, 0) for i in range(20)], f"{task}: same seed, other examples"
+        assert first != [S.example(task, "train", i, 1) for i in range(20)], f"{task}: seed 1 gives seed 0's data"
+        assert len({S.example(task, "train", i, 0)["strategy"] for i in range(60)}) == len(S.STRATEGIES[task]), \
+            f"{task}: not every strategy drawn in 60 examples"
+
+
+def check_splits_disjoint():
+    for task in S.TASKS:
+        xs = {split: {S.example(task, split, i, 0)["x"] for i in range(150)} for split in S.SPLITS}
+        for split, found in xs.items():
+            assert all(S.split_of(task, x) == split for x in found), f"{task} {split}: an x of another split"
+        assert not (xs["train"] & xs["val"] or xs["train"] & xs["test"] or xs["val"] & xs["test"]), \
+            f"{task}: splits share an x"
+
+
+# ---------------------------------------------------------------- hostile input
+
+def garbage(rng):
+    """A random string built from the characters and pieces of traces, or a long or odd one."""
+    pieces = list("0123456789+-=*/()[]#.SGUDLRxrwcb ,|") + [" | ", "ans: ", "ans:", "S=", "G=", " / ", "9" * 40]
+    kind = rng.randrange(4)
+    if kind == 0:
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+    if kind == 1:
+        return "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randint(0, 30)))
+    if kind == 2:
+        return "9" * rng.choice((5000, 20000)) + rng.choice(["", "+1=1", " / 1", " | ans: 9"])
+    return rng.choice(["", " ", "|", "ans:", "ans: ", "\n", "\0", "( )", "[ ]", "1 / 2 3 4 | ans: 1 2 3 4"])
+
+
+def check_garbage():
+    rng = random.Random(11)
+    for task in S.TASKS:
+        for _ in range(400):
+            y = garbage(rng)
+            assert S.detect(task, y) in (None,) + tuple(range(len(S.STRATEGIES[task]))), f"detect {y[:80]!r}"
+            assert S.check(task, y, y) in (False, True) and S.check(task, y, "ans: 1") is False, f"check {y[:80]!r}"
+        good = examples(task, 0, 1)[0]
+        for bad in (None, 5, b"ans: 1", ["ans: 1"]):
+            assert S.detect(task, bad) is None and S.check(task, good["x"], bad) is False, f"{bad!r} as y"
+            assert S.check(task, bad, good["y"]) is False, f"{bad!r} as x"
+    for fn, args in ((S.detect, ("no_such_task", "")), (S.check, ("no_such_task", "", "")),
+                     (S.generate, ("list_summation", 3, random.Random(0))),
+                     (S.generate, ("list_summation", True, random.Random(0)))):
+        try:
+            fn(*args)
+        except ValueError:
+            continue
+        raise AssertionError(f"{fn.__name__}{args[:2]} did not raise ValueError")
+
+
+def check_truncated():
+    """A trace cut anywhere: the detector says None or the true strategy, and the true strategy once the first
+    step is complete; the answer check fails on every proper prefix."""
+    for task in S.TASKS:
+        for s in range(len(S.STRATEGIES[task])):
+            for ex in examples(task, s, 20):
+                x, y = ex["x"], ex["y"]
+                complete = len(y.split(" | ")[0])
+                for k in range(len(y)):
+                    got = S.detect(task, y[:k])
+                    assert got in (None, s) and (got == s or k < complete), f"detect {y[:k]!r}: {got}"
+                    assert not S.check(task, x, y[:k]), f"check passes on the prefix {y[:k]!r}"
+
+
+# ---------------------------------------------------------------- command line
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def check_cli_files():
+    out, again, other = (os.path.join(TMP, name) for name in ("cli", "cli_again", "cli_seed4"))
+    counts = {"train": 12, "val": 4, "test": 3}
+    args = ["--n-train", "12", "--n-val", "4", "--n-test", "3", "--seed", "3"]
+    for folder, seed in ((out, "3"), (again, "3"), (other, "4")):
+        rc, stdout, stderr = run_tool(folder, *args[:-1], seed)
+        assert rc == 0 and not stderr, f"exit {rc}: {stderr!r}"
+        assert stdout.count("wrote") == 3, f"summary {stdout!r}"
+    assert sorted(os.listdir(out)) == ["test.jsonl", "train.jsonl", "val.jsonl"], f"files {os.listdir(out)}"
+    for split, n in counts.items():
+        rows = read_jsonl(os.path.join(out, f"{split}.jsonl"))
+        expected = [S.example(task, split, i, 3) for task in S.TASKS for i in range(n)]
+        assert rows == expected, f"{split}.jsonl differs from example()"
+        assert all(list(row) == ["task", "strategy", "x", "y", "text"] for row in rows), f"{split}: keys"
+        with open(os.path.join(out, f"{split}.jsonl"), "rb") as f, \
+                open(os.path.join(again, f"{split}.jsonl"), "rb") as g, \
+                open(os.path.join(other, f"{split}.jsonl"), "rb") as h:
+            data = f.read()
+            assert data == g.read(), f"{split}: same seed, different bytes"
+            assert data != h.read(), f"{split}: seeds 3 and 4 give the same bytes"
+    some = os.path.join(TMP, "cli_some")
+    rc, _, stderr = run_tool(some, "--tasks", "sorting_algorithms,list_summation", "--n-train", "2", "--n-val", "0",
+                             "--n-test", "1")
+    assert rc == 0, f"--tasks: exit {rc}: {stderr!r}"
+    assert [r["task"] for r in read_jsonl(os.path.join(some, "train.jsonl"))] == ["sorting_algorithms"] * 2 + \
+        ["list_summation"] * 2, "--tasks order or counts"
+    assert read_jsonl(os.path.join(some, "val.jsonl")) == [], "an empty split is an empty file"
+
+
+def check_cli_show():
+    rc, stdout, stderr = run_tool("--json", "--report", "--report-examples", "30", "--tasks", "all")
+    assert rc == 0 and not stderr, f"exit {rc}: {stderr!r}"
+    lines = stdout.splitlines()
+    shown = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(shown) == S.SHOW_PROBLEMS * sum(len(v) for v in S.STRATEGIES.values()), f"{len(shown)} examples"
+    for row in shown:
+        assert S.check(row["task"], row["x"], row["y"]) and S.detect(row["task"], row["y"]) == row["strategy"], row
+    report = [line for line in lines if "detector accuracy" in line]
+    assert len(report) == len(S.TASKS) and all("= 1.0000; coinciding traces 0/30" in line for line in report), \
+        f"report {report}"
+    assert sum("length: max" in line for line in lines) == len(S.TASKS), "no lengths in the report"
+
+
+def check_cli_errors():
+    """Bad arguments: one "error:" line, exit 2, no traceback, no output folder; an unwritable OUT_DIR: exit 1."""
+    out = os.path.join(TMP, "cli_bad")
+    cases = [(["--n-train", "-1"], "--n-train: must be >= 0"), (["--n-val", "x"], "--n-val: 'x' is not an integer"),
+             (["--tasks", "nosuch"], "unknown task 'nosuch'"), (["--tasks", "list_summation,"], "unknown task ''"),
+             (["--seed", "1.5"], "--seed"), (["--report-examples", "0"], "must be >= 1"),
+             (["--bogus"], "unrecognized arguments: --bogus")]
+    for args, text in [([out] + a, t) for a, t in cases] + [([], "nothing to do")]:
+        rc, stdout, stderr = run_tool(*args)
+        assert rc == 2 and stderr.count("\n") == 1 and "error: " in stderr and text in stderr and not stdout, \
+            f"{args}: exit {rc}, stderr {stderr!r}"
+        assert not os.path.exists(out), f"{args}: output folder created"
+    blocked = os.path.join(TMP, "a_file")
+    open(blocked, "w").close()
+    rc, _, stderr = run_tool(os.path.join(blocked, "out"), "--n-train", "1")
+    assert rc == 1 and stderr.count("\n") == 1 and "cannot write" in stderr, f"exit {rc}, stderr {stderr!r}"
+
+
+def main():
+    global TMP
+    with tempfile.TemporaryDirectory(prefix="test_strategies_") as TMP:
+        for task in S.TASKS:
+            check(f"answers_{task}", check_answers, task)
+            check(f"same_answer_{task}", check_same_answer, task)
+            check(f"measured_{task}", check_measured, task)
+            check(f"lengths_{task}", check_lengths, task)
+        check("largest_problems_fit", check_largest_problems)
+        check("determinism", check_determinism)
+        check("splits_disjoint", check_splits_disjoint)
+        check("garbage_never_raises", check_garbage)
+        check("truncated_traces", check_truncated)
+        check("cli_files", check_cli_files)
+        check("cli_json_report", check_cli_show)
+        check("cli_errors", check_cli_errors)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
