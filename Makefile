@@ -168,7 +168,7 @@ test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.b
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"./build/test_transformer" "./build/test_lm_ops" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
-		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
@@ -176,7 +176,7 @@ test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 
 # The sanitizer builds of both CPU trainers (AddressSanitizer + UndefinedBehaviorSanitizer, any report fatal;
 # single-process: MPI's own allocations would drown the reports) and the hostile-input suite through them (about
-# 10 minutes on 2 cores; FUZZ_ARGS passes options, e.g. --mutants 200 --seed 2).
+# 12 minutes on 2 cores; FUZZ_ARGS passes options, e.g. --mutants 200 --seed 2).
 ASAN_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 build/asan/train_%_cpu: train_%.cu $(HEADERS)
 	@mkdir -p build/asan

@@ -3,7 +3,7 @@
 
     python3 test/test_hostile.py              the suite of `make test` (about 2 minutes on 2 cores)
     python3 test/test_hostile.py --asan       the same through the sanitizer builds (make asan; `make fuzz-asan`)
-    python3 test/test_hostile.py --mutants N  N seeded mutants per file format (default 60), --seed S
+    python3 test/test_hostile.py --mutants N  N seeded mutants per file format (default 150), --seed S
 
 The files that users pass between machines (task files, checkpoints of both trainers, safetensors) are the attack
 surface. Every case runs a trainer on a hostile input and requires one of two outcomes:
@@ -59,15 +59,19 @@ class Bins:
 
 def run(binary, args, timeout=None, preexec=None, merge=True):
     """(exit status, stdout, stderr); exit status None on a timeout."""
-    env = Bins.env
+    # each run its own MPI session directory: isolated singletons started at the same moment would share one
+    session = tempfile.mkdtemp(prefix="arc_hostile_mpi_")
+    env = dict(Bins.env, OMPI_MCA_orte_tmpdir_base=session)
     if preexec:      # (full_disk) OpenMPI's start-up writes its state to shared-memory files unless told otherwise
-        env = dict(env, PMIX_MCA_gds="hash")
+        env["PMIX_MCA_gds"] = "hash"
     try:
         p = subprocess.run([binary] + (merge_args(args) if merge else args), capture_output=True, text=True, errors="replace",
                            timeout=timeout or Bins.timeout, env=env, preexec_fn=preexec)
         return p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired:
         return None, "", ""
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def verdict(rc, stderr, allow_ok=True):
@@ -487,7 +491,8 @@ def test_kill(tmp):
     kills = 0
     for _ in range(30):
         p = subprocess.Popen([Bins.etrm] + merge_args(args + [f"checkpoint_path={tmp}/killed", "resume=1"]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=Bins.env)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=dict(Bins.env, OMPI_MCA_orte_tmpdir_base=tempfile.mkdtemp(dir=tmp)))  # (a killed run leaves its own)
         try:
             rc = p.wait(timeout=rng.uniform(0.3, 0.6 * duration) if kills < 5 else 300)
             err = p.stderr.read().decode(errors="replace")
@@ -534,7 +539,7 @@ def test_disk_full(tmp, bases):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--asan", action="store_true", help="use the sanitizer builds in build/asan (make asan)")
-    ap.add_argument("--mutants", type=int, default=60, help="seeded mutants per file format")
+    ap.add_argument("--mutants", type=int, default=150, help="seeded mutants per file format")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     if a.asan:
