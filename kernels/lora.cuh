@@ -33,20 +33,21 @@ inline void lora_scale(floatX* x, size_t n, float s, Stream) {
 }
 #endif
 
-// out += scale * (x A^T) B^T; t (N, r) receives scale * x A^T (kept for the backward).
+// out += scale * (x A^T) B^T; t (N, r) receives scale * x A^T (kept for the backward). out's rows are ld apart
+// (0: OC), so it may be one projection's columns of a fused q|k|v (or gate|up) output.
 inline void lora_forward(floatX* out, floatX* t, const floatX* x, const floatX* A, const floatX* B, int N, int C, int OC,
-                         int r, float scale, Stream st) {
+                         int r, float scale, Stream st, int ld = 0) {
     matmul_forward(t, x, A, nullptr, N, C, r, st);
     lora_scale(t, (size_t)N * r, scale, st);
-    matmul_forward(out, t, B, nullptr, N, r, OC, st, true);
+    matmul_forward(out, t, B, nullptr, N, r, OC, st, true, ld);
 }
 
 // dA += dt^T x, dB += dout^T t, dx += dt A, with dt = scale * dout B in the scratch dt (N, r). dA, dB and dx may be
-// null (a frozen adapter, or an input that needs no gradient).
+// null (a frozen adapter, or an input that needs no gradient). dout's rows are ld apart (0: OC).
 inline void lora_backward(floatX* dx, floatS* dA, floatS* dB, floatX* dt, const floatX* dout, const floatX* x,
                           const floatX* t, const floatX* A, const floatX* B, int N, int C, int OC, int r, float scale,
-                          Stream st) {
-    matmul_backward(dt, dB, nullptr, dout, t, B, N, r, OC, false, st);      // dt = dout B, dB += dout^T t
+                          Stream st, int ld = 0) {
+    matmul_backward(dt, dB, nullptr, dout, t, B, N, r, OC, false, st, ld);  // dt = dout B, dB += dout^T t
     lora_scale(dt, (size_t)N * r, scale, st);
     matmul_backward(dx, dA, nullptr, dt, x, A, N, C, r, true, st);          // dx += dt A, dA += dt^T x
 }

@@ -2,6 +2,8 @@
 //
 //   forward   out[n, o]      = sum_c inp[n, c] * weight[o, c] + bias[o]     inp (N, C), weight (OC, C), out (N, OC)
 //                            (+= with accumulate: a second branch into the same output, e.g. LoRA's)
+// out (and dout) may be a block of OC columns of a wider matrix whose rows are ldo (ld_dout) apart: one projection
+// of a fused q|k|v output, which LoRA adapts alone.
 //   backward  dinp[n, c]     = sum_o dout[n, o] * weight[o, c]             (+= when accumulate_dinp)
 //             dweight[o, c] += sum_n dout[n, o] * inp[n, c]
 //             dbias[o]      += sum_n dout[n, o]
@@ -23,76 +25,82 @@
 
 // One MR x NR tile of C at (m0, n0), accumulated in registers over all k (fixed sizes: vectorised).
 template <typename T, bool A_TRANS, int MR, int NR>
-inline void gemm_tile(T* C, const T* A, const T* B, int M, int N, int K, int m0, int n0, bool accumulate) {
+inline void gemm_tile(T* C, const T* A, const T* B, int N, int K, int lda, int ldc, int m0, int n0, bool accumulate) {
     T acc[MR][NR];
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) acc[i][j] = accumulate ? C[(size_t)(m0 + i) * N + n0 + j] : T(0);
+        for (int j = 0; j < NR; j++) acc[i][j] = accumulate ? C[(size_t)(m0 + i) * ldc + n0 + j] : T(0);
     for (int k = 0; k < K; k++) {
         const T* b = B + (size_t)k * N + n0;
         for (int i = 0; i < MR; i++) {
-            const T a = A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k];
+            const T a = A_TRANS ? A[(size_t)k * lda + m0 + i] : A[(size_t)(m0 + i) * lda + k];
             for (int j = 0; j < NR; j++) acc[i][j] += a * b[j];
         }
     }
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) C[(size_t)(m0 + i) * N + n0 + j] = acc[i][j];
+        for (int j = 0; j < NR; j++) C[(size_t)(m0 + i) * ldc + n0 + j] = acc[i][j];
 }
 
-// C[m, n] (+)= sum_k A(m, k) * B[k, n], with A(m, k) = A[m*K + k], or A[k*M + m] when A_TRANS.
+// C[m, n] (+)= sum_k A(m, k) * B[k, n], with A(m, k) = A[m*lda + k], or A[k*lda + m] when A_TRANS (lda 0: K, or
+// M), and C's rows ldc apart (0: N), so that A or C may be a block of columns of a wider matrix.
 // Columns in full blocks of 32 and 16 take the register-tiled path (4 rows at a time, the last rows one at a
 // time through the same code), the last columns a plain loop. Every element of a column is computed by the
 // same arithmetic whatever its row: a sample's results do not depend on where it sits in the batch (so a
 // data-parallel run matches a single-process one).
 template <typename T, bool A_TRANS>
-void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate) {
+void gemm_ref(T* C, const T* A, const T* B, int M, int N, int K, bool accumulate, int lda = 0, int ldc = 0) {
     constexpr int MR = 4;
+    if (lda == 0) lda = A_TRANS ? M : K;
+    if (ldc == 0) ldc = N;
     const int m_tiles = CEIL_DIV(M, MR);
 #pragma omp parallel for schedule(static)
     for (int mt = 0; mt < m_tiles; mt++) {
         const int m0 = mt * MR, mb = std::min(MR, M - m0);
         int n0 = 0;
         if (mb == MR) {
-            for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, MR, 32>(C, A, B, M, N, K, m0, n0, accumulate);
-            for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, MR, 16>(C, A, B, M, N, K, m0, n0, accumulate);
+            for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, MR, 32>(C, A, B, N, K, lda, ldc, m0, n0, accumulate);
+            for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, MR, 16>(C, A, B, N, K, lda, ldc, m0, n0, accumulate);
         } else {
             for (int i = 0; i < mb; i++) {
                 n0 = 0;
-                for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, 1, 32>(C, A, B, M, N, K, m0 + i, n0, accumulate);
-                for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, 1, 16>(C, A, B, M, N, K, m0 + i, n0, accumulate);
+                for (; n0 + 32 <= N; n0 += 32) gemm_tile<T, A_TRANS, 1, 32>(C, A, B, N, K, lda, ldc, m0 + i, n0, accumulate);
+                for (; n0 + 16 <= N; n0 += 16) gemm_tile<T, A_TRANS, 1, 16>(C, A, B, N, K, lda, ldc, m0 + i, n0, accumulate);
             }
         }
         for (int i = 0; i < mb; i++)                      // what is left: the last columns
             for (int j = n0; j < N; j++) {
-                T sum = accumulate ? C[(size_t)(m0 + i) * N + j] : T(0);
+                T sum = accumulate ? C[(size_t)(m0 + i) * ldc + j] : T(0);
                 for (int k = 0; k < K; k++)
-                    sum += (A_TRANS ? A[(size_t)k * M + m0 + i] : A[(size_t)(m0 + i) * K + k]) * B[(size_t)k * N + j];
-                C[(size_t)(m0 + i) * N + j] = sum;
+                    sum += (A_TRANS ? A[(size_t)k * lda + m0 + i] : A[(size_t)(m0 + i) * lda + k]) * B[(size_t)k * N + j];
+                C[(size_t)(m0 + i) * ldc + j] = sum;
             }
     }
 }
 
 template <typename T>
-void matmul_forward_ref(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, bool accumulate = false) {
+void matmul_forward_ref(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC, bool accumulate = false,
+                        int ldo = 0) {
+    if (ldo == 0) ldo = OC;
     // out = inp @ weight^T: transpose the (small) weight once so the GEMM streams contiguous rows of it.
     std::vector<T> weight_t((size_t)C * OC);
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++) weight_t[(size_t)c * OC + o] = weight[(size_t)o * C + c];
-    gemm_ref<T, false>(out, inp, weight_t.data(), N, OC, C, accumulate);
+    gemm_ref<T, false>(out, inp, weight_t.data(), N, OC, C, accumulate, C, ldo);
     if (bias) {
         for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
+            for (int o = 0; o < OC; o++) out[(size_t)n * ldo + o] += bias[o];
     }
 }
 
 template <typename T>
 void matmul_backward_ref(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                         int N, int C, int OC, bool accumulate_dinp) {
-    if (dinp) gemm_ref<T, false>(dinp, dout, weight, N, C, OC, accumulate_dinp);   // (N, OC) @ (OC, C)
-    if (dweight) gemm_ref<T, true>(dweight, dout, inp, OC, C, N, true);              // (N, OC)^T @ (N, C)
+                         int N, int C, int OC, bool accumulate_dinp, int ld_dout = 0) {
+    if (ld_dout == 0) ld_dout = OC;
+    if (dinp) gemm_ref<T, false>(dinp, dout, weight, N, C, OC, accumulate_dinp, ld_dout);   // (N, OC) @ (OC, C)
+    if (dweight) gemm_ref<T, true>(dweight, dout, inp, OC, C, N, true, ld_dout);              // (N, OC)^T @ (N, C)
     if (dbias) {
         for (int o = 0; o < OC; o++) {
             T sum = 0;
-            for (int n = 0; n < N; n++) sum += dout[(size_t)n * OC + o];
+            for (int n = 0; n < N; n++) sum += dout[(size_t)n * ld_dout + o];
             dbias[o] += sum;
         }
     }
@@ -131,20 +139,23 @@ struct MatmulPlan {
 };
 
 // D (m, n) = alpha * op(A) (m, k) . op(B) (k, n) + beta * D (+ bias over m), column-major, D also the C input.
+// ldb, ldd: B's and D's leading dimensions when they are blocks of wider matrices (0: packed).
 template <typename TAB, typename TD>
 void matmul_cublaslt(TD* d, const TAB* a, const TAB* b, const TD* bias, int m, int n, int k, bool trans_a, bool trans_b,
-                     float beta, Stream st) {
+                     float beta, Stream st, int ldb = 0, int ldd = 0) {
     CublasLtState& s = cublaslt_state();
     if (!s.handle) fatal("matmul before device_init(): the cuBLASLt handle does not exist yet");
-    const int lda = trans_a ? k : m, ldb = trans_b ? n : k;
+    const int lda = trans_a ? k : m;
+    if (ldb == 0) ldb = trans_b ? n : k;
+    if (ldd == 0) ldd = m;
     // what the algorithm may assume: each pointer's alignment, capped by the alignment of its leading dimension
     const int align_a = std::min(alignment_of((uintptr_t)a), alignment_of((size_t)lda * sizeof(TAB)));
     const int align_b = std::min(alignment_of((uintptr_t)b), alignment_of((size_t)ldb * sizeof(TAB)));
-    const int align_d = std::min(alignment_of((uintptr_t)d), alignment_of((size_t)m * sizeof(TD)));
+    const int align_d = std::min(alignment_of((uintptr_t)d), alignment_of((size_t)ldd * sizeof(TD)));
     const int align_bias = bias ? alignment_of((uintptr_t)bias) : 256;
-    typedef std::tuple<int, int, int, bool, bool, bool, bool, int, int, int, int, int> Key;
+    typedef std::tuple<int, int, int, bool, bool, bool, bool, int, int, int, int, int, int, int> Key;
     const Key key(m, n, k, trans_a, trans_b, bias != nullptr, beta != 0.0f, align_a, align_b, align_d, align_bias,
-                  (int)cuda_data_type<TAB>() * 100 + (int)cuda_data_type<TD>());
+                  (int)cuda_data_type<TAB>() * 100 + (int)cuda_data_type<TD>(), ldb, ldd);
     static std::map<Key, MatmulPlan> plans;
     auto it = plans.find(key);
     if (it == plans.end()) {
@@ -161,7 +172,7 @@ void matmul_cublaslt(TD* d, const TAB* a, const TAB* b, const TD* bias, int m, i
         }
         cublasCheck(cublasLtMatrixLayoutCreate(&p.a, cuda_data_type<TAB>(), trans_a ? k : m, trans_a ? m : k, lda));
         cublasCheck(cublasLtMatrixLayoutCreate(&p.b, cuda_data_type<TAB>(), trans_b ? n : k, trans_b ? k : n, ldb));
-        cublasCheck(cublasLtMatrixLayoutCreate(&p.c, cuda_data_type<TD>(), m, n, m));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.c, cuda_data_type<TD>(), m, n, ldd));
         cublasLtMatmulPreference_t pref;
         cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &s.workspace_bytes, sizeof(size_t)));
@@ -188,37 +199,38 @@ void matmul_cublaslt(TD* d, const TAB* a, const TAB* b, const TD* bias, int m, i
 }
 
 // dbias[o] += sum_n dout[n, o]: one block per column, a fixed-order block reduction (deterministic).
-__global__ void matmul_bias_backward_kernel(floatS* dbias, const floatX* dout, int N, int OC) {
+__global__ void matmul_bias_backward_kernel(floatS* dbias, const floatX* dout, int N, int ld_dout) {
     __shared__ float scratch[32];
     const int o = blockIdx.x;
     float sum = 0;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) sum += to_float(dout[(size_t)n * OC + o]);
+    for (int n = threadIdx.x; n < N; n += blockDim.x) sum += to_float(dout[(size_t)n * ld_dout + o]);
     sum = block_reduce_sum(sum, scratch);
     if (threadIdx.x == 0) dbias[o] += sum;
 }
 
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
-                           int N, int C, int OC, Stream st, bool accumulate = false) {
+                           int N, int C, int OC, Stream st, bool accumulate = false, int ldo = 0) {
     if (N == 0) return;
-    matmul_cublaslt(out, weight, inp, bias, OC, N, C, true, false, accumulate ? 1.0f : 0.0f, st);
+    matmul_cublaslt(out, weight, inp, bias, OC, N, C, true, false, accumulate ? 1.0f : 0.0f, st, 0, ldo);
 }
 inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
-                            const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream st) {
+                            const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream st, int ld_dout = 0) {
     if (N == 0) return;
-    if (dinp) matmul_cublaslt(dinp, weight, dout, (const floatX*)nullptr, C, N, OC, false, false, accumulate_dinp ? 1.0f : 0.0f, st);
-    if (dweight) matmul_cublaslt(dweight, inp, dout, (const floatS*)nullptr, C, OC, N, false, true, 1.0f, st);
+    if (ld_dout == 0) ld_dout = OC;
+    if (dinp) matmul_cublaslt(dinp, weight, dout, (const floatX*)nullptr, C, N, OC, false, false, accumulate_dinp ? 1.0f : 0.0f, st, ld_dout);
+    if (dweight) matmul_cublaslt(dweight, inp, dout, (const floatS*)nullptr, C, OC, N, false, true, 1.0f, st, ld_dout);
     if (dbias) {
-        matmul_bias_backward_kernel<<<OC, 256, 0, st>>>(dbias, dout, N, OC);
+        matmul_bias_backward_kernel<<<OC, 256, 0, st>>>(dbias, dout, N, ld_dout);
         cudaCheckLaunch("matmul_bias_backward_kernel");
     }
 }
 #else  // CPU launchers
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
-                           int N, int C, int OC, Stream, bool accumulate = false) {
-    matmul_forward_ref(out, inp, weight, bias, N, C, OC, accumulate);
+                           int N, int C, int OC, Stream, bool accumulate = false, int ldo = 0) {
+    matmul_forward_ref(out, inp, weight, bias, N, C, OC, accumulate, ldo);
 }
 inline void matmul_backward(floatX* dinp, floatS* dweight, floatS* dbias, const floatX* dout, const floatX* inp,
-                            const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream) {
-    matmul_backward_ref(dinp, dweight, dbias, dout, inp, weight, N, C, OC, accumulate_dinp);
+                            const floatX* weight, int N, int C, int OC, bool accumulate_dinp, Stream, int ld_dout = 0) {
+    matmul_backward_ref(dinp, dweight, dbias, dout, inp, weight, N, C, OC, accumulate_dinp, ld_dout);
 }
 #endif

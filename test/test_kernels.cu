@@ -1159,27 +1159,29 @@ static void test_lm_head_loss(int N, int C, int V, int chunk) {
     expect_close(name + " dW (+=)", d_dW.get(), dW, TOL_S);
 }
 
-static void test_lora(int N, int C, int OC, int r, double scale) {
-    const std::string name = fmt(BK " lora N=%d C=%d OC=%d r=%d", N, C, OC, r);
+// out and dout are columns [off, off + OC) of rows W wide (W = OC, off = 0: packed); the other columns stay
+static void test_lora(int N, int C, int OC, int r, double scale, int W = 0, int off = 0) {
+    if (W == 0) W = OC;
+    const std::string name = fmt(BK " lora N=%d C=%d OC=%d r=%d rows of %d at column %d", N, C, OC, r, W, off);
     const vecd x = rx(rnd((size_t)N * C, -1, 1)), A = rx(rnd((size_t)r * C, -1, 1)), B = rx(rnd((size_t)OC * r, -1, 1));
-    const vecd base = rx(rnd((size_t)N * OC, -1, 1)), dout = rx(rnd((size_t)N * OC, -1, 1)), dx0 = rx(rnd((size_t)N * C, -1, 1));
+    const vecd base = rx(rnd((size_t)N * W, -1, 1)), dout = rx(rnd((size_t)N * W, -1, 1)), dx0 = rx(rnd((size_t)N * C, -1, 1));
     const vecd dA0 = rs(rnd(A.size(), -1, 1)), dB0 = rs(rnd(B.size(), -1, 1));
     // reference: t = scale x A^T, out = base + t B^T; dt = scale dout B, dB += dout^T t, dA += dt^T x, dx += dt A
     vecd t((size_t)N * r), out = base, dt((size_t)N * r), dx = dx0, dA = dA0, dB = dB0;
     matmul_forward_ref<double>(t.data(), x.data(), A.data(), nullptr, N, C, r);
     for (double& v : t) v *= scale;
-    matmul_forward_ref<double>(out.data(), t.data(), B.data(), nullptr, N, r, OC, true);
-    matmul_backward_ref<double>(dt.data(), dB.data(), nullptr, dout.data(), t.data(), B.data(), N, r, OC, false);
+    matmul_forward_ref<double>(out.data() + off, t.data(), B.data(), nullptr, N, r, OC, true, W);
+    matmul_backward_ref<double>(dt.data(), dB.data(), nullptr, dout.data() + off, t.data(), B.data(), N, r, OC, false, W);
     for (double& v : dt) v *= scale;
     matmul_backward_ref<double>(dx.data(), dA.data(), nullptr, dt.data(), x.data(), A.data(), N, C, r, true);
     Dev<floatX> d_x(x), d_A(A), d_B(B), d_out(base), d_t(t.size()), d_dout(dout), d_dx(dx0), d_dt(dt.size());
     Dev<floatS> d_dA(dA0), d_dB(dB0);
     d_t.poison();
     d_dt.poison();
-    lora_forward(d_out.p, d_t.p, d_x.p, d_A.p, d_B.p, N, C, OC, r, scale, st);
-    lora_backward(d_dx.p, d_dA.p, d_dB.p, d_dt.p, d_dout.p, d_x.p, d_t.p, d_A.p, d_B.p, N, C, OC, r, scale, st);
+    lora_forward(d_out.p + off, d_t.p, d_x.p, d_A.p, d_B.p, N, C, OC, r, scale, st, W);
+    lora_backward(d_dx.p, d_dA.p, d_dB.p, d_dt.p, d_dout.p + off, d_x.p, d_t.p, d_A.p, d_B.p, N, C, OC, r, scale, st, W);
     launched(name);
-    expect_close(name + " out (+=)", d_out.get(), out, TOL_RED);
+    expect_close(name + " out (+=, other columns untouched)", d_out.get(), out, TOL_RED);
     expect_close(name + " dx (+=)", d_dx.get(), dx, TOL_RED);
     expect_close(name + " dA (+=)", d_dA.get(), dA, TOL_S);
     expect_close(name + " dB (+=)", d_dB.get(), dB, TOL_S);
@@ -1193,6 +1195,8 @@ static void test_lm_ops() {
     test_lm_head_loss(64, 128, 4096, 64);
     test_lora(37, 64, 96, 8, 2.0);               // alpha 16, r 8
     test_lora(512, 896, 128, 16, 0.25);          // Qwen2.5-0.5B's k/v projection, r 16, rsLoRA alpha 1
+    test_lora(256, 896, 128, 8, 2.0, 1152, 1024);  // its v projection inside the fused q | k | v row (896 + 2 x 128)
+    test_lora(256, 896, 896, 8, 2.0, 1152, 0);     // and its q projection
 }
 
 // =========================================================================================================

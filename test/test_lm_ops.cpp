@@ -185,6 +185,39 @@ static void test_lora(int N, int C, int OC, int r, double scale) {
     check(bitwise_equal(dx2, dx), ("lora backward with frozen A and B (null dA, dB): the same dx " + tag).c_str(), "");
 }
 
+// LoRA on one projection of a fused output: columns [off, off + OC) of rows W wide, the other columns untouched
+static void test_lora_block(int N, int C, int OC, int r, int W, int off) {
+    const std::string tag = fmt("N=%d C=%d OC=%d r=%d in rows of %d at column %d", N, C, OC, r, W, off);
+    const double scale = 1.5;
+    vecd x = rand_vec((size_t)N * C), A = rand_vec((size_t)r * C), B = rand_vec((size_t)OC * r);
+    vecd wide = rand_vec((size_t)N * W), Gw = rand_vec((size_t)N * W);
+    vecd packed((size_t)N * OC), G((size_t)N * OC);
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            packed[(size_t)n * OC + o] = wide[(size_t)n * W + off + o];
+            G[(size_t)n * OC + o] = Gw[(size_t)n * W + off + o];
+        }
+    vecd t1((size_t)N * r), t2((size_t)N * r), out_w = wide;
+    lora_forward(packed.data(), t1.data(), x.data(), A.data(), B.data(), N, C, OC, r, scale, st);
+    lora_forward(out_w.data() + off, t2.data(), x.data(), A.data(), B.data(), N, C, OC, r, scale, st, W);
+    bool same = true;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < W; c++) {
+            const bool inside = c >= off && c < off + OC;
+            const double want = inside ? packed[(size_t)n * OC + c - off] : wide[(size_t)n * W + c];
+            same &= out_w[(size_t)n * W + c] == want;
+        }
+    check(same, ("lora forward into a block of columns: the packed result there, the rest untouched " + tag).c_str(), "");
+    vecd dx1((size_t)N * C, 0.0), dA1(A.size(), 0.0), dB1(B.size(), 0.0), dt((size_t)N * r);
+    vecd dx2 = dx1, dA2 = dA1, dB2 = dB1;
+    lora_backward(dx1.data(), dA1.data(), dB1.data(), dt.data(), G.data(), x.data(), t1.data(), A.data(), B.data(), N, C, OC,
+                  r, scale, st);
+    lora_backward(dx2.data(), dA2.data(), dB2.data(), dt.data(), Gw.data() + off, x.data(), t1.data(), A.data(), B.data(), N, C,
+                  OC, r, scale, st, W);
+    check(bitwise_equal(dx1, dx2) && bitwise_equal(dA1, dA2) && bitwise_equal(dB1, dB2),
+          ("lora backward from a block of columns of the output gradient == from the packed block " + tag).c_str(), "");
+}
+
 int main() {
     test_seed(20261202);
     test_softmax_xent(7, 11, 11);
@@ -194,5 +227,7 @@ int main() {
     test_lm_head_loss(10, 8, 21);
     test_lora(7, 9, 6, 3, 2.0);
     test_lora(5, 12, 10, 4, 0.5);     // rsLoRA-like scale alpha / sqrt(r)
+    test_lora_block(7, 9, 6, 3, 20, 4);      // the q part of a fused (q | k | v) row
+    test_lora_block(5, 8, 40, 2, 72, 32);    // the tiled path (blocks of 32 and 16 columns) at an offset
     return test_summary();
 }
