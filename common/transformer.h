@@ -10,6 +10,11 @@
 //          bidirectional; cross-attention: q(h), k(memory), v(memory) [+ biases], with a key mask over the memory
 //   rms    scale-free RMSNorm (TRM), or with a learned weight (Qwen2: pre-norm only)
 //
+// LoRA (kernels/lora.cuh): an adapter set adds scale * x A^T B^T to any of the self-attention block's projections
+// (q, k, v, o, gate, up, down; PEFT's target_modules), each adapter a pair A (r, in), B (out, r) in its own
+// parameters. The base stays as it is (frozen when its gradient fields are null); q/k/v and gate/up adapters add into
+// their columns of the fused outputs, before RoPE and SwiGLU.
+//
 // Shapes: x (B, T, D) with N = B*T rows; q (N, NH*HD), k and v (B*Tk, NKV*HD); a fused self-attention row is
 // [q | k | v] of (NH + 2 NKV) * HD. Conventions (llm.c): parameter gradients accumulate (+=); a BlockTensors of
 // gradients may have null fields (no gradient wanted: evaluation, a frozen group), and then none is computed.
@@ -17,6 +22,7 @@
 #include <vector>
 #include "../kernels/add.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/lora.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/rmsnorm.cuh"
 #include "../kernels/rope.cuh"
@@ -71,6 +77,66 @@ void block_tensors(TensorList<T>& list, BlockTensors<T>* b, const BlockConfig& c
     }
 }
 
+// The projections an adapter may adapt, with PEFT's target_modules names.
+enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_SITES };
+static const char* const LORA_SITE_NAMES[LORA_SITES] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+// One block's adapters: A (r, in) and B (out, r) for every site in the set's mask (null elsewhere).
+template <typename T> struct BlockLora {
+    T* A[LORA_SITES];
+    T* B[LORA_SITES];
+};
+
+// Where a site's adapter reads and writes: its input width, its output width, and its columns in the (fused) output,
+// whose rows are ld wide: q | k | v in the qkv rows, gate | up in the gate_up rows.
+typedef struct { int in, out, offset, ld; } LoraSite;
+
+inline LoraSite lora_site(const BlockConfig& c, int site) {
+    const int QD = c.NH * c.HD, KD = c.NKV * c.HD, row = QD + 2 * KD;
+    switch (site) {
+        case LORA_Q: return {c.D, QD, 0, row};
+        case LORA_K: return {c.D, KD, QD, row};
+        case LORA_V: return {c.D, KD, QD + KD, row};
+        case LORA_O: return {QD, c.D, 0, c.D};
+        case LORA_GATE: return {c.D, c.I, 0, 2 * c.I};
+        case LORA_UP: return {c.D, c.I, c.I, 2 * c.I};
+        default: return {c.I, c.D, 0, c.D};
+    }
+}
+
+// The adapter tensors of one block for the sites in `mask` (bit i: site i), under PEFT's names:
+// "<prefix>self_attn.q_proj.lora_A.weight", "<prefix>mlp.gate_proj.lora_B.weight", ... A is Kaiming-uniform with
+// a = sqrt(5) (bound 1 / sqrt(in), as PEFT initialises it), B zero: a new adapter leaves the model unchanged.
+template <typename T>
+void block_lora_tensors(TensorList<T>& list, BlockLora<T>* b, const BlockConfig& c, unsigned mask, int r,
+                        const std::string& prefix) {
+    *b = BlockLora<T>();
+    for (int site = 0; site < LORA_SITES; site++) {
+        if (!(mask >> site & 1)) continue;
+        const LoraSite ls = lora_site(c, site);
+        const std::string name = prefix + (site <= LORA_O ? "self_attn." : "mlp.") + LORA_SITE_NAMES[site];
+        list.add(&b->A[site], name + ".lora_A.weight", {r, ls.in}, init_uniform(1.0f / sqrtf((float)ls.in)));
+        list.add(&b->B[site], name + ".lora_B.weight", {ls.out, r}, init_zero());
+    }
+}
+
+// Merges a block's adapters into its weights (host values): W[offset + o, c] += scale sum_k B[o, k] A[k, c], the
+// rows of the site's projection in its (fused) weight. The merged block computes what base + adapters computed.
+template <typename T>
+void block_lora_merge(BlockTensors<T>& w, const BlockLora<T>& lora, const BlockConfig& c, unsigned mask, int r, double scale) {
+    for (int site = 0; site < LORA_SITES; site++) {
+        if (!(mask >> site & 1)) continue;
+        const LoraSite ls = lora_site(c, site);
+        T* W = site <= LORA_V ? w.qkv : site == LORA_O ? w.o : site == LORA_DOWN ? w.down : w.gate_up;
+        for (int o = 0; o < ls.out; o++)
+            for (int i = 0; i < ls.in; i++) {
+                double sum = 0;
+                for (int k = 0; k < r; k++) sum += (double)lora.B[site][(size_t)o * r + k] * (double)lora.A[site][(size_t)k * ls.in + i];
+                W[(size_t)(ls.offset + o) * ls.in + i] += (T)(scale * sum);
+            }
+    }
+}
+
 inline void block_config_check(const BlockConfig& c) {
     if (c.NKV < 1 || c.NH % c.NKV) fatal("attention heads: %d query heads are not a multiple of %d key/value heads", c.NH, c.NKV);
     if (c.HD % 2) fatal("head width %d: must be even (RoPE rotates pairs)", c.HD);
@@ -81,12 +147,23 @@ inline void block_config_check(const BlockConfig& c) {
 typedef struct {
     floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
     floatS *rstd1, *lse, *rstd2;
+    floatX* lora_t[LORA_SITES];       // (N, r) scale * x A^T of each adapted site
 } BlockActs;
 
 typedef struct {
     floatX* in;                       // the stack's input (B, T, D)
     std::vector<BlockActs> layers;
 } StackActs;
+
+// The adapter set a stack runs with: per layer its weights and their gradients (null gradient fields: none
+// computed), the adapted sites (bit mask), rank and scale (alpha / r, or alpha / sqrt(r) with rsLoRA).
+typedef struct {
+    const std::vector<BlockLora<floatX>>* w;      // null: no adapter
+    const std::vector<BlockLora<floatS>>* g;
+    unsigned mask;
+    int r;
+    float scale;
+} StackLora;
 
 // One application of a stack of blocks.
 typedef struct {
@@ -98,12 +175,14 @@ typedef struct {
     const floatX* memory;                 // cross-attention keys/values source (B, Tk, D)
     int Tk;
     const uint8_t* key_mask;              // (B, Tk) valid memory rows, or null
+    StackLora lora;                       // adapters (self-attention stacks only)
 } StackShape;
 
 // Backward scratch shared by every stack of a model (sized for the largest by transformer_scratch_layout); G carries
 // the gradient through a stack, in place.
 typedef struct {
     floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
+    floatX* d_lora;                       // (rows, r) an adapter's d(x A^T)
 } BlockScratch;
 
 inline void stack_layout(Arena* a, StackActs* s, const StackShape& sh) {
@@ -134,13 +213,16 @@ inline void stack_layout(Arena* a, StackActs* s, const StackShape& sh) {
         } else {
             b.out = b.n2;
         }
+        if (sh.lora.w)
+            for (int site = 0; site < LORA_SITES; site++)
+                if (sh.lora.mask >> site & 1) b.lora_t[site] = arena_take<floatX>(a, N * sh.lora.r);
     }
 }
 
 // Scratch for stacks of at most `rows` rows and, in cross-attention, `cross_q_rows` query rows over `memory_rows`
 // memory rows.
 inline void scratch_layout(Arena* a, BlockScratch* s, const BlockConfig& c, size_t rows, size_t cross_q_rows,
-                           size_t memory_rows) {
+                           size_t memory_rows, int lora_rank = 0) {
     const size_t D = c.D, QD = (size_t)c.NH * c.HD, KD = (size_t)c.NKV * c.HD;
     s->G = arena_take<floatX>(a, rows * D);
     s->d_att = arena_take<floatX>(a, rows * QD);
@@ -149,6 +231,35 @@ inline void scratch_layout(Arena* a, BlockScratch* s, const BlockConfig& c, size
     s->d_gu = arena_take<floatX>(a, rows * 2 * c.I);
     s->d_sw = arena_take<floatX>(a, rows * c.I);
     s->d_tmp = arena_take<floatX>(a, rows * D);
+    s->d_lora = lora_rank ? arena_take<floatX>(a, rows * lora_rank) : nullptr;
+}
+
+// The adapters of sites first..last of layer l (those in the mask): out (the sites' fused output) += scale x A^T B^T.
+inline void lora_sites_forward(BlockActs* a, floatX* out, const floatX* x, int first, int last, int l, const StackShape& s,
+                               Stream st) {
+    const StackLora& lo = s.lora;
+    if (!lo.w) return;
+    const BlockLora<floatX>& w = (*lo.w)[l];
+    for (int site = first; site <= last; site++) {
+        if (!(lo.mask >> site & 1)) continue;
+        const LoraSite ls = lora_site(s.cfg, site);
+        lora_forward(out + ls.offset, a->lora_t[site], x, w.A[site], w.B[site], s.B * s.T, ls.in, ls.out, lo.r, lo.scale, st, ls.ld);
+    }
+}
+
+// Their backward: dx += the adapters' input gradient (after the base layer wrote its own), dA, dB += when wanted.
+inline void lora_sites_backward(floatX* dx, const floatX* dout, const BlockActs* a, const floatX* x, int first, int last,
+                                int l, const StackShape& s, const BlockScratch& sc, Stream st) {
+    const StackLora& lo = s.lora;
+    if (!lo.w) return;
+    const BlockLora<floatX>& w = (*lo.w)[l];
+    const BlockLora<floatS>* g = lo.g ? &(*lo.g)[l] : nullptr;
+    for (int site = first; site <= last; site++) {
+        if (!(lo.mask >> site & 1)) continue;
+        const LoraSite ls = lora_site(s.cfg, site);
+        lora_backward(dx, g ? g->A[site] : nullptr, g ? g->B[site] : nullptr, sc.d_lora, dout + ls.offset, x, a->lora_t[site],
+                      w.A[site], w.B[site], s.B * s.T, ls.in, ls.out, lo.r, lo.scale, st, ls.ld);
+    }
 }
 
 // n = rms(x) (scale-free or with the weight), fused with a residual add only in the scale-free post-norm form.
@@ -158,8 +269,8 @@ inline void block_norm_forward(floatX* n, floatS* rstd, const floatX* x, const f
     else rmsnorm_forward(n, rstd, x, residual, N, c.D, c.eps, st);
 }
 
-inline void attention_sublayer_forward(BlockActs* a, const floatX* h, const BlockTensors<floatX>& w, const StackShape& s,
-                                       Stream st) {
+inline void attention_sublayer_forward(BlockActs* a, const floatX* h, const BlockTensors<floatX>& w, int l,
+                                       const StackShape& s, Stream st) {
     const BlockConfig& c = s.cfg;
     const int N = s.B * s.T, QD = c.NH * c.HD, KD = c.NKV * c.HD;
     if (s.cross) {
@@ -171,32 +282,40 @@ inline void attention_sublayer_forward(BlockActs* a, const floatX* h, const Bloc
     } else {
         const int row = QD + 2 * KD;
         matmul_forward(a->qkv, h, w.qkv, w.qkv_b, N, c.D, row, st);
+        lora_sites_forward(a, a->qkv, h, LORA_Q, LORA_V, l, s, st);
         if (s.rope_cos) rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
         attention_forward(a->att, a->lse, a->qkv, a->qkv + QD, a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV,
                           c.HD, row, row, c.causal, st);
     }
 }
 
-inline void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floatX>& w, const StackShape& s, Stream st) {
+// Block l of the stack.
+inline void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floatX>& w, int l, const StackShape& s, Stream st) {
     const BlockConfig& c = s.cfg;
     const int N = s.B * s.T, D = c.D, I = c.I, QD = c.NH * c.HD;
     if (c.pre_norm) {
         block_norm_forward(a->n1, a->rstd1, x, nullptr, w.norm1, N, c, st);          // n1 = rms(x)
-        attention_sublayer_forward(a, a->n1, w, s, st);
+        attention_sublayer_forward(a, a->n1, w, l, s, st);
         matmul_forward(a->r1, a->att, w.o, nullptr, N, QD, D, st);
+        lora_sites_forward(a, a->r1, a->att, LORA_O, LORA_O, l, s, st);
         add_forward(a->r1, a->r1, x, nullptr, (size_t)N * D, st);                     // r1 = x + o(attn(n1))
         block_norm_forward(a->n2, a->rstd2, a->r1, nullptr, w.norm2, N, c, st);      // n2 = rms(r1)
         matmul_forward(a->gu, a->n2, w.gate_up, nullptr, N, D, 2 * I, st);
+        lora_sites_forward(a, a->gu, a->n2, LORA_GATE, LORA_UP, l, s, st);
         swiglu_forward(a->sw, a->gu, N, I, st);
         matmul_forward(a->out, a->sw, w.down, nullptr, N, I, D, st);
+        lora_sites_forward(a, a->out, a->sw, LORA_DOWN, LORA_DOWN, l, s, st);
         add_forward(a->out, a->out, a->r1, nullptr, (size_t)N * D, st);               // out = r1 + mlp(n2)
     } else {
-        attention_sublayer_forward(a, x, w, s, st);
+        attention_sublayer_forward(a, x, w, l, s, st);
         matmul_forward(a->n1, a->att, w.o, nullptr, N, QD, D, st);
+        lora_sites_forward(a, a->n1, a->att, LORA_O, LORA_O, l, s, st);
         rmsnorm_forward(a->n1, a->rstd1, a->n1, x, N, D, c.eps, st);                 // n1 = rms(x + o(attn(x)))
         matmul_forward(a->gu, a->n1, w.gate_up, nullptr, N, D, 2 * I, st);
+        lora_sites_forward(a, a->gu, a->n1, LORA_GATE, LORA_UP, l, s, st);
         swiglu_forward(a->sw, a->gu, N, I, st);
         matmul_forward(a->n2, a->sw, w.down, nullptr, N, I, D, st);
+        lora_sites_forward(a, a->n2, a->sw, LORA_DOWN, LORA_DOWN, l, s, st);
         rmsnorm_forward(a->n2, a->rstd2, a->n2, a->n1, N, D, c.eps, st);             // out = n2 = rms(n1 + mlp(n1))
     }
 }
@@ -205,7 +324,7 @@ inline void block_forward(BlockActs* a, const floatX* x, const BlockTensors<floa
 inline const floatX* stack_forward(StackActs* a, const std::vector<BlockTensors<floatX>>& w, const StackShape& s, Stream st) {
     const floatX* x = a->in;
     for (int l = 0; l < s.n_layers; l++) {
-        block_forward(&a->layers[l], x, w[l], s, st);
+        block_forward(&a->layers[l], x, w[l], l, s, st);
         x = a->layers[l].out;
     }
     return x;
@@ -215,10 +334,11 @@ inline const floatX* stack_forward(StackActs* a, const std::vector<BlockTensors<
 // when accumulate) gets the gradient of its input h; cross-attention adds into dmemory.
 inline void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dmemory, const floatX* d_o, const BlockActs* a,
                                         const floatX* h, const BlockTensors<floatX>& w, const BlockTensors<floatS>& gw,
-                                        const StackShape& s, const BlockScratch& sc, Stream st) {
+                                        int l, const StackShape& s, const BlockScratch& sc, Stream st) {
     const BlockConfig& c = s.cfg;
     const int N = s.B * s.T, QD = c.NH * c.HD, KD = c.NKV * c.HD;
     matmul_backward(sc.d_att, gw.o, nullptr, d_o, a->att, w.o, N, QD, c.D, false, st);
+    lora_sites_backward(sc.d_att, d_o, a, a->att, LORA_O, LORA_O, l, s, sc, st);
     if (s.cross) {
         floatX *dq = sc.d_qkv, *dk = dq + (size_t)N * QD, *dv = dk + (size_t)s.B * s.Tk * KD;
         attention_backward(dq, dk, dv, sc.d_att, a->att, a->lse, a->q, a->k, a->v, s.key_mask, s.B, s.T, s.Tk, c.NH,
@@ -232,16 +352,21 @@ inline void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dme
                            a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV, c.HD, row, row, c.causal, st);
         if (s.rope_cos) rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
         matmul_backward(dh, gw.qkv, gw.qkv_b, sc.d_qkv, h, w.qkv, N, c.D, row, accumulate, st);
+        lora_sites_backward(dh, sc.d_qkv, a, h, LORA_Q, LORA_V, l, s, sc, st);
     }
 }
 
 // Backward of mlp(h) = down(swiglu(gate_up(h))) given dout: dh (=, or += when accumulate).
 inline void mlp_sublayer_backward(floatX* dh, bool accumulate, const floatX* dout, const BlockActs* a, const floatX* h,
-                                  const BlockTensors<floatX>& w, const BlockTensors<floatS>& gw, int N, const BlockConfig& c,
+                                  const BlockTensors<floatX>& w, const BlockTensors<floatS>& gw, int l, const StackShape& s,
                                   const BlockScratch& sc, Stream st) {
+    const BlockConfig& c = s.cfg;
+    const int N = s.B * s.T;
     matmul_backward(sc.d_sw, gw.down, nullptr, dout, a->sw, w.down, N, c.I, c.D, false, st);
+    lora_sites_backward(sc.d_sw, dout, a, a->sw, LORA_DOWN, LORA_DOWN, l, s, sc, st);
     swiglu_backward(sc.d_gu, sc.d_sw, a->gu, N, c.I, st);
     matmul_backward(dh, gw.gate_up, nullptr, sc.d_gu, h, w.gate_up, N, c.D, 2 * c.I, accumulate, st);
+    lora_sites_backward(dh, sc.d_gu, a, h, LORA_GATE, LORA_UP, l, s, sc, st);
 }
 
 // G += d(rms(x)) / dx applied to dn (the pre-norm residual path already holds the rest of d x in G).
@@ -253,21 +378,21 @@ inline void block_norm_backward_add(floatX* G, floatS* dweight, const floatX* dn
 
 // G holds the gradient of the block's output on entry and of its input x on return.
 inline void block_backward(floatX* G, floatX* dmemory, const BlockActs* a, const floatX* x, const BlockTensors<floatX>& w,
-                           const BlockTensors<floatS>& gw, const StackShape& s, const BlockScratch& sc, Stream st) {
+                           const BlockTensors<floatS>& gw, int l, const StackShape& s, const BlockScratch& sc, Stream st) {
     const BlockConfig& c = s.cfg;
     const int N = s.B * s.T, D = c.D;
     if (c.pre_norm) {
         // out = r1 + mlp(n2): G is already d r1 through the residual; add the path through n2 = rms(r1)
-        mlp_sublayer_backward(sc.d_tmp, false, G, a, a->n2, w, gw, N, c, sc, st);
+        mlp_sublayer_backward(sc.d_tmp, false, G, a, a->n2, w, gw, l, s, sc, st);
         block_norm_backward_add(G, gw.norm2, sc.d_tmp, a->n2, a->r1, w.norm2, a->rstd2, N, c, st);
         // r1 = x + o(attn(n1)): G is d x through the residual; add the path through n1 = rms(x)
-        attention_sublayer_backward(sc.d_tmp, false, dmemory, G, a, a->n1, w, gw, s, sc, st);
+        attention_sublayer_backward(sc.d_tmp, false, dmemory, G, a, a->n1, w, gw, l, s, sc, st);
         block_norm_backward_add(G, gw.norm1, sc.d_tmp, a->n1, x, w.norm1, a->rstd1, N, c, st);
     } else {
         rmsnorm_backward(G, G, a->n2, a->rstd2, N, D, false, st);               // G = d(n1 + mlp(n1))
-        mlp_sublayer_backward(G, true, G, a, a->n1, w, gw, N, c, sc, st);       // G = d n1
+        mlp_sublayer_backward(G, true, G, a, a->n1, w, gw, l, s, sc, st);       // G = d n1
         rmsnorm_backward(G, G, a->n1, a->rstd1, N, D, false, st);               // G = d(x + o(attn(x)))
-        attention_sublayer_backward(G, true, dmemory, G, a, x, w, gw, s, sc, st);   // G = d x
+        attention_sublayer_backward(G, true, dmemory, G, a, x, w, gw, l, s, sc, st);   // G = d x
     }
 }
 
@@ -276,7 +401,7 @@ inline void block_backward(floatX* G, floatX* dmemory, const BlockActs* a, const
 inline void stack_backward(floatX* dmemory, const StackActs* a, const std::vector<BlockTensors<floatX>>& w,
                            const std::vector<BlockTensors<floatS>>& gw, const StackShape& s, const BlockScratch& sc, Stream st) {
     for (int l = s.n_layers - 1; l >= 0; l--)
-        block_backward(sc.G, dmemory, &a->layers[l], l ? a->layers[l - 1].out : a->in, w[l], gw[l], s, sc, st);
+        block_backward(sc.G, dmemory, &a->layers[l], l ? a->layers[l - 1].out : a->in, w[l], gw[l], l, s, sc, st);
 }
 
 // Model FLOPs of one forward application of a stack (2 per multiply-add): per layer the attention projections
