@@ -1,4 +1,4 @@
-// A strict JSON reader for untrusted files (RFC 8259), header-only, no dependencies beyond utils.h.
+// A strict JSON reader for untrusted files (RFC 8259), header-only, no dependencies beyond utils.h and utf8.h.
 //
 //   JsonDoc doc = json_read_file("tokenizer.json");        // or json_parse(name, text, n)
 //   JsonValue model = doc.root().get("model");             // a missing key is a fatal() naming it
@@ -11,6 +11,9 @@
 // lone or swapped \u surrogates, invalid UTF-8 (overlong forms, surrogates, above U+10FFFF, truncated sequences),
 // a UTF-8 byte order mark, duplicate keys in one object, nesting deeper than max_depth (default 128) and files
 // larger than 1 GiB. Strings are stored decoded (UTF-8; \u0000 is kept: lengths, not NUL terminators).
+// Numbers are doubles, and an integer literal (no fraction or exponent) that fits int64 is also kept exactly:
+// as_int() never goes through a double (file offsets and sizes above 2^53 stay exact); beyond int64 it fails with
+// "integer too large".
 //
 // The tree is a flat array of nodes (each container's children are contiguous, so at(i) is O(1)) plus one string
 // arena; a JsonValue is a cheap view (document + node index). Typed accessors fail with one line naming the
@@ -33,6 +36,7 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+#include "utf8.h"
 #include "utils.h"
 
 #define JSON_DEFAULT_MAX_DEPTH 128
@@ -68,6 +72,7 @@ struct JsonNode {
     JsonType type = JSON_NULL;
     bool is_member = false;  // a value inside an object (has a key)
     bool is_int = false;
+    bool int_too_large = false;   // a number written as an integer outside int64 (num holds it, rounded)
     bool boolean = false;    // a bool: its value
     JsonNode() : num(0) {}
 };
@@ -99,29 +104,6 @@ inline std::string json_printable(std::string_view s, size_t max = 60) {
     }
     if (s.size() > max) out += "...";
     return out;
-}
-
-// Length of the well-formed UTF-8 sequence starting at s[i] (a lead byte >= 0x80) within s[0..n), or 0 if it is
-// not one (a stray continuation byte, an overlong form, a surrogate, above U+10FFFF, or cut short).
-inline size_t json_utf8_len(const char* s, size_t n, size_t i) {
-    const unsigned char* p = (const unsigned char*)s;
-    unsigned c = p[i];
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;   // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) { len = 3; lo = 0xA0; }
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) { len = 3; hi = 0x9F; }
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) { len = 4; lo = 0x90; }
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) { len = 4; hi = 0x8F; }
-    else return 0;
-    if (n - i < len) return 0;
-    if (p[i + 1] < lo || p[i + 1] > hi) return 0;
-    for (size_t k = 2; k < len; k++)
-        if ((p[i + k] & 0xC0) != 0x80) return 0;
-    return len;
 }
 
 // A view of one value of a JsonDoc.
@@ -243,11 +225,13 @@ struct JsonValue {
         expect_type(JSON_NUMBER);
         return node().is_int ? (double)node().inum : node().num;
     }
-    // An integer literal (no fraction or exponent) within [lo, hi].
+    // An integer literal (no fraction or exponent) within [lo, hi]: exact (int64, never through a double).
     int64_t as_int(int64_t lo = INT64_MIN, int64_t hi = INT64_MAX) const {
         expect_type(JSON_NUMBER);
         if (!node().is_int) {
             double v = node().num;
+            if (node().int_too_large)
+                fail("integer too large: %.17g does not fit in 64 bits (expected %lld..%lld)", v, (long long)lo, (long long)hi);
             if (v == floor(v) && fabs(v) < 1e15) fail("expected an integer, found %.1f (an integer has no fraction or exponent)", v);
             fail("expected an integer, found %.17g", v);
         }
@@ -320,18 +304,6 @@ struct JsonParser {
         while (pos < n && (s[pos] == ' ' || s[pos] == '\n' || s[pos] == '\r' || s[pos] == '\t')) pos++;
     }
 
-    // Appends the code point to the string arena as UTF-8.
-    void put_utf8(uint32_t cp) {
-        std::string& o = doc->strings;
-        if (cp < 0x80) o += (char)cp;
-        else if (cp < 0x800) { o += (char)(0xC0 | (cp >> 6)); o += (char)(0x80 | (cp & 0x3F)); }
-        else if (cp < 0x10000) {
-            o += (char)(0xE0 | (cp >> 12)); o += (char)(0x80 | ((cp >> 6) & 0x3F)); o += (char)(0x80 | (cp & 0x3F));
-        } else {
-            o += (char)(0xF0 | (cp >> 18)); o += (char)(0x80 | ((cp >> 12) & 0x3F));
-            o += (char)(0x80 | ((cp >> 6) & 0x3F)); o += (char)(0x80 | (cp & 0x3F));
-        }
-    }
     uint32_t hex4() {
         uint32_t v = 0;
         for (int k = 0; k < 4; k++) {
@@ -364,8 +336,10 @@ struct JsonParser {
             if (c == '"') { pos++; break; }
             if (c < 0x20) error_at(pos, "control character 0x%02x inside a string (it must be escaped)", c);
             if (c >= 0x80) {
-                size_t len = json_utf8_len(s, n, pos);
-                if (!len) error_at(pos, "invalid UTF-8 (byte 0x%02x) inside a string", c);
+                uint32_t cp;
+                bool ok;
+                size_t len = utf8_decode(s, n, pos, &cp, &ok);
+                if (!ok) error_at(pos, "invalid UTF-8 (byte 0x%02x) inside a string", c);
                 doc->strings.append(s + pos, len);
                 pos += len;
                 continue;
@@ -396,7 +370,7 @@ struct JsonParser {
                             error_at(at, "\\u%04X is a high surrogate followed by \\u%04X instead of \\uDC00-\\uDFFF", cp, lo);
                         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     }
-                    put_utf8(cp);
+                    utf8_append(&doc->strings, cp);
                     break;
                 }
                 default: pos--; expected("an escape character after '\\' (one of \" \\ / b f n r t u)");
@@ -439,6 +413,7 @@ struct JsonParser {
             errno = 0;
             long long iv = strtoll(text.c_str(), nullptr, 10);
             if (errno != ERANGE) { nd->is_int = true; nd->inum = iv; }
+            else nd->int_too_large = true;
         }
     }
 
@@ -589,8 +564,10 @@ inline std::string json_quote(std::string_view s) {
         else if (c < 0x20 || c == 0x7F) { char b[8]; snprintf(b, sizeof b, "\\u%04x", c); out += b; i++; }
         else if (c < 0x80) { out += (char)c; i++; }
         else {
-            size_t len = json_utf8_len(s.data(), s.size(), i);
-            if (len) { out.append(s.data() + i, len); i += len; }
+            uint32_t cp;
+            bool ok;
+            size_t len = utf8_decode(s.data(), s.size(), i, &cp, &ok);
+            if (ok) { out.append(s.data() + i, len); i += len; }
             else { out += "\\ufffd"; i++; }
         }
     }

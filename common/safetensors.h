@@ -1,4 +1,4 @@
-// Reader and writer of the safetensors format (header-only, host code, no dependencies beyond utils.h).
+// Reader and writer of the safetensors format (header-only, host code; the header is read with common/json.h).
 //
 // File layout:
 //   8 bytes    N, the header length, a little-endian u64
@@ -11,10 +11,12 @@
 // Reading: safetensors_read() loads the whole file and validates it (regular file, header length inside the
 // file, the JSON and its schema, known dtypes, every tensor's bytes inside the data block and exactly
 // numel * dtype size of them). Any problem is a fatal() naming the file and what is wrong; a malformed file
-// can never crash the reader or make it read out of bounds. The JSON parser handles exactly this schema:
-// objects, strings (with every JSON escape, \uXXXX surrogate pairs included), non-negative integers and arrays
-// of them. The tensors must tile the data block exactly (no overlap, no gap, nothing after the last), as the
-// reference loader requires; the header may list them in any order.
+// can never crash the reader or make it read out of bounds. The header is strict JSON (common/json.h: every
+// escape, \uXXXX surrogate pairs included; no key twice in one object) in exactly this schema: tensors with a
+// dtype string, a shape of non-negative integers and data_offsets [begin, end] (integers read exactly, up to
+// 2^63 - 1), and an optional "__metadata__" object of string values; no other field. The tensors must tile the
+// data block exactly (no overlap, no gap, nothing after the last), as the reference loader requires; the header
+// may list them in any order.
 //
 // Writing: collect tensors and metadata in a SafetensorsWriter, then safetensors_write(): tensors sorted by
 // name and packed back to back from offset 0 (as the reference loader requires), the header padded with
@@ -30,6 +32,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include "json.h"
+#include "utf8.h"
 #include "utils.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -50,7 +54,7 @@ typedef struct {
 } Safetensors;
 
 // ----------------------------------------------------------------------------------------------------------------
-// dtypes, shapes, UTF-8
+// dtypes, shapes
 
 // Bytes per element of a safetensors dtype; 0 if the dtype is unknown.
 inline size_t safetensors_dtype_size(const std::string& dtype) {
@@ -91,300 +95,60 @@ inline std::string safetensors_shape_str(const std::vector<int64_t>& shape) {
     return s + "]";
 }
 
-// Whether s[0..n) is well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF);
-// if not, *bad is the offset of the first bad byte.
-inline bool safetensors_utf8_valid(const char* s, size_t n, size_t* bad = nullptr) {
-    const unsigned char* p = (const unsigned char*)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        size_t len;
-        uint32_t cp, min;
-        if (c < 0x80) { i++; continue; }
-        else if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; min = 0x80; }
-        else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; min = 0x800; }
-        else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; min = 0x10000; }
-        else { if (bad) *bad = i; return false; }
-        if (n - i < len) { if (bad) *bad = i; return false; }
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80) { if (bad) *bad = i; return false; }
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) { if (bad) *bad = i; return false; }
-        i += len;
-    }
-    return true;
-}
-
-// A string made safe to print in an error message: non-printable bytes as \xNN, cut after `max` bytes.
-inline std::string safetensors_printable(const std::string& s, size_t max = 80) {
-    std::string out;
-    for (size_t i = 0; i < s.size() && i < max; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c < 0x7F) out += (char)c;
-        else { char b[8]; snprintf(b, sizeof b, "\\x%02x", c); out += b; }
-    }
-    if (s.size() > max) out += "...";
-    return out;
-}
+// A string made safe to print in an error message (see json_printable), cut after `max` bytes.
+inline std::string safetensors_printable(const std::string& s, size_t max = 80) { return json_printable(s, max); }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Header parsing
+// Header parsing: the JSON is read by common/json.h (strict: any syntax error, invalid UTF-8 or escape, and any key
+// twice in one object, i.e. a tensor, a field or a metadata key given twice, is one line with its byte, line and
+// column), then the schema is checked here. Every message is "FILE: malformed safetensors header: ...", and a
+// schema error names the key path of the value, e.g. "m.safetensors: malformed safetensors header:
+// ["layer.0.weight"].shape[1]: negative number -3 (a dimension must be >= 0)".
 
-typedef struct {
-    const char* path;
-    const char* s;   // the header JSON (not NUL-terminated: always bounded by n)
-    size_t n, pos;
-} SafetensorsParser;
-
-[[noreturn]] inline void safetensors_parse_error(const SafetensorsParser* p, const char* what) {
-    std::string near = p->pos < p->n ? safetensors_printable(std::string(p->s + p->pos, std::min<size_t>(p->n - p->pos, 24)), 24)
-                                     : std::string("<end of header>");
-    fatal("%s: malformed safetensors header: %s at byte %zu of the %zu-byte JSON header (near \"%s\")",
-          p->path, what, p->pos, p->n, near.c_str());
+// A dimension or an offset: a non-negative integer literal, exact (int64; never through a double).
+inline int64_t safetensors_header_uint(const JsonValue& v, const char* what) {
+    if (!v.is_number()) v.fail("expected a non-negative integer (%s), found %s", what, v.type_name());
+    if (v.as_number() < 0) v.fail("negative number %.17g (%s must be >= 0)", v.as_number(), what);
+    return v.as_int(0, INT64_MAX);
 }
 
-inline void safetensors_skip_ws(SafetensorsParser* p) {
-    while (p->pos < p->n && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
-        p->pos++;
-}
-
-// Skips whitespace, then consumes `c` or fails with "expected <c> <context>".
-inline void safetensors_expect(SafetensorsParser* p, char c, const char* context) {
-    safetensors_skip_ws(p);
-    if (p->pos >= p->n || p->s[p->pos] != c) {
-        std::string what = std::string("expected '") + c + "' " + context;
-        safetensors_parse_error(p, what.c_str());
-    }
-    p->pos++;
-}
-
-// After whitespace: true (and consumes it) if the next character is `c`.
-inline bool safetensors_accept(SafetensorsParser* p, char c) {
-    safetensors_skip_ws(p);
-    if (p->pos < p->n && p->s[p->pos] == c) { p->pos++; return true; }
-    return false;
-}
-
-inline void safetensors_append_utf8(std::string* out, uint32_t cp) {
-    if (cp < 0x80) *out += (char)cp;
-    else if (cp < 0x800) { *out += (char)(0xC0 | (cp >> 6)); *out += (char)(0x80 | (cp & 0x3F)); }
-    else if (cp < 0x10000) {
-        *out += (char)(0xE0 | (cp >> 12)); *out += (char)(0x80 | ((cp >> 6) & 0x3F)); *out += (char)(0x80 | (cp & 0x3F));
-    } else {
-        *out += (char)(0xF0 | (cp >> 18)); *out += (char)(0x80 | ((cp >> 12) & 0x3F));
-        *out += (char)(0x80 | ((cp >> 6) & 0x3F)); *out += (char)(0x80 | (cp & 0x3F));
-    }
-}
-
-inline uint32_t safetensors_parse_hex4(SafetensorsParser* p) {
-    if (p->n - p->pos < 4) safetensors_parse_error(p, "\\u escape needs 4 hex digits");
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = p->s[p->pos];
-        uint32_t d;
-        if (c >= '0' && c <= '9') d = (uint32_t)(c - '0');
-        else if (c >= 'a' && c <= 'f') d = (uint32_t)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') d = (uint32_t)(c - 'A' + 10);
-        else safetensors_parse_error(p, "\\u escape needs 4 hex digits");
-        v = v * 16 + d;
-        p->pos++;
-    }
-    return v;
-}
-
-// A JSON string; `context` says what it is for error messages ("a tensor name", "the dtype", ...).
-inline std::string safetensors_parse_string(SafetensorsParser* p, const char* context) {
-    safetensors_skip_ws(p);
-    if (p->pos >= p->n || p->s[p->pos] != '"') {
-        std::string what = std::string("expected a string (") + context + ")";
-        safetensors_parse_error(p, what.c_str());
-    }
-    p->pos++;
-    std::string out;
-    for (;;) {
-        if (p->pos >= p->n) safetensors_parse_error(p, "unterminated string");
-        unsigned char c = (unsigned char)p->s[p->pos];
-        if (c == '"') { p->pos++; return out; }
-        if (c < 0x20) safetensors_parse_error(p, "unescaped control character inside a string");
-        if (c != '\\') { out += (char)c; p->pos++; continue; }
-        p->pos++;
-        if (p->pos >= p->n) safetensors_parse_error(p, "unterminated escape in a string");
-        char e = p->s[p->pos++];
-        switch (e) {
-            case '"': out += '"'; break;
-            case '\\': out += '\\'; break;
-            case '/': out += '/'; break;
-            case 'b': out += '\b'; break;
-            case 'f': out += '\f'; break;
-            case 'n': out += '\n'; break;
-            case 'r': out += '\r'; break;
-            case 't': out += '\t'; break;
-            case 'u': {
-                uint32_t cp = safetensors_parse_hex4(p);
-                if (cp >= 0xDC00 && cp <= 0xDFFF) safetensors_parse_error(p, "\\u escape is a lone low surrogate");
-                if (cp >= 0xD800 && cp <= 0xDBFF) {   // high surrogate: a \uDC00-\uDFFF must follow
-                    if (p->n - p->pos < 2 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u')
-                        safetensors_parse_error(p, "\\u escape is a high surrogate without its low surrogate");
-                    p->pos += 2;
-                    uint32_t lo = safetensors_parse_hex4(p);
-                    if (lo < 0xDC00 || lo > 0xDFFF)
-                        safetensors_parse_error(p, "\\u escape is a high surrogate without its low surrogate");
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                }
-                safetensors_append_utf8(&out, cp);
-                break;
-            }
-            default: p->pos--; safetensors_parse_error(p, "invalid escape in a string");
-        }
-    }
-}
-
-// A non-negative JSON integer that fits in int64.
-inline uint64_t safetensors_parse_uint(SafetensorsParser* p, const char* context) {
-    safetensors_skip_ws(p);
-    if (p->pos < p->n && p->s[p->pos] == '-') {
-        std::string what = std::string("negative number (") + context + " must be >= 0)";
-        safetensors_parse_error(p, what.c_str());
-    }
-    if (p->pos >= p->n || p->s[p->pos] < '0' || p->s[p->pos] > '9') {
-        std::string what = std::string("expected a non-negative integer (") + context + ")";
-        safetensors_parse_error(p, what.c_str());
-    }
-    if (p->s[p->pos] == '0' && p->pos + 1 < p->n && p->s[p->pos + 1] >= '0' && p->s[p->pos + 1] <= '9')
-        safetensors_parse_error(p, "number with a leading zero");
-    uint64_t v = 0;
-    while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') {
-        uint64_t d = (uint64_t)(p->s[p->pos] - '0');
-        if (v > ((uint64_t)INT64_MAX - d) / 10) safetensors_parse_error(p, "integer too large");
-        v = v * 10 + d;
-        p->pos++;
-    }
-    if (p->pos < p->n && (p->s[p->pos] == '.' || p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
-        std::string what = std::string("expected an integer, found a fraction or exponent (") + context + ")";
-        safetensors_parse_error(p, what.c_str());
-    }
-    return v;
-}
-
-inline std::vector<uint64_t> safetensors_parse_uint_array(SafetensorsParser* p, const char* context) {
-    std::string ctx = std::string("at the start of ") + context;
-    safetensors_expect(p, '[', ctx.c_str());
-    std::vector<uint64_t> out;
-    if (safetensors_accept(p, ']')) return out;
-    for (;;) {
-        out.push_back(safetensors_parse_uint(p, context));
-        if (safetensors_accept(p, ']')) return out;
-        std::string what = std::string("or ']' after a number in ") + context;
-        safetensors_expect(p, ',', what.c_str());
-    }
-}
-
-// {"dtype": ..., "shape": [...], "data_offsets": [b, e]}; every field exactly once, no other field.
-inline SafetensorsEntry safetensors_parse_tensor_info(SafetensorsParser* p, const std::string& name) {
+// A tensor's {"dtype": ..., "shape": [...], "data_offsets": [begin, end]}: every field, no other.
+inline SafetensorsEntry safetensors_header_tensor(const JsonValue& t) {
+    if (!t.is_object())
+        t.fail("expected an object (a tensor's dtype, shape and data_offsets), found %s", t.type_name());
+    t.check_keys({"dtype", "shape", "data_offsets"});
     SafetensorsEntry e;
-    e.name = name;
-    e.begin = e.end = 0;
-    bool has_dtype = false, has_shape = false, has_offsets = false;
-    std::string pname = safetensors_printable(name);
-    std::string ctx = "to open tensor '" + pname + "' (a tensor's value is an object)";
-    safetensors_expect(p, '{', ctx.c_str());
-    if (!safetensors_accept(p, '}')) {
-        for (;;) {
-            std::string field = safetensors_parse_string(p, "a field name of a tensor");
-            safetensors_expect(p, ':', "after a field name");
-            bool* seen = nullptr;
-            if (field == "dtype") {
-                seen = &has_dtype;
-                e.dtype = safetensors_parse_string(p, "the dtype");
-            } else if (field == "shape") {
-                seen = &has_shape;
-                std::vector<uint64_t> dims = safetensors_parse_uint_array(p, "the shape");
-                e.shape.assign(dims.begin(), dims.end());
-            } else if (field == "data_offsets") {
-                seen = &has_offsets;
-                std::vector<uint64_t> o = safetensors_parse_uint_array(p, "data_offsets");
-                if (o.size() != 2) {
-                    std::string what = "tensor '" + pname + "': data_offsets must be [begin, end], found " +
-                                       std::to_string(o.size()) + " numbers";
-                    safetensors_parse_error(p, what.c_str());
-                }
-                e.begin = (size_t)o[0];
-                e.end = (size_t)o[1];
-            } else {
-                std::string what = "tensor '" + pname + "' has an unknown field '" + safetensors_printable(field) +
-                                   "' (expected dtype, shape, data_offsets)";
-                safetensors_parse_error(p, what.c_str());
-            }
-            if (*seen) {
-                std::string what = "tensor '" + pname + "' has field '" + field + "' twice";
-                safetensors_parse_error(p, what.c_str());
-            }
-            *seen = true;
-            if (safetensors_accept(p, '}')) break;
-            safetensors_expect(p, ',', "or '}' after a tensor field");
-        }
-    }
-    if (!has_dtype || !has_shape || !has_offsets) {
-        std::string what = "tensor '" + pname + "' lacks its " +
-                           (!has_dtype ? "dtype" : !has_shape ? "shape" : "data_offsets");
-        safetensors_parse_error(p, what.c_str());
-    }
+    e.name = std::string(t.key());
+    e.dtype = t.get("dtype").as_string();
+    JsonValue shape = t.get("shape");
+    if (!shape.is_array()) shape.fail("expected an array of non-negative integers (the shape), found %s", shape.type_name());
+    for (size_t i = 0; i < shape.size(); i++) e.shape.push_back(safetensors_header_uint(shape.at(i), "a dimension"));
+    JsonValue offsets = t.get("data_offsets");
+    if (!offsets.is_array()) offsets.fail("must be [begin, end], found %s", offsets.type_name());
+    if (offsets.size() != 2) offsets.fail("must be [begin, end], found %zu numbers", offsets.size());
+    e.begin = (size_t)safetensors_header_uint(offsets.at(0), "an offset");
+    e.end = (size_t)safetensors_header_uint(offsets.at(1), "an offset");
     return e;
 }
 
-inline void safetensors_parse_metadata(SafetensorsParser* p, Safetensors* st) {
-    safetensors_expect(p, '{', "to open __metadata__ (an object of string values)");
-    if (safetensors_accept(p, '}')) return;
-    for (;;) {
-        std::string key = safetensors_parse_string(p, "a metadata key");
-        for (const auto& kv : st->metadata)
-            if (kv.first == key) {
-                std::string what = "metadata key '" + safetensors_printable(key) + "' appears twice";
-                safetensors_parse_error(p, what.c_str());
-            }
-        safetensors_expect(p, ':', "after a metadata key");
-        std::string value = safetensors_parse_string(p, "metadata values must be strings");
-        st->metadata.emplace_back(key, value);
-        if (safetensors_accept(p, '}')) return;
-        safetensors_expect(p, ',', "or '}' after a metadata value");
-    }
-}
-
 inline void safetensors_parse_header(const char* path, const std::string& header, Safetensors* st) {
-    size_t bad = 0;
-    if (!safetensors_utf8_valid(header.data(), header.size(), &bad))
-        fatal("%s: malformed safetensors header: invalid UTF-8 at byte %zu of the %zu-byte JSON header", path, bad,
-              header.size());
-    SafetensorsParser p = {path, header.data(), header.size(), 0};
-    safetensors_expect(&p, '{', "at the start of the header (it must be a JSON object)");
-    bool has_metadata = false;
-    if (!safetensors_accept(&p, '}')) {
-        for (;;) {
-            std::string name = safetensors_parse_string(&p, "a tensor name or \"__metadata__\"");
-            safetensors_expect(&p, ':', "after a tensor name");
-            if (name == "__metadata__") {
-                if (has_metadata) safetensors_parse_error(&p, "\"__metadata__\" appears twice");
-                has_metadata = true;
-                safetensors_parse_metadata(&p, st);
-            } else {
-                st->entries.push_back(safetensors_parse_tensor_info(&p, name));
-            }
-            if (safetensors_accept(&p, '}')) break;
-            safetensors_expect(&p, ',', "or '}' after a tensor");
+    JsonDoc doc = json_parse(std::string(path) + ": malformed safetensors header", header.data(), header.size());
+    JsonValue root = doc.root();
+    if (!root.is_object())
+        root.fail("expected an object (tensor names and \"__metadata__\"), found %s", root.type_name());
+    for (size_t i = 0; i < root.size(); i++) {
+        JsonValue v = root.at(i);
+        if (v.key() != "__metadata__") {
+            st->entries.push_back(safetensors_header_tensor(v));
+            continue;
+        }
+        if (!v.is_object()) v.fail("expected an object of string values, found %s", v.type_name());
+        for (size_t k = 0; k < v.size(); k++) {
+            JsonValue m = v.at(k);
+            if (!m.is_string()) m.fail("metadata values must be strings, found %s", m.type_name());
+            st->metadata.emplace_back(std::string(m.key()), m.as_string());
         }
     }
-    safetensors_skip_ws(&p);
-    if (p.pos != p.n) safetensors_parse_error(&p, "unexpected characters after the JSON object");
-
-    // duplicate tensor names (sorted copy of the names)
-    std::vector<const std::string*> names;
-    for (const auto& e : st->entries) names.push_back(&e.name);
-    std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
-    for (size_t i = 1; i < names.size(); i++)
-        if (*names[i] == *names[i - 1])
-            fatal("%s: malformed safetensors header: tensor '%s' appears twice", path,
-                  safetensors_printable(*names[i]).c_str());
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -554,7 +318,7 @@ inline void safetensors_add_raw(SafetensorsWriter* w, const std::string& name, c
                                 const std::vector<int64_t>& shape, const void* data, size_t nbytes) {
     std::string pname = safetensors_printable(name);
     if (name == "__metadata__") fatal("safetensors writer: a tensor cannot be named \"__metadata__\"");
-    if (!safetensors_utf8_valid(name.data(), name.size())) fatal("safetensors writer: tensor name '%s' is not valid UTF-8", pname.c_str());
+    if (!utf8_valid(name)) fatal("safetensors writer: tensor name '%s' is not valid UTF-8", pname.c_str());
     for (const auto& t : w->tensors)
         if (t.name == name) fatal("safetensors writer: tensor '%s' added twice", pname.c_str());
     size_t esize = safetensors_dtype_size(dtype);
@@ -609,34 +373,17 @@ inline void safetensors_add_bool(SafetensorsWriter* w, const std::string& name, 
 
 // Sets a metadata entry (a later call with the same key replaces the value). Key and value must be valid UTF-8.
 inline void safetensors_add_meta(SafetensorsWriter* w, const std::string& key, const std::string& value) {
-    if (!safetensors_utf8_valid(key.data(), key.size()))
+    if (!utf8_valid(key))
         fatal("safetensors writer: metadata key '%s' is not valid UTF-8", safetensors_printable(key).c_str());
-    if (!safetensors_utf8_valid(value.data(), value.size()))
+    if (!utf8_valid(value))
         fatal("safetensors writer: the value of metadata key '%s' is not valid UTF-8", safetensors_printable(key).c_str());
     for (auto& kv : w->metadata)
         if (kv.first == key) { kv.second = value; return; }
     w->metadata.emplace_back(key, value);
 }
 
-// s as a JSON string literal, quotes included (UTF-8 kept as is; control characters escaped).
-inline std::string safetensors_json_string(const std::string& s) {
-    std::string out = "\"";
-    for (unsigned char c : s) {
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\b': out += "\\b"; break;
-            case '\f': out += "\\f"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) { char b[8]; snprintf(b, sizeof b, "\\u%04x", c); out += b; }
-                else out += (char)c;
-        }
-    }
-    return out + "\"";
-}
+// s as a JSON string literal, quotes included (see json_quote).
+inline std::string safetensors_json_string(const std::string& s) { return json_quote(s); }
 
 inline void safetensors_write(const SafetensorsWriter& w, const std::string& path) {
     std::vector<const SafetensorsWriterTensor*> order;

@@ -57,10 +57,11 @@
 #include <vector>
 #include "json.h"
 #include "unicode_tables.h"
+#include "utf8.h"
 #include "utils.h"
 
 // ----------------------------------------------------------------------------------------------------------------
-// Unicode: classes, UTF-8, NFC
+// Unicode: classes, NFC (UTF-8 is common/utf8.h)
 
 template <size_t N>
 inline int unicode_range_lookup(const UnicodeRange (&table)[N], uint32_t cp) {
@@ -79,72 +80,6 @@ inline int unicode_class(uint32_t cp) {
 }
 inline int unicode_ccc(uint32_t cp) { return cp < 0x300 ? 0 : unicode_range_lookup(unicode_ccc_ranges, cp); }
 inline bool unicode_nfc_qc_yes(uint32_t cp) { return cp < 0x300 || !unicode_range_lookup(unicode_nfc_qc_ranges, cp); }
-
-// Decodes the code point at s[i] (i < n) into *cp and returns the number of bytes it used. An ill-formed sequence
-// gives U+FFFD and consumes its maximal subpart: a lead byte and the continuation bytes that could still have
-// completed it (at least 1 byte), as the Unicode standard recommends and WHATWG's decoder does.
-inline size_t utf8_decode(const char* s, size_t n, size_t i, uint32_t* cp) {
-    const unsigned char* p = (const unsigned char*)s;
-    unsigned c = p[i];
-    if (c < 0x80) { *cp = c; return 1; }
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF;
-    uint32_t v;
-    if (c >= 0xC2 && c <= 0xDF) { need = 1; v = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { need = 2; v = c & 0x0F; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-    else if (c >= 0xF0 && c <= 0xF4) { need = 3; v = c & 0x07; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-    else { *cp = 0xFFFD; return 1; }
-    size_t k = 1;
-    for (; k <= need; k++) {
-        if (i + k >= n) { *cp = 0xFFFD; return k; }
-        unsigned b = p[i + k];
-        if (b < lo || b > hi) { *cp = 0xFFFD; return k; }
-        lo = 0x80;
-        hi = 0xBF;
-        v = (v << 6) | (b & 0x3F);
-    }
-    *cp = v;
-    return k;
-}
-
-inline void utf8_append(std::string* out, uint32_t cp) {
-    if (cp < 0x80) *out += (char)cp;
-    else if (cp < 0x800) { *out += (char)(0xC0 | (cp >> 6)); *out += (char)(0x80 | (cp & 0x3F)); }
-    else if (cp < 0x10000) {
-        *out += (char)(0xE0 | (cp >> 12)); *out += (char)(0x80 | ((cp >> 6) & 0x3F)); *out += (char)(0x80 | (cp & 0x3F));
-    } else {
-        *out += (char)(0xF0 | (cp >> 18)); *out += (char)(0x80 | ((cp >> 12) & 0x3F));
-        *out += (char)(0x80 | ((cp >> 6) & 0x3F)); *out += (char)(0x80 | (cp & 0x3F));
-    }
-}
-
-// Whether s is well-formed UTF-8.
-inline bool utf8_valid(std::string_view s) {
-    for (size_t i = 0; i < s.size();) {
-        if ((unsigned char)s[i] < 0x80) { i++; continue; }
-        uint32_t cp;
-        size_t len = utf8_decode(s.data(), s.size(), i, &cp);
-        if (cp == 0xFFFD && !(len == 3 && (unsigned char)s[i] == 0xEF && (unsigned char)s[i + 1] == 0xBF &&
-                              (unsigned char)s[i + 2] == 0xBD))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
-// s with every ill-formed subpart replaced by U+FFFD (see utf8_decode).
-inline std::string utf8_sanitize(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (size_t i = 0; i < s.size();) {
-        uint32_t cp;
-        size_t len = utf8_decode(s.data(), s.size(), i, &cp);
-        if (cp == 0xFFFD) utf8_append(&out, cp);
-        else out.append(s.data() + i, len);
-        i += len;
-    }
-    return out;
-}
 
 enum : uint32_t {
     HANGUL_S_BASE = 0xAC00, HANGUL_L_BASE = 0x1100, HANGUL_V_BASE = 0x1161, HANGUL_T_BASE = 0x11A7,

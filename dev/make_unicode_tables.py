@@ -145,43 +145,29 @@ def main():
     w("struct UnicodeComposition { uint32_t first, second, composite; };")
     w("")
 
-    def emit_ranges(name, rows, comment, with_value=True):
-        w("// %s (%d ranges)" % (comment, len(rows)))
-        w("static const UnicodeRange %s[] = {" % name)
-        buf = []
-        for r in rows:
-            lo, hi = r[0], r[1]
-            v = r[2] if with_value else 1
-            buf.append("{0x%X,0x%X,%d}" % (lo, hi, v))
-        for i in range(0, len(buf), 6):
-            w("    " + ",".join(buf[i:i + 6]) + ",")
+    def emit_array(decl, comment, items, per_line):
+        """A C array `static const DECL = {...};` of already formatted items, per_line to a line, after a comment."""
+        w("// " + comment)
+        w("static const %s = {" % decl)
+        for i in range(0, len(items), per_line):
+            w("    " + ",".join(items[i:i + per_line]) + ",")
         w("};")
         w("")
 
-    w("// The class of U+0000..U+00FF (the fast path of unicode_class()).")
-    w("static const uint8_t unicode_latin1_class[256] = {")
-    for i in range(0, 256, 32):
-        w("    " + ",".join(str(x) for x in latin1[i:i + 32]) + ",")
-    w("};")
-    w("")
+    def emit_ranges(name, rows, comment, with_value=True):
+        items = ["{0x%X,0x%X,%d}" % (r[0], r[1], r[2] if with_value else 1) for r in rows]
+        emit_array("UnicodeRange %s[]" % name, "%s (%d ranges)" % (comment, len(rows)), items, 6)
+
+    emit_array("uint8_t unicode_latin1_class[256]", "The class of U+0000..U+00FF (the fast path of unicode_class()).",
+               [str(x) for x in latin1], 32)
     emit_ranges("unicode_class_ranges", classes, "the regex classes: value = UNICODE_CLASS_L, _N or _S")
     emit_ranges("unicode_ccc_ranges", cccs, "canonical combining classes (value), the non-zero ones")
     emit_ranges("unicode_nfc_qc_ranges", qc, "NFC_QC = No or Maybe (value 1)", with_value=False)
-
-    w("// one-level canonical decompositions (%d)" % len(decomps))
-    w("static const UnicodeDecomposition unicode_decompositions[] = {")
-    buf = ["{0x%X,0x%X,0x%X}" % d for d in decomps]
-    for i in range(0, len(buf), 5):
-        w("    " + ",".join(buf[i:i + 5]) + ",")
-    w("};")
-    w("")
-    w("// canonical composition pairs, sorted by (first, second) (%d)" % len(pairs))
-    w("static const UnicodeComposition unicode_compositions[] = {")
-    buf = ["{0x%X,0x%X,0x%X}" % p for p in pairs]
-    for i in range(0, len(buf), 5):
-        w("    " + ",".join(buf[i:i + 5]) + ",")
-    w("};")
-    w("")
+    emit_array("UnicodeDecomposition unicode_decompositions[]", "one-level canonical decompositions (%d)" % len(decomps),
+               ["{0x%X,0x%X,0x%X}" % d for d in decomps], 5)
+    emit_array("UnicodeComposition unicode_compositions[]",
+               "canonical composition pairs, sorted by (first, second) (%d)" % len(pairs),
+               ["{0x%X,0x%X,0x%X}" % p for p in pairs], 5)
     text = "\n".join(lines)
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="ascii") as f:

@@ -53,19 +53,20 @@ static bool contains(const std::string& s, const std::string& sub) { return s.fi
 
 static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-// fn() must fatal(): exit status 1, stderr "error: ..." naming `path` (unless empty) and containing `what` (and
-// `what2`, if given).
+// fn() must fatal(): exit status 1, stderr one line "error: ..." naming `path` (unless empty) and containing `what`
+// (and `what2`, if given).
 template <typename F>
 static void expect_fatal_naming(const char* name, const std::string& path, const std::string& what, F fn,
                                 const std::string& what2 = "") {
     int status = 0;
     std::string err = run_in_child(fn, &status);
     bool exited1 = WIFEXITED(status) && WEXITSTATUS(status) == 1;
-    bool ok = exited1 && err.rfind("error: ", 0) == 0 && (path.empty() || contains(err, path)) && contains(err, what) &&
-              contains(err, what2);
+    bool one_line = err.find('\n') == std::string::npos;   // (run_in_child drops the final newline)
+    bool ok = exited1 && one_line && err.rfind("error: ", 0) == 0 && (path.empty() || contains(err, path)) &&
+              contains(err, what) && contains(err, what2);
     std::string how = WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
                                         : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status)) : "?";
-    if (check(ok, name, "%s, expected exit status 1 with an error naming '%s' and saying '%s' '%s'; stderr: %s",
+    if (check(ok, name, "%s, expected exit status 1 with a one-line error naming '%s' and saying '%s' '%s'; stderr: %s",
               how.c_str(), path.c_str(), what.c_str(), what2.c_str(), err.c_str()))
         printf("      %s\n", first_line(err).c_str());
 }
@@ -310,36 +311,42 @@ static void test_errors(const std::string& good) {
 
     const std::string T = "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
     struct { const char* name; std::string header; const char* what; } bad_json[] = {
-        {"json_not_an_object", "[1, 2]", "expected '{' at the start"},
-        {"json_only_spaces", "        ", "expected '{' at the start"},
-        {"json_missing_close", "{\"a\":" + T, "or '}' after a tensor"},
+        {"json_not_an_object", "[1, 2]", "(top level): expected an object (tensor names and \"__metadata__\"), found an array"},
+        {"json_only_spaces", "        ", "at byte 8 (line 1, column 9): expected a value (found end of file)"},
+        {"json_missing_close", "{\"a\":" + T, "expected ',' or '}' after an object member (found end of file)"},
         {"json_unterminated_string", "{\"a", "unterminated string"},
-        {"json_bad_escape", "{\"a\\x\":" + T + "}", "invalid escape"},
+        {"json_bad_escape", "{\"a\\x\":" + T + "}", "expected an escape character after '\\'"},
         {"json_bad_hex", "{\"a\\u12g4\":" + T + "}", "4 hex digits"},
         {"json_lone_high_surrogate", "{\"\\ud800x\":" + T + "}", "high surrogate without"},
         {"json_lone_low_surrogate", "{\"\\udc00\":" + T + "}", "lone low surrogate"},
-        {"json_control_char", "{\"a\nb\":" + T + "}", "unescaped control character"},
+        {"json_control_char", "{\"a\nb\":" + T + "}", "control character 0x0a inside a string (it must be escaped)"},
         {"json_invalid_utf8", "{\"\xff\":" + T + "}", "invalid UTF-8"},
-        {"json_trailing_comma", "{\"a\":" + T + ",}", "expected a string"},
+        {"json_trailing_comma", "{\"a\":" + T + ",}", "expected a string key (found '}')"},
         {"json_missing_colon", "{\"a\" " + T + "}", "expected ':'"},
-        {"json_trailing_garbage", "{\"a\":" + T + "} x", "unexpected characters after"},
-        {"json_tensor_not_object", "{\"a\":5}", "to open tensor 'a'"},
-        {"json_dtype_not_string", "{\"a\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,4]}}", "expected a string (the dtype)"},
-        {"json_shape_not_array", "{\"a\":{\"dtype\":\"F32\",\"shape\":1,\"data_offsets\":[0,4]}}", "expected '[' at the start of the shape"},
-        {"json_negative_dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", "negative number"},
-        {"json_fractional_dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", "fraction or exponent"},
+        {"json_trailing_garbage", "{\"a\":" + T + "} x", "expected the end of the file after the top-level value (found 'x')"},
+        {"json_tensor_not_object", "{\"a\":5}", "a: expected an object (a tensor's dtype, shape and data_offsets), found a number"},
+        {"json_dtype_not_string", "{\"a\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,4]}}", "a.dtype: expected a string, found a number"},
+        {"json_shape_not_array", "{\"a\":{\"dtype\":\"F32\",\"shape\":1,\"data_offsets\":[0,4]}}", "a.shape: expected an array of non-negative integers (the shape), found a number"},
+        {"json_negative_dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", "a.shape[0]: negative number -1 (a dimension must be >= 0)"},
+        {"json_fractional_dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", "a.shape[0]: expected an integer, found 1.5"},
         {"json_leading_zero", "{\"a\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", "leading zero"},
-        {"json_huge_integer", "{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,4]}}", "integer too large"},
-        {"json_unclosed_array", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1", "or ']' after a number"},
-        {"json_three_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", "must be [begin, end]"},
-        {"json_missing_field", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", "lacks its data_offsets"},
-        {"json_unknown_field", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":[]}}", "unknown field 'x'"},
-        {"json_field_twice", "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", "field 'dtype' twice"},
-        {"json_tensor_twice", "{\"a\":" + T + ",\"a\":" + T + "}", "tensor 'a' appears twice"},
-        {"json_metadata_twice", "{\"__metadata__\":{},\"__metadata__\":{}}", "\"__metadata__\" appears twice"},
-        {"json_metadata_key_twice", "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", "metadata key 'k' appears twice"},
-        {"json_metadata_not_string", "{\"__metadata__\":{\"k\":1}}", "metadata values must be strings"},
-        {"json_metadata_not_object", "{\"__metadata__\":\"x\"}", "to open __metadata__"},
+        {"json_huge_integer", "{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,4]}}", "a.shape[0]: integer too large"},
+        {"json_unclosed_array", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1", "expected ',' or ']' after an array element (found end of file)"},
+        {"json_three_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", "a.data_offsets: must be [begin, end], found 3 numbers"},
+        {"json_missing_field", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", "a: missing key \"data_offsets\""},
+        {"json_unknown_field", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":[]}}", "a: unknown key \"x\" (expected only: dtype, shape, data_offsets)"},
+        {"json_field_twice", "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", "duplicate key \"dtype\" in an object"},
+        {"json_tensor_twice", "{\"a\":" + T + ",\"a\":" + T + "}", "duplicate key \"a\" in an object"},
+        {"json_metadata_twice", "{\"__metadata__\":{},\"__metadata__\":{}}", "duplicate key \"__metadata__\" in an object"},
+        {"json_metadata_key_twice", "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", "duplicate key \"k\" in an object"},
+        {"json_metadata_not_string", "{\"__metadata__\":{\"k\":1}}", "__metadata__.k: metadata values must be strings, found a number"},
+        {"json_metadata_not_object", "{\"__metadata__\":\"x\"}", "__metadata__: expected an object of string values, found a string"},
+        {"json_offsets_not_array", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":4}}", "a.data_offsets: must be [begin, end], found a number"},
+        {"json_negative_offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}",
+         "a.data_offsets[0]: negative number -4 (an offset must be >= 0)"},
+        {"json_dim_not_number", "{\"layer.0\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}",
+         "[\"layer.0\"].shape[0]: expected a non-negative integer (a dimension), found a string"},
+        {"json_nested_metadata", "{\"__metadata__\":{\"k\":{\"x\":\"y\"}}}", "__metadata__.k: metadata values must be strings, found an object"},
     };
     for (const auto& c : bad_json) {
         std::string path = make_file(std::string(c.name) + ".safetensors", c.header, std::string(4, '\0'));
@@ -362,6 +369,8 @@ static void test_errors(const std::string& good) {
         {"offsets_same_bytes", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                                "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "overlapping tensor"},
         {"offsets_gap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "data bytes [0, 4) belong to no tensor"},
+        {"offsets_beyond_2p53", "{\"a\":{\"dtype\":\"U8\",\"shape\":[9007199254740993],\"data_offsets\":[0,9007199254740993]}}", 4,
+         "data_offsets [0, 9007199254740993] outside the 4-byte data block"},
         {"offsets_trailing", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, "4 data bytes after the last tensor"},
     };
     for (const auto& c : bad_tensor) {

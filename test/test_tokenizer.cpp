@@ -109,6 +109,12 @@ static void test_json_numbers() {
     expect_fatal("json: as_int of 1.0 fails naming the path", [&] { d.root().at(1).as_int(); }, {"n: [1]: expected an integer, found 1.0 (an integer has no fraction or exponent)"});
     expect_fatal("json: as_int out of the caller's range", [&] { d.root().at(0).as_int(0, 100); },
                  {"n: [0]: 9223372036854775807 is out of range (expected 0..100)"});
+    const char* exact = "[9007199254740993, 18446744073709551615, -9223372036854775809]";
+    JsonDoc e = json_parse("n", exact, strlen(exact));
+    check(e.root().at(0).as_int() == 9007199254740993LL, "json: as_int above 2^53 is exact (not through a double)");
+    expect_fatal("json: as_int of an integer beyond int64", [&] { e.root().at(1).as_int(0); },
+                 {"n: [1]: integer too large: 1.8446744073709552e+19 does not fit in 64 bits (expected 0..9223372036854775807)"});
+    expect_fatal("json: as_int of an integer below int64", [&] { e.root().at(2).as_int(); }, {"n: [2]: integer too large"});
 }
 
 static void test_json_accessor_errors() {
@@ -227,6 +233,15 @@ static void test_unicode() {
     }
     check(bad.empty(), "utf8: ill-formed sequences become one U+FFFD per maximal subpart", "%s", bad.c_str());
     check(utf8_valid("a\xc3\xa9\xef\xbf\xbd\xf0\x9f\x98\x80") && !utf8_valid("\xc3") && !utf8_valid("\xed\xa0\x80"), "utf8: utf8_valid");
+    size_t bad_at = 0;
+    check(!utf8_valid("ab\xc3\xa9\xe2\x82x", 8, &bad_at) && bad_at == 4, "utf8: utf8_valid gives the offset of the first bad sequence",
+          "offset %zu", bad_at);
+    uint32_t cp = 0;
+    bool well_formed = false;
+    size_t len = utf8_decode("\xef\xbf\xbd", 3, 0, &cp, &well_formed);
+    bool real_fffd = len == 3 && cp == 0xFFFD && well_formed;
+    len = utf8_decode("\xe2\x82", 2, 0, &cp, &well_formed);
+    check(real_fffd && len == 2 && cp == 0xFFFD && !well_formed, "utf8: utf8_decode tells a written U+FFFD from a replacement");
 
     struct { const char* in; const char* out; } nfc[] = {
         {"e\xcc\x81", "\xc3\xa9"},                                   // e + U+0301 -> U+00E9
