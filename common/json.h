@@ -520,8 +520,11 @@ struct JsonParser {
     }
 };
 
-// Parses `text` (n bytes); `name` names it in every message (a file name, "<stdin> line 3", ...).
-inline JsonDoc json_parse(const std::string& name, const char* text, size_t n, int max_depth = JSON_DEFAULT_MAX_DEPTH) {
+// Parses `text` (n bytes); `name` names it in every message (a file name, "<stdin> line 3", ...). A text that could
+// hold more than max_values values is refused before anything is allocated for them (a hostile file of a
+// hundred million one-byte numbers would otherwise cost gigabytes).
+inline JsonDoc json_parse(const std::string& name, const char* text, size_t n, int max_depth = JSON_DEFAULT_MAX_DEPTH,
+                          size_t max_values = SIZE_MAX) {
     if (n > JSON_MAX_FILE_BYTES) fatal("%s: %zu bytes of JSON is more than the 1 GiB allowed", name.c_str(), n);
     JsonDoc doc;
     doc.name = name;
@@ -529,6 +532,8 @@ inline JsonDoc json_parse(const std::string& name, const char* text, size_t n, i
     // every value but the first follows a ',', '[' or '{' (outside strings): an upper bound for the reservations
     size_t bound = 1;
     for (size_t i = 0; i < n; i++) bound += text[i] == ',' || text[i] == '[' || text[i] == '{';
+    if (bound > max_values)
+        fatal("%s: up to %zu JSON values (counting ',', '[' and '{'), more than the %zu allowed here", name.c_str(), bound, max_values);
     doc.nodes.reserve(bound);
     p.stack.reserve(std::min<size_t>(bound, 1 << 16));
     doc.strings.reserve(n);

@@ -36,6 +36,8 @@
 #include "utf8.h"
 #include "utils.h"
 
+#define SAFETENSORS_MAX_HEADER_VALUES 1000000
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.h assumes a little-endian host"
 #endif
@@ -132,7 +134,9 @@ inline SafetensorsEntry safetensors_header_tensor(const JsonValue& t) {
 }
 
 inline void safetensors_parse_header(const char* path, const std::string& header, Safetensors* st) {
-    JsonDoc doc = json_parse(std::string(path) + ": malformed safetensors header", header.data(), header.size());
+    // (at most about 10 values per tensor: a million is 100,000 tensors)
+    JsonDoc doc = json_parse(std::string(path) + ": malformed safetensors header", header.data(), header.size(),
+                             JSON_DEFAULT_MAX_DEPTH, SAFETENSORS_MAX_HEADER_VALUES);
     JsonValue root = doc.root();
     if (!root.is_object())
         root.fail("expected an object (tensor names and \"__metadata__\"), found %s", root.type_name());

@@ -308,6 +308,13 @@ static void test_errors(const std::string& good) {
     expect_fatal_naming("error_truncated_header", p_trunc_h, "runs past the end", [&] { safetensors_read(p_trunc_h.c_str()); });
     std::string p_empty = make_file("empty_header.safetensors", "", "");
     expect_fatal_naming("error_empty_header", p_empty, "header is empty", [&] { safetensors_read(p_empty.c_str()); });
+    // a million and more values in the header (a few MB of "1,"): refused before the JSON tree is built
+    std::string many = "{\"a\":{\"dtype\":\"F32\",\"shape\":[";
+    for (int i = 0; i < 1100000; i++) many += "1,";
+    many += "1],\"data_offsets\":[0,4]}}";
+    std::string p_many = make_file("many_values.safetensors", many, std::string(4, '\0'));
+    expect_fatal_naming("error_too_many_header_values", p_many, "more than the 1000000 allowed",
+                        [&] { safetensors_read(p_many.c_str()); });
 
     const std::string T = "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
     struct { const char* name; std::string header; const char* what; } bad_json[] = {
