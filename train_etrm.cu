@@ -271,9 +271,9 @@ static Dims make_dims(const Config& c, int canvas) {
 // The keys that give the weights their meaning: a checkpoint or safetensors file written with other values is
 // refused (resume=1, load_checkpoint=; load_decoder= compares the decoder's). On resume, other differing keys are
 // logged as warnings, except these run-control keys, which a continued run is expected to change.
-#define ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|puzzle_emb_len|puzzle_emb_ndim|rope_theta|rms_norm_eps|" \
-    "encoder_type|encoder_num_layers|encoder_set_layers|encoder_norm_style|encoder_pooling_method|set_encoder_final_norm|" \
-    "encoder_prefix_scale|canvas"
+// (Keys whose 0 means "derived", canvas or puzzle_emb_len, are not compared as text; their sizes are checked.)
+#define ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps|encoder_type|encoder_num_layers|" \
+    "encoder_set_layers|encoder_norm_style|encoder_pooling_method|set_encoder_final_norm"
 #define DECODER_ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps"
 #define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|data_paths_test|max_eval_groups|eval_num_aug|checkpoint_path|" \
     "load_checkpoint|load_decoder|debug_state|resume|checkpoint_every|checkpoint_keep|save_safetensors|eval_only|log_every"
@@ -316,7 +316,9 @@ static void config_validate(const Config& c) {
     if (c.num_aug < 0 || c.eval_num_aug < 0 || c.max_train_groups < 0 || c.max_eval_groups < 0 || c.canvas < 0 || c.max_steps < 0)
         fatal("num_aug, eval_num_aug, max_train_groups, max_eval_groups, canvas and max_steps must be >= 0");
     if (c.canvas > 30) fatal("canvas=%d: at most 30 (the largest ARC grid)", c.canvas);
-    if (!(c.lr <= 1) || !(c.puzzle_emb_lr <= 1)) fatal("lr=%g, puzzle_emb_lr=%g: must be at most 1 (upstream uses 1e-4 and 1e-2)", c.lr, c.puzzle_emb_lr);
+    if (!(c.lr <= 1) || !(c.puzzle_emb_lr <= 1) || !(c.lr * c.encoder_lr_scale <= 1))
+        fatal("lr=%g, puzzle_emb_lr=%g, lr x encoder_lr_scale=%g: must be at most 1 (upstream uses 1e-4 and 1e-2)", c.lr,
+              c.puzzle_emb_lr, c.lr * c.encoder_lr_scale);
     for (const std::string* paths : {&c.data_paths, &c.data_paths_test})
         if (!paths->empty() && split_commas(*paths).empty())
             fatal("%s=%s: expected comma-separated file names", paths == &c.data_paths ? "data_paths" : "data_paths_test", paths->c_str());
@@ -1320,8 +1322,10 @@ static void samples_serialize(const std::vector<Sample>& samples, int S, std::ve
     }
 }
 
-// Reads n records back. With a loader, every field is checked against this run's data and sizes (a checkpoint is
-// hostile until validated: a token outside the vocabulary or too many demos would index outside the buffers).
+// Reads n records back. With a loader, every record is checked against this run's data (a checkpoint is hostile
+// until validated: a token outside the vocabulary or too many demos would index outside the buffers): its indices
+// first, then the whole record against the sample they name, which the loader rebuilds (a training sample is a pure
+// function of task, augmentation and pair).
 static std::vector<Sample> samples_deserialize(const std::vector<int32_t>& in, int n, int S, const DataLoader* dl,
                                                const char* path) {
     std::vector<Sample> out(n);
@@ -1339,13 +1343,11 @@ static std::vector<Sample> samples_deserialize(const std::vector<int32_t>& in, i
         s.demo_inputs.assign(in.begin() + p, in.begin() + p + nd); p += nd;
         s.demo_labels.assign(in.begin() + p, in.begin() + p + nd); p += nd;
         if (!dl) continue;
-        auto tokens_ok = [](const std::vector<int32_t>& v, bool labels) {
-            for (int32_t t : v) if (!((t >= 0 && t < VOCAB) || (labels && t == LOADER_IGNORE_LABEL))) return false;
-            return true;
-        };
-        if (!tokens_ok(s.inputs, false) || !tokens_ok(s.labels, true) || !tokens_ok(s.demo_inputs, false) || !tokens_ok(s.demo_labels, false))
-            fatal("%s: carry slot %d holds a token outside the vocabulary 0..%d (labels may also be %d) (corrupt checkpoint)",
-                  path, b, VOCAB - 1, LOADER_IGNORE_LABEL);
+        const Sample want = s.task < 0 ? loader_blank_sample(*dl) : loader_make_sample(*dl, s.task, s.aug, s.pair, true);
+        if (s.n_demos != want.n_demos || s.puzzle_id != want.puzzle_id || s.inputs != want.inputs || s.labels != want.labels ||
+            s.demo_inputs != want.demo_inputs || s.demo_labels != want.demo_labels)
+            fatal("%s: carry slot %d is not the sample of task %d, augmentation %d, pair %d of this run's data (corrupt "
+                  "checkpoint, or other data files)", path, b, s.task, s.aug, s.pair);
     }
     if (dl && p != in.size())            // (only the fixed-size records of checkpoint_save's gather have padding)
         fatal("%s: %zu int32 values after the carry's last sample (corrupt checkpoint)", path, in.size() - p);
@@ -1465,10 +1467,12 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
 
 // Continues a run: the model, optimizer, EMA, carry and data position of the checkpoint at `path`, every value
 // validated against this run (sizes, ranges, vocabulary, finiteness) before it is used.
-static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char* path, const Sections& s) {
+static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char* path, const Checkpoint& ck) {
     const Dims& d = m->d;
+    const Sections& s = ck.sections;
     int64_t state[5];
     section_get(s, path, "state", state, 5);
+    if (state[0] != ck.step) fatal("%s: the header says step %d, the state section step %lld (corrupt checkpoint)", path, ck.step, (long long)state[0]);
     const int Bl = m->B_local, B_global = Bl * dist().world;
     if (state[3] != B_global)
         fatal("%s: written with a global batch of %lld samples, this run has %d: resume with the same global_batch_size",
@@ -1492,7 +1496,10 @@ static void checkpoint_load(Model* m, DataLoader* dl, TrainState* ts, const char
     copy_to_device(m->steps, slots_of_rank(steps.data(), 1, Bl).data(), Bl * sizeof(int));
     std::vector<uint8_t> halted(B_global);
     section_get(s, path, "carry_halted", halted.data(), halted.size());
-    for (uint8_t v : halted) section_check_range(path, "a halted flag of the carry", v, 0, 1);
+    for (int b = 0; b < B_global; b++) {
+        section_check_range(path, "a halted flag of the carry", halted[b], 0, 1);
+        if (!halted[b]) section_check_range(path, "the ACT steps of a running slot", steps[b], 0, m->cfg.halt_max_steps - 1);
+    }
     ts->halted = slots_of_rank(halted.data(), 1, Bl);
     copy_to_device(m->halted, ts->halted.data(), ts->halted.size());
     auto it = s.find("carry_samples");
@@ -1523,7 +1530,7 @@ static void load_weights(Model* m, Run* run, const std::string& path, bool decod
     std::vector<floatS> w = params_values(m->p);
     if (ends_with(path, ".safetensors")) {
         Safetensors st = safetensors_read(path.c_str());
-        config_check_file(run, path.c_str(), safetensors_meta(st, "config"), arch, "", false);
+        config_check_file(run, path.c_str(), safetensors_meta(st, "config"), arch, "", false, false);
         if (d.enc == ENC_NONE && !decoder_only) {
             const SafetensorsEntry* e = safetensors_find(st, "inner.puzzle_emb.weights");
             if (!e) fatal("%s: no inner.puzzle_emb.weights (a TRM model needs its puzzle table)", path.c_str());
@@ -1540,8 +1547,10 @@ static void load_weights(Model* m, Run* run, const std::string& path, bool decod
         }
         std::string unused;
         int n_unused = 0;
-        for (const SafetensorsEntry& e : st.entries)
-            if (!used.count(e.name) && n_unused++ < 8) unused += (unused.empty() ? "" : ", ") + safetensors_printable(e.name);
+        for (const SafetensorsEntry& e : st.entries) {
+            const bool expected = decoder_only && e.name.rfind("inner.puzzle_emb", 0) == 0;   // TRM -> ETRM: its table stays
+            if (!used.count(e.name) && !expected && n_unused++ < 8) unused += (unused.empty() ? "" : ", ") + safetensors_printable(e.name);
+        }
         if (n_unused)
             log_printf(&run->log, "warning: %s has %d tensor%s this model does not use: %s%s\n", path.c_str(), n_unused,
                        n_unused > 1 ? "s" : "", unused.c_str(), n_unused > 8 ? ", ..." : "");
@@ -1550,7 +1559,7 @@ static void load_weights(Model* m, Run* run, const std::string& path, bool decod
         int step;
         std::string config;
         Sections s = checkpoint_read(path.c_str(), &step, &config);
-        config_check_file(run, path.c_str(), config, arch, "", false);
+        config_check_file(run, path.c_str(), config, arch, "", false, true);
         params_read_weights(table, s, path.c_str(), &w);
     }
     params_check_finite(table, w, path.c_str(), "the weights");
@@ -1895,6 +1904,7 @@ static int train_main(int argc, char** argv) {
     ts.carry.assign(m->B_local, loader_blank_sample(dl));
     ts.halted.assign(m->B_local, 1);
     if (cfg.resume) {
+        if (rank == 0) checkpoint_dir_clean(cfg.checkpoint_path);     // (the other ranks read no .tmp file)
         std::vector<int> found = list_checkpoint_steps(cfg.checkpoint_path);
         if (found.empty()) {
             if (cfg.eval_only) fatal("resume=1: no checkpoint in %s", cfg.checkpoint_path.c_str());
@@ -1904,14 +1914,18 @@ static int train_main(int argc, char** argv) {
             for (auto it = found.rbegin(); it != found.rend(); ++it) paths.push_back(checkpoint_name(cfg.checkpoint_path, "ckpt", *it, ".bin"));
             Checkpoint ck;
             std::string newest_error;
+            std::vector<std::string> damaged;
             const std::string path = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
                 log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
                 if (newest_error.empty()) newest_error = p + ": " + why;
+                damaged.push_back(p);
             });
             if (path.empty()) fatal("resume=1: no checkpoint in %s reads (%zu tried; the newest, %s)", cfg.checkpoint_path.c_str(),
                                     paths.size(), newest_error.c_str());
-            config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true);
-            checkpoint_load(m, &dl, &ts, path.c_str(), ck.sections);
+            dist_check_same({path, std::to_string(ck.step)}, "the checkpoint resumed from");
+            if (rank == 0) checkpoint_set_aside(damaged);
+            config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
+            checkpoint_load(m, &dl, &ts, path.c_str(), ck);
             log_printf(&log, "resumed from %s at step %d\n", path.c_str(), ts.step);
         }
     }

@@ -262,7 +262,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for checkpoints, logs and exports (empty: none)", nullptr},
         {"checkpoint_interval", ARG_INT, &c->checkpoint_interval, "keep a numbered checkpoint every this many epochs (the latest is always written)", nullptr},
         {"eval_every_epochs", ARG_INT, &c->eval_every_epochs, "validate every this many epochs", nullptr},
-        {"resume", ARG_STRING, &c->resume, "checkpoint to continue from; 'latest': checkpoint_path/latest.bin when it exists", nullptr},
+        {"resume", ARG_STRING, &c->resume, "checkpoint to continue from; 'latest': checkpoint_path/latest.bin, or the newest epoch_<e>.bin that reads, when there is one", nullptr},
         {"export_codes", ARG_STRING, &c->export_codes, "with a checkpoint in resume: write the code of every object of codes_data to this file and exit", nullptr},
         {"codes_data", ARG_STRING, &c->codes_data, "task file whose grids export_codes encodes", nullptr},
     };
@@ -1369,20 +1369,24 @@ static void checkpoint_save(Model* m, const TrainState& ts, const std::string& p
 
 // Continues from checkpoint sections, every value validated against this run (sizes, ranges, finiteness) before
 // it is used: the queue position indexes the queue, the step indexes the data order.
-static void checkpoint_load(Model* m, TrainState* ts, const char* path, const Sections& s) {
+static void checkpoint_load(Model* m, TrainState* ts, const char* path, const Checkpoint& ck) {
     const Dims& d = m->d;
+    const Sections& s = ck.sections;
     int64_t state[12];
     section_get(s, path, "state", state, 12);
     const int Q = std::max(1, m->c.queue_size);
-    section_check_range(path, "the step", state[0], 0, INT_MAX - 1);
-    section_check_range(path, "the epoch", state[1], 0, INT_MAX);
+    section_check_range(path, "the step", state[0], ck.step, ck.step);          // the header's
+    section_check_range(path, "the epoch", state[1], 0, state[0]);              // an epoch has at least one step
     section_check_range(path, "the epochs without improvement", state[3], 0, state[1]);
-    section_check_range(path, "the queue position", state[4], 0, Q - 1);
     section_check_range(path, "the queue fill", state[5], 0, m->c.queue_size);
+    // the queue is a ring: until it is full, the next position is the fill
+    section_check_range(path, "the queue position", state[4], state[5] < Q ? state[5] : 0, state[5] < Q ? state[5] : Q - 1);
     for (int i = 6; i < 10; i++) section_check_range(path, "a codebook counter", state[i], 0, INT_MAX);
+    for (int i = 10; i < 12; i++) section_check_range(path, "a reserved state field", state[i], 0, 0);
     double best_val;
     memcpy(&best_val, &state[2], sizeof(double));
-    if (std::isnan(best_val)) fatal("%s: the best validation loss is NaN (corrupt checkpoint)", path);
+    if (std::isnan(best_val) || best_val == -INFINITY)
+        fatal("%s: the best validation loss is %g, expected a number or +inf (corrupt checkpoint)", path, best_val);
     params_load_sections(&m->p, s, path, state[0]);
     std::vector<floatS> buf;
     auto get = [&](const char* name, floatS* dst, size_t n, bool non_negative) {
@@ -1587,15 +1591,22 @@ static int train_main(int argc, char** argv) {
     std::string resume;
     if (!cfg.resume.empty()) {
         std::vector<std::string> paths = {cfg.resume};
-        if (cfg.resume == "latest") paths = latest_checkpoints(cfg.checkpoint_path);
+        if (cfg.resume == "latest") {
+            if (rank == 0) checkpoint_dir_clean(cfg.checkpoint_path);      // (the other ranks read no .tmp file)
+            paths = latest_checkpoints(cfg.checkpoint_path);
+        }
         Checkpoint ck;
+        std::vector<std::string> damaged;
         resume = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
             if (cfg.resume != "latest") fatal("checkpoint %s: %s", p.c_str(), why.c_str());
             log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
+            damaged.push_back(p);
         });
         if (!resume.empty()) {
-            config_check_file(&run, resume.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true);
-            checkpoint_load(m, &ts, resume.c_str(), ck.sections);
+            dist_check_same({resume, std::to_string(ck.step)}, "the checkpoint resumed from");
+            if (rank == 0) checkpoint_set_aside(damaged);
+            config_check_file(&run, resume.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
+            checkpoint_load(m, &ts, resume.c_str(), ck);
             log_printf(&log, "resumed from %s at step %d (epoch %d)\n", resume.c_str(), ts.step, ts.epoch);
         } else if (!paths.empty()) {
             fatal("resume=latest: no checkpoint in %s reads (%zu tried, see the warnings above)", cfg.checkpoint_path.c_str(), paths.size());
@@ -1626,7 +1637,7 @@ static int train_main(int argc, char** argv) {
     const int steps_per_epoch = (int)(train.examples.size() / cfg.batch_size);
     if (steps_per_epoch < 1)
         fatal("%s: %zu training examples, fewer than batch_size=%d", cfg.data_path.c_str(), train.examples.size(), cfg.batch_size);
-    int total_steps = cfg.epochs * steps_per_epoch;
+    int total_steps = (int)std::min<int64_t>((int64_t)cfg.epochs * steps_per_epoch, INT_MAX - 1);
     if (cfg.max_steps > 0) total_steps = std::min(total_steps, cfg.max_steps);
     const int val_batches = (int)(val.examples.size() / d.Bg);
 
@@ -1645,6 +1656,8 @@ static int train_main(int argc, char** argv) {
     const Stream st = Stream();
     RunTiming timing = timing_begin(ts.step + 1);          // steps counted from 1 in the timing and progress
     bool stop = false;
+    const int MAX_SKIPPED_IN_A_ROW = 50;
+    int skipped_in_a_row = 0;
     for (int step = ts.step; step < total_steps && !stop; step++) {
         const double t0 = wall_time();
         const int epoch = step / steps_per_epoch, in_epoch = step % steps_per_epoch;
@@ -1696,10 +1709,14 @@ static int train_main(int argc, char** argv) {
         if (!finite) {   // the reference skips the step, zeroes the gradients and drops the staged queue entries;
                          // the codebooks go back to where the step started
             log_printf(&log, "step %d skipped: non-finite loss (%s)\n", step + 1, terms_string(terms).c_str());
+            if (++skipped_in_a_row == MAX_SKIPPED_IN_A_ROW)      // a run that can no longer take a step has diverged
+                fatal("steps %d..%d all had a non-finite loss: the run diverged (lower lr, or max_norm); the checkpoints "
+                      "written so far are kept", step + 2 - MAX_SKIPPED_IN_A_ROW, step + 1);
             codebook_keep(&m->cb, d, CODEBOOK_RESTORE);
             codebook_keep(&m->tcb, d, CODEBOOK_RESTORE);
             m->refreshed = m->saved_refreshed;
         } else {
+            skipped_in_a_row = 0;
             norm = model_update(m, step, total_steps, &lr, st);
             queue_push(m, cfg.grad_accum_steps * d.Bg, st);
             if (cfg.diag_every > 0) ring_push(m, m->pending_c, m->pending_t, cfg.grad_accum_steps * d.B, st);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <algorithm>
+#include <map>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,8 @@ inline void arg_set(const ArgSpec& a, const std::string& value) {
             break;
         }
         case ARG_STRING: {
+            for (char ch : value)        // one line per key in logs, checkpoints and the ranks' comparison
+                if ((unsigned char)ch < 32 || ch == 127) fatal("%s: the value holds a control character (e.g. a newline)", a.key);
             if (a.choices && !choice_allowed(a.choices, value))
                 fatal("%s=%s: expected one of %s", a.key, s, a.choices);
             *(std::string*)a.ptr = value;
@@ -102,7 +105,7 @@ inline void arg_set(const ArgSpec& a, const std::string& value) {
 
 // Parses argv[1..]; returns false if help was printed (the caller exits 0).
 inline bool args_parse(int argc, char** argv, const std::vector<ArgSpec>& specs, const char* usage) {
-    std::vector<std::string> given(specs.size());       // the argument that set each key (a key is set once)
+    std::map<const void*, std::string> given;       // the argument that set each field (aliases share one)
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i];
         if (arg == "--help" || arg == "-h" || arg == "help") {
@@ -128,7 +131,7 @@ inline bool args_parse(int argc, char** argv, const std::vector<ArgSpec>& specs,
             if (best && best_d <= 3) fatal("unknown key '%s' (did you mean '%s'? run %s --help for all keys)", key.c_str(), best->key, argv[0]);
             fatal("unknown key '%s' (run %s --help for all keys)", key.c_str(), argv[0]);
         }
-        std::string& first = given[found - specs.data()];
+        std::string& first = given[found->ptr];
         if (!first.empty()) fatal("%s is given twice (%s and %s): give each key once", found->key, first.c_str(), arg.c_str());
         first = arg;
         arg_set(*found, value);

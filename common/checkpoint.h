@@ -14,6 +14,7 @@
 #pragma once
 #include <limits.h>
 #include <math.h>
+#include <dirent.h>
 #include <stdint.h>
 #include <string.h>
 #include <algorithm>
@@ -167,6 +168,25 @@ std::string checkpoint_read_newest(const std::vector<std::string>& paths, Checkp
         warn(path, err);
     }
     return "";
+}
+
+// Removes what interrupted writes (a kill during write_file_atomic) left in a checkpoint directory: its *.tmp files.
+inline void checkpoint_dir_clean(const std::string& dir) {
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) return;
+    std::vector<std::string> stale;
+    while (struct dirent* e = readdir(dp)) {
+        const std::string name = e->d_name;
+        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) stale.push_back(dir + "/" + name);
+    }
+    closedir(dp);
+    for (const std::string& path : stale) remove(path.c_str());
+}
+
+// After a fallback: the damaged checkpoints are renamed <path>.damaged (kept for inspection, no longer counted as
+// checkpoints), once every rank agrees on the one it continues from.
+inline void checkpoint_set_aside(const std::vector<std::string>& damaged) {
+    for (const std::string& path : damaged) rename(path.c_str(), (path + ".damaged").c_str());
 }
 
 template <typename T>

@@ -262,13 +262,17 @@ inline std::vector<floatS> params_values(const Params& p, bool ema = false) {
 // ----------------------------------------------------------------------------------------------------------
 // Checkpoints and safetensors
 
-// The first non-finite value among the tensors of `t` in host values of the flat layout (or a prefix of it, as the
-// Adam and EMA buffers are): the tensor's name and the element, or "" when every value is finite.
+// The first non-finite value of host values of the flat layout (or of a prefix of it, as the Adam and EMA buffers
+// are), padding and alignment gaps included (a NaN there would reach the gradients through a zero times NaN): where it
+// is, or "" when every value is finite.
 inline std::string params_find_nonfinite(const ParamTable& t, const std::vector<floatS>& values) {
-    for (const TensorInfo& ti : t.tensors)
-        for (size_t i = 0; i < ti.numel && ti.offset + i < values.size(); i++)
-            if (!std::isfinite((double)values[ti.offset + i]))
-                return ti.name + " element " + std::to_string(i) + " is " + std::to_string((double)values[ti.offset + i]);
+    for (size_t i = 0; i < values.size(); i++) {
+        if (std::isfinite((double)values[i])) continue;
+        std::string where = "the padding at flat element " + std::to_string(i);
+        for (const TensorInfo& ti : t.tensors)
+            if (i >= ti.offset && i < ti.offset + ti.numel) where = ti.name + " element " + std::to_string(i - ti.offset);
+        return where + " is " + std::to_string((double)values[i]);
+    }
     return "";
 }
 

@@ -45,11 +45,13 @@ bool run_begin(Run* r, int* argc, char*** argv, const std::vector<ArgSpec>& spec
 }
 
 // The configuration a file was written with (its args_dump text, e.g. a checkpoint's) against this run's. A key of
-// `fatal_keys` ("a|b|c": the architecture, which the weights mean nothing without) that differs stops the run;
-// with warn_others, any other differing key that is not in `quiet_keys` (run control: paths, logging, length) is
-// logged as a warning. Keys one side does not know (another arc.cu version) are skipped.
+// `fatal_keys` ("a|b|c": the architecture, which the weights mean nothing without) that differs, or that the file
+// does not record, stops the run; with warn_others, any other differing key that is not in `quiet_keys` (run
+// control: paths, logging, length) is logged as a warning. An arc.cu checkpoint always records its configuration;
+// a safetensors file from outside arc.cu has none (stored empty, not `required`), and only its shapes are checked.
 inline void config_check_file(Run* r, const char* path, const std::string& stored, const char* fatal_keys,
-                              const char* quiet_keys, bool warn_others) {
+                              const char* quiet_keys, bool warn_others, bool required) {
+    if (stored.empty() && !required) return;
     std::map<std::string, std::string> now;
     for (const std::string& line : split_lines(r->config_text)) {
         const size_t eq = line.find('=');
@@ -60,19 +62,25 @@ inline void config_check_file(Run* r, const char* path, const std::string& store
         for (char c : v.substr(0, 80)) out += (c >= 32 && c < 127) ? c : '?';
         return v.size() > 80 ? out + "..." : out;
     };
+    std::map<std::string, bool> recorded;
     for (const std::string& line : split_lines(stored)) {
         const size_t eq = line.find('=');
         if (eq == std::string::npos) continue;
         const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
+        recorded[key] = true;
         auto it = now.find(key);
         if (it == now.end() || it->second == value) continue;
         if (choice_allowed(fatal_keys, key))
-            fatal("%s was written with %s=%s, this run has %s=%s: the architecture must match", path, clip(key).c_str(),
+            fatal("%s was written with %s=%s, this run has %s=%s: the architecture must match", path, key.c_str(),
                   clip(value).c_str(), key.c_str(), it->second.c_str());
         if (warn_others && !choice_allowed(quiet_keys, key))
             log_printf(&r->log, "warning: %s was written with %s=%s, this run has %s=%s\n", path, key.c_str(), clip(value).c_str(),
                        key.c_str(), it->second.c_str());
     }
+    for (const auto& kv : now)
+        if (choice_allowed(fatal_keys, kv.first) && !recorded.count(kv.first))
+            fatal("%s does not record %s (its configuration is incomplete): cannot tell whether the architecture matches",
+                  path, kv.first.c_str());
 }
 
 // The process boundary of a trainer: an exception escaping main() (host memory exhausted, a library's error)

@@ -76,10 +76,9 @@ inline void fwrite_check(const void* src, size_t bytes, FILE* f, const char* pat
     if (fwrite(src, 1, bytes, f) != bytes) fatal("writing %s failed: %s (disk full?)", path, strerror(errno));
 }
 
-inline bool file_exists(const char* path) {
-    FILE* f = fopen(path, "rb");
-    if (f) fclose(f);
-    return f != nullptr;
+inline bool file_exists(const char* path) {       // (without opening it: a FIFO would block)
+    struct stat sb;
+    return stat(path, &sb) == 0;
 }
 
 // Writes a file through a callback on "<path>.tmp", flushes it to the disk, then renames it to <path>: a crash

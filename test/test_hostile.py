@@ -177,14 +177,23 @@ def test_checkpoint_fields(tmp, bases):
         return fn
     n_demos = struct.unpack("<i", read_sections(src)["carry_samples"][:4])[0]
     assert n_demos > 0, "the base ETRM checkpoint's first carry sample has no demos"
-    case("a carry demo token outside the vocabulary", sample_field(5 + 2 * S + 7, 40), r"outside the vocabulary")
-    case("a carry label outside the vocabulary", sample_field(5 + S + 3, 4000), r"outside the vocabulary")
+    case("a carry demo token outside the vocabulary", sample_field(5 + 2 * S + 7, 40), r"is not the sample of task")
+    case("a carry label outside the vocabulary", sample_field(5 + S + 3, 4000), r"is not the sample of task")
     case("n_demos above max_demos", sample_field(0, 7), r"number of demos is 7, expected 0\.\.3")
     case("a carry task outside the data", sample_field(2, 10**6), r"task is 1000000")
     case("a carry pair outside its task", sample_field(4, 99), r"pair is 99")
     case("a negative data cursor", lambda st, c, s: set_ints(s, "state", "q", 2, -5), r"data cursor is -5")
-    case("a negative step", lambda st, c, s: set_ints(s, "state", "q", 0, -100), r"step is -100")
-    case("a step beyond int32", lambda st, c, s: set_ints(s, "state", "q", 0, 2**40), r"step is 1099511627776")
+    case("a state step other than the header's", lambda st, c, s: set_ints(s, "state", "q", 0, -100), r"state section step -100")
+    case("a step beyond int32", lambda st, c, s: set_ints(s, "state", "q", 0, 2**40), r"state section step 1099511627776")
+    case("a running slot at halt_max_steps (one step too many)",
+         lambda st, c, s: (set_ints(s, "carry_halted", "B", 0, 0), set_ints(s, "carry_steps", "i", 0, 2)) and None,
+         r"ACT steps of a running slot is 2, expected 0\.\.1")
+    case("a carry sample that is not its task's (no demos)", sample_field(0, 0), r"is not the sample of task")
+    def bump_input_token(step, config, s):              # another token of the vocabulary (0..11)
+        at = sample_offsets(s, S)[0] + 5 + 3
+        set_ints(s, "carry_samples", "i", at, (struct.unpack_from("<i", s["carry_samples"], 4 * at)[0] + 1) % 12)
+    case("a token changed inside the vocabulary", bump_input_token, r"is not the sample of task")
+    case("a configuration that does not record the architecture", lambda st, c, s: (st, ""), r"does not record \w+ \(its configuration is incomplete\)")
     case("carry ACT steps beyond halt_max_steps", lambda st, c, s: set_ints(s, "carry_steps", "i", 1, 2**30),
          r"ACT step count of the carry is 1073741824")
     case("a halted flag that is not 0/1", lambda st, c, s: set_ints(s, "carry_halted", "B", 0, 7), r"halted flag")
@@ -229,6 +238,10 @@ def test_jepa_fields(tmp, bases):
     case("JEPA: a negative queue position", lambda st, c, s: set_ints(s, "state", "q", 4, -3), r"queue position is -3")
     case("JEPA: a huge queue fill", lambda st, c, s: set_ints(s, "state", "q", 5, 10**9), r"queue fill")
     case("JEPA: a negative step", lambda st, c, s: set_ints(s, "state", "q", 0, -7), r"step is -7")
+    case("JEPA: a queue position that is not the fill of a queue not yet full",
+         lambda st, c, s: (set_ints(s, "state", "q", 5, 5), set_ints(s, "state", "q", 4, 7)) and None, r"queue position is 7")
+    case("JEPA: a reserved state field set", lambda st, c, s: set_ints(s, "state", "q", 11, 5), r"reserved state field")
+    case("JEPA: a best validation loss of -inf", lambda st, c, s: set_ints(s, "state", "d", 2, float("-inf")), r"best validation loss")
     case("JEPA: a NaN codebook entry", lambda st, c, s: set_ints(s, "codebook", "f", 0, float("nan")), r"codebook")
     case("JEPA: a negative codebook count", lambda st, c, s: set_ints(s, "codebook_count", "f", 0, -2.0), r"codebook_count")
     case("JEPA: another architecture", lambda st, c, s: (st, c.replace("hidden_dim=16", "hidden_dim=32")), r"hidden_dim")
@@ -417,7 +430,7 @@ def mutate_safetensors(rng, path):
 
 
 def fuzz_cases(tmp, bases, n, seed):
-    """(format, description, binary, args) for n mutants of each format."""
+    """(format, description, binary, args, whether the bytes changed) for n mutants of each format."""
     rng = random.Random(seed)
     cases = []
     task = open(f"{SYNTH}/eval.bin", "rb").read()
@@ -427,24 +440,26 @@ def fuzz_cases(tmp, bases, n, seed):
         path = f"{tmp}/task_{i}.bin"
         open(path, "wb").write(data)
         cases.append(("task file", f"{kind} #{i}", Bins.etrm, ETRM + ["encoder_type=standard", "max_steps=1",
-                      f"data_paths_test={path}", f"checkpoint_path={tmp}/task_out_{i}"]))
+                      f"data_paths_test={path}", f"checkpoint_path={tmp}/task_out_{i}"], data != task))
     for model in ("trm", "etrm"):
         src = f"{bases[model]}/ckpt_00000002.bin"
         raw = open(src, "rb").read()
         for i in range(n // 2):
             d = f"{tmp}/{model}_{i}"
             os.makedirs(d)
+            data = raw
             if rng.random() < 0.5:
                 data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
                 open(f"{d}/ckpt_00000002.bin", "wb").write(data)
             else:
                 step, config, s, kind = mutate_fields(rng, src, canvas_cells(read_sections(src)))
                 write_checkpoint(f"{d}/ckpt_00000002.bin", step, config, s)
-            cases.append((f"{model.upper()} checkpoint", f"{kind} #{i}", Bins.etrm, etrm_resume_args(model, d)))
+            cases.append((f"{model.upper()} checkpoint", f"{kind} #{i}", Bins.etrm, etrm_resume_args(model, d), data != raw))
     src = f"{bases['jepa']}/latest.bin"
     raw = open(src, "rb").read()
     for i in range(n):
         path = f"{tmp}/jepa_{i}.bin"
+        data = raw
         if rng.random() < 0.5:
             data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
             open(path, "wb").write(data)
@@ -452,14 +467,17 @@ def fuzz_cases(tmp, bases, n, seed):
             step, config, s, kind = mutate_fields(rng, src, 0)
             write_checkpoint(path, step, config, s)
         cases.append(("JEPA checkpoint", f"{kind} #{i}", Bins.jepa, JEPA + [f"resume={path}", "max_steps=3",
-                      f"checkpoint_path={tmp}/jepa_out_{i}"]))
+                      f"checkpoint_path={tmp}/jepa_out_{i}"], data != raw))
     for i in range(n):
         data, kind = mutate_safetensors(rng, f"{bases['etrm']}/model_00000002.safetensors")
         path = f"{tmp}/st_{i}.safetensors"
         open(path, "wb").write(data)
         cases.append(("safetensors", f"{kind} #{i}", Bins.etrm, ETRM + ["encoder_type=standard", "max_steps=1",
-                      f"load_checkpoint={path}", f"checkpoint_path={tmp}/st_out_{i}"]))
+                      f"load_checkpoint={path}", f"checkpoint_path={tmp}/st_out_{i}"], True))
     return cases
+
+
+RAW_KINDS = ("truncate", "flip", "int32", "int64", "splice")
 
 
 def test_fuzz(tmp, bases, n, seed):
@@ -467,9 +485,14 @@ def test_fuzz(tmp, bases, n, seed):
     workers = max(4, 3 * (os.cpu_count() or 1))                 # a run mostly waits (process start-up)
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
         outcomes = list(ex.map(lambda c: run(c[2], c[3]), cases))
+
+    def why_not(c, o):
+        # a checkpoint changed byte by byte must be refused (CRCs, lengths, the header's step); no-op edits excepted
+        strict = "checkpoint" in c[0] and c[1].split()[0] in RAW_KINDS and c[4]
+        return verdict(o[0], o[2], allow_ok=not strict)
     for fmt in dict.fromkeys(c[0] for c in cases):
         mine = [(c, o) for c, o in zip(cases, outcomes) if c[0] == fmt]
-        bad = [(c[1], verdict(o[0], o[2])) for c, o in mine if verdict(o[0], o[2]) is not None]
+        bad = [(c[1], why_not(c, o)) for c, o in mine if why_not(c, o) is not None]
         refused = sum(o[0] == 1 for _, o in mine)
         check(not bad, f"fuzz: {len(mine)} seeded mutants of the {fmt} (seed {seed}; {refused} refused, "
               f"{len(mine) - refused} loaded): each a clean error or a validated load",
@@ -534,7 +557,19 @@ def test_disk_full(tmp, bases):
     check(why is None and re.search(r"writing .*ckpt_00000003\.bin\.tmp failed", se) is not None,
           "crash: a checkpoint write on a full disk stops the run with one error line", why or se[-300:])
     check(not [f for f in os.listdir(d) if f.endswith(".tmp")], "crash: the failed write leaves no .tmp behind", str(os.listdir(d)))
-    check(open(f"{d}/ckpt_00000002.bin", "rb").read() == before, "crash: the previous checkpoint survives the full disk")
+    check(open(f"{d}/ckpt_00000002.bin", "rb").read() == before and not os.path.exists(f"{d}/ckpt_00000003.bin")
+          and not os.path.exists(f"{d}/model_00000003.safetensors"),
+          "crash: the previous checkpoint survives the full disk, and no partial new one appears")
+    # JEPA rewrites latest.bin under the same name: it must survive a write that fails
+    j = f"{tmp}/jfull"
+    shutil.copytree(bases["jepa"], j)
+    latest = open(f"{j}/latest.bin", "rb").read()
+    rc, _, se = run(Bins.jepa, JEPA + [f"checkpoint_path={j}", "resume=latest", "max_steps=4"],
+                    preexec=full_disk(len(latest) // 2))
+    why = verdict(rc, se, allow_ok=False)
+    check(why is None and "latest.bin.tmp failed" in se and open(f"{j}/latest.bin", "rb").read() == latest
+          and not [f for f in os.listdir(j) if f.endswith(".tmp")],
+          "crash: JEPA's latest.bin, rewritten under its name, survives a failed write (no .tmp left)", why or se[-300:])
     rc, _, se = run(Bins.etrm, etrm_resume_args("etrm", d), preexec=full_disk(os.path.getsize(f"{d}/log.txt") + 100))
     why = verdict(rc, se, allow_ok=False)
     check(why is None and "log.txt failed" in se, "crash: a log line that cannot be written stops the run", why or se[-300:])
