@@ -53,23 +53,24 @@ static inline double max_abs_diff(const vecd& a, const vecd& b) {
     return m;
 }
 
-// sum a[i] * b[i] in long double (keeps the rounding noise of L far below the finite-difference signal)
-template <typename A, typename B> static double dotl(const A& a, const B& b, size_t n) {
+// sum a[i] * b[i] in long double, returned as such: the losses of the gradient checks keep the extra bits, so that
+// their rounding stays far below the finite-difference signal
+template <typename A, typename B> static inline long double dotl(const A& a, const B& b, size_t n) {
     long double s = 0;
     for (size_t i = 0; i < n; i++) s += (long double)a[i] * (long double)b[i];
-    return (double)s;
+    return s;
 }
-static double dotl(const vecd& a, const vecd& b) { return dotl(a.data(), b.data(), a.size()); }
+static inline long double dotl(const vecd& a, const vecd& b) { return dotl(a.data(), b.data(), a.size()); }
 
-static bool all_finite(const double* x, size_t n) {
+static inline bool all_finite(const double* x, size_t n) {
     for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return false;
     return true;
 }
-template <typename T> static bool all_equal(const T* x, size_t n, T value) {
+template <typename T> static inline bool all_equal(const T* x, size_t n, T value) {
     for (size_t i = 0; i < n; i++) if (!(x[i] == value)) return false;
     return true;
 }
-template <typename T> static bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+template <typename T> static inline bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
     return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 // Central-difference check of d loss / d x against `analytic`, over every element of x (perturbed in place and

@@ -34,13 +34,6 @@
 #include "op_test.h"
 
 
-// sum a_i b_i in long double, returned as such: the losses of the gradient checks keep the extra bits, so that
-// their rounding stays far below the finite-difference signal
-static long double dotl(const vecd& a, const vecd& b) {
-    long double s = 0;
-    for (size_t i = 0; i < a.size(); i++) s += (long double)a[i] * (long double)b[i];
-    return s;
-}
 static vecd sub(const vecd& a, const vecd& b) {
     vecd r(a.size());
     for (size_t i = 0; i < a.size(); i++) r[i] = a[i] - b[i];
