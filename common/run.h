@@ -3,8 +3,6 @@
 #pragma once
 #include <stdio.h>
 #include <map>
-#include <new>
-#include <stdexcept>
 #include <string>
 #include <vector>
 #include "args.h"
@@ -81,19 +79,6 @@ inline void config_check_file(Run* r, const char* path, const std::string& store
         if (choice_allowed(fatal_keys, kv.first) && !recorded.count(kv.first))
             fatal("%s does not record %s (its configuration is incomplete): cannot tell whether the architecture matches",
                   path, kv.first.c_str());
-}
-
-// The process boundary of a trainer: an exception escaping main() (host memory exhausted, a library's error)
-// becomes one error line and exit status 1, never an abort with a core dump.
-template <typename Main>
-int run_main(Main body, int argc, char** argv) {
-    try {
-        return body(argc, argv);
-    } catch (const std::bad_alloc&) {
-        fatal("out of host memory");
-    } catch (const std::exception& e) {
-        fatal("internal error: %s", e.what());
-    }
 }
 
 inline void run_end(Run* r) {

@@ -1,4 +1,5 @@
-// Host utilities shared by every program: fatal errors with a hint, checked file I/O, atomic writes.
+// Host utilities shared by every program: fatal errors with a hint, checked file I/O, atomic writes, main's
+// exception boundary.
 //
 // Every error names what is wrong (the file, the flag, the value) and what was expected, then exits with
 // status 1. Nothing here ever leaves a half-written file behind: write_file_atomic() writes to a
@@ -14,6 +15,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <array>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -155,4 +158,17 @@ inline std::string format_duration(double seconds) {
     if (s >= 3600) snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
     else snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
     return buf;
+}
+
+// The process boundary of a program (every trainer and tool): an exception escaping main() (host memory
+// exhausted, a library's error) becomes one error line and exit status 1, never an abort with a core dump.
+template <typename Main>
+int run_main(Main body, int argc, char** argv) {
+    try {
+        return body(argc, argv);
+    } catch (const std::bad_alloc&) {
+        fatal("out of host memory");
+    } catch (const std::exception& e) {
+        fatal("internal error: %s", e.what());
+    }
 }

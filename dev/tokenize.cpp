@@ -39,7 +39,7 @@ static void usage() {
     exit(2);
 }
 
-int main(int argc, char** argv) {
+static int tokenize_main(int argc, char** argv) {
     const char* path = nullptr;
     bool json = false, decode = false, nfc = false, pieces = false, stats = false;
     for (int i = 1; i < argc; i++) {
@@ -132,3 +132,5 @@ int main(int argc, char** argv) {
                 encode_s > 0 ? (double)bytes / encode_s / 1e6 : 0.0);
     return 0;
 }
+
+int main(int argc, char** argv) { return run_main(tokenize_main, argc, argv); }
