@@ -61,9 +61,7 @@ inline int32_t arc_tasks_le32(const uint8_t* p) {
 // Loads and validates a task file; any problem is fatal (exit 1) with a message naming the file.
 inline ArcTaskFile arc_tasks_load(const char* path) {
     static const char* REGEN = "regenerate it with python3 data/arc.py OUT.bin ARC_JSON_DIR (or data/synth.py)";
-    struct stat sb;
-    if (stat(path, &sb) != 0) fatal("cannot open task file %s: %s (create it with python3 data/arc.py %s ARC_JSON_DIR)", path, strerror(errno), path);
-    const long size = regular_file_size(path, "task file");
+    const long size = regular_file_size(path, "task file", " (create it with python3 data/arc.py OUT.bin ARC_JSON_DIR)");
     FILE* f = fopen_check(path, "rb");
     std::vector<uint8_t> bytes((size_t)size);
     fread_check(bytes.data(), (size_t)size, f, path);

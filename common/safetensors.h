@@ -26,7 +26,6 @@
 // Assumes a little-endian host (checked at compile time), like everything else in this project.
 #pragma once
 #include <math.h>
-#include <sys/stat.h>
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -161,11 +160,8 @@ inline void safetensors_parse_header(const char* path, const std::string& header
 inline Safetensors safetensors_read(const char* path) {
     Safetensors st;
     st.path = path;
-    struct stat sb;
-    if (stat(path, &sb) != 0) fatal("cannot open %s: %s", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) fatal("%s is not a regular file (expected a .safetensors file)", path);
+    const uint64_t size = (uint64_t)regular_file_size(path, "safetensors file");
     FILE* f = fopen_check(path, "rb");
-    uint64_t size = (uint64_t)sb.st_size;
     if (size < 8)
         fatal("%s: not a safetensors file: it has %llu bytes, fewer than the 8-byte header length", path,
               (unsigned long long)size);

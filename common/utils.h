@@ -55,10 +55,11 @@ inline FILE* fopen_check(const char* path, const char* mode) {
 }
 
 // Fails unless `path` is a regular file: a directory or a FIFO given as an input file must not be opened
-// (a directory has no size, reading a FIFO can block forever). Returns its size in bytes.
-inline long regular_file_size(const char* path, const char* what) {
+// (a directory has no size, reading a FIFO can block forever). Returns its size in bytes. `hint` follows the
+// message of a missing file (how to make it).
+inline long regular_file_size(const char* path, const char* what, const char* hint = "") {
     struct stat sb;
-    if (stat(path, &sb) != 0) fatal("cannot open %s %s: %s", what, path, strerror(errno));
+    if (stat(path, &sb) != 0) fatal("cannot open %s %s: %s%s", what, path, strerror(errno), hint);
     if (!S_ISREG(sb.st_mode))
         fatal("%s %s is not a regular file (it is a %s)", what, path, S_ISDIR(sb.st_mode) ? "directory" : "FIFO, socket or device");
     return (long)sb.st_size;

