@@ -85,9 +85,27 @@ Usage:
     python3 data/strategies.py OUT_DIR [--tasks all|T1,T2] [--n-train N] [--n-val N] [--n-test N] [--seed S]
     python3 data/strategies.py --json      # the same problems solved by every strategy, as JSON lines
     python3 data/strategies.py --report    # strategies, detector accuracy, coinciding traces, lengths
+    python3 data/strategies.py --score GEN.jsonl [--json]   # answer accuracy and strategy mix of model outputs
 OUT_DIR gets train.jsonl, val.jsonl and test.jsonl, one example per line:
 {"task", "strategy" (the id; for evaluation only, not in the text), "x", "y", "text"}.
-Importable: TASKS, STRATEGIES, generate(task, strategy, rng), detect(task, y), check(task, x, y).
+
+Scoring. A trainer that generates traces writes them as JSON lines {"task", "x", "y": the generated trace, any
+string, "strategy": the id its reference example was drawn with, optional}; other keys are ignored. --score reads
+such a file and prints one line per task present (in TASKS order), then one for all records:
+
+    score task=list_summation n=100 answer_acc=0.930 detected=0.990 mix=running:0.340,tree:0.330,tens_ones:0.320 \
+undetected=0.010 match=0.950
+    score task=all n=600 answer_acc=0.910 detected=0.985 undetected=0.015 match=0.940
+
+answer_acc is the fraction of the n records that check(task, x, y) accepts; mix the fraction of the n records
+in which detect(task, y) finds each strategy, detected their sum and undetected the rest (1 - detected); match,
+printed only when some record has "strategy", the fraction of those records whose trace detect() attributes to
+that strategy. The task=all line has no mix (the tasks' strategies differ). Rates of n = 0 records are printed
+as 0. With --json each line is instead one JSON object with the same keys (mix an object) and unrounded rates.
+A malformed record is one line "error: FILE:LINE: ..." on stderr and exit status 1.
+
+Importable: TASKS, STRATEGIES, generate(task, strategy, rng), detect(task, y), check(task, x, y),
+score(records) (the lines above as dicts).
 """
 import argparse
 import hashlib
@@ -649,6 +667,99 @@ def check(task, x, y):
     return problem is not None and t.correct(problem, y.rsplit(ANSWER.strip(), 1)[1])
 
 
+# ---------------------------------------------------------------- scoring generated traces
+
+def record_error(record):
+    """Why `record` is not a generated trace {"task", "x", "y", "strategy" (optional)}, or None when it is."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key in ("task", "x", "y"):
+        if key not in record:
+            return f"missing field {key!r}"
+        if not isinstance(record[key], str):
+            return f"field {key!r} is {type(record[key]).__name__}, expected a string"
+    if record["task"] not in TASKS:
+        return f"unknown task {record['task']!r} (valid: {', '.join(TASKS)})"
+    strategy, ids = record.get("strategy"), range(len(STRATEGIES[record["task"]]))
+    if "strategy" in record and (type(strategy) is not int or strategy not in ids):
+        return f"field 'strategy' is {strategy!r}, expected an integer id 0..{ids[-1]} of {record['task']}"
+    return None
+
+
+def rate(count, n):
+    return count / n if n else 0.0
+
+
+def score_group(task, records):
+    """The score of `records` (all of `task`, or of every task when task is "all")."""
+    n, found = len(records), [detect(r["task"], r["y"]) for r in records]
+    drawn = [(r["strategy"], s) for r, s in zip(records, found) if "strategy" in r]
+    out = {"task": task, "n": n, "answer_acc": rate(sum(check(r["task"], r["x"], r["y"]) for r in records), n),
+           "detected": rate(sum(s is not None for s in found), n)}
+    if task != "all":
+        out["mix"] = {name: rate(found.count(s), n) for s, name in enumerate(STRATEGIES[task])}
+    out["undetected"] = rate(found.count(None), n)
+    if drawn:
+        out["match"] = rate(sum(want == got for want, got in drawn), len(drawn))
+    return out
+
+
+def score(records):
+    """Scores of generated traces: one dict per task present (TASKS order), then task "all" (see the module
+    docstring for the keys). Raises ValueError naming the first malformed record."""
+    records = list(records)
+    for i, record in enumerate(records):
+        why = record_error(record)
+        if why is not None:
+            raise ValueError(f"record {i}: {why}")
+    present = [t for t in TASKS if any(r["task"] == t for r in records)]
+    return [score_group(t, [r for r in records if r["task"] == t]) for t in present] + [score_group("all", records)]
+
+
+def score_line(result):
+    """A score dict as one line of key=value pairs, rates to 3 decimals."""
+    parts = [f"task={result['task']}", f"n={result['n']}"]
+    for key, value in result.items():
+        if key == "mix":
+            parts.append("mix=" + ",".join(f"{name}:{v:.3f}" for name, v in value.items()))
+        elif key not in ("task", "n"):
+            parts.append(f"{key}={value:.3f}")
+    return "score " + " ".join(parts)
+
+
+class ScoreError(Exception):
+    pass
+
+
+def read_records(path):
+    """The records of a JSON-lines file of generated traces; ScoreError "FILE:LINE: why" at the first bad line."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise ScoreError(f"{path}: cannot read: {e.strerror}")
+    if lines[-1] == b"":
+        lines.pop()   # the newline that ends the last line
+    records = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ScoreError(f"{path}:{number}: not UTF-8")
+        except ValueError as e:
+            raise ScoreError(f"{path}:{number}: not JSON: {e}")
+        why = record_error(record)
+        if why is not None:
+            raise ScoreError(f"{path}:{number}: {why}")
+        records.append(record)
+    return records
+
+
+def print_scores(path, as_json):
+    for result in score(read_records(path)):
+        print(json.dumps(result) if as_json else score_line(result))
+
+
 # ---------------------------------------------------------------- report
 
 def first_difference(a, b):
@@ -725,7 +836,7 @@ def task_names(text):
 def parse_args(argv):
     parser = Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     parser.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="folder for train.jsonl, val.jsonl, test.jsonl")
-    parser.add_argument("--tasks", metavar="LIST", type=task_names, default=list(TASKS),
+    parser.add_argument("--tasks", metavar="LIST", type=task_names,
                         help="'all' (default) or a comma-separated list of tasks")
     parser.add_argument("--n-train", metavar="N", type=count, default=10000,
                         help="training examples per task (default 10000)")
@@ -734,13 +845,19 @@ def parse_args(argv):
     parser.add_argument("--n-test", metavar="N", type=count, default=1000, help="test examples per task (default 1000)")
     parser.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--json", action="store_true",
-                        help=f"print {SHOW_PROBLEMS} problems per task solved by every strategy, as JSON lines")
+                        help=f"print {SHOW_PROBLEMS} problems per task solved by every strategy, as JSON lines"
+                             " (with --score: print the scores as JSON objects)")
+    parser.add_argument("--score", metavar="FILE",
+                        help="score generated traces (JSON lines {task, x, y, strategy}): accuracy, strategy mix")
     parser.add_argument("--report", action="store_true", help="print strategies, detector accuracy, lengths per task")
     parser.add_argument("--report-examples", metavar="N", type=positive, default=2000,
                         help="training examples per task that --report measures (default 2000)")
     args = parser.parse_args(argv)
-    if args.out_dir is None and not (args.json or args.report):
-        parser.error("nothing to do: give OUT_DIR, --json or --report")
+    if args.score is not None and (args.out_dir is not None or args.report or args.tasks is not None):
+        parser.error("--score takes only --json: score the file alone")
+    if args.out_dir is None and not (args.json or args.report or args.score is not None):
+        parser.error("nothing to do: give OUT_DIR, --json, --report or --score FILE")
+    args.tasks = args.tasks or list(TASKS)
     return args
 
 
@@ -771,6 +888,13 @@ def show(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.score is not None:
+        try:
+            print_scores(args.score, args.json)
+        except ScoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         if args.json:
             show(args)

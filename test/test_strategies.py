@@ -248,6 +248,124 @@ def check_cli_errors():
     assert rc == 1 and stderr.count("\n") == 1 and "cannot write" in stderr, f"exit {rc}, stderr {stderr!r}"
 
 
+# ---------------------------------------------------------------- scoring generated traces
+
+SCORED = 40   # reference examples per task that the scoring checks score
+
+
+def reference_records():
+    return [{k: ex[k] for k in ("task", "x", "y", "strategy")}
+            for task in S.TASKS for ex in (S.example(task, "test", i, 7) for i in range(SCORED))]
+
+
+def by_task(results):
+    return {r["task"]: r for r in results}
+
+
+def check_score_reference():
+    """The reference traces score answer_acc 1, detected 1, match 1 and exactly the drawn mix of strategies."""
+    records = reference_records()
+    results = by_task(S.score(records))
+    assert list(results) == list(S.TASKS) + ["all"], f"lines {list(results)}"
+    for task in S.TASKS:
+        drawn = [r["strategy"] for r in records if r["task"] == task]
+        want = {"task": task, "n": SCORED, "answer_acc": 1.0, "detected": 1.0,
+                "mix": {name: drawn.count(s) / SCORED for s, name in enumerate(S.STRATEGIES[task])},
+                "undetected": 0.0, "match": 1.0}
+        assert results[task] == want, f"{results[task]} != {want}"
+    n = SCORED * len(S.TASKS)
+    assert results["all"] == {"task": "all", "n": n, "answer_acc": 1.0, "detected": 1.0, "undetected": 0.0,
+                              "match": 1.0}, results["all"]
+    assert "match" not in S.score([{k: v for k, v in r.items() if k != "strategy"} for r in records])[-1], \
+        "match without any strategy field"
+
+
+def corrupt(records):
+    """Every 4th record of a task gets a wrong answer, every 5th (from the 2nd) an unrecognisable first step
+    (its answer still right); returns the records and the expected counts per task (wrong, hidden)."""
+    out, seen = [], {}
+    for r in records:
+        i = seen[r["task"]] = seen.get(r["task"], -1) + 1
+        y = r["y"]
+        if i % 4 == 0:
+            y = y.rsplit("ans:", 1)[0] + "ans: " + wrong(answer_of(y))
+        if i % 5 == 1:
+            y = "?? | " + y
+        out.append(dict(r, y=y))
+    return out, len(range(0, SCORED, 4)), len(range(1, SCORED, 5))
+
+
+def check_score_corrupted():
+    """Wrong answers lower answer_acc, and hidden first steps detected and the mix, by exactly their counts."""
+    records, wrong_answers, hidden = corrupt(reference_records())
+    results = by_task(S.score(records))
+    for task in S.TASKS:
+        rows = [(i, r["strategy"]) for i, r in enumerate(r for r in records if r["task"] == task)]
+        got = results[task]
+        assert got["answer_acc"] == (SCORED - wrong_answers) / SCORED, f"{task}: answer_acc {got['answer_acc']}"
+        assert got["detected"] == got["match"] == (SCORED - hidden) / SCORED, f"{task}: {got}"
+        assert got["undetected"] == hidden / SCORED, f"{task}: undetected {got['undetected']}"
+        for s, name in enumerate(S.STRATEGIES[task]):
+            seen = sum(1 for i, drawn in rows if drawn == s and i % 5 != 1)
+            assert got["mix"][name] == seen / SCORED, f"{task} {name}: {got['mix'][name]} != {seen}/{SCORED}"
+    n = SCORED * len(S.TASKS)
+    assert results["all"]["answer_acc"] == (n - wrong_answers * len(S.TASKS)) / n, results["all"]
+    assert results["all"]["detected"] == (n - hidden * len(S.TASKS)) / n, results["all"]
+
+
+def write_lines(name, lines):
+    path = os.path.join(TMP, name)
+    with open(path, "wb") as f:
+        f.write(b"".join(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode() for line in lines))
+    return path
+
+
+def check_cli_score():
+    """--score prints score_line() of each result, --json the results themselves; an empty file is n=0."""
+    records = corrupt(reference_records())[0]
+    path = write_lines("generated.jsonl", records)
+    expected = S.score(records)
+    rc, stdout, stderr = run_tool("--score", path)
+    assert rc == 0 and not stderr and stdout.splitlines() == [S.score_line(r) for r in expected], \
+        f"exit {rc}: {stderr!r} {stdout[:300]!r}"
+    assert stdout.splitlines()[1].startswith("score task=list_summation n=40 answer_acc=0.750 detected=0.800 mix="), \
+        stdout.splitlines()[1]
+    rc, stdout, stderr = run_tool("--score", path, "--json")
+    assert rc == 0 and [json.loads(line) for line in stdout.splitlines()] == expected, f"--json: {stdout[:300]!r}"
+    rc, stdout, stderr = run_tool("--score", write_lines("empty.jsonl", []))
+    assert rc == 0 and stdout == "score task=all n=0 answer_acc=0.000 detected=0.000 undetected=0.000\n", \
+        f"empty file: exit {rc}, {stdout!r} {stderr!r}"
+
+
+def check_score_errors():
+    """A malformed record: one line "error: FILE:LINE: why" on stderr, nothing on stdout, exit 1."""
+    good = {"task": "list_summation", "x": "[1, 2, 3]", "y": "1+2=3 | 3+3=6 | ans: 6", "strategy": 0}
+    cases = [(b"{oops\n", "not JSON"), (b"\n", "not JSON"), (b"\xff\xfe\n", "not UTF-8"),
+             ([1, 2], "expected a JSON object, got list"), (dict(good, task="nosuch"), "unknown task 'nosuch'"),
+             ({"task": "list_summation", "x": "[1]"}, "missing field 'y'"),
+             (dict(good, y=None), "field 'y' is NoneType, expected a string"),
+             (dict(good, x=5), "field 'x' is int"), (dict(good, task=3), "field 'task' is int"),
+             (dict(good, strategy=3), "expected an integer id 0..2 of list_summation"),
+             (dict(good, strategy=True), "field 'strategy' is True"), (dict(good, strategy="1"), "field 'strategy'")]
+    for bad, text in cases:
+        path = write_lines("bad.jsonl", [good, bad, good])
+        rc, stdout, stderr = run_tool("--score", path)
+        assert rc == 1 and not stdout and stderr.count("\n") == 1 and stderr.startswith(f"error: {path}:2: ") \
+            and text in stderr, f"{bad!r}: exit {rc}, stderr {stderr!r}"
+        if not isinstance(bad, bytes):
+            try:
+                S.score([good, bad])
+            except ValueError as e:
+                assert str(e).startswith("record 1: ") and text in str(e), f"score(): {e}"
+            else:
+                raise AssertionError(f"score() accepts {bad!r}")
+    missing = os.path.join(TMP, "no_such.jsonl")
+    rc, stdout, stderr = run_tool("--score", missing)
+    assert rc == 1 and stderr == f"error: {missing}: cannot read: No such file or directory\n", f"{rc} {stderr!r}"
+    rc, _, stderr = run_tool("--score", missing, "--report")
+    assert rc == 2 and "--score takes only --json" in stderr, f"--score --report: exit {rc}, {stderr!r}"
+
+
 def main():
     global TMP
     with tempfile.TemporaryDirectory(prefix="test_strategies_") as TMP:
@@ -264,6 +382,10 @@ def main():
         check("cli_files", check_cli_files)
         check("cli_json_report", check_cli_show)
         check("cli_errors", check_cli_errors)
+        check("score_reference_traces", check_score_reference)
+        check("score_corrupted_traces", check_score_corrupted)
+        check("cli_score", check_cli_score)
+        check("score_errors", check_score_errors)
     finish()
 
 
