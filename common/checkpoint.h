@@ -183,6 +183,23 @@ inline void checkpoint_dir_clean(const std::string& dir) {
     for (const std::string& path : stale) remove(path.c_str());
 }
 
+// Steps of the checkpoints "<kind>_<8 digits>.bin" in a directory, ascending.
+inline std::vector<int> checkpoint_list_steps(const std::string& dir, const std::string& kind) {
+    std::vector<int> steps;
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) return steps;
+    while (struct dirent* e = readdir(dp)) {
+        const std::string name = e->d_name;
+        const size_t n = kind.size();
+        if (name.size() != n + 13 || name.compare(0, n + 1, kind + "_") != 0 || name.compare(n + 9, 4, ".bin") != 0) continue;
+        const std::string digits = name.substr(n + 1, 8);
+        if (digits.find_first_not_of("0123456789") == std::string::npos) steps.push_back(atoi(digits.c_str()));
+    }
+    closedir(dp);
+    std::sort(steps.begin(), steps.end());
+    return steps;
+}
+
 // After a fallback: the damaged checkpoints are renamed <path>.damaged (kept for inspection, no longer counted as
 // checkpoints), once every rank agrees on the one it continues from.
 inline void checkpoint_set_aside(const std::vector<std::string>& damaged) {

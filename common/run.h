@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 #include "args.h"
+#include "checkpoint.h"
 #include "device.h"
 #include "distributed.h"
 #include "logger.h"
@@ -79,6 +80,26 @@ inline void config_check_file(Run* r, const char* path, const std::string& store
         if (choice_allowed(fatal_keys, kv.first) && !recorded.count(kv.first))
             fatal("%s does not record %s (its configuration is incomplete): cannot tell whether the architecture matches",
                   path, kv.first.c_str());
+}
+
+// resume: the newest of `paths` (newest first) that reads whole, into *ck; a damaged one is skipped with a warning
+// (or is fatal when !fallback) and renamed *.damaged once every rank agrees on the one they continue from. Returns
+// its path, or "" when paths is empty; fatal when none reads.
+inline std::string run_resume_newest(Run* r, const std::vector<std::string>& paths, Checkpoint* ck, bool fallback,
+                                     const std::string& dir) {
+    std::vector<std::string> damaged;
+    std::string newest_error;
+    const std::string path = checkpoint_read_newest(paths, ck, [&](const std::string& p, const std::string& why) {
+        if (!fallback) fatal("checkpoint %s: %s", p.c_str(), why.c_str());
+        log_printf(&r->log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
+        if (newest_error.empty()) newest_error = p + ": " + why;
+        damaged.push_back(p);
+    });
+    if (paths.empty()) return "";
+    if (path.empty()) fatal("resume: no checkpoint in %s reads (%zu tried; the newest, %s)", dir.c_str(), paths.size(), newest_error.c_str());
+    dist_check_same({path, std::to_string(ck->step)}, "the checkpoint resumed from");
+    if (r->rank == 0) checkpoint_set_aside(damaged);
+    return path;
 }
 
 inline void run_end(Run* r) {

@@ -22,6 +22,7 @@
 #include <vector>
 #include "../kernels/add.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/kv_cache.cuh"
 #include "../kernels/lora.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/rmsnorm.cuh"
@@ -165,17 +166,29 @@ typedef struct {
     float scale;
 } StackLora;
 
+// The keys and values of the positions a decoding stack has processed (kernels/kv_cache.cuh), per layer
+// (B, Tmax, NKV HD), and which of them each sample's new queries may see: key_mask (B, Tmax), kept by the caller
+// (a left-padded prompt's padding is 0, every position written since is 1).
+typedef struct {
+    std::vector<floatX*> k, v;
+    int Tmax;
+    const uint8_t* key_mask;
+} KvCache;
+
 // One application of a stack of blocks.
 typedef struct {
     BlockConfig cfg;
     int B, T, n_layers;
     bool cross;                           // cross-attention to `memory` instead of self-attention
-    const floatS *rope_cos, *rope_sin;    // self-attention RoPE tables (T, HD)
+    const floatS *rope_cos, *rope_sin;    // self-attention RoPE tables (positions, HD)
     int rope_skip;                        // leading positions left unrotated (the LPN CLS token)
     const floatX* memory;                 // cross-attention keys/values source (B, Tk, D)
     int Tk;
-    const uint8_t* key_mask;              // (B, Tk) valid memory rows, or null
+    const uint8_t* key_mask;              // valid keys, or null: (B, Tk) memory rows; self-attention (B, T) rows
     StackLora lora;                       // adapters (self-attention stacks only)
+    KvCache* kv;                          // decoding (self-attention, no gradient): the rows are positions pos..pos+T-1;
+    int pos;                              // their keys and values go into the cache; pos = 0 (the prompt) attends
+                                          // over its own rows as usual, pos > 0 (one new token, T = 1) over the cache
 } StackShape;
 
 // Backward scratch shared by every stack of a model (sized for the largest by transformer_scratch_layout); G carries
@@ -283,8 +296,19 @@ inline void attention_sublayer_forward(BlockActs* a, const floatX* h, const Bloc
         const int row = QD + 2 * KD;
         matmul_forward(a->qkv, h, w.qkv, w.qkv_b, N, c.D, row, st);
         lora_sites_forward(a, a->qkv, h, LORA_Q, LORA_V, l, s, st);
-        if (s.rope_cos) rope_forward(a->qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
-        attention_forward(a->att, a->lse, a->qkv, a->qkv + QD, a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV,
+        if (s.rope_cos) {
+            const size_t at = (size_t)s.pos * c.HD;          // the table rows of positions pos..
+            rope_forward(a->qkv, s.rope_cos + at, s.rope_sin + at, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
+        }
+        if (s.kv) {
+            kv_cache_write(s.kv->k[l], s.kv->v[l], a->qkv, s.B, s.T, s.pos, s.kv->Tmax, QD, KD, row, st);
+            if (s.pos > 0) {          // the new token over every cached position its sample may see
+                attention_forward(a->att, a->lse, a->qkv, s.kv->k[l], s.kv->v[l], s.kv->key_mask, s.B, s.T, s.kv->Tmax,
+                                  c.NH, c.NKV, c.HD, row, KD, false, st);
+                return;
+            }
+        }
+        attention_forward(a->att, a->lse, a->qkv, a->qkv + QD, a->qkv + QD + KD, s.key_mask, s.B, s.T, s.T, c.NH, c.NKV,
                           c.HD, row, row, c.causal, st);
     }
 }
@@ -349,7 +373,7 @@ inline void attention_sublayer_backward(floatX* dh, bool accumulate, floatX* dme
     } else {
         const int row = QD + 2 * KD;
         attention_backward(sc.d_qkv, sc.d_qkv + QD, sc.d_qkv + QD + KD, sc.d_att, a->att, a->lse, a->qkv, a->qkv + QD,
-                           a->qkv + QD + KD, nullptr, s.B, s.T, s.T, c.NH, c.NKV, c.HD, row, row, c.causal, st);
+                           a->qkv + QD + KD, s.key_mask, s.B, s.T, s.T, c.NH, c.NKV, c.HD, row, row, c.causal, st);
         if (s.rope_cos) rope_backward(sc.d_qkv, s.rope_cos, s.rope_sin, s.B, s.T, c.NH + c.NKV, c.HD, row, s.rope_skip, st);
         matmul_backward(dh, gw.qkv, gw.qkv_b, sc.d_qkv, h, w.qkv, N, c.D, row, accumulate, st);
         lora_sites_backward(dh, sc.d_qkv, a, h, LORA_Q, LORA_V, l, s, sc, st);

@@ -6,6 +6,7 @@
 // temporary name and renames it over the target only when everything was written; a failed write (a full
 // disk) removes its temporary file, so the space is free for the next attempt.
 #pragma once
+#include <dirent.h>
 #include <errno.h>
 #include <unistd.h>
 #include <stdarg.h>
@@ -83,6 +84,22 @@ inline void fwrite_check(const void* src, size_t bytes, FILE* f, const char* pat
 inline bool file_exists(const char* path) {       // (without opening it: a FIFO would block)
     struct stat sb;
     return stat(path, &sb) == 0;
+}
+inline bool is_directory(const std::string& path) {
+    struct stat sb;
+    return stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+// Removes a directory of files (an export the run wrote: no subdirectories); nothing happens if it does not exist.
+inline void remove_dir_files(const std::string& dir) {
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) return;
+    std::vector<std::string> files;
+    while (struct dirent* e = readdir(dp))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) files.push_back(dir + "/" + e->d_name);
+    closedir(dp);
+    for (const std::string& f : files) remove(f.c_str());
+    rmdir(dir.c_str());
 }
 
 // Writes a file through a callback on "<path>.tmp", flushes it to the disk, then renames it to <path>: a crash

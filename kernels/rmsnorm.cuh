@@ -231,7 +231,7 @@ inline void rmsnorm_backward_launch(floatX* dinp, floatS* dweight, const floatX*
                                     const floatX* weight, const floatS* rstd, int N, int C, bool accumulate,
                                     int block_size, Stream stream) {
     if (N == 0) return;
-    if (weight)
+    if (weight && dweight)
         norm_param_grad<RmsnormPartials>(dweight, nullptr, dout, x, nullptr, rstd, N, C, stream,
                                          "rmsnorm_weighted_backward partial sums");
     constexpr int P = Packed128<floatX>::size;

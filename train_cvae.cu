@@ -1,0 +1,1201 @@
+/*
+train_cvae.cu — a Qwen2 language model, trained on the strategy-sequence tasks of seed report 004.
+
+The seed report studies a latent-strategy CVAE on a pretrained Qwen2.5-0.5B: synthetic problems x that several
+strategies solve through different reasoning traces y, all ending in the same answer. This file holds its
+language model, exactly Hugging Face's Qwen2ForCausalLM:
+
+    h_0 = E[ids]                                                      token embedding (V, D)
+    h_l = block_l(h_{l-1})  for l = 1..N                              pre-norm blocks (common/transformer.h):
+          r = h + o(attn(rms_w1(h)))                                    RMSNorm with a weight; q/k/v with biases;
+          out = r + down(silu(gate(rms_w2(r))) * up(rms_w2(r)))          RoPE; causal grouped-query attention
+    logits = rms_w(h_N) W^T                                           W = E (tied) or lm_head.weight
+
+trained either from scratch (a small preset, every weight trained) or with LoRA adapters on a loaded, frozen base
+(PEFT's LoRA: W x + s B A x on the chosen projections). Phase 1 of the report ("entangled") is mode=lm:
+p(y | x) on the mixture of strategies, the loss on the y-region of each example only,
+
+    <bos> <x> X </x> <z> </z> <y> Y </y> <eos>          loss = mean over the tokens of " Y </y> <eos>" of -log p
+
+(the z slot stays empty here; the CVAE of part 2 fills it). Evaluation: the validation NLL on y, and traces
+generated from the prompts of held-out problems with a key/value cache (greedy, temperature, top-p), scored by
+data/strategies.py for final-answer accuracy and for the mix of strategies the model picks.
+
+The file reads top to bottom:
+  1. configuration          6. update (AdamW on the trained group, clipping)
+  2. parameters             7. data (the strategy-sequence JSONL, tokenized)
+  3. activations            8. generation and evaluation
+  4. forward                9. checkpoints, Hugging Face / PEFT files, debug state
+  5. loss and backward     10. main loop
+It is compiled twice (common/device.h): `train_cvae_cpu` (the CPU reference) and `train_cvae` (CUDA).
+*/
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+// defines: fatal, write_file_atomic, split_commas, split_lines, file_exists, run_main
+#include "common/utils.h"
+// defines: floatX, floatS, Stream, device_malloc, copy_to_device, copy_to_host, device_memset
+#include "common/device.h"
+// defines: hash_u64, Rng, rng_make, rng_uniform
+#include "common/rand.h"
+// defines: ArgSpec, args_parse, args_dump
+#include "common/args.h"
+// defines: Logger, log_printf, wall_time
+#include "common/logger.h"
+// defines: JsonDoc, JsonValue, json_parse, json_read_file, json_quote
+#include "common/json.h"
+// defines: Tokenizer, tokenizer_load
+#include "common/tokenizer.h"
+// defines: Qwen2Config, qwen2_config_read, qwen2_config_json, HfWeights, hf_weights_open, hf_load_tensors, hf_parts,
+//          hf_write_tensors, PeftConfig, peft_config_json, peft_write, peft_read
+#include "common/huggingface.h"
+// defines: checkpoint_write, checkpoint_read_newest, section_add, section_get, SectionList, Sections
+#include "common/checkpoint.h"
+// defines: dist, dist_sum_host, dist_sum_wait, dist_check_same
+#include "common/distributed.h"
+// defines: ParamTable, ParamGroup, TensorList, Params, params_alloc, params_set, params_values, params_sections, ...
+#include "common/parameters.h"
+// defines: Schedule, lr_schedule, clip_scale, AdamConfig, params_grad_norm_squared, params_update, ...
+#include "common/optimizer.h"
+// defines: Arena, arena_take, arena_alloc
+#include "common/arena.h"
+// defines: BlockConfig, BlockTensors, BlockLora, block_tensors, block_lora_tensors, StackShape, KvCache, stack_forward, ...
+#include "common/transformer.h"
+// defines: Run, run_begin, run_end, RunTiming, timing_step, mfu_field, log_progress, log_timing
+#include "common/run.h"
+// defines: embedding_forward, embedding_backward
+#include "kernels/embedding.cuh"
+// defines: rmsnorm_weighted_forward, rmsnorm_weighted_backward
+#include "kernels/rmsnorm.cuh"
+// defines: lm_head_loss
+#include "kernels/lm_head_loss.cuh"
+// defines: softmax_xent, IGNORE_LABEL_ID
+#include "kernels/softmax_xent.cuh"
+// defines: gather_rows
+#include "kernels/rows.cuh"
+
+// ----------------------------------------------------------------------------------------------------------
+// 1. Configuration. The model comes from a preset or a Hugging Face config.json; LoRA when lora_r > 0.
+
+typedef struct {
+    std::string mode;
+    // model
+    std::string model, init_from, tokenizer, lora_targets, load_adapter;
+    int lora_r, use_rslora;
+    float lora_alpha;
+    // optimisation
+    int batch_size, micro_batch_size, max_steps, lr_warmup_steps, seed;
+    float epochs, lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps;
+    // data
+    std::string data_dir, tasks;
+    int max_seq_len, max_train_examples;
+    // evaluation
+    std::string eval_split;
+    int eval_every, val_examples, gen_examples, gen_max_tokens, eval_only;
+    float temperature, top_p;
+    // run control
+    std::string checkpoint_path, debug_state;
+    int resume, checkpoint_every, checkpoint_keep, save_hf, log_every, lm_head_chunk;
+} Config;
+
+static Config config_defaults() {
+    Config c;
+    c.mode = "lm";
+    c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.load_adapter = "";
+    c.lora_r = 0; c.lora_alpha = 32.0f; c.use_rslora = 0;
+    c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
+    c.epochs = 1.0f; c.lr = 1e-3f; c.lr_min_ratio = 0.1f; c.beta1 = 0.9f; c.beta2 = 0.95f; c.weight_decay = 0.0f;
+    c.grad_clip_norm = 1.0f; c.adam_eps = 1e-8f;
+    c.data_dir = "data/strategies"; c.tasks = "all"; c.max_seq_len = 512; c.max_train_examples = 0;
+    c.eval_split = "val"; c.eval_every = 0; c.val_examples = 64; c.gen_examples = 32; c.gen_max_tokens = 0; c.eval_only = 0;
+    c.temperature = 0.0f; c.top_p = 1.0f;
+    c.checkpoint_path = "out/cvae"; c.debug_state = "";
+    c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_hf = 1; c.log_every = 10; c.lm_head_chunk = 512;
+    return c;
+}
+
+static std::vector<ArgSpec> config_specs(Config* c) {
+    return {
+        {"mode", ARG_STRING, &c->mode, "lm: p(y|x) on the strategy mixture (the report's phase 1)", "lm"},
+        // model
+        {"model", ARG_STRING, &c->model, "a preset (tiny, small, qwen2.5-0.5b) or a Hugging Face config.json (or its directory)", nullptr},
+        {"init_from", ARG_STRING, &c->init_from, "base weights: Hugging Face safetensors (a file, or a directory, sharded or not); empty: random", nullptr},
+        {"tokenizer", ARG_STRING, &c->tokenizer, "char (built in) or a tokenizer.json (Qwen's byte-level BPE)", nullptr},
+        {"lora_r", ARG_INT, &c->lora_r, "LoRA rank: adapters on a frozen base (0: train every weight)", nullptr},
+        {"lora_alpha", ARG_FLOAT, &c->lora_alpha, "LoRA alpha: scale alpha / r (alpha / sqrt(r) with use_rslora)", nullptr},
+        {"lora_targets", ARG_STRING, &c->lora_targets, "adapted projections, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all", nullptr},
+        {"use_rslora", ARG_BOOL, &c->use_rslora, "rank-stabilised LoRA scale alpha / sqrt(r)", nullptr},
+        {"load_adapter", ARG_STRING, &c->load_adapter, "start from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", nullptr},
+        // optimisation
+        {"batch_size", ARG_INT, &c->batch_size, "sequences per optimizer step (over all processes)", nullptr},
+        {"micro_batch_size", ARG_INT, &c->micro_batch_size, "sequences per forward/backward, gradients accumulated (0: the whole per-process batch)", nullptr},
+        {"epochs", ARG_FLOAT, &c->epochs, "training length in passes over the training examples", nullptr},
+        {"max_steps", ARG_INT, &c->max_steps, "stop after this many optimizer steps (0: from epochs)", nullptr},
+        {"lr", ARG_FLOAT, &c->lr, "peak learning rate (AdamW)", nullptr},
+        {"lr_warmup_steps", ARG_INT, &c->lr_warmup_steps, "linear warm-up steps", nullptr},
+        {"lr_min_ratio", ARG_FLOAT, &c->lr_min_ratio, "cosine decay to lr * this (1: constant)", nullptr},
+        {"beta1", ARG_FLOAT, &c->beta1, "AdamW beta1", nullptr},
+        {"beta2", ARG_FLOAT, &c->beta2, "AdamW beta2", nullptr},
+        {"weight_decay", ARG_FLOAT, &c->weight_decay, "decoupled weight decay", nullptr},
+        {"grad_clip_norm", ARG_FLOAT, &c->grad_clip_norm, "clip the gradient norm to this (0: off)", nullptr},
+        {"adam_eps", ARG_FLOAT, &c->adam_eps, "AdamW epsilon", nullptr},
+        {"seed", ARG_INT, &c->seed, "seed of initialisation, data order and sampling", nullptr},
+        // data
+        {"data_dir", ARG_STRING, &c->data_dir, "data/strategies.py output: train.jsonl, val.jsonl, test.jsonl", nullptr},
+        {"tasks", ARG_STRING, &c->tasks, "all, or a comma-separated list of the tasks to train and evaluate on", nullptr},
+        {"max_seq_len", ARG_INT, &c->max_seq_len, "tokens per sequence at most (an example longer than this is an error)", nullptr},
+        {"max_train_examples", ARG_INT, &c->max_train_examples, "use the first N training examples only (0: all)", nullptr},
+        // evaluation
+        {"eval_split", ARG_STRING, &c->eval_split, "the split the evaluations read", "val|test"},
+        {"eval_every", ARG_INT, &c->eval_every, "evaluate (and checkpoint) every this many steps (0: only at the end)", nullptr},
+        {"val_examples", ARG_INT, &c->val_examples, "examples per task for the validation NLL (0: all)", nullptr},
+        {"gen_examples", ARG_INT, &c->gen_examples, "prompts per task to generate traces for (0: no generation)", nullptr},
+        {"gen_max_tokens", ARG_INT, &c->gen_max_tokens, "tokens generated per trace at most (0: up to max_seq_len)", nullptr},
+        {"temperature", ARG_FLOAT, &c->temperature, "sampling temperature of generation (0: greedy)", nullptr},
+        {"top_p", ARG_FLOAT, &c->top_p, "nucleus sampling: the smallest set of tokens with this much probability", nullptr},
+        {"eval_only", ARG_BOOL, &c->eval_only, "only evaluate the loaded weights", nullptr},
+        // run control
+        {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for the log, checkpoints, exports and generations", nullptr},
+        {"resume", ARG_BOOL, &c->resume, "continue from the newest checkpoint in checkpoint_path", nullptr},
+        {"checkpoint_every", ARG_INT, &c->checkpoint_every, "also checkpoint every this many steps (0: at evaluations and the end)", nullptr},
+        {"checkpoint_keep", ARG_INT, &c->checkpoint_keep, "keep the newest N checkpoints (0: all)", nullptr},
+        {"save_hf", ARG_BOOL, &c->save_hf, "with each checkpoint, export Hugging Face weights (full training) or a PEFT adapter (LoRA)", nullptr},
+        {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, logits, loss and gradients of the first step (safetensors, HF/PEFT names)", nullptr},
+        {"log_every", ARG_INT, &c->log_every, "log a training line every this many steps", nullptr},
+        {"lm_head_chunk", ARG_INT, &c->lm_head_chunk, "rows of logits that exist at once in the lm head's loss", nullptr},
+    };
+}
+
+// The Qwen2 architecture (the fields of Hugging Face's Qwen2Config that the model uses).
+typedef struct {
+    int D, n_layers, NH, NKV, HD, I, V, max_pos;
+    float rope_theta, eps;
+    bool tied;
+    std::string source;              // the preset name or the config.json it was read from
+} Arch;
+
+// Presets: Qwen2.5-0.5B as published (config.json of Qwen/Qwen2.5-0.5B), and two small shapes for training from
+// scratch on a CPU (their vocabulary is the tokenizer's, rounded up to a multiple of 64 as Qwen pads its own).
+static bool arch_preset(const std::string& name, int tokenizer_vocab, Arch* a) {
+    const int V_small = CEIL_DIV(tokenizer_vocab, 64) * 64;
+    if (name == "qwen2.5-0.5b") *a = {896, 24, 14, 2, 64, 4864, 151936, 32768, 1e6f, 1e-6f, true, name};
+    else if (name == "small") *a = {256, 4, 4, 2, 64, 768, V_small, 4096, 1e4f, 1e-6f, true, name};
+    else if (name == "tiny") *a = {64, 2, 4, 2, 16, 192, V_small, 4096, 1e4f, 1e-6f, true, name};
+    else return false;
+    return true;
+}
+
+static unsigned lora_mask_parse(const std::string& targets) {
+    if (targets == "all") return (1u << LORA_SITES) - 1;
+    unsigned mask = 0;
+    for (const std::string& t : split_commas(targets)) {
+        int site = -1;
+        for (int s = 0; s < LORA_SITES; s++) if (t == LORA_SITE_NAMES[s]) site = s;
+        if (site < 0) fatal("lora_targets: '%s' is not a projection of a Qwen2 block (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all)", t.c_str());
+        if (mask >> site & 1) fatal("lora_targets: '%s' is listed twice", t.c_str());
+        mask |= 1u << site;
+    }
+    if (!mask) fatal("lora_targets: no projection given");
+    return mask;
+}
+
+static void config_validate(const Config& c) {
+    if (c.batch_size < 1 || c.batch_size > 1 << 20) fatal("batch_size=%d: expected 1..%d", c.batch_size, 1 << 20);
+    if (c.micro_batch_size < 0) fatal("micro_batch_size=%d: expected >= 0", c.micro_batch_size);
+    if (c.max_seq_len < 8 || c.max_seq_len > 1 << 16) fatal("max_seq_len=%d: expected 8..65536", c.max_seq_len);
+    if (c.lora_r < 0 || c.lora_r > 4096) fatal("lora_r=%d: expected 0 (no LoRA) or a rank 1..4096", c.lora_r);
+    if (c.lora_r > 0 && !(c.lora_alpha > 0)) fatal("lora_alpha=%g: expected > 0", c.lora_alpha);
+    if (c.lora_r > 0) lora_mask_parse(c.lora_targets);
+    if (c.lora_r == 0 && !c.load_adapter.empty()) fatal("load_adapter=%s needs lora_r > 0 (the adapter's rank)", c.load_adapter.c_str());
+    if (!(c.lr > 0 && c.lr <= 1)) fatal("lr=%g: expected in (0, 1]", c.lr);
+    if (!(c.epochs > 0) && c.max_steps <= 0) fatal("epochs=%g: expected > 0 (or max_steps > 0)", c.epochs);
+    if (c.max_steps < 0 || c.lr_warmup_steps < 0 || c.max_train_examples < 0 || c.eval_every < 0 || c.val_examples < 0 ||
+        c.gen_examples < 0 || c.gen_max_tokens < 0 || c.checkpoint_every < 0 || c.checkpoint_keep < 0)
+        fatal("max_steps, lr_warmup_steps, max_train_examples, eval_every, val_examples, gen_examples, gen_max_tokens, "
+              "checkpoint_every and checkpoint_keep must be >= 0");
+    if (!(c.lr_min_ratio >= 0 && c.lr_min_ratio <= 1)) fatal("lr_min_ratio=%g: expected in [0, 1]", c.lr_min_ratio);
+    if (!(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1)) fatal("beta1=%g, beta2=%g: expected in [0, 1)", c.beta1, c.beta2);
+    if (!(c.weight_decay >= 0 && c.grad_clip_norm >= 0 && c.adam_eps > 0)) fatal("weight_decay and grad_clip_norm must be >= 0, adam_eps > 0");
+    if (!(c.temperature >= 0) || !(c.top_p > 0 && c.top_p <= 1)) fatal("temperature=%g, top_p=%g: expected temperature >= 0, top_p in (0, 1]", c.temperature, c.top_p);
+    if (c.log_every < 1) fatal("log_every=%d: expected >= 1", c.log_every);
+    if (c.lm_head_chunk < 1) fatal("lm_head_chunk=%d: expected >= 1", c.lm_head_chunk);
+}
+
+// The architecture of `model`: a preset, or a Hugging Face config.json (a file, or the directory holding it).
+static Arch arch_resolve(const std::string& model, int tokenizer_vocab) {
+    Arch a;
+    if (arch_preset(model, tokenizer_vocab, &a)) return a;
+    const std::string path = is_directory(model) ? model + "/config.json" : model;
+    if (!file_exists(path.c_str()))
+        fatal("model=%s: not a preset (tiny, small, qwen2.5-0.5b) and %s does not exist", model.c_str(), path.c_str());
+    const Qwen2Config q = qwen2_config_read(path.c_str());
+    a = {q.hidden_size, q.num_hidden_layers, q.num_attention_heads, q.num_key_value_heads, q.head_dim, q.intermediate_size,
+         q.vocab_size, q.max_position_embeddings, (float)q.rope_theta, (float)q.rms_norm_eps, q.tie_word_embeddings, path};
+    return a;
+}
+
+// The Hugging Face configuration of an architecture (for exports and the debug state).
+static Qwen2Config arch_hf_config(const Arch& a) {
+    Qwen2Config q = Qwen2Config();
+    q.hidden_size = a.D; q.num_hidden_layers = a.n_layers; q.num_attention_heads = a.NH; q.num_key_value_heads = a.NKV;
+    q.head_dim = a.HD; q.intermediate_size = a.I; q.vocab_size = a.V; q.max_position_embeddings = a.max_pos;
+    q.rope_theta = a.rope_theta; q.rms_norm_eps = a.eps; q.tie_word_embeddings = a.tied;
+    q.bos_token_id = q.eos_token_id = -1;
+    return q;
+}
+
+static BlockConfig arch_block(const Arch& a) {
+    BlockConfig b;
+    b.D = a.D; b.NH = a.NH; b.NKV = a.NKV; b.HD = a.HD; b.I = a.I;
+    b.pre_norm = true; b.norm_weight = true; b.qkv_bias = true; b.causal = true; b.eps = a.eps;
+    return b;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 2. Parameters, under Hugging Face's names (q/k/v and gate/up fused, see common/huggingface.h for the mapping).
+//    Groups: with LoRA, the adapters (AdamW) and the frozen base; without, the base alone (AdamW).
+//    Initialisation from scratch as Hugging Face's: linear layers and the embedding with std 0.02 (uniform here),
+//    biases 0, norm weights 1; LoRA as PEFT (A uniform in +-1/sqrt(in), B = 0).
+
+template <typename T> struct ModelTensors {
+    T* embed;                              // (V, D) model.embed_tokens.weight
+    std::vector<BlockTensors<T>> blocks;   // model.layers.<l>.*
+    T* norm;                               // (D) model.norm.weight
+    T* lm_head;                            // (V, D) lm_head.weight, or null when tied to the embedding
+    std::vector<BlockLora<T>> lora;        // the adapter of every block (empty without LoRA)
+};
+
+typedef struct {
+    bool lora;
+    int g_trained, g_base;                 // the group AdamW trains; the group of the base weights
+    unsigned lora_mask;
+} Groups;
+
+template <typename T>
+void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const Groups& gr, int lora_r) {
+    const BlockConfig bc = arch_block(a);
+    const Init normal = init_uniform(0.02f * sqrtf(3.0f));          // std 0.02
+    list.group(gr.g_base);
+    list.add(&t->embed, "model.embed_tokens.weight", {a.V, a.D}, normal);
+    t->blocks.resize(a.n_layers);
+    for (int l = 0; l < a.n_layers; l++)
+        block_tensors(list, &t->blocks[l], bc, false, "model.layers." + std::to_string(l) + ".", "self_attn.",
+                      [&](int) { return normal; });
+    list.add(&t->norm, "model.norm.weight", {a.D}, init_const(1.0f));
+    t->lm_head = nullptr;
+    if (!a.tied) list.add(&t->lm_head, "lm_head.weight", {a.V, a.D}, normal);
+    t->lora.clear();
+    if (!gr.lora) return;
+    list.group(gr.g_trained);
+    t->lora.resize(a.n_layers);
+    for (int l = 0; l < a.n_layers; l++)
+        block_lora_tensors(list, &t->lora[l], bc, gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
+}
+
+static Groups model_groups(const Config& c) {
+    Groups g;
+    g.lora = c.lora_r > 0;
+    g.g_trained = 0;
+    g.g_base = g.lora ? 1 : 0;
+    g.lora_mask = g.lora ? lora_mask_parse(c.lora_targets) : 0;
+    return g;
+}
+
+static ParamTable model_table(const Arch& a, const Config& c) {
+    const Groups gr = model_groups(c);
+    std::vector<ParamGroup> groups;
+    if (gr.lora) {
+        groups.push_back(param_group("adapter", GROUP_ADAM));
+        groups.push_back(param_group("base", GROUP_FROZEN));
+    } else {
+        groups.push_back(param_group("base", GROUP_ADAM));
+    }
+    return param_table<ModelTensors<floatX>>(groups, [&](TensorList<floatX>& list, ModelTensors<floatX>* t) {
+        model_tensors(list, t, a, gr, c.lora_r);
+    });
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 3. Activations of one micro-batch of up to mb sequences of up to T tokens (one arena), and the key/value cache
+//    of generation (mb sequences of T positions).
+
+typedef struct {
+    int *ids, *targets;          // (mb, T) tokens; the next token where it is in the y-region, else -100
+    floatX* x;                   // (mb, T, D) token embeddings: the stack's input
+    StackActs stack;
+    floatX* hn;                  // (mb, T, D) the final RMSNorm's output
+    floatS* rstd;                // (mb, T)
+    floatS* loss;                // (mb, T) -log p of each target (0 where none)
+    int* argmax;                 // (mb, T)
+    floatX* logits;              // (lm_head_chunk, V) one chunk of logits (the loss overwrites it with its gradient)
+    floatX* dhn;                 // (mb, T, D)
+    BlockScratch bs;
+    // generation
+    uint8_t* prompt_mask;        // (mb, P) the left-padded prompts' real tokens
+    uint8_t* key_mask;           // (mb, T) the cache positions each sequence's new token may see
+    int *last_rows, *no_labels;  // (mb) the row of each prompt's last token; -100 (argmax without a loss)
+} Acts;
+
+typedef struct {
+    Config cfg;
+    Arch arch;
+    BlockConfig block;
+    Groups groups;
+    int B_local, mb, T;                      // sequences per step on this process, per micro-batch; tokens at most
+    Params p;
+    ModelTensors<floatX> w;
+    ModelTensors<floatS> g;                  // gradients (null fields: frozen)
+    floatS *rope_cos, *rope_sin;             // (T, HD)
+    float lora_scale;
+    Acts acts;
+    void* acts_memory;
+    size_t acts_bytes;
+    KvCache kv;                              // generation's key/value cache, (mb, T, NKV HD) per layer
+} Model;
+
+// The stack over B sequences of T tokens (positions pos.. when decoding with the cache).
+static StackShape stack_shape(const Model& m, int B, int T, KvCache* kv, int pos) {
+    StackShape s = StackShape();
+    s.cfg = m.block;
+    s.B = B; s.T = T; s.n_layers = m.arch.n_layers;
+    s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
+    if (m.groups.lora) s.lora = {&m.w.lora, &m.g.lora, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale};
+    s.kv = kv; s.pos = pos;
+    if (kv) s.key_mask = m.acts.prompt_mask;  // the prompt's padding (decoding reads kv->key_mask instead)
+    return s;
+}
+
+static void acts_layout(Arena* a, Model* m) {
+    const size_t N = (size_t)m->mb * m->T, D = m->arch.D;
+    Acts* ac = &m->acts;
+    *ac = Acts();
+    ac->ids = arena_take<int>(a, N);
+    ac->targets = arena_take<int>(a, N);
+    ac->x = arena_take<floatX>(a, N * D);
+    stack_layout(a, &ac->stack, stack_shape(*m, m->mb, m->T, nullptr, 0));
+    ac->hn = arena_take<floatX>(a, N * D);
+    ac->rstd = arena_take<floatS>(a, N);
+    ac->loss = arena_take<floatS>(a, N);
+    ac->argmax = arena_take<int>(a, N);
+    const size_t chunk = std::max<size_t>(std::min<size_t>(m->cfg.lm_head_chunk, N), m->mb);   // (generation: mb rows)
+    ac->logits = arena_take<floatX>(a, chunk * m->arch.V);
+    ac->dhn = arena_take<floatX>(a, N * D);
+    scratch_layout(a, &ac->bs, m->block, N, 0, 0, m->cfg.lora_r);
+    ac->prompt_mask = arena_take<uint8_t>(a, N);
+    ac->key_mask = arena_take<uint8_t>(a, N);
+    ac->last_rows = arena_take<int>(a, m->mb);
+    ac->no_labels = arena_take<int>(a, m->mb);
+}
+
+static void model_build(Model* m, const Config& c, const Arch& arch, int B_local) {
+    m->cfg = c;
+    m->arch = arch;
+    m->block = arch_block(arch);
+    block_config_check(m->block);
+    m->groups = model_groups(c);
+    m->B_local = B_local;
+    m->mb = c.micro_batch_size > 0 ? std::min(c.micro_batch_size, B_local) : B_local;
+    if (B_local % m->mb) fatal("micro_batch_size=%d must divide the per-process batch %d", m->mb, B_local);
+    m->T = c.max_seq_len;
+    if (m->T > arch.max_pos) fatal("max_seq_len=%d exceeds the model's max_position_embeddings %d", m->T, arch.max_pos);
+    m->lora_scale = c.lora_r > 0 ? c.lora_alpha / (c.use_rslora ? sqrtf((float)c.lora_r) : (float)c.lora_r) : 0.0f;
+
+    params_alloc(&m->p, model_table(arch, c), false, 0.0f);
+    const ParamTable& table = m->p.table;
+    TensorList<floatX> w = tensor_bind(table, param_bases(table, m->p.params, BUF_PARAMS));
+    model_tensors(w, &m->w, arch, m->groups, c.lora_r);
+    TensorList<floatS> g = tensor_bind(table, param_bases(table, m->p.grads, BUF_GRADS));
+    model_tensors(g, &m->g, arch, m->groups, c.lora_r);
+
+    std::vector<floatS> cs((size_t)m->T * arch.HD), sn(cs.size());
+    rope_tables(cs.data(), sn.data(), m->T, arch.HD, arch.rope_theta);
+    m->rope_cos = (floatS*)device_malloc(cs.size() * sizeof(floatS), "RoPE table");
+    m->rope_sin = (floatS*)device_malloc(sn.size() * sizeof(floatS), "RoPE table");
+    copy_to_device(m->rope_cos, cs.data(), cs.size() * sizeof(floatS));
+    copy_to_device(m->rope_sin, sn.data(), sn.size() * sizeof(floatS));
+    m->acts_memory = arena_alloc([&](Arena* a) { acts_layout(a, m); }, &m->acts_bytes, "activations");
+
+    const size_t kv_size = (size_t)m->mb * m->T * arch.NKV * arch.HD;
+    m->kv.Tmax = m->T;
+    m->kv.key_mask = m->acts.key_mask;
+    for (int l = 0; l < arch.n_layers; l++) {
+        m->kv.k.push_back((floatX*)device_malloc(kv_size * sizeof(floatX), "key cache"));
+        m->kv.v.push_back((floatX*)device_malloc(kv_size * sizeof(floatX), "value cache"));
+    }
+}
+
+static void model_init_weights(Model* m, uint64_t seed) {
+    Rng rng = rng_make(seed);
+    params_set(&m->p, param_init_values(m->p.table, seed, &rng));
+}
+
+// The lm head's weight: the embedding when tied.
+static const floatX* lm_head_weight(const Model& m) { return m.w.lm_head ? m.w.lm_head : m.w.embed; }
+static floatS* lm_head_grad(const Model& m) { return m.w.lm_head ? m.g.lm_head : m.g.embed; }
+
+// ----------------------------------------------------------------------------------------------------------
+// 4. Forward: embedding, the blocks, the final norm (the lm head runs with the loss, chunk by chunk).
+
+// Writes acts.hn for B sequences of T tokens whose ids are in acts.ids (positions pos.. with a cache).
+static void model_forward(Model* m, int B, int T, KvCache* kv, int pos, Stream st) {
+    Acts* a = &m->acts;
+    const int D = m->arch.D;
+    embedding_forward(a->x, a->ids, m->w.embed, B, T, D, T, 0, 1.0f, st);
+    a->stack.in = a->x;
+    const StackShape s = stack_shape(*m, B, T, kv, pos);
+    const floatX* out = stack_forward(&a->stack, m->w.blocks, s, st);
+    rmsnorm_weighted_forward(a->hn, a->rstd, out, m->w.norm, B * T, D, m->arch.eps, st);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 5. Loss and backward. loss = sum over the y-region targets of -log softmax(logits)[target] / n, n the number of
+//    targets in the global batch (dscale = 1 / n: the mean over the batch's y tokens, as Hugging Face's loss).
+
+// The loss of B x T rows (acts.loss, acts.argmax), and with grad the gradients of everything trained.
+static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, Stream st) {
+    Acts* a = &m->acts;
+    const int N = B * T, D = m->arch.D;
+    lm_head_loss(a->loss, a->argmax, grad ? a->dhn : nullptr, grad ? lm_head_grad(*m) : nullptr, a->hn, lm_head_weight(*m),
+                 a->targets, N, D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, N), st);
+    if (!grad) return;
+    const StackShape s = stack_shape(*m, B, T, nullptr, 0);
+    const floatX* out = a->stack.layers[s.n_layers - 1].out;
+    rmsnorm_weighted_backward(a->bs.G, m->g.norm, a->dhn, out, m->w.norm, a->rstd, N, D, false, st);
+    stack_backward(nullptr, &a->stack, m->w.blocks, m->g.blocks, s, a->bs, st);
+    if (m->g.embed) embedding_backward(m->g.embed, a->bs.G, a->ids, B, T, D, T, 0, 1.0f, st);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 6. Update: AdamW on the trained group (the adapters, or every weight), the gradient summed over the ranks and
+//    clipped; linear warm-up then cosine decay to lr * lr_min_ratio.
+
+typedef struct { double grad_norm, lr; } UpdateStats;
+
+static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) {
+    const Config& c = m->cfg;
+    UpdateStats u;
+    u.grad_norm = sqrt(params_grad_norm_squared(&m->p, 0, 1, st));
+    const Schedule schedule = {SCHEDULE_TRM, c.lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio};
+    u.lr = lr_schedule(schedule, step);
+    const AdamConfig adam = {false, c.beta1, c.beta2, c.adam_eps, c.weight_decay};
+    params_update(&m->p, adam, (float)u.lr, step, clip_scale(u.grad_norm, c.grad_clip_norm), st);
+    return u;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 7. Data: the JSON lines of data/strategies.py ({"task", "strategy", "x", "y", ...}), each tokenized into
+//        prompt      "<bos> <x> X </x> <z> </z> <y>"
+//        completion  " Y </y> <eos>"                     (the loss is on these tokens)
+//    <bos> and <eos> are the tokenizer's own: the character tokenizer's specials, or Qwen's <|endoftext|>; the
+//    other markers are special tokens of the character tokenizer and plain text to Qwen's BPE.
+
+typedef struct {
+    int task;                        // index into Data::task_names
+    int strategy;                    // the strategy the example was drawn with (evaluation only)
+    std::string x, y;
+    std::vector<int32_t> ids;        // prompt + completion
+    int n_prompt;
+} Example;
+
+typedef struct {
+    Tokenizer tok;
+    std::string bos_text, eos_text;
+    int32_t eos;
+    std::vector<std::string> task_names;
+    std::vector<Example> train, eval;
+    // the training order: a permutation of the examples per epoch, drawn from (seed, epoch)
+    int epoch;
+    int64_t cursor;
+    std::vector<int> order;
+} Data;
+
+static std::string prompt_text(const Data& d, const std::string& x) { return d.bos_text + " <x> " + x + " </x> <z> </z> <y>"; }
+static std::string completion_text(const Data& d, const std::string& y) { return " " + y + " </y> " + d.eos_text; }
+
+// A string field of a JSON line: ASCII text without control characters (what data/strategies.py writes).
+static std::string example_field(const JsonValue& v, const char* key) {
+    const std::string s = v.get(key).as_string();
+    for (unsigned char ch : s)
+        if (ch < 32 || ch >= 127) v.get(key).fail("expected printable ASCII text (byte 0x%02x found)", ch);
+    return s;
+}
+
+// The examples of one JSONL file whose task is wanted (tasks: "all" or a list); unknown tasks are added to
+// task_names in their order of appearance.
+static std::vector<Example> read_examples(Data* d, const std::string& path, const std::vector<std::string>& wanted, int T) {
+    const long size = regular_file_size(path.c_str(), "example file", " (make it with python3 data/strategies.py DIR)");
+    std::string text((size_t)size, '\0');
+    FILE* f = fopen_check(path.c_str(), "rb");
+    fread_check(&text[0], (size_t)size, f, path.c_str());
+    fclose(f);
+    std::vector<Example> out;
+    const std::vector<std::string> lines = split_lines(text);
+    for (size_t i = 0; i < lines.size(); i++) {
+        if (lines[i].empty()) continue;
+        const std::string where = path + ":" + std::to_string(i + 1);
+        JsonDoc doc = json_parse(where, lines[i].data(), lines[i].size(), 4);
+        JsonValue v = doc.root();
+        v.expect_type(JSON_OBJECT);
+        Example e;
+        const std::string task = example_field(v, "task");
+        if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), task) == wanted.end()) continue;
+        auto it = std::find(d->task_names.begin(), d->task_names.end(), task);
+        e.task = (int)(it - d->task_names.begin());
+        if (it == d->task_names.end()) {
+            if (task.empty() || task.size() > 64) v.get("task").fail("expected a task name of 1..64 characters");
+            d->task_names.push_back(task);
+        }
+        e.strategy = (int)v.get("strategy").as_int(0, 63);
+        e.x = example_field(v, "x");
+        e.y = example_field(v, "y");
+        e.ids = d->tok.encode(prompt_text(*d, e.x));
+        e.n_prompt = (int)e.ids.size();
+        const std::vector<int32_t> completion = d->tok.encode(completion_text(*d, e.y));
+        e.ids.insert(e.ids.end(), completion.begin(), completion.end());
+        if ((int)e.ids.size() > T)
+            fatal("%s: the example has %zu tokens, more than max_seq_len=%d", where.c_str(), e.ids.size(), T);
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+static void data_load(Data* d, const Config& c, const Arch& arch) {
+    if (d->tok.kind == TOKENIZER_CHAR) {
+        d->bos_text = "<bos>";
+        d->eos_text = "<eos>";
+    } else {
+        d->bos_text = d->eos_text = "<|endoftext|>";
+    }
+    d->eos = d->tok.token_id(d->eos_text);
+    if (d->eos < 0 || d->tok.token_id(d->bos_text) < 0)
+        fatal("tokenizer %s has no %s token (the sequences begin and end with it)", c.tokenizer.c_str(), d->eos_text.c_str());
+    if (d->tok.vocab_size() > arch.V)
+        fatal("tokenizer %s has ids up to %d, more than the model's vocabulary of %d (vocab_size of %s)", c.tokenizer.c_str(),
+              d->tok.vocab_size() - 1, arch.V, arch.source.c_str());
+    const std::vector<std::string> wanted = c.tasks == "all" ? std::vector<std::string>() : split_commas(c.tasks);
+    d->train = read_examples(d, c.data_dir + "/train.jsonl", wanted, c.max_seq_len);
+    d->eval = read_examples(d, c.data_dir + "/" + c.eval_split + ".jsonl", wanted, c.max_seq_len);
+    for (const std::string& t : wanted)
+        if (std::find(d->task_names.begin(), d->task_names.end(), t) == d->task_names.end())
+            fatal("tasks: '%s' has no examples in %s/train.jsonl", t.c_str(), c.data_dir.c_str());
+    if (c.max_train_examples > 0 && (int)d->train.size() > c.max_train_examples) d->train.resize(c.max_train_examples);
+    if (d->train.empty() && !c.eval_only) fatal("%s/train.jsonl: no training examples", c.data_dir.c_str());
+    d->epoch = 0;
+    d->cursor = 0;
+}
+
+// The permutation of the training examples for an epoch.
+static void data_shuffle(Data* d, uint64_t seed) {
+    d->order.resize(d->train.size());
+    for (size_t i = 0; i < d->order.size(); i++) d->order[i] = (int)i;
+    for (size_t i = d->order.size(); i > 1; i--)
+        std::swap(d->order[i - 1], d->order[hash_below((uint32_t)i, seed, 0x5EED, (uint64_t)d->epoch, i)]);
+}
+
+// The next G examples of the training order (crossing into the next epoch when one ends).
+static std::vector<int> data_next_batch(Data* d, int G, uint64_t seed) {
+    std::vector<int> batch;
+    while ((int)batch.size() < G) {
+        if (d->cursor >= (int64_t)d->order.size()) {
+            d->epoch++;
+            d->cursor = 0;
+            data_shuffle(d, seed);
+        }
+        batch.push_back(d->order[d->cursor++]);
+    }
+    return batch;
+}
+
+// Uploads B examples as one micro-batch of T tokens (T >= the longest): ids padded with <eos>, the targets of the
+// completion (the next token where it belongs to " Y </y> <eos>", else -100). Returns the number of targets.
+static int upload_batch(Model* m, const Data& d, const std::vector<const Example*>& ex, int T) {
+    const int B = (int)ex.size();
+    std::vector<int> ids((size_t)B * T, d.eos), targets((size_t)B * T, IGNORE_LABEL_ID);
+    int n_targets = 0;
+    for (int b = 0; b < B; b++) {
+        const std::vector<int32_t>& s = ex[b]->ids;
+        for (size_t t = 0; t < s.size(); t++) ids[(size_t)b * T + t] = s[t];
+        for (size_t t = ex[b]->n_prompt - 1; t + 1 < s.size(); t++, n_targets++) targets[(size_t)b * T + t] = s[t + 1];
+    }
+    copy_to_device(m->acts.ids, ids.data(), ids.size() * sizeof(int));
+    copy_to_device(m->acts.targets, targets.data(), targets.size() * sizeof(int));
+    return n_targets;
+}
+
+// Tokens a micro-batch is padded to: its longest example, rounded up to a multiple of 8.
+static int batch_length(const Model& m, const std::vector<const Example*>& ex) {
+    size_t longest = 1;
+    for (const Example* e : ex) longest = std::max(longest, e->ids.size());
+    return std::min(m.T, (int)CEIL_DIV(longest, (size_t)8) * 8);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 8. Generation and evaluation.
+//
+// Generation with a key/value cache: the prompts of a batch are left-padded to one length P (their padding
+// masked out of attention), the whole prompt runs once (writing every layer's keys and values into the cache),
+// then each new token runs alone at position P, P+1, ... and attends over the cache. RoPE makes attention depend
+// only on the distance between positions, so a prompt shifted right by its padding computes what it computes
+// alone. The next token is the argmax (temperature 0), or drawn from softmax(logits / temperature) restricted to
+// the smallest set of tokens whose probability reaches top_p, with a uniform draw keyed by (seed, step, example,
+// position): the same on every backend and every run.
+
+// The next token of each of B rows of logits (acts.logits, (B, V)).
+static std::vector<int> next_tokens(Model* m, int B, uint64_t seed, const std::vector<uint64_t>& keys, int pos) {
+    const int V = m->arch.V;
+    const Config& c = m->cfg;
+    std::vector<int> next(B);
+    if (c.temperature == 0) {
+        softmax_xent(m->acts.loss, m->acts.argmax, m->acts.logits, m->acts.no_labels, B, V, V, 0.0f, false, Stream());
+        copy_to_host(next.data(), m->acts.argmax, B * sizeof(int));
+        return next;
+    }
+    std::vector<floatS> logits((size_t)B * V);
+    download_floatX(logits.data(), m->acts.logits, logits.size());
+    std::vector<std::pair<double, int>> probs(V);
+    for (int b = 0; b < B; b++) {
+        const floatS* x = logits.data() + (size_t)b * V;
+        const double top = *std::max_element(x, x + V);
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += probs[v].first = exp(((double)x[v] - top) / c.temperature);
+        for (int v = 0; v < V; v++) probs[v] = {probs[v].first / sum, v};
+        std::sort(probs.begin(), probs.end(), [](const auto& p, const auto& q) { return p.first > q.first || (p.first == q.first && p.second < q.second); });
+        int keep = 0;
+        double mass = 0;
+        while (keep < V && (keep == 0 || mass < c.top_p)) mass += probs[keep++].first;
+        double u = hash_uniform(seed, keys[b], (uint64_t)pos) * mass;
+        next[b] = probs[keep - 1].second;
+        for (int k = 0; k < keep; k++) {
+            if (u < probs[k].first) { next[b] = probs[k].second; break; }
+            u -= probs[k].first;
+        }
+    }
+    return next;
+}
+
+// Continues each prompt until <eos> or max_new tokens (at most mb prompts; keys: one per prompt, for sampling).
+// Returns the new tokens of each, without the <eos>.
+static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const std::vector<std::vector<int32_t>>& prompts,
+                                                  const std::vector<uint64_t>& keys, int max_new, uint64_t seed) {
+    Acts* a = &m->acts;
+    const int B = (int)prompts.size(), T = m->T, D = m->arch.D;
+    size_t P = 1;
+    for (const auto& p : prompts) P = std::max(P, p.size());
+    if ((int)P >= T) fatal("a prompt of %zu tokens leaves no room to generate within max_seq_len=%d", P, T);
+    max_new = std::min(max_new, T - (int)P);
+    // the prompts, right-aligned: ids and masks; the row of each one's last token
+    std::vector<int> ids((size_t)B * P, d.eos), last(B), no_labels(B, IGNORE_LABEL_ID);
+    std::vector<uint8_t> prompt_mask((size_t)B * P, 0), key_mask((size_t)B * T, 0);
+    for (int b = 0; b < B; b++) {
+        const size_t pad = P - prompts[b].size();
+        for (size_t t = 0; t < prompts[b].size(); t++) {
+            ids[b * P + pad + t] = prompts[b][t];
+            prompt_mask[b * P + pad + t] = key_mask[b * T + pad + t] = 1;
+        }
+        last[b] = (int)(b * P + P - 1);
+    }
+    copy_to_device(a->ids, ids.data(), ids.size() * sizeof(int));
+    copy_to_device(a->prompt_mask, prompt_mask.data(), prompt_mask.size());
+    copy_to_device(a->last_rows, last.data(), B * sizeof(int));
+    copy_to_device(a->no_labels, no_labels.data(), B * sizeof(int));
+    model_forward(m, B, (int)P, &m->kv, 0, Stream());
+    gather_rows(a->dhn, a->hn, a->last_rows, B, D, Stream());            // (B, D) the prompts' last positions
+    matmul_forward(a->logits, a->dhn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
+    std::vector<std::vector<int32_t>> out(B);
+    std::vector<uint8_t> done(B, 0);
+    for (int pos = (int)P, n = 0; n < max_new; pos++, n++) {
+        std::vector<int> next = next_tokens(m, B, seed, keys, pos);
+        int open = 0;
+        for (int b = 0; b < B; b++) {
+            if (!done[b] && next[b] == d.eos) done[b] = 1;
+            if (!done[b]) out[b].push_back(next[b]);
+            open += !done[b];
+        }
+        if (!open || n + 1 == max_new) break;
+        for (int b = 0; b < B; b++) key_mask[(size_t)b * T + pos] = 1;
+        copy_to_device(a->ids, next.data(), B * sizeof(int));
+        copy_to_device(a->key_mask, key_mask.data(), key_mask.size());
+        model_forward(m, B, 1, &m->kv, pos, Stream());
+        matmul_forward(a->logits, a->hn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
+    }
+    return out;
+}
+
+// The first `limit` evaluation examples of every task (limit 0: all), in file order.
+static std::vector<const Example*> eval_examples(const Data& d, int limit) {
+    std::vector<int> taken(d.task_names.size(), 0);
+    std::vector<const Example*> out;
+    for (const Example& e : d.eval)
+        if (limit == 0 || taken[e.task] < limit) {
+            taken[e.task]++;
+            out.push_back(&e);
+        }
+    return out;
+}
+
+// The validation NLL per y token (the training loss on held-out examples) and the next-token accuracy, per task
+// and overall; the examples are shared out among the ranks and the sums added up.
+static double evaluate_nll(Model* m, const Data& d, int step, Logger* log) {
+    const std::vector<const Example*> all = eval_examples(d, m->cfg.val_examples);
+    const int n_tasks = (int)d.task_names.size();
+    std::vector<double> sums(3 * (n_tasks + 1), 0.0);        // per task, then overall: nll, targets, correct
+    std::vector<const Example*> mine;
+    for (size_t i = dist().rank; i < all.size(); i += dist().world) mine.push_back(all[i]);
+    for (size_t i0 = 0; i0 < mine.size(); i0 += m->mb) {
+        const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
+        const int B = (int)ex.size(), T = batch_length(*m, ex);
+        upload_batch(m, d, ex, T);
+        model_forward(m, B, T, nullptr, 0, Stream());
+        loss_and_backward(m, B, T, 0.0f, false, Stream());
+        std::vector<floatS> loss((size_t)B * T);
+        std::vector<int> argmax((size_t)B * T);
+        copy_to_host(loss.data(), m->acts.loss, loss.size() * sizeof(floatS));
+        copy_to_host(argmax.data(), m->acts.argmax, argmax.size() * sizeof(int));
+        for (int b = 0; b < B; b++) {
+            const std::vector<int32_t>& s = ex[b]->ids;
+            for (size_t t = ex[b]->n_prompt - 1; t + 1 < s.size(); t++)
+                for (int k : {ex[b]->task, n_tasks}) {
+                    sums[3 * k] += loss[(size_t)b * T + t];
+                    sums[3 * k + 1] += 1;
+                    sums[3 * k + 2] += argmax[(size_t)b * T + t] == s[t + 1];
+                }
+        }
+    }
+    dist_sum_host(sums.data(), (int)sums.size());
+    for (int k = 0; k <= n_tasks; k++) {
+        const double n = std::max(1.0, sums[3 * k + 1]);
+        log_printf(log, "val step=%d task=%s nll=%.5f token_acc=%.4f tokens=%.0f\n", step,
+                   k < n_tasks ? d.task_names[k].c_str() : "all", sums[3 * k] / n, sums[3 * k + 2] / n, sums[3 * k + 1]);
+    }
+    return sums[3 * n_tasks] / std::max(1.0, sums[3 * n_tasks + 1]);
+}
+
+// The trace text of generated tokens: " Y </y>" without the space and the end marker.
+static std::string trace_text(const Data& d, const std::vector<int32_t>& ids) {
+    std::string s = d.tok.decode(ids.data(), ids.size());
+    while (!s.empty() && s[0] == ' ') s.erase(0, 1);
+    const size_t end = s.rfind("</y>");
+    if (end != std::string::npos) s.erase(end);
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    return s;
+}
+
+// The repository's data/strategies.py (beside the executable, which make builds in the repository root).
+static std::string strategies_script() {
+    char exe[4096];
+    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    std::string dir = ".";
+    if (n > 0) {
+        exe[n] = '\0';
+        const std::string path = exe;
+        dir = path.substr(0, path.find_last_of('/'));
+    }
+    return dir + "/data/strategies.py";
+}
+
+// Generates a trace for the first gen_examples prompts of every task (rank 0), writes them as JSON lines
+// (task, x, the generated y, the reference's strategy) to generations_<step>.jsonl, and logs what
+// `data/strategies.py --score` makes of them: final-answer accuracy and the mix of strategies, per task.
+static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) {
+    const Config& c = m->cfg;
+    if (c.gen_examples == 0 || dist().rank != 0) return;
+    const std::vector<const Example*> ex = eval_examples(d, c.gen_examples);
+    const int max_new = c.gen_max_tokens > 0 ? c.gen_max_tokens : m->T;
+    const double t0 = wall_time();
+    std::string lines;
+    size_t tokens = 0;
+    for (size_t i0 = 0; i0 < ex.size(); i0 += m->mb) {
+        std::vector<std::vector<int32_t>> prompts;
+        std::vector<uint64_t> keys;
+        for (size_t i = i0; i < std::min(ex.size(), i0 + m->mb); i++) {
+            prompts.emplace_back(ex[i]->ids.begin(), ex[i]->ids.begin() + ex[i]->n_prompt);
+            keys.push_back(hash_u64((uint64_t)c.seed, 0x6E4, (uint64_t)step, i));
+        }
+        const std::vector<std::vector<int32_t>> gen = generate(m, d, prompts, keys, max_new, (uint64_t)c.seed);
+        for (size_t k = 0; k < gen.size(); k++) {
+            const Example& e = *ex[i0 + k];
+            tokens += gen[k].size();
+            lines += "{\"task\": " + json_quote(d.task_names[e.task]) + ", \"x\": " + json_quote(e.x) + ", \"y\": " +
+                     json_quote(trace_text(d, gen[k])) + ", \"strategy\": " + std::to_string(e.strategy) + "}\n";
+        }
+    }
+    const double seconds = wall_time() - t0;
+    char name[64];
+    snprintf(name, sizeof name, "/generations_%08d.jsonl", step);
+    const std::string path = c.checkpoint_path + name;
+    write_file_atomic(path, [&](FILE* f, const char* p) { fwrite_check(lines.data(), lines.size(), f, p); });
+    log_printf(log, "gen step=%d traces=%zu tokens=%zu seconds=%.1f tokens_per_s=%.0f file=%s\n", step, ex.size(), tokens,
+               seconds, tokens / std::max(seconds, 1e-9), path.c_str());
+    const std::string script = strategies_script();
+    if (!file_exists(script.c_str())) {
+        log_printf(log, "gen step=%d: %s not found: score the file with python3 data/strategies.py --score\n", step, script.c_str());
+        return;
+    }
+    const std::string cmd = "python3 " + script + " --score " + path + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        log_printf(log, "gen step=%d: could not run %s\n", step, cmd.c_str());
+        return;
+    }
+    char buf[1024];
+    while (fgets(buf, sizeof buf, p)) {
+        std::string line = buf;
+        if (line.compare(0, 6, "score ") == 0) line = line.substr(6);
+        log_printf(log, "gen step=%d %s", step, line.c_str());
+    }
+    if (pclose(p) != 0) log_printf(log, "gen step=%d: warning: %s failed\n", step, cmd.c_str());
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 9. Checkpoints, Hugging Face and PEFT files, debug state.
+//
+// Checkpoint (ckpt_<step>.bin, common/checkpoint.h): the parameter state (params_sections: every group's fp32
+// weights, AdamW moments, steps), "state" (step, data epoch and cursor, training examples) and "architecture"
+// (the model's config.json text, which must match on resume). With save_hf, each checkpoint is also exported for
+// Hugging Face: full training writes hf_<step>/ (config.json + model.safetensors, HF's names, q/k/v and gate/up
+// split back out), LoRA writes adapter_<step>/ as PEFT's save_pretrained does (adapter_config.json +
+// adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained.
+
+static std::vector<TensorInfo> group_tensors(const ParamTable& t, int g) {
+    std::vector<TensorInfo> out;
+    for (const TensorInfo& ti : t.tensors) if (ti.group == g) out.push_back(ti);
+    return out;
+}
+
+static std::string arch_config_json(const Arch& a) { return qwen2_config_json(arch_hf_config(a)); }
+
+static PeftConfig lora_peft_config(const Config& c, const Arch& a) {
+    PeftConfig p;
+    p.r = c.lora_r;
+    p.lora_alpha = c.lora_alpha;
+    p.lora_dropout = 0.0;
+    p.use_rslora = c.use_rslora != 0;
+    const unsigned mask = lora_mask_parse(c.lora_targets);
+    for (int s = 0; s < LORA_SITES; s++) if (mask >> s & 1) p.target_modules.push_back(LORA_SITE_NAMES[s]);
+    p.base_model = a.source;
+    return p;
+}
+
+static std::string step_name(const std::string& dir, const char* kind, int step, const char* ext) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/%s_%08d%s", kind, step, ext);
+    return dir + buf;
+}
+
+// The Hugging Face export of the weights (full training) or the PEFT adapter (LoRA) at a step.
+static std::string export_hf(Model* m, int step) {
+    const std::vector<floatS> w = params_values(m->p);
+    const Arch& a = m->arch;
+    if (m->groups.lora) {
+        const std::string dir = step_name(m->cfg.checkpoint_path, "adapter", step, "");
+        make_dirs(dir);
+        peft_write(dir, lora_peft_config(m->cfg, a), group_tensors(m->p.table, m->groups.g_trained), w.data());
+        return dir;
+    }
+    const std::string dir = step_name(m->cfg.checkpoint_path, "hf", step, "");
+    make_dirs(dir);
+    hf_write_tensors(dir, group_tensors(m->p.table, m->groups.g_base), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
+                     (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
+    return dir;
+}
+
+static void checkpoint_save(Model* m, const Data& d, int step, const std::string& config, Logger* log) {
+    SectionList sections;
+    params_sections(m->p, &sections);
+    if (dist().rank != 0) return;
+    const int64_t state[4] = {step, d.epoch, d.cursor, (int64_t)d.train.size()};
+    section_add(&sections, "state", state, sizeof state);
+    const std::string arch = arch_config_json(m->arch);
+    section_add(&sections, "architecture", arch.data(), arch.size());
+    const std::string& dir = m->cfg.checkpoint_path;
+    const std::string path = step_name(dir, "ckpt", step, ".bin");
+    checkpoint_write(path, step, config, sections);
+    const std::string exported = m->cfg.save_hf ? " export=" + export_hf(m, step) : "";
+    log_printf(log, "checkpoint step=%d path=%s%s\n", step, path.c_str(), exported.c_str());
+    if (m->cfg.checkpoint_keep > 0) {
+        const std::vector<int> all = checkpoint_list_steps(dir, "ckpt");
+        for (size_t i = 0; i + m->cfg.checkpoint_keep < all.size(); i++) {
+            remove(step_name(dir, "ckpt", all[i], ".bin").c_str());
+            remove_dir_files(step_name(dir, m->groups.lora ? "adapter" : "hf", all[i], ""));
+        }
+    }
+}
+
+// Continues a run from a checkpoint, every value validated against this run.
+static void checkpoint_load(Model* m, Data* d, int* step, const char* path, const Checkpoint& ck) {
+    const Sections& s = ck.sections;
+    auto arch = s.find("architecture");
+    if (arch == s.end()) fatal("%s: no section 'architecture' (not a train_cvae checkpoint)", path);
+    const std::string stored(arch->second.begin(), arch->second.end()), now = arch_config_json(m->arch);
+    if (stored != now) fatal("%s: written for another architecture than model=%s (its config.json differs)", path, m->cfg.model.c_str());
+    int64_t state[4];
+    section_get(s, path, "state", state, 4);
+    section_check_range(path, "the step", state[0], ck.step, ck.step);
+    section_check_range(path, "the step", state[0], 0, INT32_MAX - 1);
+    if (state[3] != (int64_t)d->train.size())
+        fatal("%s: written with %lld training examples, this run has %zu (other data or tasks; start a new run)", path,
+              (long long)state[3], d->train.size());
+    section_check_range(path, "the data epoch", state[1], 0, state[0] * (int64_t)m->cfg.batch_size);
+    section_check_range(path, "the data cursor", state[2], 0, (int64_t)d->train.size());
+    params_load_sections(&m->p, s, path, state[0]);
+    *step = (int)state[0];
+    d->epoch = (int)state[1];
+    d->cursor = state[2];
+}
+
+// Base weights from Hugging Face safetensors (init_from), and a PEFT adapter (load_adapter).
+static void load_pretrained(Model* m, Logger* log) {
+    const Config& c = m->cfg;
+    const Arch& a = m->arch;
+    std::vector<floatS> w = params_values(m->p);
+    if (!c.init_from.empty()) {
+        const HfWeights hf = hf_weights_open(c.init_from.c_str());
+        const std::vector<std::string> unused = hf_load_tensors(hf, group_tensors(m->p.table, m->groups.g_base), w.data(),
+                                                                a.NH * a.HD, a.NKV * a.HD);
+        for (const std::string& name : unused)
+            log_printf(log, "warning: %s: tensor %s is not part of the model%s; ignored\n", c.init_from.c_str(), name.c_str(),
+                       name == "lm_head.weight" && a.tied ? " (the lm head is tied to the embedding)" : "");
+        log_printf(log, "loaded the base weights from %s\n", c.init_from.c_str());
+    }
+    if (!c.load_adapter.empty()) {
+        const PeftConfig want = lora_peft_config(c, a);
+        peft_read(c.load_adapter, want, group_tensors(m->p.table, m->groups.g_trained), w.data());
+        log_printf(log, "loaded the adapter from %s\n", c.load_adapter.c_str());
+    }
+    params_set(&m->p, w);
+}
+
+// What the first step computed, for debug_state.
+typedef struct {
+    int B, T;
+    std::vector<int32_t> input_ids, labels;     // (B, T), Hugging Face's labels: the token, or -100 outside the loss
+    std::vector<floatS> logits;                 // (B, T, V)
+    double loss;
+} DebugCapture;
+
+// A safetensors file that an independent implementation (dev/cvae_torch.py replay) can reproduce: the weights under
+// Hugging Face's names (the adapters under PEFT's), the batch, the logits, the loss (the mean over labelled
+// tokens) and the gradient of every trained tensor; the Qwen2 and LoRA configurations in the metadata.
+static void debug_state_write(Model* m, const DebugCapture& cap, const std::string& path, const std::string& config) {
+    const Arch& a = m->arch;
+    const int B = cap.B, T = cap.T;
+    const std::vector<floatS> w = params_values(m->p);
+    std::vector<floatS> grads(m->p.table.n_dense);
+    copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
+    SafetensorsWriter st;
+    for (const TensorInfo& t : m->p.table.tensors) {
+        const bool adapter = m->groups.lora && t.group == m->groups.g_trained;
+        const bool trained = t.group == m->groups.g_trained;
+        for (const HfPart& part : hf_parts(t.name, t.shape, a.NH * a.HD, a.NKV * a.HD)) {
+            const std::string name = (adapter ? "base_model.model." : "") + part.hf_name;
+            std::vector<int64_t> shape = t.shape;
+            shape[0] = part.rows;
+            const size_t offset = t.offset + (size_t)part.row_begin * (t.numel / t.shape[0]);
+            safetensors_add_f32(&st, name, shape, w.data() + offset);
+            if (trained) safetensors_add_f32(&st, "grad." + name, shape, grads.data() + offset);
+        }
+    }
+    safetensors_add_i32(&st, "batch.input_ids", {B, T}, cap.input_ids.data());
+    safetensors_add_i32(&st, "batch.labels", {B, T}, cap.labels.data());
+    safetensors_add_f32(&st, "out.logits", {B, T, a.V}, cap.logits.data());
+    const floatS loss = (floatS)cap.loss;
+    safetensors_add_f32(&st, "out.loss", {1}, &loss);
+    safetensors_add_meta(&st, "format", "arc.cu debug state");
+    safetensors_add_meta(&st, "config", arch_config_json(a));
+    if (m->groups.lora) safetensors_add_meta(&st, "lora", peft_config_json(lora_peft_config(m->cfg, a)));
+    safetensors_add_meta(&st, "trainable", m->groups.lora ? "lora" : "base");
+    safetensors_add_meta(&st, "run_config", config);
+    safetensors_write(st, path);
+}
+
+// The batch and logits of the first micro-batch (before the loss overwrites the logits with their gradient).
+static void debug_capture(Model* m, DebugCapture* cap, const std::vector<const Example*>& ex, int T) {
+    const int B = (int)ex.size(), V = m->arch.V, D = m->arch.D;
+    cap->B = B;
+    cap->T = T;
+    cap->input_ids.assign((size_t)B * T, 0);
+    cap->labels.assign((size_t)B * T, IGNORE_LABEL_ID);
+    copy_to_host(cap->input_ids.data(), m->acts.ids, cap->input_ids.size() * sizeof(int));
+    for (int b = 0; b < B; b++)
+        for (size_t t = ex[b]->n_prompt; t < ex[b]->ids.size(); t++) cap->labels[(size_t)b * T + t] = ex[b]->ids[t];
+    cap->logits.resize((size_t)B * T * V);
+    for (int r = 0; r < B * T; r++) {
+        matmul_forward(m->acts.logits, m->acts.hn + (size_t)r * D, lm_head_weight(*m), nullptr, 1, D, V, Stream());
+        download_floatX(cap->logits.data() + (size_t)r * V, m->acts.logits, V);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// 10. Training step and main loop.
+
+// Model FLOPs of a micro-batch's training step: the forward pass (the blocks and the lm head) and the backward
+// pass, which computes the input gradients of everything (as many FLOPs as the forward) and the weight gradients
+// of what is trained (as many again for the base when it is trained; LoRA's adapters are in stack_flops' count
+// of neither: a few percent at r = 16). Recomputation is not counted.
+static double micro_batch_flops(const Model& m, int B, int T) {
+    const double blocks = stack_flops(stack_shape(m, B, T, nullptr, 0)), head = 2.0 * B * T * m.arch.D * m.arch.V;
+    const double weight_grads = m.groups.lora ? 0.0 : 1.0;
+    return (blocks + head) * (2.0 + weight_grads);
+}
+
+typedef struct {
+    double loss, token_acc, targets, tokens, flops;
+} StepMetrics;
+
+// One optimizer step's forward and backward over the global batch (this rank's share: examples rank, rank + W,
+// ...), gradients accumulated over the micro-batches and summed over the ranks.
+static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
+    const Config& c = m->cfg;
+    const int rank = dist().rank, W = dist().world;
+    const std::vector<int> global = data_next_batch(d, c.batch_size, (uint64_t)c.seed);
+    std::vector<const Example*> mine;
+    for (size_t i = rank; i < global.size(); i += W) mine.push_back(&d->train[global[i]]);
+    double n_targets = 0;                                  // the y tokens of the global batch: the loss's mean
+    for (int i : global) n_targets += (double)(d->train[i].ids.size() - d->train[i].n_prompt);
+    StepMetrics r = StepMetrics();
+    r.targets = n_targets;
+    for (size_t i0 = 0; i0 < mine.size(); i0 += m->mb) {
+        const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
+        const int B = (int)ex.size(), T = batch_length(*m, ex);
+        upload_batch(m, *d, ex, T);
+        model_forward(m, B, T, nullptr, 0, Stream());
+        if (cap && i0 == 0) debug_capture(m, cap, ex, T);
+        loss_and_backward(m, B, T, (float)(1.0 / n_targets), true, Stream());
+        std::vector<floatS> loss((size_t)B * T);
+        std::vector<int> argmax((size_t)B * T), targets((size_t)B * T);
+        copy_to_host(loss.data(), m->acts.loss, loss.size() * sizeof(floatS));
+        copy_to_host(argmax.data(), m->acts.argmax, argmax.size() * sizeof(int));
+        copy_to_host(targets.data(), m->acts.targets, targets.size() * sizeof(int));
+        for (size_t k = 0; k < loss.size(); k++) {
+            r.loss += loss[k];
+            r.token_acc += targets[k] != IGNORE_LABEL_ID && argmax[k] == targets[k];
+        }
+        for (const Example* e : ex) r.tokens += (double)e->ids.size();
+        r.flops += micro_batch_flops(*m, B, T);
+    }
+    params_grad_sum_start(&m->p, 0, 1, Stream());
+    dist_sum_wait(Stream());
+    double sums[3] = {r.loss, r.token_acc, r.tokens};
+    dist_sum_host(sums, 3);
+    r.loss = sums[0] / n_targets;
+    r.token_acc = sums[1] / n_targets;
+    r.tokens = sums[2];
+    if (cap) cap->loss = r.loss;
+    return r;
+}
+
+// Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
+#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora"
+#define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|log_every|debug_state|eval_every|" \
+    "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size"
+
+static int train_main(int argc, char** argv) {
+    Config cfg = config_defaults();
+    std::vector<ArgSpec> specs = config_specs(&cfg);
+    Run run;
+    if (!run_begin(&run, &argc, &argv, specs, "key=value ...   (e.g. data_dir=data/strategies model=small)",
+                   [&]() {
+                       config_validate(cfg);
+                       if (cfg.batch_size % dist().world)
+                           fatal("batch_size=%d must be a multiple of the number of processes (%d)", cfg.batch_size, dist().world);
+                   }, cfg.checkpoint_path))
+        return 0;
+    Logger& log = run.log;
+    Data data;
+    data.tok = tokenizer_load(cfg.tokenizer.c_str());
+    const Arch arch = arch_resolve(cfg.model, data.tok.vocab_size());
+    data_load(&data, cfg, arch);
+    Model model;
+    Model* m = &model;
+    model_build(m, cfg, arch, cfg.batch_size / run.world);
+    model_init_weights(m, (uint64_t)cfg.seed);
+    load_pretrained(m, &log);
+
+    int step = 0;
+    if (cfg.resume) {
+        if (run.rank == 0) checkpoint_dir_clean(cfg.checkpoint_path);
+        std::vector<std::string> paths;
+        for (int s : checkpoint_list_steps(cfg.checkpoint_path, "ckpt")) paths.insert(paths.begin(), step_name(cfg.checkpoint_path, "ckpt", s, ".bin"));
+        Checkpoint ck;
+        const std::string path = run_resume_newest(&run, paths, &ck, true, cfg.checkpoint_path);
+        if (path.empty()) {
+            log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
+        } else {
+            config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
+            checkpoint_load(m, &data, &step, path.c_str(), ck);
+            log_printf(&log, "resumed from %s at step %d\n", path.c_str(), step);
+        }
+    }
+    data_shuffle(&data, (uint64_t)cfg.seed);
+
+    const double steps_per_epoch = (double)data.train.size() / cfg.batch_size;
+    int total_steps = (int)std::min(2e9, ceil(cfg.epochs * steps_per_epoch));
+    if (cfg.max_steps > 0) total_steps = cfg.max_steps;
+    if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
+    size_t n_trained = group_numel(m->p.table, m->groups.g_trained), n_total = 0;
+    for (size_t g = 0; g < m->p.table.groups.size(); g++) n_total += group_numel(m->p.table, (int)g);
+    log_printf(&log, "arc.cu train_cvae mode=%s (%s backend on %s, %s, %d process%s)  model=%s D=%d layers=%d heads=%d/%d "
+               "I=%d V=%d tied=%d\n", cfg.mode.c_str(), BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, run.world,
+               run.world > 1 ? "es" : "", arch.source.c_str(), arch.D, arch.n_layers, arch.NH, arch.NKV, arch.I, arch.V, arch.tied);
+    log_printf(&log, "parameters: %zu, trained %zu (%s)  tokenizer: %s (%d ids)\n", n_total, n_trained,
+               m->groups.lora ? ("LoRA r=" + std::to_string(cfg.lora_r) + " on " + cfg.lora_targets).c_str() : "every weight",
+               cfg.tokenizer.c_str(), data.tok.vocab_size());
+    log_printf(&log, "data: %zu training examples, %zu %s examples, %zu tasks  steps: %d (%.1f per epoch)\n", data.train.size(),
+               data.eval.size(), cfg.eval_split.c_str(), data.task_names.size(), total_steps, steps_per_epoch);
+    log_printf(&log, "memory: %.2f GiB allocated (activations %.2f GiB for micro-batch %d of %d x %d tokens)\n",
+               device_bytes_allocated() / 1073741824.0, m->acts_bytes / 1073741824.0, m->mb, m->B_local, m->T);
+    if (cfg.eval_only) {
+        evaluate_nll(m, data, step, &log);
+        evaluate_generation(m, data, step, &log);
+        run_end(&run);
+        return 0;
+    }
+    if (!cfg.debug_state.empty() && (m->mb != m->B_local || run.world != 1))
+        fatal("debug_state needs one process and one micro-batch per step (micro_batch_size=0)");
+
+    const int first_step = step + 1;
+    RunTiming timing = timing_begin(first_step);
+    if (first_step > total_steps) log_printf(&log, "nothing to do: the run is at step %d of %d\n", step, total_steps);
+    for (step = first_step; step <= total_steps; step++) {
+        const double t0 = wall_time();
+        DebugCapture cap;
+        const bool capture = step == 1 && !cfg.debug_state.empty();
+        StepMetrics r = train_step(m, &data, capture ? &cap : nullptr);
+        if (!std::isfinite(r.loss))
+            fatal("step %d: the loss is %g: the run diverged (try a lower lr); the checkpoints written so far are kept", step, r.loss);
+        if (capture && run.rank == 0) {
+            debug_state_write(m, cap, cfg.debug_state, run.config_text);
+            log_printf(&log, "debug state written to %s\n", cfg.debug_state.c_str());
+        }
+        const UpdateStats u = model_update(m, step, total_steps, Stream());
+        device_synchronize();
+        const double seconds = wall_time() - t0;
+        timing_step(&timing, step, seconds, r.flops);
+        if (step % cfg.log_every == 0 || step == total_steps)
+            log_printf(&log, "train step=%d loss=%.5f token_acc=%.4f lr=%.3e grad_norm=%.4f ms=%.1f tokens_per_s=%.0f%s\n", step,
+                       r.loss, r.token_acc, u.lr, u.grad_norm, 1000 * seconds, r.tokens / seconds,
+                       mfu_field(run, r.flops, seconds).c_str());
+        log_progress(&run, timing, step, total_steps);
+        const bool eval_now = (cfg.eval_every && step % cfg.eval_every == 0) || step == total_steps;
+        if (eval_now) {
+            evaluate_nll(m, data, step, &log);
+            evaluate_generation(m, data, step, &log);
+        }
+        if (eval_now || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0))
+            checkpoint_save(m, data, step, run.config_text, &log);
+    }
+    log_timing(&run, timing, cfg.batch_size);
+    run_end(&run);
+    return 0;
+}
+
+#ifndef TESTING
+int main(int argc, char** argv) { return run_main(train_main, argc, argv); }
+#endif
