@@ -75,10 +75,10 @@ HEADERS := $(wildcard common/*.h kernels/*.cuh)
 # GPU tests), the kernel tests in both precisions, and the kernel labs.
 LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
-GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
+GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 train_cvae train_cvae_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
 .PHONY: all run run-jepa test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan tokenizer-qwen test-tokenizer
-all: features train_etrm_cpu train_jepa_cpu $(if $(NVCC_PATH),train_etrm train_jepa)
+all: features train_etrm_cpu train_jepa_cpu train_cvae_cpu $(if $(NVCC_PATH),train_etrm train_jepa train_cvae)
 
 features:
 	@echo "arc.cu build: CPU compiler $(CXX) [OpenMP: $(OMP_STATUS)]"
@@ -173,12 +173,15 @@ test-tokenizer: build/test_tokenizer build/tokenize
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
 	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model build/test_transformer \
-	build/test_lm_ops build/test_tokenizer build/tokenize
+	build/test_lm_ops build/test_tokenizer build/tokenize build/test_cvae_model
 build/%: test/%.cpp $(HEADERS) test/test.h test/op_test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
 # the whole-graph gradient check includes the trainer and runs it in double precision
 build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
+build/test_cvae_model: test/test_cvae_model.cpp train_cvae.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
 build/test_jepa_model: test/test_jepa_model.cpp train_jepa.cu $(HEADERS) test/test.h
@@ -199,11 +202,11 @@ build/test_transformer: test/test_transformer.cpp $(HEADERS) test/test.h test/op
 GPU_TESTS := $(if $(NVCC_PATH),"./build/test_kernels" "./build/test_kernels_fp32" "$(PYTHON) test/test_gpu.py",\
 	"echo 'SKIP gpu tests: nvcc not found, the CUDA targets were not built'")
 
-test: train_etrm_cpu train_jepa_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
+test: train_etrm_cpu train_jepa_cpu train_cvae_cpu $(TEST_BINS) $(GPU_TARGETS) $(SYNTH)/train.bin
 	-@$(MAKE) --no-print-directory tokenizer-qwen
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
-		"./build/test_transformer" "./build/test_lm_ops" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
+		"./build/test_transformer" "./build/test_lm_ops" "./build/test_cvae_model" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
 		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" $(GPU_TESTS)
 
@@ -251,4 +254,4 @@ shared-copy:
 	mkdir -p shared/data && cp -r --no-preserve=mode ../shared/bench shared/ && cp -r --no-preserve=mode ../shared/data/arc-agi-1 shared/data/
 
 clean:
-	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32
+	rm -rf build train_etrm_cpu train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32 train_cvae_cpu train_cvae train_cvae_fp32
