@@ -1,0 +1,659 @@
+#!/usr/bin/env python3
+"""Qwen2 with LoRA in plain PyTorch: an independent reference for train_cvae.cu's debug state, and its step timed.
+
+    python3 dev/cvae_torch.py replay STATE.safetensors [--tol 1e-4]   # recompute a debug state in float64
+    python3 dev/cvae_torch.py make-example OUT.safetensors [--trainable lora|base] [--untied] [--rslora] ...
+    python3 dev/cvae_torch.py selftest                                 # this file against naive loops
+    python3 dev/cvae_torch.py bench [--preset qwen2.5-0.5b|small] [--batch 8] [--seq 512] [--lora-r 16] ...
+
+Needs torch (>= 1.13; on the development machine /usr/bin/python3 has it), nothing else: no transformers, no peft.
+
+The model is Hugging Face's Qwen2ForCausalLM, written out from its equations, on parameters kept in one dict
+under HF's names (PEFT's names for the adapters), so a debug state maps onto it name for name:
+  - x = embed_tokens[ids]; per layer (pre-norm):  h = x + o_proj(attn(rms1(x)))
+                                                   x = h + down_proj(silu(gate_proj(rms2(h))) * up_proj(rms2(h)))
+    then the final RMSNorm and logits = x W^T with W = lm_head.weight, or embed_tokens when the embeddings are tied.
+  - RMSNorm: w * (x / sqrt(mean(x^2) + eps)), the statistics in fp32 (float64 in float64).
+  - Attention: q, k, v projections with bias, o_proj without; NH query heads of HD = D / NH, NKV key/value heads,
+    query head h reading kv head h // (NH / NKV); rotary embedding (rotate-half: angle = pos * theta^(-2i/HD), the
+    cos and sin tables repeated over both halves, q' = q cos + rotate_half(q) sin, rotate_half(x) = [-x2, x1]);
+    causal softmax(q k^T / sqrt(HD)) v, the softmax in fp32; no other mask (padding sits at the end of a row).
+  - LoRA on an adapted linear layer: y = x W^T + b + s (x A^T) B^T, A (r, in), B (out, r), s = alpha / r, or
+    alpha / sqrt(r) with rsLoRA (no dropout).
+  - Loss: mean over the positions t < T-1 whose next label labels[b, t+1] is not -100 of
+    cross_entropy(logits[b, t], labels[b, t+1]).
+
+replay reads the debug state (safetensors: "__metadata__" holds "config" = the model's config.json text, "lora" =
+{"r", "lora_alpha", "target_modules", "use_rslora", "lora_dropout"} or nothing, "trainable" = "lora" | "base";
+the weights; batch.input_ids and batch.labels; out.logits and out.loss; grad.NAME for each trainable tensor),
+rebuilds the model in float64, recomputes the logits, the loss and by autograd the gradient of the loss with
+respect to each trainable tensor, and prints for each of them "NAME max_abs_err rel_err" (rel_err: the largest
+difference over the largest magnitude of the float64 value), then "worst rel_err=E (tensor NAME)". A gradient is
+that of out.loss itself (the mean over the batch's labelled positions; with tied embeddings, embed_tokens' gradient
+sums the lookup's and the lm head's parts). Exit status 1, with one line "error: FILE: why" on stderr, when the
+worst exceeds --tol (NaN does), or when a tensor is missing, unexpected, misshapen or of the wrong dtype.
+
+make-example writes such a file from this script itself (a tiny random config and batch with padding and -100
+labels, nonzero adapters, everything computed in float32), for testing replay while no trainer writes one.
+selftest checks the attention against a loop over one head at a time, the LoRA path against merged weights, the
+loss against a loop, and the make-example / replay cycle (a perturbed gradient, a missing or misshapen tensor
+must fail); when transformers happens to be importable it also compares the logits with its Qwen2ForCausalLM.
+
+bench times one LoRA training step on random weights (frozen base in --dtype, fp32 adapters on all seven
+projections with alpha = 2r, cast to --dtype in the forward; loss on every token; backward; AdamW on the adapters)
+on CUDA when available, otherwise on the CPU (small preset only), and prints one line
+    bench_torch ms_per_step=M tokens_per_s=T peak_mem_gb=G device="NAME" ... flops_per_step=F tflops_per_s=X
+peak_mem_gb is torch's peak allocation on CUDA, the process's peak resident memory on the CPU.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import struct
+import sys
+import tempfile
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    sys.exit("error: dev/cvae_torch.py: needs torch (on the development machine: /usr/bin/python3 dev/cvae_torch.py)")
+
+TARGETS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+PEFT = "base_model.model."       # PEFT's prefix of every name of the adapted model
+DTYPES = {"F32": torch.float32, "F64": torch.float64, "I32": torch.int32, "I64": torch.int64}
+SIZES = {"F32": 4, "F64": 8, "I32": 4, "I64": 8}
+QWEN = {"num_hidden_layers": 24, "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "intermediate_size": 4864, "vocab_size": 151936, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True}
+PRESETS = {"qwen2.5-0.5b": QWEN,
+           "small": dict(QWEN, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                         vocab_size=512)}
+
+
+class StateError(Exception):
+    """A debug state that cannot be replayed; the command line prints "error: FILE: why"."""
+
+
+# ---------------------------------------------------------------- configuration
+
+class Config:
+    """The shapes of a Qwen2 config.json (a dict) and, when `lora` is a dict, of its adapters."""
+
+    def __init__(self, hf, lora):
+        try:
+            self.D, self.I, self.L = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
+            self.NH, self.NKV, self.V = hf["num_attention_heads"], hf["num_key_value_heads"], hf["vocab_size"]
+            self.theta, self.eps = float(hf["rope_theta"]), float(hf["rms_norm_eps"])
+            self.HD, self.tied = hf.get("head_dim") or self.D // self.NH, bool(hf.get("tie_word_embeddings"))
+            if lora is not None:
+                self.r, self.targets, alpha = lora["r"], lora["target_modules"], lora["lora_alpha"]
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise StateError(f"config or lora metadata: missing or malformed {e}")
+        sizes = (self.D, self.I, self.L, self.NH, self.NKV, self.V, self.HD) + ((self.r,) if lora else ())
+        if not all(type(n) is int and n > 0 for n in sizes) or self.NH % self.NKV or self.HD % 2 or \
+                hf.get("rope_scaling"):
+            raise StateError("config: needs positive integer sizes, num_attention_heads divisible by "
+                             "num_key_value_heads, an even head_dim, no rope_scaling")
+        self.lora = lora
+        if lora is not None:
+            self.scale = alpha / (math.sqrt(self.r) if lora.get("use_rslora") else self.r)
+            if not isinstance(self.targets, list) or set(self.targets) - set(TARGETS) or lora.get("lora_dropout"):
+                raise StateError(f"lora: targets {self.targets} must be a list among {list(TARGETS)}, dropout 0")
+
+    def projections(self):
+        """(out, in) of each linear layer of a decoder layer."""
+        q, kv = self.NH * self.HD, self.NKV * self.HD
+        return {"q_proj": (q, self.D), "k_proj": (kv, self.D), "v_proj": (kv, self.D), "o_proj": (self.D, q),
+                "gate_proj": (self.I, self.D), "up_proj": (self.I, self.D), "down_proj": (self.D, self.I)}
+
+    def shapes(self):
+        """Every tensor of the model by name: the base under HF's names, then the adapters under PEFT's."""
+        base, adapters = {"model.embed_tokens.weight": (self.V, self.D), "model.norm.weight": (self.D,)}, {}
+        if not self.tied:
+            base["lm_head.weight"] = (self.V, self.D)
+        for i in range(self.L):
+            base[f"model.layers.{i}.input_layernorm.weight"] = (self.D,)
+            base[f"model.layers.{i}.post_attention_layernorm.weight"] = (self.D,)
+            for proj, (out, inp) in self.projections().items():
+                name = f"model.layers.{i}.{TARGETS[proj]}.{proj}"
+                base[name + ".weight"] = (out, inp)
+                if proj in ("q_proj", "k_proj", "v_proj"):
+                    base[name + ".bias"] = (out,)
+                if self.lora is not None and proj in self.targets:
+                    adapters[PEFT + name + ".lora_A.weight"] = (self.r, inp)
+                    adapters[PEFT + name + ".lora_B.weight"] = (out, self.r)
+        return {**base, **adapters}
+
+
+def stat_dtype(dtype):
+    """Where HF computes norms, softmax and rotary tables: fp32, or float64 in a float64 model."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- the model
+
+def linear(x, p, cfg, name):
+    """x W^T + b, plus the LoRA term s (x A^T) B^T when `name` is adapted (adapters cast to x's dtype)."""
+    y = F.linear(x, p[name + ".weight"], p.get(name + ".bias"))
+    if PEFT + name + ".lora_A.weight" in p:
+        a, b = (p[PEFT + name + f".lora_{k}.weight"].to(x.dtype) for k in "AB")
+        y = y + cfg.scale * F.linear(F.linear(x, a), b)
+    return y
+
+
+def rms_norm(x, w, eps):
+    h = x.to(stat_dtype(x.dtype))
+    return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rope_tables(cfg, T, dtype, device):
+    """cos and sin of pos * theta^(-2i/HD) for pos < T, each (T, HD): the HD/2 angles written twice."""
+    s = stat_dtype(dtype)
+    inv_freq = cfg.theta ** (-torch.arange(0, cfg.HD, 2, dtype=s, device=device) / cfg.HD)
+    angles = torch.arange(T, dtype=s, device=device)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], -1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def attention_heads(x, p, cfg, prefix, rope):
+    """The heads' outputs (B, NH, T, HD) for the normed input x (B, T, D) of the layer whose names start prefix."""
+    B, T, _ = x.shape
+    q, k, v = (linear(x, p, cfg, prefix + proj).view(B, T, n, cfg.HD).transpose(1, 2)
+               for proj, n in (("q_proj", cfg.NH), ("k_proj", cfg.NKV), ("v_proj", cfg.NKV)))
+    q, k = rotate(q, *rope), rotate(k, *rope)
+    group = cfg.NH // cfg.NKV    # query head h reads kv head h // group
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    if hasattr(F, "scaled_dot_product_attention"):       # torch >= 2.0: fused kernels
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.HD)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+    return torch.softmax(scores, -1, dtype=stat_dtype(x.dtype)).to(x.dtype) @ v
+
+
+def forward(cfg, p, ids):
+    """Logits (B, T, V) of the token ids (B, T)."""
+    B, T = ids.shape
+    x = F.embedding(ids, p["model.embed_tokens.weight"])
+    rope = rope_tables(cfg, T, x.dtype, x.device)
+    for i in range(cfg.L):
+        pre = f"model.layers.{i}."
+        heads = attention_heads(rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps), p, cfg, pre + "self_attn.",
+                                rope)
+        x = x + linear(heads.transpose(1, 2).reshape(B, T, cfg.NH * cfg.HD), p, cfg, pre + "self_attn.o_proj")
+        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps)
+        gated = F.silu(linear(h, p, cfg, pre + "mlp.gate_proj")) * linear(h, p, cfg, pre + "mlp.up_proj")
+        x = x + linear(gated, p, cfg, pre + "mlp.down_proj")
+    x = rms_norm(x, p["model.norm.weight"], cfg.eps)
+    return x @ p["model.embed_tokens.weight" if cfg.tied else "lm_head.weight"].t()
+
+
+def loss_of(logits, labels):
+    """HF's causal LM loss: position t predicts labels[:, t+1]; labels -100 are ignored."""
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V).to(stat_dtype(logits.dtype)),
+                           labels[:, 1:].reshape(-1).long(), ignore_index=-100)
+
+
+def random_params(cfg, seed, device="cpu", dtype=torch.float32):
+    """Random weights of every tensor of cfg.shapes(): base in dtype, adapters (B nonzero) in fp32."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    p = {}
+    for name, shape in cfg.shapes().items():
+        t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+        if name.endswith("norm.weight"):
+            t = 1 + 0.1 * t
+        elif name.endswith(".bias") or name.endswith("lora_B.weight"):
+            t = 0.1 * t
+        else:                                   # embeddings, projections, A: unit-scale outputs
+            t = t / math.sqrt(shape[-1])
+        p[name] = t if ".lora_" in name else t.to(dtype)
+    return p
+
+
+def trainable_names(cfg, trainable):
+    return [n for n in cfg.shapes() if (".lora_" in n) == (trainable == "lora")]
+
+
+# ---------------------------------------------------------------- safetensors
+
+def read_state(path):
+    """(tensors, metadata) of a safetensors file; StateError on anything malformed."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise StateError(f"cannot read: {e.strerror}")
+    try:
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        meta, data = header.pop("__metadata__", {}), raw[8 + n:]
+        tensors = {}
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            numel = math.prod(info["shape"])
+            if info["dtype"] not in DTYPES or end - begin != numel * SIZES[info["dtype"]] or end > len(data):
+                raise ValueError(f"tensor {name}: dtype {info['dtype']} (F32/F64/I32/I64), shape {info['shape']}"
+                                 f" and offsets {info['data_offsets']} disagree or pass the end of the file")
+            t = torch.frombuffer(bytearray(data[begin:end]), dtype=DTYPES[info["dtype"]]) if numel else \
+                torch.zeros(0, dtype=DTYPES[info["dtype"]])
+            tensors[name] = t.reshape(info["shape"])
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StateError(f"not a readable safetensors file: {e}")
+    return tensors, meta
+
+
+def write_state(path, tensors, meta):
+    """safetensors: float tensors as F32, integer tensors as I32, packed in name order."""
+    header, blobs, offset = {"__metadata__": meta}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().reshape(-1)
+        kind, fmt = ("F32", "f") if t.is_floating_point() else ("I32", "i")
+        blobs.append(struct.pack(f"<{t.numel()}{fmt}", *t.tolist()))
+        header[name] = {"dtype": kind, "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + len(blobs[-1])]}
+        offset += len(blobs[-1])
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+# ---------------------------------------------------------------- replay
+
+def json_meta(meta, key):
+    try:
+        return json.loads(meta[key]) if key in meta else None
+    except (ValueError, TypeError) as e:
+        raise StateError(f"metadata {key!r} is not JSON: {e}")
+
+
+def expect_shape(tensors, name, shape):
+    if name not in tensors:
+        raise StateError(f"missing tensor {name}")
+    if tuple(tensors[name].shape) != tuple(shape):
+        raise StateError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
+
+
+def recompute(tensors, meta):
+    """[(name, ours, file value)] for out.logits, out.loss and every grad.NAME, ours recomputed in float64."""
+    hf, lora, trainable = json_meta(meta, "config"), json_meta(meta, "lora"), meta.get("trainable")
+    if not isinstance(hf, dict):
+        raise StateError("no 'config' metadata (the model's config.json)")
+    if trainable != ("lora" if lora is not None else "base"):
+        raise StateError(f"metadata trainable={trainable!r} with {'a' if lora else 'no'} 'lora' entry "
+                         "(expected 'lora' with an adapter, 'base' without)")
+    cfg = Config(hf, lora)
+    shapes, train = cfg.shapes(), trainable_names(cfg, trainable)
+    ids = tensors.get("batch.input_ids")
+    if ids is None or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
+        raise StateError("batch.input_ids: missing, empty or not an integer tensor (B, T)")
+    B, T = ids.shape
+    wanted = {**shapes, "batch.labels": (B, T), "out.logits": (B, T, cfg.V), "out.loss": (1,),
+              **{"grad." + n: shapes[n] for n in train}}
+    for name, shape in wanted.items():
+        expect_shape(tensors, name, shape)
+    extra = sorted(set(tensors) - set(wanted) - {"batch.input_ids"})
+    if extra:
+        raise StateError(f"unexpected tensor {extra[0]} (trainable={trainable}; {len(extra)} unexpected in all)")
+    wrong = [n for n in wanted if tensors[n].is_floating_point() == (n == "batch.labels")]
+    if wrong:
+        raise StateError(f"tensor {wrong[0]} has the wrong dtype (batch.labels is integer, the others float)")
+    labels = tensors["batch.labels"].long()
+    if ids.min() < 0 or ids.max() >= cfg.V or ((labels != -100) & ((labels < 0) | (labels >= cfg.V))).any():
+        raise StateError(f"batch.input_ids or batch.labels outside 0..{cfg.V - 1} (labels may also be -100)")
+    p = {n: tensors[n].double().requires_grad_(n in train) for n in shapes}
+    logits = forward(cfg, p, ids.long())
+    loss = loss_of(logits, labels)
+    grads = torch.autograd.grad(loss, [p[n] for n in train])
+    pairs = [("out.logits", logits, tensors["out.logits"]), ("out.loss", loss.reshape(1), tensors["out.loss"])]
+    return pairs + [("grad." + n, g, tensors["grad." + n]) for n, g in zip(train, grads)]
+
+
+def errors(pairs):
+    """[(name, max_abs_err, rel_err)]: the largest difference, and it over the largest magnitude of ours."""
+    rows = []
+    for name, ours, theirs in pairs:
+        diff = (ours.detach().double() - theirs.double()).abs().max().item() if ours.numel() else 0.0
+        scale = max(ours.detach().abs().max().item() if ours.numel() else 0.0, torch.finfo(torch.float32).tiny)
+        rows.append((name, diff, diff / scale))
+    return rows
+
+
+def replay(path, tol):
+    tensors, meta = read_state(path)
+    rows = errors(recompute(tensors, meta))
+    for name, diff, rel in rows:
+        print(f"{name} {diff:.3e} {rel:.3e}")
+    name, _, worst = max(rows, key=lambda row: row[2] if row[2] == row[2] else math.inf)   # NaN counts as worst
+    print(f"worst rel_err={worst:.3e} (tensor {name})")
+    if not worst <= tol:
+        raise StateError(f"rel_err {worst:.3e} of {name} above --tol {tol:g}")
+
+
+# ---------------------------------------------------------------- make-example
+
+def example_config(trainable, untied, rslora, targets):
+    hf = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40, "rope_theta": 10000.0,
+          "rms_norm_eps": 1e-6, "tie_word_embeddings": not untied, "hidden_act": "silu"}
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": targets, "use_rslora": rslora, "lora_dropout": 0.0}
+    return hf, lora if trainable == "lora" else None
+
+
+def example_batch(V, seed):
+    """3 rows of 12 tokens: lengths 12, 9 and 5 (padding 0 after, label -100), the first 3 labels -100."""
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(1, V, (3, 12), generator=g, dtype=torch.int32)
+    labels = ids.clone()
+    for row, length in enumerate((12, 9, 5)):
+        ids[row, length:] = 0
+        labels[row, length:] = -100
+        labels[row, :3] = -100
+    return ids, labels
+
+
+def make_example(out, trainable="lora", untied=False, rslora=False, targets=tuple(TARGETS), seed=0):
+    """Writes a debug state computed by this script in float32; returns its loss."""
+    hf, lora = example_config(trainable, untied, rslora, list(targets))
+    cfg = Config(hf, lora)
+    p = random_params(cfg, seed)
+    train = trainable_names(cfg, trainable)
+    for n in train:
+        p[n].requires_grad_(True)
+    ids, labels = example_batch(cfg.V, seed)
+    logits = forward(cfg, p, ids.long())
+    loss = loss_of(logits, labels)
+    grads = torch.autograd.grad(loss, [p[n] for n in train])
+    tensors = {**p, "batch.input_ids": ids, "batch.labels": labels, "out.logits": logits,
+               "out.loss": loss.reshape(1), **{"grad." + n: g for n, g in zip(train, grads)}}
+    meta = {"config": json.dumps(hf), "trainable": trainable, **({"lora": json.dumps(lora)} if lora else {})}
+    write_state(out, tensors, meta)
+    return loss.item()
+
+
+# ---------------------------------------------------------------- selftest
+
+class Skip(Exception):
+    pass
+
+
+def close(a, b, tol, what):
+    err = (a.detach() - b.detach()).abs().max().item()
+    assert err <= tol, f"{what}: max difference {err:.3e} > {tol:g}"
+
+
+def merged(cfg, p):
+    """The parameters with every adapter folded into its weight (W + s B A) and removed."""
+    out = {n: t for n, t in p.items() if ".lora_" not in n}
+    for name in p:
+        if name.endswith(".lora_A.weight"):
+            base = name[len(PEFT):-len(".lora_A.weight")]
+            out[base + ".weight"] = out[base + ".weight"] + cfg.scale * p[PEFT + base + ".lora_B.weight"] @ p[name]
+    return out
+
+
+def tiny_model(seed=0, rslora=True, untied=False):
+    hf, lora = example_config("lora", untied, rslora, list(TARGETS))
+    cfg = Config(hf, lora)
+    return hf, cfg, {n: t.double() for n, t in random_params(cfg, seed).items()}
+
+
+def naive_head(cfg, p, layer, h, x):
+    """Head h of a layer on one sequence x (T, D), position by position, from the merged weights."""
+    T, HD, half = x.shape[0], cfg.HD, cfg.HD // 2
+    kv = h // (cfg.NH // cfg.NKV)
+
+    def rows(proj, head, t):
+        name = f"model.layers.{layer}.self_attn.{proj}"
+        part = slice(head * HD, (head + 1) * HD)
+        return p[name + ".weight"][part] @ x[t] + p[name + ".bias"][part]
+
+    def rot(vec, t):
+        out = vec.clone()
+        for i in range(half):
+            c, s = math.cos(t * cfg.theta ** (-2 * i / HD)), math.sin(t * cfg.theta ** (-2 * i / HD))
+            out[i], out[i + half] = vec[i] * c - vec[i + half] * s, vec[i + half] * c + vec[i] * s
+        return out
+
+    result = []
+    for t in range(T):
+        q = rot(rows("q_proj", h, t), t)
+        scores = [float(q @ rot(rows("k_proj", kv, s), s)) / math.sqrt(HD) for s in range(t + 1)]
+        weights = [math.exp(z - max(scores)) for z in scores]
+        result.append(sum(w / sum(weights) * rows("v_proj", kv, s) for s, w in enumerate(weights)))
+    return torch.stack(result)
+
+
+def test_attention_heads():
+    """Every head of attention_heads (with LoRA on q, k, v) against the loop on merged weights."""
+    _, cfg, p = tiny_model()
+    x = torch.randn(1, 7, cfg.D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    heads = attention_heads(x, p, cfg, "model.layers.1.self_attn.", rope_tables(cfg, 7, torch.float64, "cpu"))
+    for h in range(cfg.NH):
+        close(heads[0, h], naive_head(cfg, merged(cfg, p), 1, h, x[0]), 1e-12, f"head {h}")
+
+
+def test_lora_merged():
+    """The model with adapters equals the model with the adapters merged into the weights; the LoRA scale."""
+    hf, cfg, p = tiny_model(untied=True)
+    plain = Config(hf, dict(cfg.lora, use_rslora=False))
+    assert (cfg.r, cfg.lora["lora_alpha"], cfg.scale, plain.scale) == (4, 8, 4.0, 2.0), "alpha/sqrt(r), alpha/r"
+    ids = example_batch(cfg.V, 0)[0].long()
+    close(forward(cfg, p, ids), forward(cfg, merged(cfg, p), ids), 1e-10, "logits")
+
+
+def test_loss():
+    """loss_of against a loop over the rows and positions whose next label is not -100."""
+    ids, labels = example_batch(40, 2)
+    logits = torch.randn(3, 12, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    terms = [-torch.log_softmax(logits[b, t], -1)[labels[b, t + 1]] for b in range(3) for t in range(11)
+             if labels[b, t + 1] != -100]
+    close(loss_of(logits, labels), sum(terms) / len(terms), 1e-12, "loss")
+
+
+def expect_state_error(tensors, meta, text):
+    try:
+        recompute(tensors, meta)
+    except StateError as e:
+        assert text in str(e), f"error {e!r} lacks {text!r}"
+        return
+    raise AssertionError(f"no error; expected {text!r}")
+
+
+def test_replay_cycle():
+    """make-example files replay within 1e-5 in three variants; a perturbed gradient fails, and a missing,
+    misshapen or unexpected tensor is an error."""
+    variants = [dict(), dict(trainable="base", untied=True),
+                dict(untied=True, rslora=True, targets=["q_proj", "v_proj"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, variant in enumerate(variants):
+            path = os.path.join(tmp, f"state{i}.safetensors")
+            make_example(path, seed=i, **variant)
+            tensors, meta = read_state(path)
+            worst = max(rel for _, _, rel in errors(recompute(tensors, meta)))
+            assert worst < 1e-5, f"{variant}: worst rel_err {worst:.3e}"
+            name = sorted(n for n in tensors if n.startswith("grad."))[-1]
+            bad = dict(tensors, **{name: tensors[name].clone()})
+            bad[name].view(-1)[0] += 1e-3 * tensors[name].abs().max()
+            rows = errors(recompute(bad, meta))
+            assert max(rows, key=lambda r: r[2])[0] == name and max(r[2] for r in rows) > 1e-4, f"{variant}: {rows}"
+            expect_state_error({n: t for n, t in tensors.items() if n != name}, meta, f"missing tensor {name}")
+            expect_state_error(dict(tensors, **{name: tensors[name][:-1]}), meta, f"tensor {name} has shape")
+            expect_state_error(dict(tensors, **{"grad.model.norm.bias": tensors[name]}), meta, "unexpected tensor")
+            expect_state_error(dict(tensors, **{name: tensors[name].int()}), meta, f"tensor {name} has the wrong")
+            expect_state_error(tensors, dict(meta, trainable="lora" if i == 1 else "base"), "metadata trainable=")
+
+
+def test_transformers():
+    """The logits of Hugging Face's Qwen2ForCausalLM with the same (merged) weights, when it is importable."""
+    try:
+        import transformers
+    except ImportError:
+        raise Skip("transformers is not importable")
+    for untied in (False, True):
+        hf, cfg, p = tiny_model(untied=untied)
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf)).double().eval()
+        missing, unexpected = model.load_state_dict(merged(cfg, p), strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"} and (cfg.tied or not missing), missing
+        ids = example_batch(cfg.V, 0)[0].long()
+        with torch.no_grad():
+            close(forward(cfg, p, ids), model(input_ids=ids).logits, 1e-9, f"logits (untied={untied})")
+
+
+def selftest():
+    failed = 0
+    for test in (test_attention_heads, test_lora_merged, test_loss, test_replay_cycle, test_transformers):
+        try:
+            test()
+            print(f"selftest ok {test.__name__}")
+        except Skip as e:
+            print(f"selftest SKIP {test.__name__}: {e}")
+        except Exception as e:                  # an assertion, or an error of the code under test
+            failed += 1
+            print(f"selftest FAIL {test.__name__}: {type(e).__name__}: {e}")
+    print(f"selftest: {failed} failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- bench
+
+def step_flops(cfg, tokens, T):
+    """Model FLOPs of one LoRA step with a frozen base, a multiply-add counting 2, over `tokens` tokens in
+    sequences of T. With Pb the base's matmul weights used per token (q, k, v, o, gate, up, down of every layer
+    and the lm head; not the embedding lookup), Pl the adapters' (A and B) and Af = 4 L T (NH HD) tokens the
+    forward attention products (q k^T and p v over the whole T x T; the causal half is not subtracted):
+      forward   2 (Pb + Pl) tokens + Af
+      backward  2 (Pb + Pl) tokens   the input gradients of every matmul (the base's weights get no gradient)
+              + 2 Pl tokens          the adapters' weight gradients
+              + 2 Af                 attention: dP and dV, then dQ and dK
+    total 4 Pb + 6 Pl per token, + 3 Af. Norms, activations, softmax, biases, the loss, AdamW are not counted."""
+    dims = cfg.projections()
+    pb = cfg.L * sum(o * i for o, i in dims.values()) + cfg.D * cfg.V
+    pl = cfg.L * sum(cfg.r * (o + i) for proj, (o, i) in dims.items() if proj in cfg.targets)
+    attention = 4 * cfg.L * T * cfg.NH * cfg.HD * tokens
+    return (4 * pb + 6 * pl) * tokens + 3 * attention
+
+
+def bench(args):
+    cuda = torch.cuda.is_available()
+    if not cuda and args.preset != "small":
+        raise SystemExit(f"error: bench: no CUDA device; on the CPU use --preset small (not {args.preset})")
+    device, dtype = ("cuda" if cuda else "cpu"), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = Config(PRESETS[args.preset], {"r": args.lora_r, "lora_alpha": 2 * args.lora_r,
+                                        "target_modules": list(TARGETS), "use_rslora": False, "lora_dropout": 0.0})
+    p = random_params(cfg, 0, device, dtype)
+    adapters = [t.requires_grad_(True) for n, t in p.items() if ".lora_" in n]
+    opt = torch.optim.AdamW(adapters, lr=2e-4)
+    ids = torch.randint(0, cfg.V, (args.batch, args.seq), device=device,
+                        generator=torch.Generator(device=device).manual_seed(1))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_of(forward(cfg, p, ids), ids).backward()
+        opt.step()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / args.steps
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    tokens, flops = args.batch * args.seq, step_flops(cfg, args.batch * args.seq, args.seq)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    n_base = sum(t.numel() for n, t in p.items() if ".lora_" not in n)
+    print(f'bench_torch ms_per_step={seconds * 1e3:.2f} tokens_per_s={tokens / seconds:.0f} peak_mem_gb={peak:.2f} '
+          f'device="{name}" preset={args.preset} batch={args.batch} seq={args.seq} lora_r={args.lora_r} '
+          f'dtype={args.dtype} torch={torch.__version__} params_base={n_base} '
+          f'params_lora={sum(t.numel() for t in adapters)} flops_per_step={flops:.4e} '
+          f'tflops_per_s={flops / seconds / 1e12:.2f}')
+
+
+# ---------------------------------------------------------------- command line
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def targets(text):
+    names = text.split(",")
+    if not names or set(names) - set(TARGETS):
+        raise argparse.ArgumentTypeError(f"expected names among {','.join(TARGETS)}, got {text!r}")
+    return names
+
+
+def parse_args(argv):
+    parser = Parser(prog="dev/cvae_torch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser("replay", help="recompute a debug state in float64 and compare")
+    r.add_argument("state", metavar="STATE.safetensors")
+    r.add_argument("--tol", type=float, default=1e-4, help="largest rel_err accepted (default 1e-4)")
+    m = sub.add_parser("make-example", help="write a tiny self-consistent debug state")
+    m.add_argument("out", metavar="OUT.safetensors")
+    m.add_argument("--trainable", choices=("lora", "base"), default="lora")
+    m.add_argument("--untied", action="store_true", help="a separate lm_head.weight")
+    m.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(r)")
+    m.add_argument("--targets", type=targets, default=list(TARGETS), help="adapted projections (default all 7)")
+    m.add_argument("--seed", type=int, default=0)
+    sub.add_parser("selftest", help="check this file against naive loops and a replay cycle")
+    b = sub.add_parser("bench", help="time a LoRA training step")
+    b.add_argument("--preset", choices=tuple(PRESETS), default="qwen2.5-0.5b",
+                   help="model shape (default qwen2.5-0.5b)")
+    b.add_argument("--batch", type=positive, default=8, help="sequences per step (default 8)")
+    b.add_argument("--seq", type=positive, default=512, help="tokens per sequence (default 512)")
+    b.add_argument("--lora-r", type=positive, default=16, help="adapter rank, alpha = 2r (default 16)")
+    b.add_argument("--steps", type=positive, default=20, help="timed steps (default 20)")
+    b.add_argument("--warmup", type=positive, default=3, help="untimed steps first (default 3)")
+    b.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="base weights, activations (default bf16)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "selftest":
+        return selftest()
+    if args.command == "bench":
+        return bench(args)
+    path = args.state if args.command == "replay" else args.out
+    try:
+        if args.command == "replay":
+            replay(args.state, args.tol)
+        else:
+            loss = make_example(args.out, args.trainable, args.untied, args.rslora, args.targets, args.seed)
+            print(f"wrote {args.out}: trainable={args.trainable} loss={loss:.6f}")
+    except StateError as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {path}: cannot write: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
