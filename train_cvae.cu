@@ -102,7 +102,7 @@ typedef struct {
     float temperature, top_p;
     // run control
     std::string checkpoint_path, debug_state;
-    int resume, checkpoint_every, checkpoint_keep, save_hf, log_every, lm_head_chunk;
+    int resume, checkpoint_every, checkpoint_keep, save_hf, log_every, lm_head_chunk, pad_to_max;
 } Config;
 
 static Config config_defaults() {
@@ -118,6 +118,7 @@ static Config config_defaults() {
     c.temperature = 0.0f; c.top_p = 1.0f;
     c.checkpoint_path = "out/cvae"; c.debug_state = "";
     c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_hf = 1; c.log_every = 10; c.lm_head_chunk = 512;
+    c.pad_to_max = 0;
     return c;
 }
 
@@ -170,6 +171,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, logits, loss and gradients of the first step (safetensors, HF/PEFT names)", nullptr},
         {"log_every", ARG_INT, &c->log_every, "log a training line every this many steps", nullptr},
         {"lm_head_chunk", ARG_INT, &c->lm_head_chunk, "rows of logits that exist at once in the lm head's loss", nullptr},
+        {"pad_to_max", ARG_BOOL, &c->pad_to_max, "pad every micro-batch to max_seq_len (benchmarks at a fixed length)", nullptr},
     };
 }
 
@@ -186,7 +188,7 @@ typedef struct {
 static bool arch_preset(const std::string& name, int tokenizer_vocab, Arch* a) {
     const int V_small = CEIL_DIV(tokenizer_vocab, 64) * 64;
     if (name == "qwen2.5-0.5b") *a = {896, 24, 14, 2, 64, 4864, 151936, 32768, 1e6f, 1e-6f, true, name};
-    else if (name == "small") *a = {256, 4, 4, 2, 64, 768, V_small, 4096, 1e4f, 1e-6f, true, name};
+    else if (name == "small") *a = {128, 4, 4, 2, 32, 352, V_small, 4096, 1e4f, 1e-6f, true, name};
     else if (name == "tiny") *a = {64, 2, 4, 2, 16, 192, V_small, 4096, 1e4f, 1e-6f, true, name};
     else return false;
     return true;
@@ -629,8 +631,9 @@ static int upload_batch(Model* m, const Data& d, const std::vector<const Example
     return n_targets;
 }
 
-// Tokens a micro-batch is padded to: its longest example, rounded up to a multiple of 8.
+// Tokens a micro-batch is padded to: its longest example, rounded up to a multiple of 8 (max_seq_len with pad_to_max).
 static int batch_length(const Model& m, const std::vector<const Example*>& ex) {
+    if (m.cfg.pad_to_max) return m.T;
     size_t longest = 1;
     for (const Example* e : ex) longest = std::max(longest, e->ids.size());
     return std::min(m.T, (int)CEIL_DIV(longest, (size_t)8) * 8);
@@ -1057,6 +1060,8 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
     const std::vector<int> global = data_next_batch(d, c.batch_size, (uint64_t)c.seed);
     std::vector<const Example*> mine;
     for (size_t i = rank; i < global.size(); i += W) mine.push_back(&d->train[global[i]]);
+    // micro-batches of similar lengths pad less (the loss is a sum over sequences: their grouping does not matter)
+    std::stable_sort(mine.begin(), mine.end(), [](const Example* a, const Example* b) { return a->ids.size() < b->ids.size(); });
     double n_targets = 0;                                  // the y tokens of the global batch: the loss's mean
     for (int i : global) n_targets += (double)(d->train[i].ids.size() - d->train[i].n_prompt);
     StepMetrics r = StepMetrics();
@@ -1094,7 +1099,8 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
 #define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora"
 #define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|log_every|debug_state|eval_every|" \
-    "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size"
+    "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
+    "pad_to_max"
 
 static int train_main(int argc, char** argv) {
     Config cfg = config_defaults();
@@ -1178,6 +1184,8 @@ static int train_main(int argc, char** argv) {
         device_synchronize();
         const double seconds = wall_time() - t0;
         timing_step(&timing, step, seconds, r.flops);
+        if (step == first_step)
+            log_printf(&log, "memory: %.2f GiB in use on the device after the first step\n", device_memory_in_use() / 1073741824.0);
         if (step % cfg.log_every == 0 || step == total_steps)
             log_printf(&log, "train step=%d loss=%.5f token_acc=%.4f lr=%.3e grad_norm=%.4f ms=%.1f tokens_per_s=%.0f%s\n", step,
                        r.loss, r.token_acc, u.lr, u.grad_norm, 1000 * seconds, r.tokens / seconds,

@@ -271,18 +271,44 @@ def torch_trm_args(torch_bench, encoder, iters, warmup):
             str(iters), "--warmup", str(warmup)]
 
 
+# train_cvae's benchmark: LoRA (r = 16 on every projection) on a Qwen2.5-0.5B-shaped model with random weights, at
+# micro-batch 8 of sequences padded to 512 tokens (the strategy-sequence data; the character tokenizer, whose ids
+# fit Qwen's vocabulary of 151936), beside dev/cvae_torch.py bench at the same shape.
+STRATEGIES_DATA = os.path.join("build", "bench_strategies")
+CVAE_SHAPE = {"batch": 8, "seq": 512, "lora_r": 16}
+
+
+def cvae_args(steps):
+    return ["./train_cvae", f"data_dir={STRATEGIES_DATA}", "model=qwen2.5-0.5b", f"lora_r={CVAE_SHAPE['lora_r']}",
+            f"lora_alpha={2 * CVAE_SHAPE['lora_r']}", f"batch_size={CVAE_SHAPE['batch']}", f"max_seq_len={CVAE_SHAPE['seq']}",
+            "pad_to_max=1", f"max_steps={steps}", "log_every=5", "val_examples=1", "gen_examples=1", "gen_max_tokens=16",
+            "save_hf=0", "checkpoint_keep=1", "checkpoint_path=build/bench_cvae"]
+
+
+def torch_cvae_args(steps):
+    return [sys.executable, "dev/cvae_torch.py", "bench", "--preset", "qwen2.5-0.5b", "--batch", str(CVAE_SHAPE["batch"]),
+            "--seq", str(CVAE_SHAPE["seq"]), "--lora-r", str(CVAE_SHAPE["lora_r"]), "--steps", str(steps)]
+
+
+def torch_cvae_result(output):
+    """dev/cvae_torch.py bench's bench_torch line's fields, or None."""
+    lines = [fields(line) for line in output.splitlines() if line.startswith("bench_torch ")]
+    return lines[-1] if lines else None
+
+
 ENCODERS = (("TRM", "none"), ("ETRM", "standard"))    # (model, encoder_type) of the training runs
 TORCH_MISSING = "torch is not installed for this python"
 
 
 def measurement_stages(steps, arc_dir, torch_bench, labs, train=True, jepa=True, compile=True, torch_steps=None,
-                       timeouts=None):
+                       timeouts=None, cvae=True):
     """The measurement stages: the labs (paths relative to the root), torch SDPA, the ARC-AGI-1 conversion (from
     arc_dir, None when not found), TRM / ETRM at the ARC default for `steps` steps each, each followed by bench_trm.py
     (torch_bench, None when not found), the JEPA step and dev/jepa_torch.py (eager, and compiled with compile); the
     PyTorch runs time torch_steps steps (default: steps) after their warm-up steps.
     timeouts: seconds per kind ("lab", "sdpa", "convert", "TRM", "ETRM", "JEPA", "torch TRM", "torch ETRM",
-    "torch JEPA", "torch JEPA compile"); 1800 each by default."""
+    "torch JEPA", "torch JEPA compile", "CVAE", "torch CVAE"); 1800 each by default. With cvae, train_cvae's LoRA step
+    on the Qwen2.5-0.5B shape and dev/cvae_torch.py's."""
     limit = lambda kind: (timeouts or {}).get(kind, 1800)
     torch_steps = torch_steps or steps
     no_torch = None if importlib.util.find_spec("torch") else TORCH_MISSING
@@ -307,6 +333,12 @@ def measurement_stages(steps, arc_dir, torch_bench, labs, train=True, jepa=True,
             stages.append(Stage(f"JEPA jepa_torch.py{' --compile' if compiled else ''}",
                                 torch_jepa_args(torch_steps, JEPA_DEFAULTS, compiled), limit(kind), skip=no_torch,
                                 parse=torch_jepa_result))
+    if cvae:
+        stages.append(Stage("strategies data", [sys.executable, "data/strategies.py", STRATEGIES_DATA, "--n-train", "200",
+                                                "--n-val", "20", "--n-test", "20"], limit("convert"), parse=lambda out: {}))
+        stages.append(Stage("CVAE train_cvae", cvae_args(steps), limit("CVAE"), needs=["train_cvae"], parse=trainer_timing))
+        stages.append(Stage("CVAE cvae_torch.py", torch_cvae_args(torch_steps), limit("torch CVAE"), skip=no_torch,
+                            parse=torch_cvae_result))
     return stages
 
 
@@ -406,6 +438,28 @@ def jepa_table(outcomes, dims):
     return md + [""]
 
 
+def cvae_table(outcomes):
+    """train_cvae's LoRA step on the Qwen2.5-0.5B shape beside dev/cvae_torch.py's: ms/step, tokens/s, memory, speed-up
+    (the issue's goals: >= 2x PyTorch, >= 40% MFU)."""
+    shape = f"micro-batch {CVAE_SHAPE['batch']} x {CVAE_SHAPE['seq']} tokens, LoRA r={CVAE_SHAPE['lora_r']} on all 7 projections"
+    md = [f"## Qwen2.5-0.5B LoRA step ({shape})", "",
+          "Random weights of the published shape; the goals are >= 40% MFU and >= 2x the PyTorch step. tokens/s counts "
+          "every position of the padded batch for both. MFU is train_cvae's FLOP count (its `timing` line) over the dense "
+          "peak for the precision.", "",
+          "| implementation | ms/step | tokens/s | MFU | memory GiB | arc.cu speed-up |", "|---|---|---|---|---|---|"]
+    ours, theirs = data_of(outcomes, "CVAE train_cvae"), data_of(outcomes, "CVAE cvae_torch.py")
+    tokens = CVAE_SHAPE["batch"] * CVAE_SHAPE["seq"]
+    for label, r in (("arc.cu train_cvae", ours), ("PyTorch (dev/cvae_torch.py)", theirs)):
+        if r is None or "ms_per_step" not in r:
+            md.append(f"| {label} | failed or not run: see the stages and the log |||||")
+            continue
+        ms = float(r["ms_per_step"])
+        speedup = "-" if r is ours else (f"{ms / float(ours['ms_per_step']):.2f}x" if ours and "ms_per_step" in ours else "n/a")
+        memory = r.get("memory_gib", r.get("peak_mem_gb", "?"))
+        md.append(f"| {label} | {ms:.1f} | {tokens / ms * 1e3:.0f} | {r.get('mfu', '-')} | {memory} | {speedup} |")
+    return md + [""]
+
+
 def report_tables(outcomes):
     """The markdown of the measurement stages' outcomes: ceilings, labs, attention against torch, training, JEPA."""
     rows = [row for name, o in outcomes.items() if name.startswith("lab_") or name == "attention_sdpa.py"
@@ -422,6 +476,8 @@ def report_tables(outcomes):
         md += training_table(outcomes, ceilings)
     if "JEPA train_jepa" in outcomes:
         md += jepa_table(outcomes, JEPA_DEFAULTS)
+    if "CVAE train_cvae" in outcomes:
+        md += cvae_table(outcomes)
     return md
 
 

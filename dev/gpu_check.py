@@ -18,9 +18,10 @@ The stages, each with its own timeout (seconds, cut to what is left of --budget)
   measurements,   TRM, ETRM (standard encoder) at the ARC default, --steps steps each (ms/step, samples/s,
   one at a time   MFU)                                                                                    90, 150
                   the JEPA step at train_jepa's defaults, --steps steps                                        60
+                  train_cvae: a LoRA step (r=16) on a Qwen2.5-0.5B-shaped model, micro-batch 8 x 512       120
                   build/lab_attention_* (validated, then timed) and dev/cuda/attention_sdpa.py (torch SDPA)   60 each
-                  bench_trm.py (TRM, ETRM) and dev/jepa_torch.py (eager), the same configurations in
-                  PyTorch, 5 timed steps each                                                          90, 120, 90
+                  bench_trm.py (TRM, ETRM), dev/jepa_torch.py (eager) and dev/cvae_torch.py bench, the same
+                  configurations in PyTorch, 5 timed steps each                                    90, 120, 90, 90
 The tests run together (the GPU is idle most of their time; each gets OMP_NUM_THREADS = cores / 4); the
 measurements run alone. `make bench` (dev/bench.py) has the longer measurement: every lab, 30 steps, torch.compile.
 
@@ -47,12 +48,12 @@ from bench import ROOT, Stage  # noqa: E402
 
 # Seconds per stage (each also cut to what is left of the budget).
 TIMEOUTS = {"build": 300, "kernels": 120, "test_gpu": 240, "convert": 60, "TRM": 90, "ETRM": 150, "JEPA": 60,
-            "lab": 60, "sdpa": 60, "torch TRM": 90, "torch ETRM": 120, "torch JEPA": 90}
+            "lab": 60, "sdpa": 60, "torch TRM": 90, "torch ETRM": 120, "torch JEPA": 90, "CVAE": 120, "torch CVAE": 90}
 # Timed steps of the PyTorch runs (after their warm-up: 3 for bench_trm.py, 5 for dev/jepa_torch.py).
 TORCH_STEPS = 5
 # The measurements in the order they run: arc.cu's own first, the PyTorch comparisons last.
-ORDER = ("TRM train_etrm", "ETRM train_etrm", "JEPA train_jepa", "lab_", "attention_sdpa.py", "TRM bench_trm.py",
-         "ETRM bench_trm.py", "JEPA jepa_torch.py")
+ORDER = ("TRM train_etrm", "ETRM train_etrm", "JEPA train_jepa", "CVAE train_cvae", "lab_", "attention_sdpa.py",
+         "TRM bench_trm.py", "ETRM bench_trm.py", "JEPA jepa_torch.py", "CVAE cvae_torch.py")
 
 
 def attention_labs():
@@ -142,7 +143,7 @@ def main():
         measures = [] if args.skip_measure else bench.measurement_stages(
             args.steps, args.arc_data, args.torch_bench, attention_labs(), compile=False, torch_steps=TORCH_STEPS,
             timeouts=TIMEOUTS)
-        convert = [s for s in measures if s.name == "ARC-AGI-1 data"]   # no GPU: runs beside the tests
+        convert = [s for s in measures if s.name in ("ARC-AGI-1 data", "strategies data")]   # no GPU: beside the tests
         together = ([] if args.skip_tests else test_stages(args.quick)) + convert
         if together:
             outcomes.update(bench.run_stages(together, log, deadline, parallel=len(together)))
