@@ -89,7 +89,7 @@ typedef struct {
     // model
     std::string model, init_from, tokenizer, lora_targets, load_adapter;
     int lora_r, use_rslora;
-    float lora_alpha;
+    float lora_alpha, lora_dropout;
     // optimisation
     int batch_size, micro_batch_size, max_steps, lr_warmup_steps, seed;
     float epochs, lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps;
@@ -109,7 +109,7 @@ static Config config_defaults() {
     Config c;
     c.mode = "lm";
     c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.load_adapter = "";
-    c.lora_r = 0; c.lora_alpha = 32.0f; c.use_rslora = 0;
+    c.lora_r = 0; c.lora_alpha = 32.0f; c.lora_dropout = 0.0f; c.use_rslora = 0;
     c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
     c.epochs = 1.0f; c.lr = 1e-3f; c.lr_min_ratio = 0.1f; c.beta1 = 0.9f; c.beta2 = 0.95f; c.weight_decay = 0.0f;
     c.grad_clip_norm = 1.0f; c.adam_eps = 1e-8f;
@@ -133,6 +133,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"lora_alpha", ARG_FLOAT, &c->lora_alpha, "LoRA alpha: scale alpha / r (alpha / sqrt(r) with use_rslora)", nullptr},
         {"lora_targets", ARG_STRING, &c->lora_targets, "adapted projections, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all", nullptr},
         {"use_rslora", ARG_BOOL, &c->use_rslora, "rank-stabilised LoRA scale alpha / sqrt(r)", nullptr},
+        {"lora_dropout", ARG_FLOAT, &c->lora_dropout, "dropout on the adapters' inputs in training (PEFT's lora_dropout)", nullptr},
         {"load_adapter", ARG_STRING, &c->load_adapter, "start from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", nullptr},
         // optimisation
         {"batch_size", ARG_INT, &c->batch_size, "sequences per optimizer step (over all processes)", nullptr},
@@ -215,6 +216,8 @@ static void config_validate(const Config& c) {
     if (c.lora_r < 0 || c.lora_r > 4096) fatal("lora_r=%d: expected 0 (no LoRA) or a rank 1..4096", c.lora_r);
     if (c.lora_r > 0 && !(c.lora_alpha > 0)) fatal("lora_alpha=%g: expected > 0", c.lora_alpha);
     if (c.lora_r > 0) lora_mask_parse(c.lora_targets);
+    if (!(c.lora_dropout >= 0 && c.lora_dropout < 1)) fatal("lora_dropout=%g: expected in [0, 1)", c.lora_dropout);
+    if (c.lora_dropout > 0 && !c.debug_state.empty()) fatal("debug_state needs lora_dropout=0 (a replay cannot draw our dropout masks)");
     if (c.lora_r == 0 && !c.load_adapter.empty()) fatal("load_adapter=%s needs lora_r > 0 (the adapter's rank)", c.load_adapter.c_str());
     if (!(c.lr > 0 && c.lr <= 1)) fatal("lr=%g: expected in (0, 1]", c.lr);
     if (!(c.epochs > 0) && c.max_steps <= 0) fatal("epochs=%g: expected > 0 (or max_steps > 0)", c.epochs);
@@ -356,19 +359,22 @@ typedef struct {
     ModelTensors<floatS> g;                  // gradients (null fields: frozen)
     floatS *rope_cos, *rope_sin;             // (T, HD)
     float lora_scale;
+    uint64_t lora_seed;                      // the dropout masks of the current micro-batch (training)
     Acts acts;
     void* acts_memory;
     size_t acts_bytes;
     KvCache kv;                              // generation's key/value cache, (mb, T, NKV HD) per layer
 } Model;
 
-// The stack over B sequences of T tokens (positions pos.. when decoding with the cache).
-static StackShape stack_shape(const Model& m, int B, int T, KvCache* kv, int pos) {
+// The stack over B sequences of T tokens (positions pos.. when decoding with the cache); in training with LoRA's
+// dropout (masks from m.lora_seed).
+static StackShape stack_shape(const Model& m, int B, int T, KvCache* kv, int pos, bool training) {
     StackShape s = StackShape();
     s.cfg = m.block;
     s.B = B; s.T = T; s.n_layers = m.arch.n_layers;
     s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
-    if (m.groups.lora) s.lora = {&m.w.lora, &m.g.lora, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale};
+    if (m.groups.lora)
+        s.lora = {&m.w.lora, &m.g.lora, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale, training ? m.cfg.lora_dropout : 0.0f, m.lora_seed};
     s.kv = kv; s.pos = pos;
     if (kv) s.key_mask = m.acts.prompt_mask;  // the prompt's padding (decoding reads kv->key_mask instead)
     return s;
@@ -381,7 +387,7 @@ static void acts_layout(Arena* a, Model* m) {
     ac->ids = arena_take<int>(a, N);
     ac->targets = arena_take<int>(a, N);
     ac->x = arena_take<floatX>(a, N * D);
-    stack_layout(a, &ac->stack, stack_shape(*m, m->mb, m->T, nullptr, 0));
+    stack_layout(a, &ac->stack, stack_shape(*m, m->mb, m->T, nullptr, 0, true));
     ac->hn = arena_take<floatX>(a, N * D);
     ac->rstd = arena_take<floatS>(a, N);
     ac->loss = arena_take<floatS>(a, N);
@@ -389,7 +395,7 @@ static void acts_layout(Arena* a, Model* m) {
     const size_t chunk = std::max<size_t>(std::min<size_t>(m->cfg.lm_head_chunk, N), m->mb);   // (generation: mb rows)
     ac->logits = arena_take<floatX>(a, chunk * m->arch.V);
     ac->dhn = arena_take<floatX>(a, N * D);
-    scratch_layout(a, &ac->bs, m->block, N, 0, 0, m->cfg.lora_r);
+    scratch_layout(a, &ac->bs, m->block, N, 0, 0, m->cfg.lora_r, m->cfg.lora_dropout > 0);
     ac->prompt_mask = arena_take<uint8_t>(a, N);
     ac->key_mask = arena_take<uint8_t>(a, N);
     ac->last_rows = arena_take<int>(a, m->mb);
@@ -446,12 +452,12 @@ static floatS* lm_head_grad(const Model& m) { return m.w.lm_head ? m.g.lm_head :
 // 4. Forward: embedding, the blocks, the final norm (the lm head runs with the loss, chunk by chunk).
 
 // Writes acts.hn for B sequences of T tokens whose ids are in acts.ids (positions pos.. with a cache).
-static void model_forward(Model* m, int B, int T, KvCache* kv, int pos, Stream st) {
+static void model_forward(Model* m, int B, int T, KvCache* kv, int pos, bool training, Stream st) {
     Acts* a = &m->acts;
     const int D = m->arch.D;
     embedding_forward(a->x, a->ids, m->w.embed, B, T, D, T, 0, 1.0f, st);
     a->stack.in = a->x;
-    const StackShape s = stack_shape(*m, B, T, kv, pos);
+    const StackShape s = stack_shape(*m, B, T, kv, pos, training);
     const floatX* out = stack_forward(&a->stack, m->w.blocks, s, st);
     rmsnorm_weighted_forward(a->hn, a->rstd, out, m->w.norm, B * T, D, m->arch.eps, st);
 }
@@ -467,7 +473,7 @@ static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, S
     lm_head_loss(a->loss, a->argmax, grad ? a->dhn : nullptr, grad ? lm_head_grad(*m) : nullptr, a->hn, lm_head_weight(*m),
                  a->targets, N, D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, N), st);
     if (!grad) return;
-    const StackShape s = stack_shape(*m, B, T, nullptr, 0);
+    const StackShape s = stack_shape(*m, B, T, nullptr, 0, true);
     const floatX* out = a->stack.layers[s.n_layers - 1].out;
     rmsnorm_weighted_backward(a->bs.G, m->g.norm, a->dhn, out, m->w.norm, a->rstd, N, D, false, st);
     stack_backward(nullptr, &a->stack, m->w.blocks, m->g.blocks, s, a->bs, st);
@@ -708,7 +714,7 @@ static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const
     copy_to_device(a->prompt_mask, prompt_mask.data(), prompt_mask.size());
     copy_to_device(a->last_rows, last.data(), B * sizeof(int));
     copy_to_device(a->no_labels, no_labels.data(), B * sizeof(int));
-    model_forward(m, B, (int)P, &m->kv, 0, Stream());
+    model_forward(m, B, (int)P, &m->kv, 0, false, Stream());
     gather_rows(a->dhn, a->hn, a->last_rows, B, D, Stream());            // (B, D) the prompts' last positions
     matmul_forward(a->logits, a->dhn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
     std::vector<std::vector<int32_t>> out(B);
@@ -725,7 +731,7 @@ static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const
         for (int b = 0; b < B; b++) key_mask[(size_t)b * T + pos] = 1;
         copy_to_device(a->ids, next.data(), B * sizeof(int));
         copy_to_device(a->key_mask, key_mask.data(), key_mask.size());
-        model_forward(m, B, 1, &m->kv, pos, Stream());
+        model_forward(m, B, 1, &m->kv, pos, false, Stream());
         matmul_forward(a->logits, a->hn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
     }
     return out;
@@ -755,7 +761,7 @@ static double evaluate_nll(Model* m, const Data& d, int step, Logger* log) {
         const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
         const int B = (int)ex.size(), T = batch_length(*m, ex);
         upload_batch(m, d, ex, T);
-        model_forward(m, B, T, nullptr, 0, Stream());
+        model_forward(m, B, T, nullptr, 0, false, Stream());
         loss_and_backward(m, B, T, 0.0f, false, Stream());
         std::vector<floatS> loss((size_t)B * T);
         std::vector<int> argmax((size_t)B * T);
@@ -878,7 +884,7 @@ static PeftConfig lora_peft_config(const Config& c, const Arch& a) {
     PeftConfig p;
     p.r = c.lora_r;
     p.lora_alpha = c.lora_alpha;
-    p.lora_dropout = 0.0;
+    p.lora_dropout = c.lora_dropout;
     p.use_rslora = c.use_rslora != 0;
     const unsigned mask = lora_mask_parse(c.lora_targets);
     for (int s = 0; s < LORA_SITES; s++) if (mask >> s & 1) p.target_modules.push_back(LORA_SITE_NAMES[s]);
@@ -1043,7 +1049,7 @@ static void debug_capture(Model* m, DebugCapture* cap, const std::vector<const E
 // of what is trained (as many again for the base when it is trained; LoRA's adapters are in stack_flops' count
 // of neither: a few percent at r = 16). Recomputation is not counted.
 static double micro_batch_flops(const Model& m, int B, int T) {
-    const double blocks = stack_flops(stack_shape(m, B, T, nullptr, 0)), head = 2.0 * B * T * m.arch.D * m.arch.V;
+    const double blocks = stack_flops(stack_shape(m, B, T, nullptr, 0, true)), head = 2.0 * B * T * m.arch.D * m.arch.V;
     const double weight_grads = m.groups.lora ? 0.0 : 1.0;
     return (blocks + head) * (2.0 + weight_grads);
 }
@@ -1070,7 +1076,8 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
         const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
         const int B = (int)ex.size(), T = batch_length(*m, ex);
         upload_batch(m, *d, ex, T);
-        model_forward(m, B, T, nullptr, 0, Stream());
+        m->lora_seed = hash_u64((uint64_t)c.seed, 0xD0, (uint64_t)(d->epoch * 1000003LL + d->cursor), (uint64_t)(rank * 65536 + i0));
+        model_forward(m, B, T, nullptr, 0, true, Stream());
         if (cap && i0 == 0) debug_capture(m, cap, ex, T);
         loss_and_backward(m, B, T, (float)(1.0 / n_targets), true, Stream());
         std::vector<floatS> loss((size_t)B * T);

@@ -10,10 +10,14 @@
 //          bidirectional; cross-attention: q(h), k(memory), v(memory) [+ biases], with a key mask over the memory
 //   rms    scale-free RMSNorm (TRM), or with a learned weight (Qwen2: pre-norm only)
 //
-// LoRA (kernels/lora.cuh): an adapter set adds scale * x A^T B^T to any of the self-attention block's projections
-// (q, k, v, o, gate, up, down; PEFT's target_modules), each adapter a pair A (r, in), B (out, r) in its own
-// parameters. The base stays as it is (frozen when its gradient fields are null); q/k/v and gate/up adapters add into
-// their columns of the fused outputs, before RoPE and SwiGLU.
+// LoRA (kernels/lora.cuh): an adapter set adds scale * drop(x) A^T B^T to any of the self-attention block's
+// projections (q, k, v, o, gate, up, down; PEFT's target_modules), each adapter a pair A (r, in), B (out, r) in its
+// own parameters, drop PEFT's lora_dropout (each adapter its own mask, kernels/dropout.cuh). The base stays as it is
+// (frozen when its gradient fields are null); q/k/v and gate/up adapters add into their columns of the fused outputs,
+// before RoPE and SwiGLU.
+//
+// Decoding (StackShape.kv): a stack can also run a few new positions of sequences whose earlier keys and values are
+// in a cache (KvCache), writing theirs there too: the prompt once, then one token at a time.
 //
 // Shapes: x (B, T, D) with N = B*T rows; q (N, NH*HD), k and v (B*Tk, NKV*HD); a fused self-attention row is
 // [q | k | v] of (NH + 2 NKV) * HD. Conventions (llm.c): parameter gradients accumulate (+=); a BlockTensors of
@@ -22,6 +26,7 @@
 #include <vector>
 #include "../kernels/add.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/dropout.cuh"
 #include "../kernels/kv_cache.cuh"
 #include "../kernels/lora.cuh"
 #include "../kernels/matmul.cuh"
@@ -148,7 +153,8 @@ inline void block_config_check(const BlockConfig& c) {
 typedef struct {
     floatX *n1, *qkv, *q, *k, *v, *att, *r1, *n2, *gu, *sw, *out;
     floatS *rstd1, *lse, *rstd2;
-    floatX* lora_t[LORA_SITES];       // (N, r) scale * x A^T of each adapted site
+    floatX* lora_t[LORA_SITES];       // (N, r) scale * drop(x) A^T of each adapted site
+    floatX* lora_x[LORA_SITES];       // (N, in) drop(x), with lora dropout
 } BlockActs;
 
 typedef struct {
@@ -157,13 +163,16 @@ typedef struct {
 } StackActs;
 
 // The adapter set a stack runs with: per layer its weights and their gradients (null gradient fields: none
-// computed), the adapted sites (bit mask), rank and scale (alpha / r, or alpha / sqrt(r) with rsLoRA).
+// computed), the adapted sites (bit mask), rank and scale (alpha / r, or alpha / sqrt(r) with rsLoRA), and the
+// dropout on the adapters' inputs (training; 0 in evaluation), its masks drawn from (seed, layer, site, element).
 typedef struct {
     const std::vector<BlockLora<floatX>>* w;      // null: no adapter
     const std::vector<BlockLora<floatS>>* g;
     unsigned mask;
     int r;
     float scale;
+    float dropout;
+    uint64_t seed;
 } StackLora;
 
 // The keys and values of the positions a decoding stack has processed (kernels/kv_cache.cuh), per layer
@@ -196,6 +205,7 @@ typedef struct {
 typedef struct {
     floatX *G, *d_att, *d_qkv, *d_gu, *d_sw, *d_tmp;
     floatX* d_lora;                       // (rows, r) an adapter's d(x A^T)
+    floatX* d_lora_x;                     // (rows, widest input) an adapter's d drop(x), with lora dropout
 } BlockScratch;
 
 inline void stack_layout(Arena* a, StackActs* s, const StackShape& sh) {
@@ -227,15 +237,18 @@ inline void stack_layout(Arena* a, StackActs* s, const StackShape& sh) {
             b.out = b.n2;
         }
         if (sh.lora.w)
-            for (int site = 0; site < LORA_SITES; site++)
-                if (sh.lora.mask >> site & 1) b.lora_t[site] = arena_take<floatX>(a, N * sh.lora.r);
+            for (int site = 0; site < LORA_SITES; site++) {
+                if (!(sh.lora.mask >> site & 1)) continue;
+                b.lora_t[site] = arena_take<floatX>(a, N * sh.lora.r);
+                if (sh.lora.dropout > 0) b.lora_x[site] = arena_take<floatX>(a, N * lora_site(c, site).in);
+            }
     }
 }
 
 // Scratch for stacks of at most `rows` rows and, in cross-attention, `cross_q_rows` query rows over `memory_rows`
-// memory rows.
+// memory rows; for adapters of rank lora_rank (with lora_dropout: their input gradients before the mask).
 inline void scratch_layout(Arena* a, BlockScratch* s, const BlockConfig& c, size_t rows, size_t cross_q_rows,
-                           size_t memory_rows, int lora_rank = 0) {
+                           size_t memory_rows, int lora_rank = 0, bool lora_dropout = false) {
     const size_t D = c.D, QD = (size_t)c.NH * c.HD, KD = (size_t)c.NKV * c.HD;
     s->G = arena_take<floatX>(a, rows * D);
     s->d_att = arena_take<floatX>(a, rows * QD);
@@ -245,7 +258,11 @@ inline void scratch_layout(Arena* a, BlockScratch* s, const BlockConfig& c, size
     s->d_sw = arena_take<floatX>(a, rows * c.I);
     s->d_tmp = arena_take<floatX>(a, rows * D);
     s->d_lora = lora_rank ? arena_take<floatX>(a, rows * lora_rank) : nullptr;
+    s->d_lora_x = lora_dropout ? arena_take<floatX>(a, rows * std::max<size_t>(std::max(D, QD), c.I)) : nullptr;
 }
+
+// The dropout mask seed of a site's adapter in layer l.
+inline uint64_t lora_dropout_seed(const StackLora& lo, int l, int site) { return hash_u64(lo.seed, (uint64_t)l, (uint64_t)site); }
 
 // The adapters of sites first..last of layer l (those in the mask): out (the sites' fused output) += scale x A^T B^T.
 inline void lora_sites_forward(BlockActs* a, floatX* out, const floatX* x, int first, int last, int l, const StackShape& s,
@@ -253,10 +270,16 @@ inline void lora_sites_forward(BlockActs* a, floatX* out, const floatX* x, int f
     const StackLora& lo = s.lora;
     if (!lo.w) return;
     const BlockLora<floatX>& w = (*lo.w)[l];
+    const int N = s.B * s.T;
     for (int site = first; site <= last; site++) {
         if (!(lo.mask >> site & 1)) continue;
         const LoraSite ls = lora_site(s.cfg, site);
-        lora_forward(out + ls.offset, a->lora_t[site], x, w.A[site], w.B[site], s.B * s.T, ls.in, ls.out, lo.r, lo.scale, st, ls.ld);
+        const floatX* in = x;
+        if (lo.dropout > 0) {                        // drop(x), kept for the backward
+            dropout_add(a->lora_x[site], nullptr, x, nullptr, N, ls.in, lo.dropout, lora_dropout_seed(lo, l, site), st);
+            in = a->lora_x[site];
+        }
+        lora_forward(out + ls.offset, a->lora_t[site], in, w.A[site], w.B[site], N, ls.in, ls.out, lo.r, lo.scale, st, ls.ld);
     }
 }
 
@@ -267,11 +290,19 @@ inline void lora_sites_backward(floatX* dx, const floatX* dout, const BlockActs*
     if (!lo.w) return;
     const BlockLora<floatX>& w = (*lo.w)[l];
     const BlockLora<floatS>* g = lo.g ? &(*lo.g)[l] : nullptr;
+    const int N = s.B * s.T;
     for (int site = first; site <= last; site++) {
         if (!(lo.mask >> site & 1)) continue;
         const LoraSite ls = lora_site(s.cfg, site);
-        lora_backward(dx, g ? g->A[site] : nullptr, g ? g->B[site] : nullptr, sc.d_lora, dout + ls.offset, x, a->lora_t[site],
-                      w.A[site], w.B[site], s.B * s.T, ls.in, ls.out, lo.r, lo.scale, st, ls.ld);
+        floatS *dA = g ? g->A[site] : nullptr, *dB = g ? g->B[site] : nullptr;
+        if (lo.dropout > 0) {                        // d drop(x), then dx += mask * it / (1 - p)
+            lora_backward(sc.d_lora_x, dA, dB, sc.d_lora, dout + ls.offset, a->lora_x[site], a->lora_t[site], w.A[site],
+                          w.B[site], N, ls.in, ls.out, lo.r, lo.scale, st, ls.ld, false);
+            dropout_add(dx, dx, sc.d_lora_x, nullptr, N, ls.in, lo.dropout, lora_dropout_seed(lo, l, site), st);
+        } else {
+            lora_backward(dx, dA, dB, sc.d_lora, dout + ls.offset, x, a->lora_t[site], w.A[site], w.B[site], N, ls.in,
+                          ls.out, lo.r, lo.scale, st, ls.ld);
+        }
     }
 }
 

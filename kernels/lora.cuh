@@ -42,12 +42,13 @@ inline void lora_forward(floatX* out, floatX* t, const floatX* x, const floatX* 
     matmul_forward(out, t, B, nullptr, N, r, OC, st, true, ld);
 }
 
-// dA += dt^T x, dB += dout^T t, dx += dt A, with dt = scale * dout B in the scratch dt (N, r). dA, dB and dx may be
-// null (a frozen adapter, or an input that needs no gradient). dout's rows are ld apart (0: OC).
+// dA += dt^T x, dB += dout^T t, dx += dt A (dx = dt A without accumulate_dx), with dt = scale * dout B in the
+// scratch dt (N, r). dA, dB and dx may be null (a frozen adapter, or an input that needs no gradient). dout's rows are
+// ld apart (0: OC).
 inline void lora_backward(floatX* dx, floatS* dA, floatS* dB, floatX* dt, const floatX* dout, const floatX* x,
                           const floatX* t, const floatX* A, const floatX* B, int N, int C, int OC, int r, float scale,
-                          Stream st, int ld = 0) {
+                          Stream st, int ld = 0, bool accumulate_dx = true) {
     matmul_backward(dt, dB, nullptr, dout, t, B, N, r, OC, false, st, ld);  // dt = dout B, dB += dout^T t
     lora_scale(dt, (size_t)N * r, scale, st);
-    matmul_backward(dx, dA, nullptr, dt, x, A, N, C, r, true, st);          // dx += dt A, dA += dt^T x
+    matmul_backward(dx, dA, nullptr, dt, x, A, N, C, r, accumulate_dx, st); // dx (+)= dt A, dA += dt^T x
 }

@@ -4,7 +4,8 @@
 //    head) with random weights, the loss L = mean over a batch's y-region targets of -log p (two sequences of
 //    different lengths, the prompt and the padding without targets, the lm head in chunks that split a sequence)
 //    is differentiated by the trainer's backward pass and by central differences over sampled elements of every
-//    trained tensor: every weight without LoRA, every adapter (with nonzero B) with LoRA on all seven projections.
+//    trained tensor: every weight without LoRA, every adapter (with nonzero B) with LoRA on all seven projections,
+//    also with LoRA dropout (its masks fixed by the seed, so the loss is a function of the weights).
 // 2. Generation: the key/value cache computes what the full forward pass computes. The prompt pass and each
 //    one-token step over the cache give the final hidden states of a full forward over the same tokens (to 1e-12
 //    for the longest prompt; to RoPE's fp32 tables, 1e-5, for a left-padded one, whose positions are shifted);
@@ -18,9 +19,9 @@ static Arch tiny_arch(bool tied) {
     return a;
 }
 
-static Config tiny_config(int lora_r, int T) {
+static Config tiny_config(int lora_r, int T, float dropout = 0.0f) {
     Config c = config_defaults();
-    c.lora_r = lora_r; c.lora_alpha = 3.0f; c.lora_targets = "all";
+    c.lora_r = lora_r; c.lora_alpha = 3.0f; c.lora_targets = "all"; c.lora_dropout = dropout;
     c.batch_size = 2; c.max_seq_len = T; c.lm_head_chunk = 5;
     return c;
 }
@@ -49,19 +50,20 @@ static double batch_loss(Model* m, const Data& d, const std::vector<const Exampl
     int n = 0;
     for (const Example* e : ex) n += (int)e->ids.size() - e->n_prompt;
     upload_batch(m, d, ex, T);
-    model_forward(m, (int)ex.size(), T, nullptr, 0, Stream());
+    model_forward(m, (int)ex.size(), T, nullptr, 0, true, Stream());
     loss_and_backward(m, (int)ex.size(), T, 1.0f / n, grad, Stream());
     double L = 0;
     for (int i = 0; i < (int)ex.size() * T; i++) L += m->acts.loss[i];
     return L / n;
 }
 
-static void check_gradients(int lora_r, bool tied) {
+static void check_gradients(int lora_r, bool tied, float dropout = 0.0f) {
     const int T = 12;
     Model model;
     Model* m = &model;
-    model_build(m, tiny_config(lora_r, T), tiny_arch(tied), 2);
+    model_build(m, tiny_config(lora_r, T, dropout), tiny_arch(tied), 2);
     random_weights(m, 7 + lora_r + tied);
+    m->lora_seed = 1234;                  // the dropout masks (fixed: the loss is a function of the weights)
     Data d;
     d.eos = 2;
     const Example e0 = example(4, 11, 1, m->arch.V), e1 = example(6, 9, 2, m->arch.V);
@@ -71,7 +73,8 @@ static void check_gradients(int lora_r, bool tied) {
     std::vector<floatS> grads(m->p.table.n_dense);
     copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
     std::vector<floatS> w = params_values(m->p);
-    const std::string what = lora_r ? "LoRA adapters" : tied ? "every weight, tied head" : "every weight, untied head";
+    const std::string what = lora_r ? (dropout > 0 ? "LoRA adapters with dropout" : "LoRA adapters")
+                                    : tied ? "every weight, tied head" : "every weight, untied head";
     int n_tensors = 0;
     for (const TensorInfo& t : m->p.table.tensors) {
         if (t.group != m->groups.g_trained) continue;
@@ -101,7 +104,7 @@ static void check_gradients(int lora_r, bool tied) {
 // The final hidden state of row `t` of a full forward over `ids` (one sequence, no cache).
 static std::vector<floatX> full_hidden(Model* m, const std::vector<int>& ids, int t) {
     copy_to_device(m->acts.ids, ids.data(), ids.size() * sizeof(int));
-    model_forward(m, 1, (int)ids.size(), nullptr, 0, Stream());
+    model_forward(m, 1, (int)ids.size(), nullptr, 0, false, Stream());
     const int D = m->arch.D;
     return std::vector<floatX>(m->acts.hn + (size_t)t * D, m->acts.hn + (size_t)(t + 1) * D);
 }
@@ -134,7 +137,7 @@ static void check_kv_cache() {
         }
     copy_to_device(m->acts.ids, ids.data(), ids.size() * sizeof(int));
     copy_to_device(m->acts.prompt_mask, prompt_mask.data(), prompt_mask.size());
-    model_forward(m, 2, P, &m->kv, 0, Stream());
+    model_forward(m, 2, P, &m->kv, 0, false, Stream());
     std::vector<std::vector<floatX>> cached = {{m->acts.hn + (P - 1) * D, m->acts.hn + P * D},
                                                {m->acts.hn + (2 * P - 1) * D, m->acts.hn + 2 * P * D}};
     std::vector<std::vector<int>> seqs = {std::vector<int>(prompts[0].begin(), prompts[0].end()),
@@ -151,7 +154,7 @@ static void check_kv_cache() {
         }
         copy_to_device(m->acts.ids, next.data(), 2 * sizeof(int));
         copy_to_device(m->acts.key_mask, key_mask.data(), key_mask.size());
-        model_forward(m, 2, 1, &m->kv, pos, Stream());
+        model_forward(m, 2, 1, &m->kv, pos, false, Stream());
         cached = {{m->acts.hn, m->acts.hn + D}, {m->acts.hn + D, m->acts.hn + 2 * D}};
     }
     check(worst[0] < 1e-12, "kv cache: prompt pass and 5 cached steps == full forward (the longest prompt)", "largest difference %.3g", worst[0]);
@@ -181,6 +184,7 @@ int main() {
     check_gradients(0, false);
     check_gradients(0, true);
     check_gradients(4, true);
+    check_gradients(4, false, 0.3f);
     check_kv_cache();
     return test_summary();
 }

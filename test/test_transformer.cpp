@@ -64,7 +64,7 @@ static void check_stack(const Case& k) {
     vecd memory = normal_vec((size_t)B * Tk * c.D), dmemory(memory.size());
     std::vector<uint8_t> mask = {1, 1, 0, 1, 0, 1, 1, 0};                 // (B, Tk), a masked key in each sample
     if (k.cross) { s.memory = memory.data(); s.Tk = Tk; s.key_mask = mask.data(); }
-    if (k.lora_mask) s.lora = {&lw, &lg, k.lora_mask, r, 0.75f};
+    if (k.lora_mask) s.lora = {&lw, &lg, k.lora_mask, r, 0.75f, 0.0f, 0};
 
     StackActs acts;
     BlockScratch sc;
