@@ -12,7 +12,7 @@ The stages, each with its own timeout (seconds, cut to what is left of --budget)
   build           --build CMD: `make gpu-check` passes `make -j<nproc> -k` of the targets it needs, for the GPU's
                   own arch only (GPU_COMPUTE_CAPABILITY from nvidia-smi, 90 on an H100 / H200)           300
   tests, at once  build/test_kernels, build/test_kernels_fp32 (every kernel against its CPU reference)     120 each
-                  test/test_gpu.py etrm, test/test_gpu.py jepa (the FP32 GPU trainer against the CPU backend,
+                  test/test_gpu.py etrm, jepa and cvae (the FP32 GPU trainer against the CPU backend,
                   determinism and bitwise resume of the GPU trainers; --quick: its reduced subset)           240 each
                   data/arc.py (ARC-AGI-1's training tasks for the measurements)                               60
   measurements,   TRM, ETRM (standard encoder) at the ARC default, --steps steps each (ms/step, samples/s,
@@ -63,15 +63,15 @@ def attention_labs():
 
 
 def test_stages(quick):
-    """The kernel tests in both precisions and test_gpu.py's two halves, with ARC_REQUIRE_GPU=1 (a missing GPU fails)
-    and a quarter of the cores each."""
+    """The kernel tests in both precisions and test_gpu.py's three parts (etrm, jepa, cvae), with ARC_REQUIRE_GPU=1
+    (a missing GPU fails) and a quarter of the cores each. The cvae part writes its own data (data/strategies.py)."""
     env = {"ARC_REQUIRE_GPU": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 4) // 4))}
     stages = [Stage(f"test_kernels {precision}", [f"./{binary}"], TIMEOUTS["kernels"], needs=[binary], env=env)
               for precision, binary in (("BF16", "build/test_kernels"), ("FP32", "build/test_kernels_fp32"))]
-    for trainer in ("etrm", "jepa"):
+    for trainer in ("etrm", "jepa", "cvae"):
         stages.append(Stage(f"test_gpu.py {trainer}", [sys.executable, "test/test_gpu.py", trainer] +
                             (["--quick"] if quick else []), TIMEOUTS["test_gpu"],
-                            needs=["data/synth/train.bin"], env=env))
+                            needs=["data/synth/train.bin"] if trainer != "cvae" else [], env=env))
     return stages
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """End-to-end tests of the CUDA trainers against the CPU backend (standard library only).
 
-    python3 test/test_gpu.py [etrm|jepa] [--quick]    (from the repository root, after `make train_etrm_cpu train_etrm
-                                                      train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32`)
+    python3 test/test_gpu.py [etrm|jepa|cvae] [--quick]    (from the repository root, after `make train_etrm_cpu
+                   train_etrm train_etrm_fp32 train_jepa_cpu train_jepa train_jepa_fp32 train_cvae_cpu train_cvae train_cvae_fp32`)
 
-etrm or jepa runs one trainer's checks (dev/gpu_check.py runs the two at once); --quick compares TRM and the
+etrm, jepa or cvae runs one trainer's checks (dev/gpu_check.py runs the three at once); --quick compares TRM and the
 standard encoder only, and the first JEPA configuration only (the determinism and resume checks stay whole).
 
 Checks, on the synthetic data, for train_etrm.cu:
@@ -22,6 +22,17 @@ and for train_jepa.cu, in test/test_jepa.py's tiny configuration (6 steps in 2 e
     Adam moments, target branch, codebooks, queue) within 1e-4 relative (of each section's largest value);
   - the GPU trainer (BF16 build) is deterministic (the same seed twice: identical losses and checkpoint bytes;
     another seed: other losses), and 1 epoch + resume + 1 epoch == 2 epochs, every byte of the checkpoint.
+and for train_cvae.cu (model=tiny, batch 4, on data/strategies.py's output with 64/16/16 examples per task), for full
+training and for LoRA (r=4 on every projection):
+  - GPU FP32 build == CPU backend (the initial weights are drawn on the host): the first step's debug state (the
+    weights, logits, loss and every gradient: 1e-4 relative of each tensor's largest value; the batch's token ids
+    equal); then 5 steps: every logged loss and gradient norm, the validation NLL per task (1e-4 relative, beyond
+    the last printed digit) and the exported weights (hf_5/model.safetensors or adapter_5/adapter_model.safetensors,
+    1e-4 relative per tensor); and greedy generation at the end (4 prompts per task, 24 tokens, through the KV cache):
+    the same generations_5.jsonl, byte for byte, and the same count of generated tokens;
+  - the GPU trainer (BF16 build) is deterministic (the same seed twice: identical train lines and checkpoint
+    sections; another seed: other losses), and 3 steps + resume + 3 steps == 6 steps, every byte of every section
+    of the checkpoint (the header holds the run's flags, resume=1 among them).
 The determinism, resume and micro-batch checks are test/test_train.py's and test/test_jepa.py's, run on the GPU
 binaries. Without a GPU every check is reported as SKIP (not passed); with ARC_REQUIRE_GPU=1 (make test-gpu) a
 missing GPU is a failure.
@@ -30,9 +41,11 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 
 import harness
@@ -48,6 +61,11 @@ GPU_FP32_BIN = os.path.join(ROOT, "train_etrm_fp32")
 JEPA_CPU_BIN = os.path.join(ROOT, "train_jepa_cpu")
 JEPA_GPU_BIN = os.path.join(ROOT, "train_jepa")
 JEPA_GPU_FP32_BIN = os.path.join(ROOT, "train_jepa_fp32")
+CVAE_CPU_BIN = os.path.join(ROOT, "train_cvae_cpu")
+CVAE_GPU_BIN = os.path.join(ROOT, "train_cvae")
+CVAE_GPU_FP32_BIN = os.path.join(ROOT, "train_cvae_fp32")
+BINARIES = {"etrm": (GPU_BIN, GPU_FP32_BIN, CPU_BIN), "jepa": (JEPA_GPU_BIN, JEPA_GPU_FP32_BIN, JEPA_CPU_BIN),
+            "cvae": (CVAE_GPU_BIN, CVAE_GPU_FP32_BIN, CVAE_CPU_BIN)}
 ETRM_TINY = [f"data_paths={SYNTH}/train.bin"] + test_train.TINY
 ENCODERS = ("none", "standard", "hybrid_standard", "hybrid_variational", "lpn_standard", "lpn_variational")
 TOLERANCE = 1e-4
@@ -70,6 +88,13 @@ TOLERANCE = 1e-4
 JEPA_CONFIGS = [("hard VQ, InfoNCE, invariance, relational, SIGReg", []),
                 ("objective=sigreg, context_agg=gru", ["objective=sigreg", "context_agg=gru"]),
                 ("vq_mode=gumbel, context_agg=attention", ["vq_mode=gumbel", "context_agg=attention"])]
+
+
+# train_cvae's tiny run on top of its data_dir: log every step, a short warm-up (the weights move in 5 steps), the
+# validation NLL on 4 examples per task. Generation is off unless a check turns it on.
+CVAE_TINY = ["model=tiny", "batch_size=4", "log_every=1", "lr=3e-3", "lr_warmup_steps=2", "val_examples=4",
+             "gen_examples=0", "save_hf=1"]
+CVAE_MODES = [("full training", []), ("LoRA r=4", ["lora_r=4", "lora_alpha=8"])]
 
 
 def floats(data):
@@ -221,6 +246,138 @@ def test_jepa_gpu_matches_cpu(tmp, configs=JEPA_CONFIGS):
               f"relative difference {diff:.3g} in {section}" if a.keys() == b.keys() else f"sections {sorted(a)} vs {sorted(b)}")
 
 
+def cvae_config(tmp):
+    """CVAE_TINY on data/strategies.py's output (written once into tmp)."""
+    data = os.path.join(tmp, "cvae_data")
+    if not os.path.exists(os.path.join(data, "test.jsonl")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "data", "strategies.py"), data, "--n-train", "64", "--n-val",
+                        "16", "--n-test", "16"], check=True, capture_output=True)
+    return [f"data_dir={data}"] + CVAE_TINY
+
+
+def cvae_logged(stdout):
+    """[(line, key, printed value)] of what train_cvae logs that the backends must agree on: the loss and gradient
+    norm of the train lines, the NLL of the val lines (token_acc counts argmax hits: a near-tie flips one; not
+    compared), and the traces and token count of the gen line."""
+    numbers = []
+    for line in stdout.splitlines():
+        kind = line.split(" ", 1)[0]
+        fields = test_jepa.values(line)
+        if kind == "train":
+            numbers += [(f"train step={fields['step']}", k, fields[k]) for k in ("loss", "grad_norm")]
+        elif kind == "val":
+            numbers.append((f"val step={fields['step']} task={fields['task']}", "nll", fields["nll"]))
+        elif kind == "gen" and "traces" in fields:
+            numbers += [(f"gen step={fields['step']}", k, fields[k]) for k in ("traces", "tokens")]
+    return numbers
+
+
+def cvae_train_lines(stdout):
+    """train_cvae's train lines without the timing fields."""
+    return [re.sub(r" ms=\S+| tokens_per_s=\S+", "", l) for l in stdout.splitlines() if l.startswith("train ")]
+
+
+def read_tensors(path):
+    """name -> (dtype, shape, bytes) of every tensor of a safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    return {k: (v["dtype"], v["shape"], raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def tensors_difference(a, b):
+    """(largest relative_difference of b's F32 tensors from a's, its name) over two safetensors files' read_tensors;
+    inf when they hold other names, dtypes or shapes, or a non-F32 tensor differs."""
+    if {k: v[:2] for k, v in a.items()} != {k: v[:2] for k, v in b.items()}:
+        return float("inf"), f"other tensors: {sorted(set(a) ^ set(b))[:4]}"
+    worst = (0.0, "")
+    for name, (dtype, _, data) in a.items():
+        if dtype == "F32":
+            worst = max(worst, (relative_difference(floats(b[name][2]), floats(data)), name))
+        elif data != b[name][2]:
+            return float("inf"), f"{name} ({dtype}) differs"
+    return worst
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_cvae_gpu_matches_cpu(tmp):
+    config = cvae_config(tmp)
+    for mode, extra in CVAE_MODES:
+        tag = mode.split()[0].lower()
+        cpu_path, gpu_path = f"{tmp}/cvae_cpu_{tag}.safetensors", f"{tmp}/cvae_gpu_{tag}.safetensors"
+        train(CVAE_CPU_BIN, config, f"{tmp}/cvae_cpu_debug_{tag}", *extra, "max_steps=1", f"debug_state={cpu_path}")
+        train(CVAE_GPU_FP32_BIN, config, f"{tmp}/cvae_gpu_debug_{tag}", *extra, "max_steps=1", f"debug_state={gpu_path}")
+        cpu, gpu = read_tensors(cpu_path), read_tensors(gpu_path)
+        grads = [n for n in cpu if n.startswith("grad.")]
+        worst = tensors_difference(cpu, gpu)
+        check(len(grads) >= 10 and "out.logits" in cpu and "out.loss" in cpu and worst[0] <= TOLERANCE,
+              f"cvae GPU FP32 == CPU: first step's weights, batch, logits, loss and {len(grads)} gradients within "
+              f"{TOLERANCE} ({mode})", f"largest relative difference {worst[0]:.3g} in {worst[1]}")
+
+        runs = {}
+        for name, binary in (("cpu", CVAE_CPU_BIN), ("gpu", CVAE_GPU_FP32_BIN)):
+            out = f"{tmp}/cvae_{name}_steps_{tag}"
+            runs[name] = (out, train(binary, config, out, *extra, "max_steps=5", "gen_examples=4", "gen_max_tokens=24"))
+        (cpu_out, a), (gpu_out, b) = runs["cpu"], runs["gpu"]
+        la, lb = cvae_logged(a), cvae_logged(b)
+        worst = logged_difference(lb, la)
+        steps = len([n for n in la if n[1] == "loss"])
+        check(steps == 5 and any(n[1] == "nll" for n in la) and worst[0] <= TOLERANCE,
+              f"cvae GPU FP32 == CPU: losses and gradient norms of 5 steps, validation NLL, generated token count "
+              f"within {TOLERANCE} ({mode})", f"{steps} train lines, largest relative difference {worst[0]:.3g} at {worst[1]}")
+        export = "adapter_00000005/adapter_model.safetensors" if extra else "hf_00000005/model.safetensors"
+        worst = tensors_difference(read_tensors(f"{cpu_out}/{export}"), read_tensors(f"{gpu_out}/{export}"))
+        check(worst[0] <= TOLERANCE, f"cvae GPU FP32 == CPU: exported weights after 5 steps ({export.split('/')[1]}) "
+              f"within {TOLERANCE} ({mode})", f"largest relative difference {worst[0]:.3g} in {worst[1]}")
+        ga, gb = (read_bytes(f"{out}/generations_00000005.jsonl") for out in (cpu_out, gpu_out))
+        first = next((i for i, (x, y) in enumerate(zip(ga.splitlines(), gb.splitlines())) if x != y), None)
+        check(ga == gb and ga.count(b"\n") == 24,
+              f"cvae GPU FP32 == CPU: greedy generation through the KV cache, the 24 traces identical ({mode})",
+              f"{ga.count(b'{')} vs {gb.count(b'{')} traces; first difference in line {first}")
+
+
+def test_cvae_determinism(tmp):
+    config = cvae_config(tmp)
+    for mode, extra in CVAE_MODES:
+        tag = mode.split()[0].lower()
+        a = train(CVAE_GPU_BIN, config, f"{tmp}/cvae_det_a_{tag}", *extra, "max_steps=4")
+        b = train(CVAE_GPU_BIN, config, f"{tmp}/cvae_det_b_{tag}", *extra, "max_steps=4")
+        sa = test_train.read_sections(f"{tmp}/cvae_det_a_{tag}/ckpt_00000004.bin")
+        sb = test_train.read_sections(f"{tmp}/cvae_det_b_{tag}/ckpt_00000004.bin")
+        la, lb = cvae_train_lines(a), cvae_train_lines(b)
+        check(la == lb and len(la) == 4 and sa == sb,
+              f"gpu cvae determinism: same seed gives identical train lines and checkpoints ({mode})",
+              f"train lines equal: {la == lb} ({len(la)}), sections differ: {[k for k in sa if sa[k] != sb.get(k)]}")
+        c = train(CVAE_GPU_BIN, config, f"{tmp}/cvae_det_c_{tag}", *extra, "max_steps=4", "seed=1")
+        check(cvae_train_lines(c) != la, f"gpu cvae determinism: another seed gives other losses ({mode})")
+
+
+def test_cvae_resume(tmp):
+    config = cvae_config(tmp)
+    for mode, extra in CVAE_MODES:
+        tag = mode.split()[0].lower()
+        full, part = f"{tmp}/cvae_res_full_{tag}", f"{tmp}/cvae_res_part_{tag}"
+        common = list(extra) + ["checkpoint_every=3", "max_steps=6", "checkpoint_keep=0"]
+        so_full = train(CVAE_GPU_BIN, config, full, *common)
+        # the interrupted run: stop after its step-3 checkpoint by resuming from a copy of it
+        os.makedirs(part)
+        shutil.copy(f"{full}/ckpt_00000003.bin", part)
+        so = train(CVAE_GPU_BIN, config, part, *common, "resume=1")
+        a, b = test_train.read_sections(f"{full}/ckpt_00000006.bin"), test_train.read_sections(f"{part}/ckpt_00000006.bin")
+        differ = [k for k in a if a[k] != b.get(k)]
+        same_lines = cvae_train_lines(so) == cvae_train_lines(so_full)[3:]
+        check(a.keys() == b.keys() and not differ and "resumed from" in so and same_lines,
+              f"gpu cvae resume: 3 steps + resume + 3 steps == 6 steps: the train lines, every checkpoint section "
+              f"bitwise ({mode})", f"sections {sorted(a)} vs {sorted(b)}, differing {differ}; train lines after the "
+              f"resume equal: {same_lines}")
+
+
 def on_gpu(suite, binary, test, label, tiny=None):
     """The check `test` of suite (the module test_train or test_jepa) run on a GPU binary, its lines named
     "<label> ...", in suite.TINY's configuration or in tiny's."""
@@ -233,15 +390,23 @@ def on_gpu(suite, binary, test, label, tiny=None):
     return run_test
 
 
-def gpu_available():
-    """None when the GPU trainers run; otherwise why not."""
-    for binary in (GPU_BIN, GPU_FP32_BIN, CPU_BIN, JEPA_GPU_BIN, JEPA_GPU_FP32_BIN, JEPA_CPU_BIN):
+def gpu_available(trainer=None):
+    """None when the GPU trainers (of one trainer: etrm, jepa, cvae; default: all) run; otherwise why not."""
+    trainers = [trainer] if trainer else list(BINARIES)
+    for binary in (b for t in trainers for b in BINARIES[t]):
         if not os.path.exists(binary):
             return f"{os.path.basename(binary)} is not built"
     probe = tempfile.mkdtemp(prefix="arc_gpu_probe_")
     try:
-        p = subprocess.run([GPU_FP32_BIN] + harness.merge_args([f"data_paths={SYNTH}/train.bin", f"checkpoint_path={probe}",
-                            "max_steps=1", "eval_interval=0"] + test_train.TINY), capture_output=True, text=True)
+        # cvae, jepa: the GPU is opened first; with one, the missing data ends the run at once
+        if trainer == "cvae":
+            args = [CVAE_GPU_FP32_BIN, f"data_dir={probe}/none", f"checkpoint_path={probe}", "max_steps=1"]
+        elif trainer == "jepa":
+            args = [JEPA_GPU_FP32_BIN, f"data_path={probe}/none.bin", f"checkpoint_path={probe}"]
+        else:
+            args = [GPU_FP32_BIN] + harness.merge_args([f"data_paths={SYNTH}/train.bin", f"checkpoint_path={probe}",
+                                                        "max_steps=1", "eval_interval=0"] + test_train.TINY)
+        p = subprocess.run(args, capture_output=True, text=True)
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     if p.returncode != 0 and "no CUDA GPU" in p.stderr:
@@ -251,7 +416,7 @@ def gpu_available():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("trainer", nargs="?", choices=("etrm", "jepa"), help="one trainer's checks (default: both)")
+    ap.add_argument("trainer", nargs="?", choices=("etrm", "jepa", "cvae"), help="one trainer's checks (default: all)")
     ap.add_argument("--quick", action="store_true", help="TRM and the standard encoder, the first JEPA configuration")
     args = ap.parse_args()
     encoders, configs = (ENCODERS[:2], JEPA_CONFIGS[:1]) if args.quick else (ENCODERS, JEPA_CONFIGS)
@@ -265,8 +430,13 @@ def main():
     jepa = [("JEPA GPU FP32 == CPU backend", lambda tmp: test_jepa_gpu_matches_cpu(tmp, configs)),
             ("JEPA GPU determinism", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_determinism, "gpu jepa")),
             ("JEPA GPU resume", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_resume, "gpu jepa"))]
-    groups = {"etrm": etrm, "jepa": jepa}.get(args.trainer, etrm + jepa)
-    harness.run_groups(groups, "arc_test_gpu_", gpu_available())
+    cvae = [("cvae GPU FP32 == CPU backend", test_cvae_gpu_matches_cpu),
+            ("cvae GPU determinism", test_cvae_determinism),
+            ("cvae GPU resume", test_cvae_resume)]
+    groups = {"etrm": etrm, "jepa": jepa, "cvae": cvae}
+    # each trainer's checks skip (or, with ARC_REQUIRE_GPU=1, fail) on their own: one trainer not built stops no other
+    for trainer in [args.trainer] if args.trainer else list(groups):
+        harness.run_groups(groups[trainer], f"arc_test_gpu_{trainer}_", gpu_available(trainer))
     finish()
 
 

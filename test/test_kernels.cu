@@ -38,6 +38,7 @@
 #include "../kernels/ema.cuh"
 #include "../kernels/embedding.cuh"
 #include "../kernels/global_norm.cuh"
+#include "../kernels/kv_cache.cuh"
 #include "../kernels/lm_head_loss.cuh"
 #include "../kernels/lora.cuh"
 #include "../kernels/masked_mean.cuh"
@@ -447,6 +448,7 @@ static void test_rmsnorm() {
     }
     test_rmsnorm_weighted_backward(4099, 64, 1, false);
     test_rmsnorm_weighted_backward(7, 896, 0, false);
+    test_rmsnorm_weighted_backward(300, 37, 2, false);     // frozen norm, in place (dinp == dout), the scalar path
 }
 
 // =========================================================================================================
@@ -503,7 +505,8 @@ struct AttnCase {
     bool causal;
 };
 
-static void run_attention(const std::string& name, const AttnCase& a, const vecd& qh, const vecd& kh, const vecd& vh,
+// Returns the forward's out as the device wrote it.
+static vecd run_attention(const std::string& name, const AttnCase& a, const vecd& qh, const vecd& kh, const vecd& vh,
                           size_t q_off, size_t k_off, size_t v_off, bool fused) {
     const int C = a.NH * a.HD;
     // ---- forward
@@ -524,7 +527,8 @@ static void run_attention(const std::string& name, const AttnCase& a, const vecd
     attention_forward(d_out.p, d_lse.p, dq_base + q_off, dk_base + k_off, dv_base + v_off, mask, a.B, a.Tq, a.Tk, a.NH, a.NKV,
                       a.HD, a.q_stride, a.kv_stride, a.causal, st);
     launched(BK " attention_forward " + name);
-    expect_close(BK " attention_forward " + name + " out", d_out.get(), out, TOL_RED);
+    const vecd got_out = d_out.get();
+    expect_close(BK " attention_forward " + name + " out", got_out, out, TOL_RED);
     expect_close(BK " attention_forward " + name + " lse", d_lse.get(), lse, TOL_S);
 
     // ---- backward from the reference forward's out / lse (rounded as the device stores them)
@@ -571,6 +575,7 @@ static void run_attention(const std::string& name, const AttnCase& a, const vecd
                   (bname + " deterministic (two runs bitwise identical)").c_str(), "two runs on the same inputs differ");
         }
     }
+    return got_out;
 }
 
 // " NKV=.. causal" for the options that are on (nothing for plain multi-head attention).
@@ -606,6 +611,56 @@ static void test_attention_cross(int B, int Tq, int Tk, int NH, int HD, int all_
     run_attention(name, a, q, k, v, 0, 0, 0, false);
 }
 
+// Left-padded rows (right-aligned prompts, as generation's prompt pass) under causal masking, fused qkv rows: row b's
+// first pad[b] keys off, the rest on (row 0: half of them; the last row: all). A query i < pad[b] sees no key: its
+// out must be exactly 0 and its lse -inf (run_attention's lse check matches -inf exactly), its gradients 0.
+static void test_attention_left_padded(int B, int T, int NH, int NKV, int HD) {
+    const int C = NH * HD, S = (NH + 2 * NKV) * HD;
+    const vecd qkv = rx(rnd((size_t)B * T * S, -2, 2));
+    const uint64_t seed = fresh_seed();
+    std::vector<int> pad(B);
+    vecu8 mask((size_t)B * T);
+    for (int b = 0; b < B; b++) {
+        pad[b] = b == B - 1 ? T : b == 0 ? T / 2 : (int)hash_below((uint32_t)T, seed, b);
+        for (int j = 0; j < T; j++) mask[(size_t)b * T + j] = j >= pad[b];
+    }
+    const std::string name = fmt("self B=%d T=%d NH=%d HD=%d fused qkv, left-padded key mask", B, T, NH, HD) +
+                             attention_options(NH, NKV, true);
+    AttnCase a{B, T, T, NH, NKV, HD, S, S, mask.data(), true};
+    const vecd out = run_attention(name, a, qkv, qkv, qkv, 0, C, C + NKV * HD, true);
+    vecd got;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < pad[b]; i++) got.insert(got.end(), out.begin() + ((size_t)b * T + i) * C, out.begin() + ((size_t)b * T + i + 1) * C);
+    expect_exact(BK " attention_forward " + name + " out of the queries without a key is 0", got, vecd(got.size(), 0.0));
+}
+
+// The KV cache's decoding step (common/transformer.h, pos > 0): one new query per sample, read from its fused qkv
+// row (q_stride = (NH + 2 NKV) HD), over all Tmax cached keys and values (B, Tmax, NKV HD): kv_stride = NKV HD, under
+// the cache's (B, Tmax) key mask (a left padding of row b > 0, then every position up to pos), not causal. The cache
+// rows after pos (not written yet) hold values 50x larger that the mask must hide.
+static void test_attention_decode(int B, int Tmax, int pos, int NH, int NKV, int HD) {
+    const int S = (NH + 2 * NKV) * HD, KD = NKV * HD;
+    const vecd qkv = rx(rnd((size_t)B * S, -2, 2));
+    vecd k = rnd((size_t)B * Tmax * KD, -2, 2), v = rnd((size_t)B * Tmax * KD, -1, 1);
+    const uint64_t seed = fresh_seed();
+    vecu8 mask((size_t)B * Tmax);
+    for (int b = 0; b < B; b++) {
+        const int pad = b == 0 ? 0 : (int)hash_below((uint32_t)pos + 1, seed, b);      // <= pos: the new token is seen
+        for (int j = 0; j < Tmax; j++) {
+            mask[(size_t)b * Tmax + j] = j >= pad && j <= pos;
+            if (j > pos)
+                for (int c = 0; c < KD; c++) {
+                    k[((size_t)b * Tmax + j) * KD + c] *= 50;
+                    v[((size_t)b * Tmax + j) * KD + c] *= 50;
+                }
+        }
+    }
+    const std::string name = fmt("decode B=%d Tq=1 Tk=Tmax=%d pos=%d NH=%d HD=%d q from fused qkv rows, (B, Tmax) key/value "
+                                 "cache and key mask", B, Tmax, pos, NH, HD) + attention_options(NH, NKV, false);
+    AttnCase a{B, 1, Tmax, NH, NKV, HD, S, KD, mask.data(), false};
+    run_attention(name, a, qkv, rx(k), rx(v), 0, 0, 0, false);
+}
+
 static void test_attention() {
     test_attention_self(2, 916, 8, 64, false);     // the decoder at D=512
     test_attention_self(3, 33, 2, 16, false);
@@ -638,6 +693,43 @@ static void test_attention() {
     test_attention_cross(2, 150, 61, 2, 128, -2, 1, true);
     test_attention_cross(3, 16, 10, 4, 64, 1, 2, false);
     test_attention_cross(2, 40, 25, 4, 24, -1, 1, true);     // SIMT
+    // train_cvae's generation: the left-padded prompt pass (causal with a key mask) and the cached decoding step
+    test_attention_left_padded(3, 37, 4, 2, 16);
+    test_attention_left_padded(4, 130, 14, 2, 64);           // Qwen2.5-0.5B's heads, two query tiles
+    test_attention_left_padded(2, 29, 4, 1, 24);             // SIMT
+    test_attention_decode(3, 40, 17, 4, 2, 16);
+    test_attention_decode(4, 512, 300, 14, 2, 64);           // Qwen2.5-0.5B, a 512-token cache
+    test_attention_decode(2, 33, 1, 4, 4, 64);               // the first decoding step: 2 cached positions
+    test_attention_decode(2, 70, 69, 2, 1, 128);             // the last position of the cache
+    test_attention_decode(3, 21, 9, 4, 2, 24);               // SIMT
+}
+
+// =========================================================================================================
+// kv_cache_write: the keys and values of T new positions, from fused qkv rows of width row = QD + 2 KD + extra, into
+// the (B, Tmax, KD) caches at positions pos..pos+T-1; every other cache row must keep its poison. A copy: exact.
+
+static void test_kv_cache_write(int B, int T, int pos, int Tmax, int NH, int NKV, int HD, int extra) {
+    const int QD = NH * HD, KD = NKV * HD, row = QD + 2 * KD + extra;
+    const std::string name = fmt(BK " kv_cache_write B=%d T=%d pos=%d Tmax=%d QD=%d KD=%d row=%d", B, T, pos, Tmax, QD, KD, row);
+    const vecd qkv = rx(rnd((size_t)B * T * row, -2, 2));
+    vecd kref((size_t)B * Tmax * KD, NaN), vref((size_t)B * Tmax * KD, NaN);
+    kv_cache_write_ref<double>(kref.data(), vref.data(), qkv.data(), B, T, pos, Tmax, QD, KD, row);
+    Dev<floatX> d_qkv(qkv), d_k(kref.size()), d_v(vref.size());
+    d_k.poison();
+    d_v.poison();
+    kv_cache_write(d_k.p, d_v.p, d_qkv.p, B, T, pos, Tmax, QD, KD, row, st);
+    launched(name);
+    expect_exact(name + " keys", d_k.get(), kref);
+    expect_exact(name + " values", d_v.get(), vref);
+}
+
+static void test_kv_cache() {
+    test_kv_cache_write(3, 1, 5, 9, 4, 2, 16, 0);       // one decoding step in the middle of the cache
+    test_kv_cache_write(2, 7, 0, 7, 14, 2, 64, 0);      // a prompt pass filling the whole cache (Qwen2.5-0.5B's heads)
+    test_kv_cache_write(4, 33, 17, 64, 14, 2, 64, 0);   // T > 1 rows at pos > 0
+    test_kv_cache_write(2, 5, 3, 11, 3, 1, 5, 3);       // odd: KD = 5, rows 3 elements wider than q|k|v
+    test_kv_cache_write(1, 1, 12, 13, 2, 2, 8, 1);      // the last position
+    test_kv_cache_write(2, 0, 4, 6, 2, 1, 16, 0);       // T = 0 writes nothing
 }
 
 // =========================================================================================================
@@ -1461,6 +1553,7 @@ static const char* OP_GROUPS[] = {
     "rmsnorm_forward, rmsnorm_backward, rmsnorm_weighted_forward, rmsnorm_weighted_backward",
     "rope_forward, rope_backward",
     "attention_forward, attention_backward",
+    "kv_cache_write",
     "swiglu_forward, swiglu_backward, add_forward",
     "embedding_forward, embedding_backward, prefix_forward, prefix_backward",
     "gather_rows, scatter_rows, broadcast_rows, broadcast_rows_backward",
@@ -1506,6 +1599,7 @@ int main() {
     test_rmsnorm();
     test_rope_all();
     test_attention();
+    test_kv_cache();
     test_swiglu_add();
     test_embedding_all();
     test_rows();
