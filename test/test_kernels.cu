@@ -44,6 +44,7 @@
 #include "../kernels/masked_mean.cuh"
 #include "../kernels/matmul.cuh"
 #include "../kernels/mse.cuh"
+#include "../kernels/muon.cuh"
 #include "../kernels/puzzle_embedding.cuh"
 #include "../kernels/q_halt_loss.cuh"
 #include "../kernels/rmsnorm.cuh"
@@ -1544,6 +1545,90 @@ static void test_optimizer() {
     for (size_t n : {(size_t)1, (size_t)37, (size_t)196608}) test_mse(n);
 }
 
+// Muon: muon_update on an (R, C) matrix against muon_update_ref<double>. The weights are rounded values of ~1 and
+// the update lr sqrt(max(1, R/C)) O is ~1e-2 of them, so the weights alone say little about O: O is recovered from
+// each side's weights, O = (w0 * decay - w) / step (each side with its own rounding of decay and step), and
+// compared on its own. lr = 0.25 keeps the fp32 rounding of w (~6e-8) at ~5e-6 of O's RMS in that recovery.
+// Tolerances of O: FP32, the iteration in fp32 (cuBLASLt without TF32) vs double: a CPU emulation of these shapes
+// measured a relative Frobenius error of ~3e-6 and elementwise errors up to ~7e-6 of max |O| (the quintic
+// amplifies rounding along small singular directions, up to p'(0)^5 = 3.4445^5 ~ 485): relative Frobenius < 1e-4,
+// elementwise Tol{2e-4, 2e-4}. BF16: X, A, B stored in bf16 (unit roundoff 2^-9 ~ 2e-3, three rounded matmuls per
+// step, five steps): the emulation (bf16 rounding of every stored matrix, fp32 accumulation) measured 1.4e-2 ..
+// 1.9e-2 relative Frobenius, elementwise up to ~4.5e-2 of max |O|; relative Frobenius < 5e-2 (the NS output of the
+// author's bf16 implementation is equally far from the exact one), no elementwise check. Momentum is fp32
+// arithmetic on fp32 inputs in both builds (TOL_F32). Every array has 7 more elements that must stay as they were;
+// the scratch starts poisoned. Two launches from the same state must agree bitwise (no atomics anywhere).
+static void test_muon(int R, int C, bool nesterov, bool with_master, float wd, int ns_steps = 5) {
+    const std::string name = fmt(BK " muon_update R=%d C=%d nesterov=%d master=%s wd=%g ns_steps=%d", R, C, nesterov,
+                                 with_master ? "yes" : "null", wd, ns_steps);
+    const size_t n = (size_t)R * C, total = n + 7;
+    const float lr = 0.25f, mu = 0.95f, grad_scale = 0.7f;
+    const vecd p0 = rx(rnd(total, -1, 1)), ms0 = rs(rnd(total, -1, 1)), g = rs(rnd(total, -1, 1));
+    const vecd m0 = rs(rnd(total, -0.1, 0.1));
+    vecd p = p0, ms = ms0, m = m0, scratch(muon_scratch_size(R, C), NaN);
+    muon_update_ref<double>(p.data(), with_master ? ms.data() : nullptr, g.data(), m.data(), R, C, lr, mu, nesterov, ns_steps,
+                            wd, grad_scale, scratch.data());
+    Dev<floatX> d_p(p0), d_scratch(muon_scratch_size(R, C));
+    Dev<floatS> d_ms(ms0), d_g(g), d_m(m0);
+    d_scratch.poison();
+    muon_update(d_p.p, with_master ? d_ms.p : nullptr, d_g.p, d_m.p, R, C, lr, mu, nesterov, ns_steps, wd, grad_scale,
+                d_scratch.p, st);
+    launched(name);
+    const vecd got_p = d_p.get(), got_ms = d_ms.get();
+    expect_close(name + " momentum", d_m.get(), m, TOL_F32);
+    // O from both sides
+    const vecd& w0 = with_master ? ms0 : p0;
+    const vecd& w_ref = with_master ? ms : p;
+    const vecd& w_got = with_master ? got_ms : got_p;
+    const double decay = muon_decay(lr, wd), step = muon_step(lr, R, C);
+    const double decay_dev = rs1(decay), step_dev = rs1(step);       // as the launcher rounds them (fp32)
+    vecd O_ref(n), O_got(n);
+    double ss_ref = 0, ss_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        O_ref[i] = (w0[i] * decay - w_ref[i]) / step;
+        O_got[i] = (w0[i] * decay_dev - w_got[i]) / step_dev;
+        ss_ref += O_ref[i] * O_ref[i];
+        ss_err += (O_got[i] - O_ref[i]) * (O_got[i] - O_ref[i]);
+    }
+    const double rel = isfinite(ss_err) ? sqrt(ss_err / ss_ref) : INFINITY, rel_tol = BF16 ? 5e-2 : 1e-4;
+    check(rel < rel_tol, (name + " O = NS(u): relative Frobenius error").c_str(), "%.3g (tol %.0e)", rel, rel_tol);
+    if (!BF16) expect_close(name + " O elementwise", O_got, O_ref, Tol{2e-4, 2e-4});
+    // the weights: the update is lr sqrt(max(1, R/C)) O with O's error above (~1e-2 x 5e-2 of the weights in bf16)
+    const Tol tol_w = BF16 ? TOL_EW : Tol{1e-5, 1e-5};
+    if (with_master) {
+        expect_close(name + " master", got_ms, ms, tol_w);
+        vecd want = got_p;                     // params must be exactly floatX(the new master)
+        for (size_t i = 0; i < n; i++) want[i] = rx1(got_ms[i]);
+        expect_exact(name + " params == floatX(master)", got_p, want);
+    } else {
+        expect_close(name + " params", got_p, p, tol_w);
+        expect_exact(name + " master (null) untouched", got_ms, ms0);
+    }
+    // deterministic: the same launch from the same state, the scratch poisoned again
+    Dev<floatX> d_p2(p0);
+    Dev<floatS> d_ms2(ms0), d_m2(m0);
+    d_scratch.poison();
+    muon_update(d_p2.p, with_master ? d_ms2.p : nullptr, d_g.p, d_m2.p, R, C, lr, mu, nesterov, ns_steps, wd, grad_scale,
+                d_scratch.p, st);
+    launched(name + " (second run)");
+    expect_bitwise(name + " deterministic (two runs bitwise identical)", d_p.raw(), d_p2.raw());
+    if (with_master) expect_bitwise(name + " deterministic master", d_ms.raw(), d_ms2.raw());
+}
+
+static void test_muon_all() {
+    const bool master_null_ok = std::is_same<floatX, floatS>::value;   // FP32: params are the master
+    test_muon(256, 512, true, true, 0.1f);         // wide: the iteration on X as it is
+    test_muon(768, 256, true, true, 0.0f);         // tall: on X^T, sqrt(R/C) = sqrt(3)
+    test_muon(333, 129, false, true, 0.1f);        // odd shapes, unaligned rows, partial tiles
+    test_muon(129, 333, true, true, 0.01f, 3);
+    test_muon(896, 896, true, true, 0.1f);         // square (Qwen2.5-0.5B's q projection)
+    test_muon(4864, 64, false, true, 0.1f, 1);     // many row tiles, a small Gram matrix
+    if (master_null_ok) {
+        test_muon(256, 512, false, false, 0.1f);
+        test_muon(333, 129, true, false, 0.0f);
+    }
+}
+
 // =========================================================================================================
 
 #ifdef __CUDACC__
@@ -1564,6 +1649,7 @@ static const char* OP_GROUPS[] = {
     "softmax_xent, lm_head_loss, lora_forward, lora_backward (language models)",
     "act_reset, act_halt",
     "adam_update, ema_update, global_norm_squared, puzzle_emb_gather, sign_sgd_update, convert_to_floatS, convert_to_floatX, mse",
+    "muon_update (Newton-Schulz through the matmuls)",
     "layernorm, activation, l2norm, dropout, sigreg variants (JEPA)",
     "vq_nearest, vq_quantize, vq_code_stats, vq_ema_update, vq_refresh_codes, vq_commitment, vq_gumbel, infonce (JEPA)",
     "object_attention, relational_loss, context_attention, gru_cell (JEPA)",
@@ -1610,6 +1696,7 @@ int main() {
     test_lm_ops();
     test_act();
     test_optimizer();
+    test_muon_all();
     test_jepa_layers();
     test_jepa_vq();
     test_jepa_relational();
