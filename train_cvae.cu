@@ -91,8 +91,9 @@ typedef struct {
     int lora_r, use_rslora;
     float lora_alpha, lora_dropout;
     // optimisation
+    std::string optimizer;
     int batch_size, micro_batch_size, max_steps, lr_warmup_steps, seed;
-    float epochs, lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps;
+    float epochs, lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps, muon_lr, muon_momentum;
     // data
     std::string data_dir, tasks;
     int max_seq_len, max_train_examples;
@@ -112,7 +113,7 @@ static Config config_defaults() {
     c.lora_r = 0; c.lora_alpha = 32.0f; c.lora_dropout = 0.0f; c.use_rslora = 0;
     c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
     c.epochs = 1.0f; c.lr = 1e-3f; c.lr_min_ratio = 0.1f; c.beta1 = 0.9f; c.beta2 = 0.95f; c.weight_decay = 0.0f;
-    c.grad_clip_norm = 1.0f; c.adam_eps = 1e-8f;
+    c.grad_clip_norm = 1.0f; c.adam_eps = 1e-8f; c.optimizer = "adamw"; c.muon_lr = 0.02f; c.muon_momentum = 0.95f;
     c.data_dir = "data/strategies"; c.tasks = "all"; c.max_seq_len = 512; c.max_train_examples = 0;
     c.eval_split = "val"; c.eval_every = 0; c.val_examples = 64; c.gen_examples = 32; c.gen_max_tokens = 0; c.eval_only = 0;
     c.temperature = 0.0f; c.top_p = 1.0f;
@@ -148,6 +149,9 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"weight_decay", ARG_FLOAT, &c->weight_decay, "decoupled weight decay", nullptr},
         {"grad_clip_norm", ARG_FLOAT, &c->grad_clip_norm, "clip the gradient norm to this (0: off)", nullptr},
         {"adam_eps", ARG_FLOAT, &c->adam_eps, "AdamW epsilon", nullptr},
+        {"optimizer", ARG_STRING, &c->optimizer, "adamw, or muon: Muon on the blocks' weight matrices, AdamW on the rest (training from scratch)", "adamw|muon"},
+        {"muon_lr", ARG_FLOAT, &c->muon_lr, "Muon's learning rate (the schedule scales it as lr)", nullptr},
+        {"muon_momentum", ARG_FLOAT, &c->muon_momentum, "Muon's (Nesterov) momentum", nullptr},
         {"seed", ARG_INT, &c->seed, "seed of initialisation, data order and sampling", nullptr},
         // data
         {"data_dir", ARG_STRING, &c->data_dir, "data/strategies.py output: train.jsonl, val.jsonl, test.jsonl", nullptr},
@@ -220,6 +224,9 @@ static void config_validate(const Config& c) {
     if (c.lora_dropout > 0 && !c.debug_state.empty()) fatal("debug_state needs lora_dropout=0 (a replay cannot draw our dropout masks)");
     if (c.lora_r == 0 && !c.load_adapter.empty()) fatal("load_adapter=%s needs lora_r > 0 (the adapter's rank)", c.load_adapter.c_str());
     if (!(c.lr > 0 && c.lr <= 1)) fatal("lr=%g: expected in (0, 1]", c.lr);
+    if (c.optimizer == "muon" && c.lora_r > 0) fatal("optimizer=muon trains the base model's matrices; LoRA adapters (lora_r=%d) train with adamw", c.lora_r);
+    if (!(c.muon_lr > 0 && c.muon_lr <= 1) || !(c.muon_momentum >= 0 && c.muon_momentum < 1))
+        fatal("muon_lr=%g, muon_momentum=%g: expected muon_lr in (0, 1], muon_momentum in [0, 1)", c.muon_lr, c.muon_momentum);
     if (!(c.epochs > 0) && c.max_steps <= 0) fatal("epochs=%g: expected > 0 (or max_steps > 0)", c.epochs);
     if (c.max_steps < 0 || c.lr_warmup_steps < 0 || c.max_train_examples < 0 || c.eval_every < 0 || c.val_examples < 0 ||
         c.gen_examples < 0 || c.gen_max_tokens < 0 || c.checkpoint_every < 0 || c.checkpoint_keep < 0)
@@ -265,7 +272,9 @@ static BlockConfig arch_block(const Arch& a) {
 
 // ----------------------------------------------------------------------------------------------------------
 // 2. Parameters, under Hugging Face's names (q/k/v and gate/up fused, see common/huggingface.h for the mapping).
-//    Groups: with LoRA, the adapters (AdamW) and the frozen base; without, the base alone (AdamW).
+//    Groups: with LoRA, the adapters (AdamW) and the frozen base; without, the base (AdamW), and with optimizer=muon
+//    the blocks' weight matrices in a group of their own that Muon trains (the embedding, lm head, norms and biases
+//    stay with AdamW, as Muon's authors use it).
 //    Initialisation from scratch as Hugging Face's: linear layers and the embedding with std 0.02 (uniform here),
 //    biases 0, norm weights 1; LoRA as PEFT (A uniform in +-1/sqrt(in), B = 0).
 
@@ -279,7 +288,9 @@ template <typename T> struct ModelTensors {
 
 typedef struct {
     bool lora;
-    int g_trained, g_base;                 // the group AdamW trains; the group of the base weights
+    int n_trained;                         // groups 0..n_trained-1 are trained
+    int g_adapter;                         // the adapters' group (-1: no LoRA)
+    int g_base, g_matrices;                // the base weights' group, and that of the blocks' matrices (Muon's)
     unsigned lora_mask;
 } Groups;
 
@@ -292,13 +303,13 @@ void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const
     t->blocks.resize(a.n_layers);
     for (int l = 0; l < a.n_layers; l++)
         block_tensors(list, &t->blocks[l], bc, false, "model.layers." + std::to_string(l) + ".", "self_attn.",
-                      [&](int) { return normal; });
+                      [&](int) { return normal; }, gr.g_matrices);
     list.add(&t->norm, "model.norm.weight", {a.D}, init_const(1.0f));
     t->lm_head = nullptr;
     if (!a.tied) list.add(&t->lm_head, "lm_head.weight", {a.V, a.D}, normal);
     t->lora.clear();
     if (!gr.lora) return;
-    list.group(gr.g_trained);
+    list.group(gr.g_adapter);
     t->lora.resize(a.n_layers);
     for (int l = 0; l < a.n_layers; l++)
         block_lora_tensors(list, &t->lora[l], bc, gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
@@ -307,9 +318,11 @@ void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const
 static Groups model_groups(const Config& c) {
     Groups g;
     g.lora = c.lora_r > 0;
-    g.g_trained = 0;
-    g.g_base = g.lora ? 1 : 0;
     g.lora_mask = g.lora ? lora_mask_parse(c.lora_targets) : 0;
+    g.g_adapter = g.lora ? 0 : -1;
+    g.g_base = g.lora ? 1 : 0;
+    g.g_matrices = !g.lora && c.optimizer == "muon" ? 1 : g.g_base;
+    g.n_trained = g.lora ? 1 : g.g_matrices + 1;
     return g;
 }
 
@@ -321,6 +334,11 @@ static ParamTable model_table(const Arch& a, const Config& c) {
         groups.push_back(param_group("base", GROUP_FROZEN));
     } else {
         groups.push_back(param_group("base", GROUP_ADAM));
+        if (gr.g_matrices != gr.g_base) {
+            ParamGroup matrices = param_group("matrices", GROUP_MUON);
+            matrices.lr_scale = c.muon_lr / c.lr;
+            groups.push_back(matrices);
+        }
     }
     return param_table<ModelTensors<floatX>>(groups, [&](TensorList<floatX>& list, ModelTensors<floatX>* t) {
         model_tensors(list, t, a, gr, c.lora_r);
@@ -433,9 +451,11 @@ static void model_build(Model* m, const Config& c, const Arch& arch, int B_local
     const size_t kv_size = (size_t)m->mb * m->T * arch.NKV * arch.HD;
     m->kv.Tmax = m->T;
     m->kv.key_mask = m->acts.key_mask;
-    for (int l = 0; l < arch.n_layers; l++) {
+    for (int l = 0; l < arch.n_layers; l++) {         // zeroed: masked positions are multiplied by 0, never NaN
         m->kv.k.push_back((floatX*)device_malloc(kv_size * sizeof(floatX), "key cache"));
         m->kv.v.push_back((floatX*)device_malloc(kv_size * sizeof(floatX), "value cache"));
+        device_memset(m->kv.k.back(), 0, kv_size * sizeof(floatX));
+        device_memset(m->kv.v.back(), 0, kv_size * sizeof(floatX));
     }
 }
 
@@ -481,19 +501,21 @@ static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, S
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 6. Update: AdamW on the trained group (the adapters, or every weight), the gradient summed over the ranks and
-//    clipped; linear warm-up then cosine decay to lr * lr_min_ratio.
+// 6. Update: AdamW on the adapters, or on every weight (optimizer=muon: Muon, kernels/muon.cuh, on the blocks'
+//    weight matrices, Nesterov momentum and 5 Newton-Schulz steps), the gradient summed over the ranks and clipped;
+//    linear warm-up then cosine decay to lr * lr_min_ratio (muon_lr in proportion).
 
 typedef struct { double grad_norm, lr; } UpdateStats;
 
 static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) {
     const Config& c = m->cfg;
     UpdateStats u;
-    u.grad_norm = sqrt(params_grad_norm_squared(&m->p, 0, 1, st));
+    u.grad_norm = sqrt(params_grad_norm_squared(&m->p, 0, m->groups.n_trained, st));
     const Schedule schedule = {SCHEDULE_TRM, c.lr, c.lr_warmup_steps, total_steps, c.lr_min_ratio};
     u.lr = lr_schedule(schedule, step);
     const AdamConfig adam = {false, c.beta1, c.beta2, c.adam_eps, c.weight_decay};
-    params_update(&m->p, adam, (float)u.lr, step, clip_scale(u.grad_norm, c.grad_clip_norm), st);
+    const MuonConfig muon = {c.muon_momentum, true, 5};
+    params_update(&m->p, adam, (float)u.lr, step, clip_scale(u.grad_norm, c.grad_clip_norm), st, &muon);
     return u;
 }
 
@@ -656,29 +678,30 @@ static int batch_length(const Model& m, const std::vector<const Example*>& ex) {
 // the smallest set of tokens whose probability reaches top_p, with a uniform draw keyed by (seed, step, example,
 // position): the same on every backend and every run.
 
-// The next token of each of B rows of logits (acts.logits, (B, V)).
-static std::vector<int> next_tokens(Model* m, int B, uint64_t seed, const std::vector<uint64_t>& keys, int pos) {
+// The next token of each of B rows of logits (acts.logits, (B, V)), among the first V_tok ids: the tokenizer's (a
+// model's vocabulary is padded past them, e.g. Qwen2.5's 151936 rows for 151665 ids; those rows are never chosen).
+static std::vector<int> next_tokens(Model* m, int B, int V_tok, uint64_t seed, const std::vector<uint64_t>& keys, int pos) {
     const int V = m->arch.V;
     const Config& c = m->cfg;
     std::vector<int> next(B);
     if (c.temperature == 0) {
-        softmax_xent(m->acts.loss, m->acts.argmax, m->acts.logits, m->acts.no_labels, B, V, V, 0.0f, false, Stream());
+        softmax_xent(m->acts.loss, m->acts.argmax, m->acts.logits, m->acts.no_labels, B, V_tok, V, 0.0f, false, Stream());
         copy_to_host(next.data(), m->acts.argmax, B * sizeof(int));
         return next;
     }
     std::vector<floatS> logits((size_t)B * V);
     download_floatX(logits.data(), m->acts.logits, logits.size());
-    std::vector<std::pair<double, int>> probs(V);
+    std::vector<std::pair<double, int>> probs(V_tok);
     for (int b = 0; b < B; b++) {
         const floatS* x = logits.data() + (size_t)b * V;
-        const double top = *std::max_element(x, x + V);
+        const double top = *std::max_element(x, x + V_tok);
         double sum = 0;
-        for (int v = 0; v < V; v++) sum += probs[v].first = exp(((double)x[v] - top) / c.temperature);
-        for (int v = 0; v < V; v++) probs[v] = {probs[v].first / sum, v};
+        for (int v = 0; v < V_tok; v++) sum += probs[v].first = exp(((double)x[v] - top) / c.temperature);
+        for (int v = 0; v < V_tok; v++) probs[v] = {probs[v].first / sum, v};
         std::sort(probs.begin(), probs.end(), [](const auto& p, const auto& q) { return p.first > q.first || (p.first == q.first && p.second < q.second); });
         int keep = 0;
         double mass = 0;
-        while (keep < V && (keep == 0 || mass < c.top_p)) mass += probs[keep++].first;
+        while (keep < V_tok && (keep == 0 || mass < c.top_p)) mass += probs[keep++].first;
         double u = hash_uniform(seed, keys[b], (uint64_t)pos) * mass;
         next[b] = probs[keep - 1].second;
         for (int k = 0; k < keep; k++) {
@@ -720,7 +743,7 @@ static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const
     std::vector<std::vector<int32_t>> out(B);
     std::vector<uint8_t> done(B, 0);
     for (int pos = (int)P, n = 0; n < max_new; pos++, n++) {
-        std::vector<int> next = next_tokens(m, B, seed, keys, pos);
+        std::vector<int> next = next_tokens(m, B, std::min(d.tok.vocab_size(), m->arch.V), seed, keys, pos);
         int open = 0;
         for (int b = 0; b < B; b++) {
             if (!done[b] && next[b] == d.eos) done[b] = 1;
@@ -872,9 +895,10 @@ static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) 
 // split back out), LoRA writes adapter_<step>/ as PEFT's save_pretrained does (adapter_config.json +
 // adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained.
 
-static std::vector<TensorInfo> group_tensors(const ParamTable& t, int g) {
+// The adapters' tensors (adapter), or the base model's (every other one).
+static std::vector<TensorInfo> model_part(const ParamTable& t, const Groups& gr, bool adapter) {
     std::vector<TensorInfo> out;
-    for (const TensorInfo& ti : t.tensors) if (ti.group == g) out.push_back(ti);
+    for (const TensorInfo& ti : t.tensors) if ((ti.group == gr.g_adapter) == adapter) out.push_back(ti);
     return out;
 }
 
@@ -888,7 +912,7 @@ static PeftConfig lora_peft_config(const Config& c, const Arch& a) {
     p.use_rslora = c.use_rslora != 0;
     const unsigned mask = lora_mask_parse(c.lora_targets);
     for (int s = 0; s < LORA_SITES; s++) if (mask >> s & 1) p.target_modules.push_back(LORA_SITE_NAMES[s]);
-    p.base_model = a.source;
+    p.base_model = c.init_from.empty() ? a.source : c.init_from;     // where the base weights came from
     return p;
 }
 
@@ -905,12 +929,12 @@ static std::string export_hf(Model* m, int step) {
     if (m->groups.lora) {
         const std::string dir = step_name(m->cfg.checkpoint_path, "adapter", step, "");
         make_dirs(dir);
-        peft_write(dir, lora_peft_config(m->cfg, a), group_tensors(m->p.table, m->groups.g_trained), w.data());
+        peft_write(dir, lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, true), w.data());
         return dir;
     }
     const std::string dir = step_name(m->cfg.checkpoint_path, "hf", step, "");
     make_dirs(dir);
-    hf_write_tensors(dir, group_tensors(m->p.table, m->groups.g_base), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
+    hf_write_tensors(dir, model_part(m->p.table, m->groups, false), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
                      (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
     return dir;
 }
@@ -966,7 +990,7 @@ static void load_pretrained(Model* m, Logger* log) {
     std::vector<floatS> w = params_values(m->p);
     if (!c.init_from.empty()) {
         const HfWeights hf = hf_weights_open(c.init_from.c_str());
-        const std::vector<std::string> unused = hf_load_tensors(hf, group_tensors(m->p.table, m->groups.g_base), w.data(),
+        const std::vector<std::string> unused = hf_load_tensors(hf, model_part(m->p.table, m->groups, false), w.data(),
                                                                 a.NH * a.HD, a.NKV * a.HD);
         for (const std::string& name : unused)
             log_printf(log, "warning: %s: tensor %s is not part of the model%s; ignored\n", c.init_from.c_str(), name.c_str(),
@@ -975,7 +999,7 @@ static void load_pretrained(Model* m, Logger* log) {
     }
     if (!c.load_adapter.empty()) {
         const PeftConfig want = lora_peft_config(c, a);
-        peft_read(c.load_adapter, want, group_tensors(m->p.table, m->groups.g_trained), w.data());
+        peft_read(c.load_adapter, want, model_part(m->p.table, m->groups, true), w.data());
         log_printf(log, "loaded the adapter from %s\n", c.load_adapter.c_str());
     }
     params_set(&m->p, w);
@@ -1000,8 +1024,8 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
     copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
     SafetensorsWriter st;
     for (const TensorInfo& t : m->p.table.tensors) {
-        const bool adapter = m->groups.lora && t.group == m->groups.g_trained;
-        const bool trained = t.group == m->groups.g_trained;
+        const bool adapter = t.group == m->groups.g_adapter;
+        const bool trained = t.group < m->groups.n_trained;
         for (const HfPart& part : hf_parts(t.name, t.shape, a.NH * a.HD, a.NKV * a.HD)) {
             const std::string name = (adapter ? "base_model.model." : "") + part.hf_name;
             std::vector<int64_t> shape = t.shape;
@@ -1092,7 +1116,7 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
         for (const Example* e : ex) r.tokens += (double)e->ids.size();
         r.flops += micro_batch_flops(*m, B, T);
     }
-    params_grad_sum_start(&m->p, 0, 1, Stream());
+    params_grad_sum_start(&m->p, 0, m->groups.n_trained, Stream());
     dist_sum_wait(Stream());
     double sums[3] = {r.loss, r.token_acc, r.tokens};
     dist_sum_host(sums, 3);
@@ -1104,7 +1128,7 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
 }
 
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
-#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora"
+#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer"
 #define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|log_every|debug_state|eval_every|" \
     "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
     "pad_to_max"
@@ -1152,13 +1176,17 @@ static int train_main(int argc, char** argv) {
     int total_steps = (int)std::min(2e9, ceil(cfg.epochs * steps_per_epoch));
     if (cfg.max_steps > 0) total_steps = cfg.max_steps;
     if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
-    size_t n_trained = group_numel(m->p.table, m->groups.g_trained), n_total = 0;
-    for (size_t g = 0; g < m->p.table.groups.size(); g++) n_total += group_numel(m->p.table, (int)g);
+    size_t n_trained = 0, n_total = 0;
+    for (size_t g = 0; g < m->p.table.groups.size(); g++) {
+        n_total += group_numel(m->p.table, (int)g);
+        if ((int)g < m->groups.n_trained) n_trained += group_numel(m->p.table, (int)g);
+    }
     log_printf(&log, "arc.cu train_cvae mode=%s (%s backend on %s, %s, %d process%s)  model=%s D=%d layers=%d heads=%d/%d "
                "I=%d V=%d tied=%d\n", cfg.mode.c_str(), BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, run.world,
                run.world > 1 ? "es" : "", arch.source.c_str(), arch.D, arch.n_layers, arch.NH, arch.NKV, arch.I, arch.V, arch.tied);
     log_printf(&log, "parameters: %zu, trained %zu (%s)  tokenizer: %s (%d ids)\n", n_total, n_trained,
-               m->groups.lora ? ("LoRA r=" + std::to_string(cfg.lora_r) + " on " + cfg.lora_targets).c_str() : "every weight",
+               m->groups.lora ? ("LoRA r=" + std::to_string(cfg.lora_r) + " on " + cfg.lora_targets).c_str()
+                              : cfg.optimizer == "muon" ? "every weight; Muon on the block matrices" : "every weight",
                cfg.tokenizer.c_str(), data.tok.vocab_size());
     log_printf(&log, "data: %zu training examples, %zu %s examples, %zu tasks  steps: %d (%.1f per epoch)\n", data.train.size(),
                data.eval.size(), cfg.eval_split.c_str(), data.task_names.size(), total_steps, steps_per_epoch);

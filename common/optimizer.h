@@ -6,7 +6,7 @@
 //   norm = sqrt(params_grad_norm_squared(p, 0, n, st))            of the groups that train this step
 //   params_update(p, adam, lr_schedule(schedule, s), step, clip_scale(norm, max_norm), st)    (step from 1)
 // params_update steps every Adam group that is not frozen at `step` (its lr and weight decay scaled by the
-// group's), then the EMA, then zeroes the gradients.
+// group's) and every Muon group (each of its matrices on its own), then the EMA, then zeroes the gradients.
 #pragma once
 #include <math.h>
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include "../kernels/convert.cuh"
 #include "../kernels/ema.cuh"
 #include "../kernels/global_norm.cuh"
+#include "../kernels/muon.cuh"
 #include "distributed.h"
 #include "parameters.h"
 
@@ -74,16 +75,48 @@ typedef struct {
     float beta1, beta2, eps, weight_decay;
 } AdamConfig;
 
-// Whether group g is trained by Adam in optimizer step `step` (counted from 1).
-inline bool group_updates_at(const ParamGroup& g, int step) { return g.kind == GROUP_ADAM && step > g.frozen_steps; }
+// Muon (kernels/muon.cuh): momentum, Nesterov, Newton-Schulz iterations.
+typedef struct {
+    float momentum;
+    bool nesterov;
+    int ns_steps;
+} MuonConfig;
 
-// Optimizer step `step` (counted from 1) of every Adam group not frozen then, on gradients already summed and to be scaled by grad_scale
-// (clipping); then the EMA and its compute copy; the gradients are zeroed.
-inline void params_update(Params* p, const AdamConfig& a, float lr, int step, float grad_scale, Stream st) {
+// Whether group g is trained (by Adam or Muon) in optimizer step `step` (counted from 1).
+inline bool group_updates_at(const ParamGroup& g, int step) { return group_dense(g.kind) && step > g.frozen_steps; }
+
+// One Muon step of every matrix of group g (the momentum in adam_m), lr and weight decay already the group's.
+inline void muon_group_update(Params* p, int g, const MuonConfig& mc, float lr, float weight_decay, float grad_scale, Stream st) {
+    for (const TensorInfo& t : p->table.tensors) {
+        if (t.group != g) continue;
+        const int R = (int)t.shape[0], C = (int)t.shape[1];
+        const size_t need = muon_scratch_size(R, C);
+        if (need > p->muon_scratch_n) {
+            if (p->muon_scratch) { device_synchronize(); device_free(p->muon_scratch); }
+            p->muon_scratch = (floatX*)device_malloc(need * sizeof(floatX), "Muon scratch");
+            p->muon_scratch_n = need;
+        }
+        muon_update(p->params + t.offset, p->master ? p->master + t.offset : nullptr, p->grads + t.offset,
+                    p->adam_m + t.offset, R, C, lr, mc.momentum, mc.nesterov, mc.ns_steps, weight_decay, grad_scale,
+                    p->muon_scratch, st);
+    }
+}
+
+// Optimizer step `step` (counted from 1) of every Adam or Muon group not frozen then, on gradients already summed and
+// to be scaled by grad_scale (clipping); then the EMA and its compute copy; the gradients are zeroed. muon: the Muon
+// settings (needed when there are Muon groups).
+inline void params_update(Params* p, const AdamConfig& a, float lr, int step, float grad_scale, Stream st,
+                          const MuonConfig* muon = nullptr) {
     const ParamTable& t = p->table;
     for (size_t g = 0; g < t.groups.size(); g++) {
         const ParamGroup& grp = t.groups[g];
         if (!group_updates_at(grp, step)) continue;
+        if (grp.kind == GROUP_MUON) {
+            if (!muon) fatal("internal: group '%s' is trained by Muon but no Muon settings were given", grp.name.c_str());
+            muon_group_update(p, (int)g, *muon, lr * grp.lr_scale, a.weight_decay * grp.weight_decay_scale, grad_scale, st);
+            ++p->steps[g];
+            continue;
+        }
         const size_t off = grp.begin, n = grp.end - grp.begin;
         adam_update(p->params + off, p->master ? p->master + off : nullptr, p->grads + off, p->adam_m + off,
                     p->adam_v + off, n, lr * grp.lr_scale, a.beta1, a.beta2, a.eps, a.weight_decay * grp.weight_decay_scale,

@@ -6,13 +6,14 @@
 //
 //   params   floatX   (n_total)      the compute copy of every group: what the forward pass reads
 //   master   floatS   (n_trainable)  fp32 values of the trained groups when floatX is not fp32 (else params are)
-//   grads, adam_m, adam_v  floatS  (n_dense)  gradient and Adam moments of the groups trained by Adam
+//   grads, adam_m, adam_v  floatS  (n_dense)  gradient and Adam moments of the groups trained by Adam (Muon: its
+//                                    momentum in adam_m, adam_v unused)
 //   ema      floatS   (n_ema)        exponential moving average of the first groups (evaluation weights, or
 //                                    JEPA's target branch), with its own floatX compute copy
 //
 // Groups are laid out in the order declared and must come in this order: the groups Adam trains (their EMA'd
-// ones first), then the groups a trainer updates itself from sparse gradients (TRM's puzzle embedding, sign-SGD),
-// then frozen groups. Every buffer is then a prefix of the flat layout and one offset serves them all; a frozen
+// ones first), then those Muon trains, then the groups a trainer updates itself from sparse gradients (TRM's puzzle
+// embedding, sign-SGD), then frozen groups. Every buffer is then a prefix of the flat layout and one offset serves them all; a frozen
 // group has no gradient, master copy or optimizer state, and its weights stay in floatX. Every tensor starts at a
 // multiple of 64 elements (the gaps stay zero): 128-bit loads and cuBLASLt's fastest kernels need aligned rows.
 // A tensor may reserve more elements than it has (zero rows after it, e.g. a head padded to a 16-byte output
@@ -32,9 +33,13 @@
 // How a group is trained.
 typedef enum {
     GROUP_ADAM,      // dense gradient, Adam(ATan2)/AdamW on fp32 master weights (common/optimizer.h)
+    GROUP_MUON,      // dense gradient, Muon on each of its matrices (2-D tensors only; kernels/muon.cuh)
     GROUP_SPARSE,    // trained by the trainer from sparse row gradients (TRM's puzzle embedding: sign-SGD)
     GROUP_FROZEN,    // never trained: no gradient, no master copy, no optimizer state
 } GroupKind;
+
+// Whether a group has a dense gradient (and optimizer state) in grads, adam_m, adam_v.
+inline bool group_dense(GroupKind k) { return k == GROUP_ADAM || k == GROUP_MUON; }
 
 typedef struct {
     std::string name;
@@ -137,12 +142,14 @@ inline void param_table_layout(ParamTable* t) {
         grp.end = grp.begin;
         for (TensorInfo& ti : t->tensors) {
             if (ti.group != g) continue;
+            if (grp.kind == GROUP_MUON && ti.shape.size() != 2)
+                fatal("internal: Muon group '%s' holds '%s', which is not a matrix", grp.name.c_str(), ti.name.c_str());
             ti.offset = CEIL_DIV(grp.end, 64) * 64;
             grp.end = ti.offset + ti.reserve;
         }
         offset = grp.end;
         if (grp.kind != GROUP_FROZEN) t->n_trainable = grp.end;
-        if (grp.kind == GROUP_ADAM) t->n_dense = grp.end;
+        if (group_dense(grp.kind)) t->n_dense = grp.end;
         if (grp.ema) t->n_ema = grp.end;
     }
     t->n_total = offset;
@@ -192,6 +199,8 @@ typedef struct {
     float ema_rate;                  // ema = rate * ema + (1 - rate) * weights
     std::vector<int> steps;          // optimizer steps taken by each group (Adam's t)
     floatS* norm_scratch;            // (1)
+    floatX* muon_scratch;            // Muon's Newton-Schulz iterates (allocated by its first update)
+    size_t muon_scratch_n;
 } Params;
 
 // Which buffer a binding points into (see param_bases).
@@ -205,7 +214,7 @@ template <typename T> std::vector<T*> param_bases(const ParamTable& t, T* base, 
     std::vector<T*> out;
     for (const ParamGroup& g : t.groups) {
         const bool covered = which == BUF_PARAMS || (which == BUF_MASTER && g.kind != GROUP_FROZEN) ||
-                             (which == BUF_GRADS && g.kind == GROUP_ADAM) || (which == BUF_EMA && g.ema);
+                             (which == BUF_GRADS && group_dense(g.kind)) || (which == BUF_EMA && g.ema);
         out.push_back(covered ? base : nullptr);
     }
     return out;
@@ -234,6 +243,8 @@ inline void params_alloc(Params* p, const ParamTable& t, bool with_ema, float em
     p->ema_rate = ema_rate;
     p->steps.assign(t.groups.size(), 0);
     p->norm_scratch = (floatS*)device_malloc(sizeof(floatS), "gradient norm");
+    p->muon_scratch = nullptr;
+    p->muon_scratch_n = 0;
 }
 
 // Sets every group (and the EMA) from host fp32 values of the flat layout.
@@ -292,7 +303,7 @@ inline void params_sections(const Params& p, SectionList* out) {
     for (const ParamGroup& g : t.groups) {
         const size_t bytes = (g.end - g.begin) * sizeof(floatS);
         section_add(out, g.name + ".weights", w.data() + g.begin, bytes);
-        if (g.kind == GROUP_ADAM) {
+        if (group_dense(g.kind)) {
             section_add(out, g.name + ".adam_m", m.data() + g.begin, bytes);
             section_add(out, g.name + ".adam_v", v.data() + g.begin, bytes);
         }
@@ -316,7 +327,7 @@ inline void params_load_sections(Params* p, const Sections& s, const char* path,
     for (const ParamGroup& g : t.groups) {
         const size_t n = g.end - g.begin;
         section_get(s, path, (g.name + ".weights").c_str(), w.data() + g.begin, n);
-        if (g.kind == GROUP_ADAM) {
+        if (group_dense(g.kind)) {
             section_get(s, path, (g.name + ".adam_m").c_str(), m.data() + g.begin, n);
             section_get(s, path, (g.name + ".adam_v").c_str(), v.data() + g.begin, n);
         }

@@ -57,26 +57,33 @@ template <typename T> struct BlockTensors {
 // The tensors of one block, declared into (or bound from) a TensorList (common/parameters.h) under `prefix`,
 // with upstream's names: "<prefix><attn>qkv_proj", "<prefix><attn>o_proj" or q/k/v/o_proj, "<prefix>mlp.gate_up_proj",
 // "<prefix>mlp.down_proj", "<prefix>input_layernorm" / "post_attention_layernorm" (weights). Linear layers get
-// `linear_init(fan_in)`, biases zero, norm weights one.
+// `linear_init(fan_in)`, biases zero, norm weights one. The weight matrices go into group matrix_group when it is
+// given (>= 0; e.g. the group Muon trains), the rest into the list's current group.
 template <typename T, typename LinearInit>
 void block_tensors(TensorList<T>& list, BlockTensors<T>* b, const BlockConfig& c, bool cross, const std::string& prefix,
-                   const std::string& attn, LinearInit linear_init) {
+                   const std::string& attn, LinearInit linear_init, int matrix_group = -1) {
     const int QD = c.NH * c.HD, KD = c.NKV * c.HD;
+    const int vector_group = list.current;
+    if (matrix_group < 0) matrix_group = vector_group;
     *b = BlockTensors<T>();
+    list.group(matrix_group);
     if (cross) {
         list.add(&b->q, prefix + attn + "q_proj.weight", {QD, c.D}, linear_init(c.D));
-        if (c.qkv_bias) list.add(&b->q_b, prefix + attn + "q_proj.bias", {QD}, init_zero());
         list.add(&b->k, prefix + attn + "k_proj.weight", {KD, c.D}, linear_init(c.D));
-        if (c.qkv_bias) list.add(&b->k_b, prefix + attn + "k_proj.bias", {KD}, init_zero());
         list.add(&b->v, prefix + attn + "v_proj.weight", {KD, c.D}, linear_init(c.D));
-        if (c.qkv_bias) list.add(&b->v_b, prefix + attn + "v_proj.bias", {KD}, init_zero());
     } else {
         list.add(&b->qkv, prefix + attn + "qkv_proj.weight", {QD + 2 * KD, c.D}, linear_init(c.D));
-        if (c.qkv_bias) list.add(&b->qkv_b, prefix + attn + "qkv_proj.bias", {QD + 2 * KD}, init_zero());
     }
     list.add(&b->o, prefix + attn + "o_proj.weight", {c.D, QD}, linear_init(QD));
     list.add(&b->gate_up, prefix + "mlp.gate_up_proj.weight", {2 * c.I, c.D}, linear_init(c.D));
     list.add(&b->down, prefix + "mlp.down_proj.weight", {c.D, c.I}, linear_init(c.I));
+    list.group(vector_group);
+    if (c.qkv_bias && cross) {
+        list.add(&b->q_b, prefix + attn + "q_proj.bias", {QD}, init_zero());
+        list.add(&b->k_b, prefix + attn + "k_proj.bias", {KD}, init_zero());
+        list.add(&b->v_b, prefix + attn + "v_proj.bias", {KD}, init_zero());
+    }
+    if (c.qkv_bias && !cross) list.add(&b->qkv_b, prefix + attn + "qkv_proj.bias", {QD + 2 * KD}, init_zero());
     if (c.norm_weight) {
         list.add(&b->norm1, prefix + "input_layernorm.weight", {c.D}, init_const(1.0f));
         list.add(&b->norm2, prefix + "post_attention_layernorm.weight", {c.D}, init_const(1.0f));

@@ -77,7 +77,7 @@ static void check_gradients(int lora_r, bool tied, float dropout = 0.0f) {
                                     : tied ? "every weight, tied head" : "every weight, untied head";
     int n_tensors = 0;
     for (const TensorInfo& t : m->p.table.tensors) {
-        if (t.group != m->groups.g_trained) continue;
+        if (t.group >= m->groups.n_trained) continue;
         n_tensors++;
         double worst = 0, scale = 1e-12;
         for (int k = 0; k < 6; k++) {
@@ -96,7 +96,7 @@ static void check_gradients(int lora_r, bool tied, float dropout = 0.0f) {
               "largest difference %.3g of %.3g", worst, scale);
     }
     // the frozen base has no gradient buffer: only the adapters (or the whole model) are trained
-    const size_t trained = group_numel(m->p.table, m->groups.g_trained);
+    const size_t trained = group_numel(m->p.table, 0);
     check(n_tensors == (lora_r ? 2 * 7 * m->arch.n_layers : 2 + 7 * m->arch.n_layers + (tied ? 0 : 1)) && trained > 0,
           fmt("cvae gradient %s: the trained tensors", what.c_str()).c_str(), "%d tensors", n_tensors);
 }
