@@ -52,6 +52,25 @@ inline size_t muon_scratch_size(int R, int C) {
     return 2 * muon_scratch_region((size_t)R * C) + 2 * muon_scratch_region(r * r);
 }
 
+// How an (R, C) update lays out its scratch: X and Xn (r, c) = (min, max) side (transposed when R > C), A and B (r, r).
+template <typename T> struct MuonWork {
+    T *X, *Xn, *A, *B;
+    int r, c;
+    bool transposed;
+};
+template <typename T> MuonWork<T> muon_work(T* scratch, int R, int C) {
+    MuonWork<T> w;
+    w.transposed = R > C;
+    w.r = w.transposed ? C : R;
+    w.c = w.transposed ? R : C;
+    const size_t n = (size_t)R * C;
+    w.X = scratch;
+    w.Xn = w.X + muon_scratch_region(n);
+    w.A = w.Xn + muon_scratch_region(n);
+    w.B = w.A + muon_scratch_region((size_t)w.r * w.r);
+    return w;
+}
+
 // The two constants of the final update, in double (both backends round them once to their type).
 inline double muon_decay(float lr, float weight_decay) { return 1.0 - (double)lr * (double)weight_decay; }
 inline double muon_step(float lr, int R, int C) { return (double)lr * sqrt(std::max(1.0, (double)R / (double)C)); }
@@ -80,12 +99,10 @@ void muon_update_ref(T* param, T* master, const T* grad, T* momentum, int R, int
                      int ns_steps, float weight_decay, float grad_scale, T* scratch) {
     if (R <= 0 || C <= 0) return;
     const size_t n = (size_t)R * C;
-    const bool transposed = R > C;
-    const int r = transposed ? C : R, c = transposed ? R : C;
-    T* X = scratch;
-    T* Xn = X + muon_scratch_region(n);
-    T* A = Xn + muon_scratch_region(n);
-    T* B = A + muon_scratch_region((size_t)r * r);
+    const MuonWork<T> w = muon_work(scratch, R, C);
+    const bool transposed = w.transposed;
+    const int r = w.r, c = w.c;
+    T *X = w.X, *Xn = w.Xn, *A = w.A, *B = w.B;
     // momentum, and u (R, C) in Xn for the moment
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
@@ -228,12 +245,10 @@ inline void muon_update(floatX* param, floatS* master, const floatS* grad, float
                         Stream st) {
     if (R <= 0 || C <= 0) return;
     const size_t n = (size_t)R * C;
-    const bool transposed = R > C;
-    const int r = transposed ? C : R, c = transposed ? R : C;
-    floatX* X = scratch;
-    floatX* Xn = X + muon_scratch_region(n);
-    floatX* A = Xn + muon_scratch_region(n);
-    floatX* B = A + muon_scratch_region((size_t)r * r);
+    const MuonWork<floatX> w = muon_work(scratch, R, C);
+    const bool transposed = w.transposed;
+    const int r = w.r, c = w.c;
+    floatX *X = w.X, *Xn = w.Xn, *A = w.A, *B = w.B;
     // the per-block partial sums of u^2 and, after them, their total (allocated at the first call and reused: the
     // calls are ordered on one stream)
     static double* partial = (double*)device_malloc((GLOBAL_NORM_BLOCKS + 1) * sizeof(double), "muon norm partial sums");

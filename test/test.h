@@ -102,6 +102,26 @@ inline void expect_fatal(const char* name, const std::function<void()>& fn, cons
     if (check(ok, name, "exit status %d, stderr \"%s\"", rc, err.c_str())) printf("     message: %s\n", err.c_str());
 }
 
+// A whole file as bytes, and back (the file-format tests write hostile files and read outputs back); a test that
+// cannot write or read its own temporary file stops.
+inline void write_file_bytes(const std::string& path, const std::string& bytes) {
+    FILE* f = fopen(path.c_str(), "wb");
+    if (!f || fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size() || fclose(f) != 0) {
+        fprintf(stderr, "test: cannot write %s\n", path.c_str());
+        exit(2);
+    }
+}
+inline std::string read_file_bytes(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) { fprintf(stderr, "test: cannot read %s\n", path.c_str()); exit(2); }
+    std::string s;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+    fclose(f);
+    return s;
+}
+
 inline void skip(const char* name, const char* why) { printf("SKIP %s: %s\n", name, why); fflush(stdout); }
 
 inline int test_summary() {

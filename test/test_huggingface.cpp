@@ -18,22 +18,6 @@ static std::string g_dir;
 
 static std::string tmp_path(const std::string& name) { return g_dir + "/" + name; }
 
-static void write_text(const std::string& path, const std::string& text) {
-    FILE* f = fopen_check(path.c_str(), "wb");
-    fwrite_check(text.data(), text.size(), f, path.c_str());
-    fclose(f);
-}
-
-static std::string read_text(const std::string& path) {
-    FILE* f = fopen_check(path.c_str(), "rb");
-    std::string s;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
-
 static bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 static bool exists(const std::string& path) { return file_exists(path.c_str()); }
@@ -182,9 +166,9 @@ static void test_config_json() {
     u.rope_theta = 12345.678;
     u.rms_norm_eps = 1.0 / 3.0;
     const std::string path = tmp_path("config_u.json");
-    write_text(path, qwen2_config_json(u));
+    write_file_bytes(path, qwen2_config_json(u));
     const Qwen2Config r = qwen2_config_read(path.c_str());
-    check(same_config(r, u) && contains(read_text(path), "\"bos_token_id\": null") && contains(read_text(path), "\"torch_dtype\": \"float32\""),
+    check(same_config(r, u) && contains(read_file_bytes(path), "\"bos_token_id\": null") && contains(read_file_bytes(path), "\"torch_dtype\": \"float32\""),
           "config json: untied, bos null, non-round floats survive a file round trip", "theta %.17g eps %.17g bos %d", r.rope_theta,
           r.rms_norm_eps, r.bos_token_id);
     const double samples[] = {0.0, 1.0, 0.05, 1e-6, 1e-5, 1e6, 1e20, 123456789.125, 0.1 + 0.2, 5e-324};
@@ -365,7 +349,7 @@ static void test_roundtrip_single() {
     check(same_values(t, got, src, keep, 7.0f, &why) && unused.empty(), "weights F32, one file: bit-exact round trip, gaps untouched",
           "%s (%zu unused)", why.c_str(), unused.size());
     const std::string dir = tmp_path("single_f32");
-    check(exists(dir + "/model.safetensors") && !exists(dir + "/model.safetensors.index.json") && read_text(dir + "/config.json") == "{\"test\": 1}\n",
+    check(exists(dir + "/model.safetensors") && !exists(dir + "/model.safetensors.index.json") && read_file_bytes(dir + "/config.json") == "{\"test\": 1}\n",
           "weights F32, one file: model.safetensors and config.json, no index");
     const HfWeights w = hf_weights_open(dir.c_str());
     const std::vector<std::string> names = hf_weights_names(w);
@@ -480,7 +464,7 @@ static std::string make_indexed(const std::string& name, const std::string& inde
                                 const std::vector<std::pair<std::string, std::vector<std::string>>>& shards) {
     const std::string dir = tmp_path(name);
     make_dirs(dir);
-    write_text(dir + "/model.safetensors.index.json", index);
+    write_file_bytes(dir + "/model.safetensors.index.json", index);
     for (const auto& s : shards) make_shard(dir + "/" + s.first, s.second);
     return dir;
 }
@@ -736,7 +720,7 @@ static std::string make_adapter(const std::string& dir, const PeftConfig& c, con
         safetensors_add_f32(&w, t.first, t.second, v.data());
     }
     safetensors_write(w, tmp_path(dir) + "/adapter_model.safetensors");
-    write_text(tmp_path(dir) + "/adapter_config.json", peft_config_json(c));
+    write_file_bytes(tmp_path(dir) + "/adapter_config.json", peft_config_json(c));
     return tmp_path(dir);
 }
 

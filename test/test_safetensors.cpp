@@ -17,22 +17,6 @@ static std::string g_dir;
 
 static std::string tmp_path(const std::string& name) { return g_dir + "/" + name; }
 
-static void write_bytes(const std::string& path, const std::string& bytes) {
-    FILE* f = fopen_check(path.c_str(), "wb");
-    fwrite_check(bytes.data(), bytes.size(), f, path.c_str());
-    fclose(f);
-}
-
-static std::string read_bytes(const std::string& path) {
-    FILE* f = fopen_check(path.c_str(), "rb");
-    std::string s;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
-
 static std::string u64_le(uint64_t n) {
     std::string s(8, '\0');
     for (int i = 0; i < 8; i++) s[i] = (char)(n >> (8 * i));
@@ -43,7 +27,7 @@ static std::string u64_le(uint64_t n) {
 static std::string make_file(const std::string& name, const std::string& header, const std::string& data,
                              int64_t length = -1) {
     std::string path = tmp_path(name);
-    write_bytes(path, u64_le(length < 0 ? header.size() : (uint64_t)length) + header + data);
+    write_file_bytes(path, u64_le(length < 0 ? header.size() : (uint64_t)length) + header + data);
     return path;
 }
 
@@ -89,7 +73,7 @@ static bool same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0; }
 static bool same_value(double a, double b) { return (isnan(a) && isnan(b)) || (a == b && signbit(a) == signbit(b)); }
 
 static uint64_t header_length(const std::string& path) {
-    std::string s = read_bytes(path);
+    std::string s = read_file_bytes(path);
     uint64_t n = 0;
     for (int i = 7; i >= 0 && s.size() >= 8; i--) n = (n << 8) | (uint8_t)s[i];
     return n;
@@ -295,16 +279,16 @@ static void test_errors(const std::string& good) {
                  [&] { safetensors_read(tmp_path("nope.safetensors").c_str()); });
     expect_fatal_naming("error_directory", g_dir, "not a regular file", [&] { safetensors_read(g_dir.c_str()); });
     std::string p = tmp_path("short.safetensors");
-    write_bytes(p, "abcde");
+    write_file_bytes(p, "abcde");
     expect_fatal_naming("error_shorter_than_8_bytes", p, "fewer than the 8-byte", [&] { safetensors_read(p.c_str()); });
     std::string p_len = make_file("len.safetensors", "{}", std::string(18, ' '), 1000);
     expect_fatal_naming("error_header_length_beyond_file", p_len, "runs past the end", [&] { safetensors_read(p_len.c_str()); });
-    std::string whole = read_bytes(good);
+    std::string whole = read_file_bytes(good);
     std::string p_trunc = tmp_path("truncated.safetensors");
-    write_bytes(p_trunc, whole.substr(0, whole.size() - 4));
+    write_file_bytes(p_trunc, whole.substr(0, whole.size() - 4));
     expect_fatal_naming("error_truncated_data", p_trunc, "outside the", [&] { safetensors_read(p_trunc.c_str()); });
     std::string p_trunc_h = tmp_path("truncated_header.safetensors");
-    write_bytes(p_trunc_h, whole.substr(0, 20));
+    write_file_bytes(p_trunc_h, whole.substr(0, 20));
     expect_fatal_naming("error_truncated_header", p_trunc_h, "runs past the end", [&] { safetensors_read(p_trunc_h.c_str()); });
     std::string p_empty = make_file("empty_header.safetensors", "", "");
     expect_fatal_naming("error_empty_header", p_empty, "header is empty", [&] { safetensors_read(p_empty.c_str()); });
@@ -431,7 +415,7 @@ static void test_errors(const std::string& good) {
 // file or fatal() with status 1, never crash (checked in forked children; build with -fsanitize=address,undefined
 // to also catch out-of-bounds reads).
 static void test_fuzz(const std::string& good) {
-    std::string whole = read_bytes(good);
+    std::string whole = read_file_bytes(good);
     std::string path = tmp_path("fuzz.safetensors");
     uint64_t hlen = header_length(good);
     int crashes = 0, accepted = 0, rejected = 0;
@@ -451,7 +435,7 @@ static void test_fuzz(const std::string& good) {
                 bytes[at] = (next() & 1) ? interesting[next() % (sizeof interesting - 1)] : (char)(next() & 0xFF);
             }
         }
-        write_bytes(path, bytes);
+        write_file_bytes(path, bytes);
         int status = 0;
         run_in_child([&] { safetensors_read(path.c_str()); }, &status);
         if (WIFEXITED(status) && WEXITSTATUS(status) == 0) accepted++;
@@ -531,7 +515,7 @@ static void test_converter() {
     check(rc == 1 && log.rfind("error: " + missing + ": no such file", 0) == 0 && log.find('\n') == log.size() - 1,
           "convert_error_missing_file", "exit %d: %s", rc, log.c_str());
     std::string junk = tmp_path("junk_checkpoint");
-    write_bytes(junk, "this is not a checkpoint\n");
+    write_file_bytes(junk, "this is not a checkpoint\n");
     log = shell("python3 " + script + " " + junk + " " + out3, &rc);
     check(rc == 1 && log.rfind("error: ", 0) == 0 && contains(log, junk) && log.find('\n') == log.size() - 1 && !exists(out3),
           "convert_error_not_a_checkpoint", "exit %d: %s", rc, log.c_str());
