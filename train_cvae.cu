@@ -183,8 +183,9 @@ static std::vector<ArgSpec> config_specs(Config* c) {
 // The Qwen2 architecture (the fields of Hugging Face's Qwen2Config that the model uses).
 typedef struct {
     int D, n_layers, NH, NKV, HD, I, V, max_pos;
-    float rope_theta, eps;
+    double rope_theta, eps;          // as the config.json has them (the kernels take them as float)
     bool tied;
+    int bos, eos;                    // the config's token ids (-1: none), kept for the exports
     std::string source;              // the preset name or the config.json it was read from
 } Arch;
 
@@ -192,9 +193,9 @@ typedef struct {
 // scratch on a CPU (their vocabulary is the tokenizer's, rounded up to a multiple of 64 as Qwen pads its own).
 static bool arch_preset(const std::string& name, int tokenizer_vocab, Arch* a) {
     const int V_small = CEIL_DIV(tokenizer_vocab, 64) * 64;
-    if (name == "qwen2.5-0.5b") *a = {896, 24, 14, 2, 64, 4864, 151936, 32768, 1e6f, 1e-6f, true, name};
-    else if (name == "small") *a = {128, 4, 4, 2, 32, 352, V_small, 4096, 1e4f, 1e-6f, true, name};
-    else if (name == "tiny") *a = {64, 2, 4, 2, 16, 192, V_small, 4096, 1e4f, 1e-6f, true, name};
+    if (name == "qwen2.5-0.5b") *a = {896, 24, 14, 2, 64, 4864, 151936, 32768, 1e6, 1e-6, true, 151643, 151643, name};
+    else if (name == "small") *a = {128, 4, 4, 2, 32, 352, V_small, 4096, 1e4, 1e-6, true, -1, -1, name};
+    else if (name == "tiny") *a = {64, 2, 4, 2, 16, 192, V_small, 4096, 1e4, 1e-6, true, -1, -1, name};
     else return false;
     return true;
 }
@@ -249,7 +250,8 @@ static Arch arch_resolve(const std::string& model, int tokenizer_vocab) {
         fatal("model=%s: not a preset (tiny, small, qwen2.5-0.5b) and %s does not exist", model.c_str(), path.c_str());
     const Qwen2Config q = qwen2_config_read(path.c_str());
     a = {q.hidden_size, q.num_hidden_layers, q.num_attention_heads, q.num_key_value_heads, q.head_dim, q.intermediate_size,
-         q.vocab_size, q.max_position_embeddings, (float)q.rope_theta, (float)q.rms_norm_eps, q.tie_word_embeddings, path};
+         q.vocab_size, q.max_position_embeddings, q.rope_theta, q.rms_norm_eps, q.tie_word_embeddings, q.bos_token_id,
+         q.eos_token_id, path};
     return a;
 }
 
@@ -259,14 +261,15 @@ static Qwen2Config arch_hf_config(const Arch& a) {
     q.hidden_size = a.D; q.num_hidden_layers = a.n_layers; q.num_attention_heads = a.NH; q.num_key_value_heads = a.NKV;
     q.head_dim = a.HD; q.intermediate_size = a.I; q.vocab_size = a.V; q.max_position_embeddings = a.max_pos;
     q.rope_theta = a.rope_theta; q.rms_norm_eps = a.eps; q.tie_word_embeddings = a.tied;
-    q.bos_token_id = q.eos_token_id = -1;
+    q.bos_token_id = a.bos;
+    q.eos_token_id = a.eos;
     return q;
 }
 
 static BlockConfig arch_block(const Arch& a) {
     BlockConfig b;
     b.D = a.D; b.NH = a.NH; b.NKV = a.NKV; b.HD = a.HD; b.I = a.I;
-    b.pre_norm = true; b.norm_weight = true; b.qkv_bias = true; b.causal = true; b.eps = a.eps;
+    b.pre_norm = true; b.norm_weight = true; b.qkv_bias = true; b.causal = true; b.eps = (float)a.eps;
     return b;
 }
 
@@ -441,7 +444,7 @@ static void model_build(Model* m, const Config& c, const Arch& arch, int B_local
     model_tensors(g, &m->g, arch, m->groups, c.lora_r);
 
     std::vector<floatS> cs((size_t)m->T * arch.HD), sn(cs.size());
-    rope_tables(cs.data(), sn.data(), m->T, arch.HD, arch.rope_theta);
+    rope_tables(cs.data(), sn.data(), m->T, arch.HD, (float)arch.rope_theta);
     m->rope_cos = (floatS*)device_malloc(cs.size() * sizeof(floatS), "RoPE table");
     m->rope_sin = (floatS*)device_malloc(sn.size() * sizeof(floatS), "RoPE table");
     copy_to_device(m->rope_cos, cs.data(), cs.size() * sizeof(floatS));
@@ -479,7 +482,7 @@ static void model_forward(Model* m, int B, int T, KvCache* kv, int pos, bool tra
     a->stack.in = a->x;
     const StackShape s = stack_shape(*m, B, T, kv, pos, training);
     const floatX* out = stack_forward(&a->stack, m->w.blocks, s, st);
-    rmsnorm_weighted_forward(a->hn, a->rstd, out, m->w.norm, B * T, D, m->arch.eps, st);
+    rmsnorm_weighted_forward(a->hn, a->rstd, out, m->w.norm, B * T, D, (float)m->arch.eps, st);
 }
 
 // ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 #include "test.h"
 
 static Arch tiny_arch(bool tied) {
-    Arch a = {16, 2, 4, 2, 4, 24, 40, 64, 1e4f, 1e-6f, tied, "tiny test"};
+    Arch a = {16, 2, 4, 2, 4, 24, 40, 64, 1e4, 1e-6, tied, -1, -1, "tiny test"};
     return a;
 }
 
