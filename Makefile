@@ -236,7 +236,7 @@ ASAN_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undef
 build/asan/train_%_cpu: train_%.cu $(HEADERS)
 	@mkdir -p build/asan
 	$(CXX) $(ASAN_FLAGS) -x c++ $< -o $@
-asan: build/asan/train_etrm_cpu build/asan/train_jepa_cpu
+asan: build/asan/train_etrm_cpu build/asan/train_jepa_cpu build/asan/train_cvae_cpu
 fuzz-asan: asan $(SYNTH)/train.bin
 	@test/run.sh "$(PYTHON) test/test_hostile.py --asan $(FUZZ_ARGS)"
 

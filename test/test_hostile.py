@@ -5,8 +5,8 @@
     python3 test/test_hostile.py --asan       the same through the sanitizer builds (make asan; `make fuzz-asan`)
     python3 test/test_hostile.py --mutants N  N seeded mutants per file format (default 150), --seed S
 
-The files that users pass between machines (task files, checkpoints of both trainers, safetensors) are the attack
-surface. Every case runs a trainer on a hostile input and requires one of two outcomes:
+The files that users pass between machines (task files, checkpoints of the three trainers, safetensors, and for
+train_cvae Hugging Face config.json files, weights and PEFT adapters) are the attack surface. Every case runs a trainer on a hostile input and requires one of two outcomes:
   - a clean refusal: exit status 1 and exactly one stderr line, `error: ...`;
   - a validated load: exit status 0 (the change was harmless, e.g. a weight moved but stayed finite);
 never a crash, a sanitizer report, another exit status, or a hang (each run has a time limit).
@@ -49,9 +49,13 @@ JEPA = [f"data_path={SYNTH}/train.bin", "hidden_dim=16", "relational_layers=1", 
 INTERESTING = [0, 1, -1, 2, 12, 255, 256, -100, 2**31 - 1, -2**31, 2**40, -2**40, 2**62]
 
 
+CVAE = ["batch_size=4", "max_steps=2", "log_every=1", "val_examples=1", "gen_examples=0"]   # + data_dir, model
+
+
 class Bins:
     etrm = os.path.join(ROOT, "train_etrm_cpu")
     jepa = os.path.join(ROOT, "train_jepa_cpu")
+    cvae = os.path.join(ROOT, "train_cvae_cpu")
     timeout = 30
     # one thread per run; an MPI singleton that starts no helper daemon (faster; and the daemon would print its own
     # lines when a run ends by a signal or on a full disk)
@@ -117,7 +121,24 @@ def make_bases(tmp):
     rc, so, se = run(Bins.jepa, JEPA + ["max_steps=2", f"checkpoint_path={out}"], timeout=max(Bins.timeout, 120))
     assert rc == 0, f"base jepa run failed: {se[-300:]}"
     b["jepa"] = out
+    # train_cvae: strategy-sequence data, a tiny model trained from scratch (checkpoint and HF export) and LoRA on a
+    # tiny random Hugging Face Qwen2 (its PEFT adapter)
+    b["strategies"] = f"{tmp}/strategies"
+    b["qwen"] = f"{tmp}/qwen_tiny"
+    for cmd in (["data/strategies.py", b["strategies"], "--n-train", "16", "--n-val", "4", "--n-test", "4"],
+                ["dev/make_tiny_qwen2.py", b["qwen"], "--vocab", "128", "--dtype", "bf16", "--shards", "2"]):
+        done = subprocess.run([sys.executable] + cmd, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd[0]} failed: {done.stderr[-300:]}"
+    for name, extra in (("cvae", ["model=tiny"]), ("cvae_lora", [f"model={b['qwen']}", f"init_from={b['qwen']}", "lora_r=4"])):
+        out = f"{tmp}/base_{name}"
+        rc, so, se = run(Bins.cvae, cvae_args(b, extra + [f"checkpoint_path={out}"]), timeout=max(Bins.timeout, 120))
+        assert rc == 0, f"base {name} run failed: {se[-300:]}"
+        b[name] = out
     return b
+
+
+def cvae_args(bases, extra):
+    return CVAE + [f"data_dir={bases['strategies']}"] + extra
 
 
 def etrm_resume_args(kind, d):
@@ -475,6 +496,70 @@ def fuzz_cases(tmp, bases, n, seed):
         open(path, "wb").write(data)
         cases.append(("safetensors", f"{kind} #{i}", Bins.etrm, ETRM + ["encoder_type=standard", "max_steps=1",
                       f"load_checkpoint={path}", f"checkpoint_path={tmp}/st_out_{i}"], True))
+    return cases + cvae_cases(tmp, bases, rng, n // 3)
+
+
+JSON_VALUES = [None, -1, 0, 1, 3, 1e300, -1e-300, "x", "", [], {}, True, 2**40, 151936, 0.5]
+
+
+def mutate_json(rng, text):
+    """A JSON object's text with one member dropped, retyped or given an extreme value, or its bytes mutated."""
+    if rng.random() < 0.3:
+        return mutate_raw(rng, text.encode(), len(text))
+    doc = json.loads(text)
+    key = rng.choice(sorted(doc))
+    kind = rng.choice(["drop", "value", "value"])
+    if kind == "drop":
+        del doc[key]
+    else:
+        doc[key] = rng.choice(JSON_VALUES)
+    return json.dumps(doc).encode(), f"{kind} {key}"
+
+
+def cvae_cases(tmp, bases, rng, n):
+    """train_cvae's files: its checkpoint (resumed), a Hugging Face directory's config.json and model.safetensors
+    (init_from), a PEFT adapter's adapter_config.json and adapter_model.safetensors (load_adapter)."""
+    cases = []
+    src = f"{bases['cvae']}/ckpt_00000002.bin"
+    raw = open(src, "rb").read()
+    for i in range(n):
+        d = f"{tmp}/cvae_{i}"
+        os.makedirs(d)
+        data = raw
+        if rng.random() < 0.5:
+            data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
+            open(f"{d}/ckpt_00000002.bin", "wb").write(data)
+        else:
+            step, config, s, kind = mutate_fields(rng, src, 0)
+            write_checkpoint(f"{d}/ckpt_00000002.bin", step, config, s)
+        cases.append(("CVAE checkpoint", f"{kind} #{i}", Bins.cvae,
+                      cvae_args(bases, ["model=tiny", "resume=1", "max_steps=3", f"checkpoint_path={d}"]), data != raw))
+    hf = f"{bases['cvae']}/hf_00000002"
+    adapter = f"{bases['cvae_lora']}/adapter_00000002"
+    for i in range(n):
+        d = f"{tmp}/hf_{i}"
+        shutil.copytree(hf, d)
+        if rng.random() < 0.5:
+            data, kind = mutate_json(rng, open(f"{hf}/config.json").read())
+            open(f"{d}/config.json", "wb").write(data)
+        else:
+            data, kind = mutate_safetensors(rng, f"{hf}/model.safetensors")
+            open(f"{d}/model.safetensors", "wb").write(data)
+        cases.append(("Hugging Face model", f"{kind} #{i}", Bins.cvae,
+                      cvae_args(bases, [f"model={d}", f"init_from={d}", "max_steps=1", f"checkpoint_path={d}/out"]), True))
+    for i in range(n):
+        d = f"{tmp}/adapter_{i}"
+        shutil.copytree(adapter, d)
+        if rng.random() < 0.5:
+            data, kind = mutate_json(rng, open(f"{adapter}/adapter_config.json").read())
+            open(f"{d}/adapter_config.json", "wb").write(data)
+        else:
+            data, kind = mutate_safetensors(rng, f"{adapter}/adapter_model.safetensors")
+            open(f"{d}/adapter_model.safetensors", "wb").write(data)
+        q = bases["qwen"]
+        cases.append(("PEFT adapter", f"{kind} #{i}", Bins.cvae,
+                      cvae_args(bases, [f"model={q}", f"init_from={q}", "lora_r=4", f"load_adapter={d}", "max_steps=1",
+                                        f"checkpoint_path={d}/out"]), True))
     return cases
 
 
@@ -631,11 +716,12 @@ def main():
     if a.asan:
         Bins.etrm = os.path.join(ROOT, "build", "asan", "train_etrm_cpu")
         Bins.jepa = os.path.join(ROOT, "build", "asan", "train_jepa_cpu")
+        Bins.cvae = os.path.join(ROOT, "build", "asan", "train_cvae_cpu")
         Bins.timeout = 120
         Bins.env.update(ASAN_OPTIONS="exitcode=86:detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1:exitcode=87:print_stacktrace=1")
-    for b in (Bins.etrm, Bins.jepa):
+    for b in (Bins.etrm, Bins.jepa, Bins.cvae):
         if not os.path.exists(b):
-            sys.exit(f"test/test_hostile.py: {b} is missing (make {'asan' if a.asan else 'train_etrm_cpu train_jepa_cpu'})")
+            sys.exit(f"test/test_hostile.py: {b} is missing (make {'asan' if a.asan else 'train_etrm_cpu train_jepa_cpu train_cvae_cpu'})")
     ensure_synthetic_data()
     tmp = tempfile.mkdtemp(prefix="arc_hostile_")
     try:
