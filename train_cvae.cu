@@ -87,7 +87,7 @@ It is compiled twice (common/device.h): `train_cvae_cpu` (the CPU reference) and
 typedef struct {
     std::string mode;
     // model
-    std::string model, init_from, tokenizer, lora_targets, load_adapter;
+    std::string model, init_from, tokenizer, lora_targets, lora_adapters, adapter, load_adapter;
     int lora_r, use_rslora;
     float lora_alpha, lora_dropout;
     // optimisation
@@ -109,7 +109,8 @@ typedef struct {
 static Config config_defaults() {
     Config c;
     c.mode = "lm";
-    c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.load_adapter = "";
+    c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.lora_adapters = "default";
+    c.adapter = ""; c.load_adapter = "";
     c.lora_r = 0; c.lora_alpha = 32.0f; c.lora_dropout = 0.0f; c.use_rslora = 0;
     c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
     c.epochs = 1.0f; c.lr = 1e-3f; c.lr_min_ratio = 0.1f; c.beta1 = 0.9f; c.beta2 = 0.95f; c.weight_decay = 0.0f;
@@ -135,7 +136,9 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"lora_targets", ARG_STRING, &c->lora_targets, "adapted projections, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all", nullptr},
         {"use_rslora", ARG_BOOL, &c->use_rslora, "rank-stabilised LoRA scale alpha / sqrt(r)", nullptr},
         {"lora_dropout", ARG_FLOAT, &c->lora_dropout, "dropout on the adapters' inputs in training (PEFT's lora_dropout)", nullptr},
-        {"load_adapter", ARG_STRING, &c->load_adapter, "start from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)", nullptr},
+        {"lora_adapters", ARG_STRING, &c->lora_adapters, "the named adapters on the frozen base, comma-separated (PEFT's adapter names)", nullptr},
+        {"adapter", ARG_STRING, &c->adapter, "the adapter the model runs and trains (PEFT's active adapter; empty: the first); the others are kept as loaded", nullptr},
+        {"load_adapter", ARG_STRING, &c->load_adapter, "PEFT adapter directories (adapter_config.json + adapter_model.safetensors): DIR for the active adapter, or NAME=DIR,...", nullptr},
         // optimisation
         {"batch_size", ARG_INT, &c->batch_size, "sequences per optimizer step (over all processes)", nullptr},
         {"micro_batch_size", ARG_INT, &c->micro_batch_size, "sequences per forward/backward, gradients accumulated (0: the whole per-process batch)", nullptr},
@@ -214,6 +217,48 @@ static unsigned lora_mask_parse(const std::string& targets) {
     return mask;
 }
 
+// The adapters' names: distinct, 1..64 characters of [A-Za-z0-9_-] (a name is also a directory of the export), at
+// most 8.
+static std::vector<std::string> adapter_names(const Config& c) {
+    const std::vector<std::string> names = split_commas(c.lora_adapters);
+    if (names.empty() || names.size() > 8) fatal("lora_adapters=%s: expected 1..8 adapter names", c.lora_adapters.c_str());
+    for (size_t i = 0; i < names.size(); i++) {
+        const std::string& n = names[i];
+        if (n.empty() || n.size() > 64 || n.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
+            fatal("lora_adapters: '%s' is not an adapter name (1..64 letters, digits, '_' or '-')", n.c_str());
+        if (std::find(names.begin(), names.begin() + i, n) != names.begin() + i) fatal("lora_adapters: '%s' is listed twice", n.c_str());
+    }
+    return names;
+}
+
+// The index of the active adapter (`adapter`, or the first).
+static int active_adapter(const Config& c) {
+    const std::vector<std::string> names = adapter_names(c);
+    if (c.adapter.empty()) return 0;
+    auto it = std::find(names.begin(), names.end(), c.adapter);
+    if (it == names.end()) fatal("adapter=%s is not one of lora_adapters=%s", c.adapter.c_str(), c.lora_adapters.c_str());
+    return (int)(it - names.begin());
+}
+
+// load_adapter as (adapter index, directory) pairs: "DIR" (the active adapter) or "NAME=DIR,NAME=DIR".
+static std::vector<std::pair<int, std::string>> adapter_sources(const Config& c) {
+    std::vector<std::pair<int, std::string>> out;
+    if (c.load_adapter.empty()) return out;
+    const std::vector<std::string> names = adapter_names(c);
+    if (c.load_adapter.find('=') == std::string::npos) return {{active_adapter(c), c.load_adapter}};
+    for (const std::string& item : split_commas(c.load_adapter)) {
+        const size_t eq = item.find('=');
+        const std::string name = item.substr(0, eq);
+        auto it = std::find(names.begin(), names.end(), name);
+        if (eq == std::string::npos || it == names.end())
+            fatal("load_adapter: '%s': expected NAME=DIR with NAME one of lora_adapters=%s", item.c_str(), c.lora_adapters.c_str());
+        for (const auto& p : out)
+            if (p.first == (int)(it - names.begin())) fatal("load_adapter: adapter '%s' is given twice", name.c_str());
+        out.push_back({(int)(it - names.begin()), item.substr(eq + 1)});
+    }
+    return out;
+}
+
 static void config_validate(const Config& c) {
     if (c.batch_size < 1 || c.batch_size > 1 << 20) fatal("batch_size=%d: expected 1..%d", c.batch_size, 1 << 20);
     if (c.micro_batch_size < 0) fatal("micro_batch_size=%d: expected >= 0", c.micro_batch_size);
@@ -224,6 +269,11 @@ static void config_validate(const Config& c) {
     if (!(c.lora_dropout >= 0 && c.lora_dropout < 1)) fatal("lora_dropout=%g: expected in [0, 1)", c.lora_dropout);
     if (c.lora_dropout > 0 && !c.debug_state.empty()) fatal("debug_state needs lora_dropout=0 (a replay cannot draw our dropout masks)");
     if (c.lora_r == 0 && !c.load_adapter.empty()) fatal("load_adapter=%s needs lora_r > 0 (the adapter's rank)", c.load_adapter.c_str());
+    if (c.lora_r > 0) {
+        adapter_names(c);
+        active_adapter(c);
+        adapter_sources(c);
+    }
     if (!(c.lr > 0 && c.lr <= 1)) fatal("lr=%g: expected in (0, 1]", c.lr);
     if (c.optimizer == "muon" && c.lora_r > 0) fatal("optimizer=muon trains the base model's matrices; LoRA adapters (lora_r=%d) train with adamw", c.lora_r);
     if (!(c.muon_lr > 0 && c.muon_lr <= 1) || !(c.muon_momentum >= 0 && c.muon_momentum < 1))
@@ -286,13 +336,14 @@ template <typename T> struct ModelTensors {
     std::vector<BlockTensors<T>> blocks;   // model.layers.<l>.*
     T* norm;                               // (D) model.norm.weight
     T* lm_head;                            // (V, D) lm_head.weight, or null when tied to the embedding
-    std::vector<BlockLora<T>> lora;        // the adapter of every block (empty without LoRA)
+    std::vector<std::vector<BlockLora<T>>> lora;   // [adapter][block] (none without LoRA)
 };
 
 typedef struct {
     bool lora;
     int n_trained;                         // groups 0..n_trained-1 are trained
-    int g_adapter;                         // the adapters' group (-1: no LoRA)
+    std::vector<int> g_adapters;           // each adapter's group (none without LoRA)
+    int active;                            // the adapter the model runs
     int g_base, g_matrices;                // the base weights' group, and that of the blocks' matrices (Muon's)
     unsigned lora_mask;
 } Groups;
@@ -310,19 +361,22 @@ void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const
     list.add(&t->norm, "model.norm.weight", {a.D}, init_const(1.0f));
     t->lm_head = nullptr;
     if (!a.tied) list.add(&t->lm_head, "lm_head.weight", {a.V, a.D}, normal);
-    t->lora.clear();
-    if (!gr.lora) return;
-    list.group(gr.g_adapter);
-    t->lora.resize(a.n_layers);
-    for (int l = 0; l < a.n_layers; l++)
-        block_lora_tensors(list, &t->lora[l], bc, gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
+    t->lora.assign(gr.g_adapters.size(), std::vector<BlockLora<T>>(a.n_layers));
+    for (size_t k = 0; k < gr.g_adapters.size(); k++) {      // every adapter under PEFT's (saved) names
+        list.group(gr.g_adapters[k]);
+        for (int l = 0; l < a.n_layers; l++)
+            block_lora_tensors(list, &t->lora[k][l], bc, gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
+    }
 }
 
+// Groups: with LoRA, the active adapter (AdamW), the frozen base, then the other adapters (frozen: kept as loaded).
 static Groups model_groups(const Config& c) {
     Groups g;
     g.lora = c.lora_r > 0;
     g.lora_mask = g.lora ? lora_mask_parse(c.lora_targets) : 0;
-    g.g_adapter = g.lora ? 0 : -1;
+    g.active = g.lora ? active_adapter(c) : 0;
+    const int n_adapters = g.lora ? (int)adapter_names(c).size() : 0;
+    for (int k = 0, next = 2; k < n_adapters; k++) g.g_adapters.push_back(k == g.active ? 0 : next++);
     g.g_base = g.lora ? 1 : 0;
     g.g_matrices = !g.lora && c.optimizer == "muon" ? 1 : g.g_base;
     g.n_trained = g.lora ? 1 : g.g_matrices + 1;
@@ -333,8 +387,11 @@ static ParamTable model_table(const Arch& a, const Config& c) {
     const Groups gr = model_groups(c);
     std::vector<ParamGroup> groups;
     if (gr.lora) {
-        groups.push_back(param_group("adapter", GROUP_ADAM));
+        const std::vector<std::string> names = adapter_names(c);
+        groups.push_back(param_group("adapter." + names[gr.active], GROUP_ADAM));
         groups.push_back(param_group("base", GROUP_FROZEN));
+        for (size_t k = 0; k < names.size(); k++)
+            if ((int)k != gr.active) groups.push_back(param_group("adapter." + names[k], GROUP_FROZEN));
     } else {
         groups.push_back(param_group("base", GROUP_ADAM));
         if (gr.g_matrices != gr.g_base) {
@@ -395,7 +452,7 @@ static StackShape stack_shape(const Model& m, int B, int T, KvCache* kv, int pos
     s.B = B; s.T = T; s.n_layers = m.arch.n_layers;
     s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
     if (m.groups.lora)
-        s.lora = {&m.w.lora, &m.g.lora, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale, training ? m.cfg.lora_dropout : 0.0f, m.lora_seed};
+        s.lora = {&m.w.lora[m.groups.active], &m.g.lora[m.groups.active], m.groups.lora_mask, m.cfg.lora_r, m.lora_scale, training ? m.cfg.lora_dropout : 0.0f, m.lora_seed};
     s.kv = kv; s.pos = pos;
     if (kv) s.key_mask = m.acts.prompt_mask;  // the prompt's padding (decoding reads kv->key_mask instead)
     return s;
@@ -898,10 +955,14 @@ static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) 
 // split back out), LoRA writes adapter_<step>/ as PEFT's save_pretrained does (adapter_config.json +
 // adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained.
 
-// The adapters' tensors (adapter), or the base model's (every other one).
-static std::vector<TensorInfo> model_part(const ParamTable& t, const Groups& gr, bool adapter) {
+// The tensors of adapter k, or of the base model (k = -1).
+static std::vector<TensorInfo> model_part(const ParamTable& t, const Groups& gr, int k) {
     std::vector<TensorInfo> out;
-    for (const TensorInfo& ti : t.tensors) if ((ti.group == gr.g_adapter) == adapter) out.push_back(ti);
+    for (const TensorInfo& ti : t.tensors) {
+        const auto it = std::find(gr.g_adapters.begin(), gr.g_adapters.end(), ti.group);
+        const int owner = it == gr.g_adapters.end() ? -1 : (int)(it - gr.g_adapters.begin());
+        if (owner == k) out.push_back(ti);
+    }
     return out;
 }
 
@@ -925,19 +986,28 @@ static std::string step_name(const std::string& dir, const char* kind, int step,
     return dir + buf;
 }
 
-// The Hugging Face export of the weights (full training) or the PEFT adapter (LoRA) at a step.
+// Where PEFT's save_pretrained puts adapter `name` of a model saved to dir: the adapter "default" in dir itself,
+// any other in dir/<name>.
+static std::string adapter_dir(const std::string& dir, const std::string& name) {
+    return name == "default" ? dir : dir + "/" + name;
+}
+
+// The Hugging Face export of the weights (full training) or the PEFT adapters (LoRA) at a step.
 static std::string export_hf(Model* m, int step) {
     const std::vector<floatS> w = params_values(m->p);
     const Arch& a = m->arch;
     if (m->groups.lora) {
         const std::string dir = step_name(m->cfg.checkpoint_path, "adapter", step, "");
-        make_dirs(dir);
-        peft_write(dir, lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, true), w.data());
+        const std::vector<std::string> names = adapter_names(m->cfg);
+        for (size_t k = 0; k < names.size(); k++) {
+            make_dirs(adapter_dir(dir, names[k]));
+            peft_write(adapter_dir(dir, names[k]), lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, (int)k), w.data());
+        }
         return dir;
     }
     const std::string dir = step_name(m->cfg.checkpoint_path, "hf", step, "");
     make_dirs(dir);
-    hf_write_tensors(dir, model_part(m->p.table, m->groups, false), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
+    hf_write_tensors(dir, model_part(m->p.table, m->groups, -1), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
                      (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
     return dir;
 }
@@ -993,17 +1063,17 @@ static void load_pretrained(Model* m, Logger* log) {
     std::vector<floatS> w = params_values(m->p);
     if (!c.init_from.empty()) {
         const HfWeights hf = hf_weights_open(c.init_from.c_str());
-        const std::vector<std::string> unused = hf_load_tensors(hf, model_part(m->p.table, m->groups, false), w.data(),
+        const std::vector<std::string> unused = hf_load_tensors(hf, model_part(m->p.table, m->groups, -1), w.data(),
                                                                 a.NH * a.HD, a.NKV * a.HD);
         for (const std::string& name : unused)
             log_printf(log, "warning: %s: tensor %s is not part of the model%s; ignored\n", c.init_from.c_str(), name.c_str(),
                        name == "lm_head.weight" && a.tied ? " (the lm head is tied to the embedding)" : "");
         log_printf(log, "loaded the base weights from %s\n", c.init_from.c_str());
     }
-    if (!c.load_adapter.empty()) {
-        const PeftConfig want = lora_peft_config(c, a);
-        peft_read(c.load_adapter, want, model_part(m->p.table, m->groups, true), w.data());
-        log_printf(log, "loaded the adapter from %s\n", c.load_adapter.c_str());
+    const std::vector<std::string> names = m->groups.lora ? adapter_names(c) : std::vector<std::string>();
+    for (const auto& [k, dir] : adapter_sources(c)) {
+        peft_read(dir, lora_peft_config(c, a), model_part(m->p.table, m->groups, k), w.data());
+        log_printf(log, "loaded adapter %s from %s\n", names[k].c_str(), dir.c_str());
     }
     params_set(&m->p, w);
 }
@@ -1026,9 +1096,11 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
     std::vector<floatS> grads(m->p.table.n_dense);
     copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
     SafetensorsWriter st;
+    const std::vector<int>& adapters = m->groups.g_adapters;
     for (const TensorInfo& t : m->p.table.tensors) {
-        const bool adapter = t.group == m->groups.g_adapter;
+        const bool adapter = std::find(adapters.begin(), adapters.end(), t.group) != adapters.end();
         const bool trained = t.group < m->groups.n_trained;
+        if (adapter && !trained) continue;              // the adapters the model does not run
         for (const HfPart& part : hf_parts(t.name, t.shape, a.NH * a.HD, a.NKV * a.HD)) {
             const std::string name = (adapter ? "base_model.model." : "") + part.hf_name;
             std::vector<int64_t> shape = t.shape;
@@ -1131,7 +1203,7 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
 }
 
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
-#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer"
+#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter"
 #define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|log_every|debug_state|eval_every|" \
     "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
     "pad_to_max"
@@ -1188,7 +1260,8 @@ static int train_main(int argc, char** argv) {
                "I=%d V=%d tied=%d\n", cfg.mode.c_str(), BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, run.world,
                run.world > 1 ? "es" : "", arch.source.c_str(), arch.D, arch.n_layers, arch.NH, arch.NKV, arch.I, arch.V, arch.tied);
     log_printf(&log, "parameters: %zu, trained %zu (%s)  tokenizer: %s (%d ids)\n", n_total, n_trained,
-               m->groups.lora ? ("LoRA r=" + std::to_string(cfg.lora_r) + " on " + cfg.lora_targets).c_str()
+               m->groups.lora ? ("LoRA r=" + std::to_string(cfg.lora_r) + " on " + cfg.lora_targets + ", adapter " +
+                                 adapter_names(cfg)[m->groups.active] + " of " + cfg.lora_adapters).c_str()
                               : cfg.optimizer == "muon" ? "every weight; Muon on the block matrices" : "every weight",
                cfg.tokenizer.c_str(), data.tok.vocab_size());
     log_printf(&log, "data: %zu training examples, %zu %s examples, %zu tasks  steps: %d (%.1f per epoch)\n", data.train.size(),

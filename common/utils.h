@@ -90,15 +90,20 @@ inline bool is_directory(const std::string& path) {
     return stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-// Removes a directory of files (an export the run wrote: no subdirectories); nothing happens if it does not exist.
+// Removes a directory the run wrote (an export) with its files and subdirectories; links are removed, not followed.
+// Nothing happens if it does not exist.
 inline void remove_dir_files(const std::string& dir) {
     DIR* dp = opendir(dir.c_str());
     if (!dp) return;
-    std::vector<std::string> files;
+    std::vector<std::string> entries;
     while (struct dirent* e = readdir(dp))
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) files.push_back(dir + "/" + e->d_name);
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) entries.push_back(dir + "/" + e->d_name);
     closedir(dp);
-    for (const std::string& f : files) remove(f.c_str());
+    for (const std::string& path : entries) {
+        struct stat sb;
+        if (lstat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) remove_dir_files(path);
+        else remove(path.c_str());
+    }
     rmdir(dir.c_str());
 }
 

@@ -13,7 +13,8 @@ generated into a temporary folder. Checks:
      that lora_A's gradients are nonzero too); without torch the replays are SKIP, the stdlib checks still run
      (the debug state holds the loaded base / adapter values exactly, every trained tensor has a gradient);
   2. exports: save_hf=1 writes hf_<step>/ (config.json + model.safetensors) or adapter_<step>/; eval_only from
-     them reproduces the run's own final val lines exactly (and, greedy, its generations);
+     them reproduces the run's own final val lines exactly (and, greedy, its generations); two named adapters on
+     one base (train "default", then "second" beside it): PEFT's folder layout, each reproduces its own run;
   3. resume: 2 steps + resume=1 + 2 steps == 4 steps bit for bit (every checkpoint section, the exports, the
      logged losses), full and LoRA; a damaged newest checkpoint falls back to the previous one with a warning;
   4. mpirun -np 2 against one process (SKIP without mpirun or MPI): the same losses within 1e-5 relative, the
@@ -228,6 +229,27 @@ def test_exports(tmp):
            f"{a[-1:]} vs {b[-1:]}")
     so3 = train(f"{tmp}/exp_lora_base", *lora(), "eval_only=1", "val_examples=4")
     expect(lines(so3, "val") != a, "eval_only without the adapter reports other val lines (the adapter matters)")
+
+
+def test_named_adapters(tmp):
+    """Two named adapters on one frozen base, as PEFT keeps them: train "default", then train "second" with
+    "default" loaded (and frozen); the export holds both, "default" in the folder itself and "second" in its
+    subfolder (PEFT's save_pretrained layout), and each, loaded back, reproduces the run that trained it."""
+    so_a = train(f"{tmp}/na_a", *lora(), "max_steps=3", "lr=1e-2", "save_hf=1", "val_examples=4")
+    first = f"{tmp}/na_a/adapter_00000003"
+    so_b = train(f"{tmp}/na_b", *lora(), "max_steps=3", "lr=1e-2", "save_hf=1", "val_examples=4",
+                 "lora_adapters=default,second", "adapter=second", f"load_adapter=default={first}")
+    both = f"{tmp}/na_b/adapter_00000003"
+    ok = all(os.path.exists(f"{d}/adapter_model.safetensors") for d in (both, f"{both}/second"))
+    same = ok and st_read(f"{both}/adapter_model.safetensors")[0] == st_read(f"{first}/adapter_model.safetensors")[0]
+    expect(ok and same, "two named adapters: the export holds default (unchanged by training second, bit for bit) "
+           "in the folder and second in its subfolder")
+    so_1 = train(f"{tmp}/na_e1", *lora(), "eval_only=1", "val_examples=4", f"load_adapter={both}")
+    so_2 = train(f"{tmp}/na_e2", *lora(), "eval_only=1", "val_examples=4", "lora_adapters=default,second",
+                 "adapter=second", f"load_adapter=default={both},second={both}/second")
+    expect(lines(so_1, "val") == lines(so_a, "val") and lines(so_2, "val") == lines(so_b, "val")
+           and lines(so_a, "val") != lines(so_b, "val"),
+           "two named adapters: each, loaded back and active, reproduces the val lines of the run that trained it")
 
 
 # ---------------------------------------------------------------- 3. resume
@@ -455,8 +477,8 @@ def main():
         subprocess.run([sys.executable, os.path.join(ROOT, "dev", "make_tiny_qwen2.py"), BASE, "--layers", "2",
                         "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--vocab", "128",
                         "--dtype", "bf16", "--untied", "--shards", "2"], check=True, capture_output=True)
-        run_groups([(t.__name__, t) for t in (test_debug_state, test_exports, test_resume, test_mpi, test_generation,
-                                              test_errors, test_learning)], "arc_test_cvae_")
+        run_groups([(t.__name__, t) for t in (test_debug_state, test_exports, test_named_adapters, test_resume, test_mpi,
+                                              test_generation, test_errors, test_learning)], "arc_test_cvae_")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     finish()
