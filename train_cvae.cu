@@ -103,7 +103,7 @@ typedef struct {
     float temperature, top_p;
     // run control
     std::string checkpoint_path, debug_state;
-    int resume, checkpoint_every, checkpoint_keep, save_hf, log_every, lm_head_chunk, pad_to_max;
+    int resume, checkpoint_every, checkpoint_keep, save_hf, save_merged, log_every, lm_head_chunk, pad_to_max;
 } Config;
 
 static Config config_defaults() {
@@ -119,7 +119,7 @@ static Config config_defaults() {
     c.eval_split = "val"; c.eval_every = 0; c.val_examples = 64; c.gen_examples = 32; c.gen_max_tokens = 0; c.eval_only = 0;
     c.temperature = 0.0f; c.top_p = 1.0f;
     c.checkpoint_path = "out/cvae"; c.debug_state = "";
-    c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_hf = 1; c.log_every = 10; c.lm_head_chunk = 512;
+    c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_hf = 1; c.save_merged = 0; c.log_every = 10; c.lm_head_chunk = 512;
     c.pad_to_max = 0;
     return c;
 }
@@ -176,6 +176,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"checkpoint_every", ARG_INT, &c->checkpoint_every, "also checkpoint every this many steps (0: at evaluations and the end)", nullptr},
         {"checkpoint_keep", ARG_INT, &c->checkpoint_keep, "keep the newest N checkpoints (0: all)", nullptr},
         {"save_hf", ARG_BOOL, &c->save_hf, "with each checkpoint, export Hugging Face weights (full training) or a PEFT adapter (LoRA)", nullptr},
+        {"save_merged", ARG_BOOL, &c->save_merged, "LoRA: also export the base with the active adapter merged in, as Hugging Face weights", nullptr},
         {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, logits, loss and gradients of the first step (safetensors, HF/PEFT names)", nullptr},
         {"log_every", ARG_INT, &c->log_every, "log a training line every this many steps", nullptr},
         {"lm_head_chunk", ARG_INT, &c->lm_head_chunk, "rows of logits that exist at once in the lm head's loss", nullptr},
@@ -953,7 +954,8 @@ static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) 
 // (the model's config.json text, which must match on resume). With save_hf, each checkpoint is also exported for
 // Hugging Face: full training writes hf_<step>/ (config.json + model.safetensors, HF's names, q/k/v and gate/up
 // split back out), LoRA writes adapter_<step>/ as PEFT's save_pretrained does (adapter_config.json +
-// adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained.
+// adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained, and with save_merged
+// hf_<step>/ too: the base with the adapter merged in.
 
 // The tensors of adapter k, or of the base model (k = -1).
 static std::vector<TensorInfo> model_part(const ParamTable& t, const Groups& gr, int k) {
@@ -992,10 +994,21 @@ static std::string adapter_dir(const std::string& dir, const std::string& name) 
     return name == "default" ? dir : dir + "/" + name;
 }
 
-// The Hugging Face export of the weights (full training) or the PEFT adapters (LoRA) at a step.
+// The active adapter merged into the base weights (host values of the flat layout): W += scale B A per projection.
+static void merge_active_adapter(const Model& m, std::vector<floatS>* w) {
+    ModelTensors<floatS> h;
+    TensorList<floatS> list = tensor_bind(m.p.table, param_bases(m.p.table, w->data(), BUF_PARAMS));
+    model_tensors(list, &h, m.arch, m.groups, m.cfg.lora_r);
+    for (int l = 0; l < m.arch.n_layers; l++)
+        block_lora_merge(h.blocks[l], h.lora[m.groups.active][l], m.block, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale);
+}
+
+// The exports of a step: the PEFT adapters (LoRA), and Hugging Face weights: the model (full training), or the base
+// with the active adapter merged in (save_merged). Returns the folders written.
 static std::string export_hf(Model* m, int step) {
-    const std::vector<floatS> w = params_values(m->p);
+    std::vector<floatS> w = params_values(m->p);
     const Arch& a = m->arch;
+    std::string written;
     if (m->groups.lora) {
         const std::string dir = step_name(m->cfg.checkpoint_path, "adapter", step, "");
         const std::vector<std::string> names = adapter_names(m->cfg);
@@ -1003,13 +1016,15 @@ static std::string export_hf(Model* m, int step) {
             make_dirs(adapter_dir(dir, names[k]));
             peft_write(adapter_dir(dir, names[k]), lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, (int)k), w.data());
         }
-        return dir;
+        written = dir;
+        if (!m->cfg.save_merged) return written;
+        merge_active_adapter(*m, &w);
     }
     const std::string dir = step_name(m->cfg.checkpoint_path, "hf", step, "");
     make_dirs(dir);
     hf_write_tensors(dir, model_part(m->p.table, m->groups, -1), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
                      (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
-    return dir;
+    return written.empty() ? dir : written + "," + dir;
 }
 
 static void checkpoint_save(Model* m, const Data& d, int step, const std::string& config, Logger* log) {
@@ -1029,7 +1044,8 @@ static void checkpoint_save(Model* m, const Data& d, int step, const std::string
         const std::vector<int> all = checkpoint_list_steps(dir, "ckpt");
         for (size_t i = 0; i + m->cfg.checkpoint_keep < all.size(); i++) {
             remove(step_name(dir, "ckpt", all[i], ".bin").c_str());
-            remove_dir_files(step_name(dir, m->groups.lora ? "adapter" : "hf", all[i], ""));
+            remove_dir_files(step_name(dir, "adapter", all[i], ""));
+            remove_dir_files(step_name(dir, "hf", all[i], ""));
         }
     }
 }
@@ -1204,7 +1220,7 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
 
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
 #define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter"
-#define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|log_every|debug_state|eval_every|" \
+#define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|save_merged|log_every|debug_state|eval_every|" \
     "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
     "pad_to_max"
 

@@ -229,6 +229,14 @@ def test_exports(tmp):
            f"{a[-1:]} vs {b[-1:]}")
     so3 = train(f"{tmp}/exp_lora_base", *lora(), "eval_only=1", "val_examples=4")
     expect(lines(so3, "val") != a, "eval_only without the adapter reports other val lines (the adapter matters)")
+    so4 = train(f"{tmp}/exp_merged", *lora(), "max_steps=3", "lr=1e-2", "save_hf=1", "save_merged=1", "val_examples=4")
+    merged = f"{tmp}/exp_merged/hf_00000003"
+    so5 = train(f"{tmp}/exp_merged_eval", f"model={merged}", f"init_from={merged}", "eval_only=1", "val_examples=4")
+    nll = lambda so: [float(re.search(r" nll=(\S+)", l).group(1)) for l in lines(so, "val")]
+    m, e = nll(so4), nll(so5)
+    expect(len(m) == 7 and len(e) == 7 and all(abs(x - y) <= 2e-5 * abs(x) for x, y in zip(m, e)),
+           "save_merged=1: the base with the adapter merged in (hf_<step>/, no LoRA) gives the LoRA run's val NLL "
+           "(within 2e-5: fp32 rounding of W + s B A)", f"{m} vs {e}")
 
 
 def test_named_adapters(tmp):

@@ -534,32 +534,22 @@ def cvae_cases(tmp, bases, rng, n):
             write_checkpoint(f"{d}/ckpt_00000002.bin", step, config, s)
         cases.append(("CVAE checkpoint", f"{kind} #{i}", Bins.cvae,
                       cvae_args(bases, ["model=tiny", "resume=1", "max_steps=3", f"checkpoint_path={d}"]), data != raw))
-    hf = f"{bases['cvae']}/hf_00000002"
-    adapter = f"{bases['cvae_lora']}/adapter_00000002"
-    for i in range(n):
-        d = f"{tmp}/hf_{i}"
-        shutil.copytree(hf, d)
-        if rng.random() < 0.5:
-            data, kind = mutate_json(rng, open(f"{hf}/config.json").read())
-            open(f"{d}/config.json", "wb").write(data)
-        else:
-            data, kind = mutate_safetensors(rng, f"{hf}/model.safetensors")
-            open(f"{d}/model.safetensors", "wb").write(data)
-        cases.append(("Hugging Face model", f"{kind} #{i}", Bins.cvae,
-                      cvae_args(bases, [f"model={d}", f"init_from={d}", "max_steps=1", f"checkpoint_path={d}/out"]), True))
-    for i in range(n):
-        d = f"{tmp}/adapter_{i}"
-        shutil.copytree(adapter, d)
-        if rng.random() < 0.5:
-            data, kind = mutate_json(rng, open(f"{adapter}/adapter_config.json").read())
-            open(f"{d}/adapter_config.json", "wb").write(data)
-        else:
-            data, kind = mutate_safetensors(rng, f"{adapter}/adapter_model.safetensors")
-            open(f"{d}/adapter_model.safetensors", "wb").write(data)
-        q = bases["qwen"]
-        cases.append(("PEFT adapter", f"{kind} #{i}", Bins.cvae,
-                      cvae_args(bases, [f"model={q}", f"init_from={q}", "lora_r=4", f"load_adapter={d}", "max_steps=1",
-                                        f"checkpoint_path={d}/out"]), True))
+    q = bases["qwen"]
+    for fmt, src, config, tensors in (("Hugging Face model", f"{bases['cvae']}/hf_00000002", "config.json", "model.safetensors"),
+                                      ("PEFT adapter", f"{bases['cvae_lora']}/adapter_00000002", "adapter_config.json",
+                                       "adapter_model.safetensors")):
+        for i in range(n):
+            d = f"{tmp}/{tensors.split('.')[0]}_{i}"
+            shutil.copytree(src, d)
+            if rng.random() < 0.5:            # its JSON, or its tensors
+                data, kind = mutate_json(rng, open(f"{src}/{config}").read())
+                open(f"{d}/{config}", "wb").write(data)
+            else:
+                data, kind = mutate_safetensors(rng, f"{src}/{tensors}")
+                open(f"{d}/{tensors}", "wb").write(data)
+            load = [f"model={d}", f"init_from={d}"] if fmt.startswith("Hugging") else \
+                [f"model={q}", f"init_from={q}", "lora_r=4", f"load_adapter={d}"]
+            cases.append((fmt, f"{kind} #{i}", Bins.cvae, cvae_args(bases, load + ["max_steps=1", f"checkpoint_path={d}/out"]), True))
     return cases
 
 
