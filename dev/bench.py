@@ -273,7 +273,8 @@ def torch_trm_args(torch_bench, encoder, iters, warmup):
 
 # train_cvae's benchmark: LoRA (r = 16 on every projection) on a Qwen2.5-0.5B-shaped model with random weights, at
 # micro-batch 8 of sequences padded to 512 tokens (the strategy-sequence data; the character tokenizer, whose ids
-# fit Qwen's vocabulary of 151936), beside dev/cvae_torch.py bench at the same shape.
+# fit Qwen's vocabulary of 151936), with the CVAE's two adapters on the base (one trained), beside dev/cvae_torch.py
+# bench at the same shape.
 STRATEGIES_DATA = os.path.join("build", "bench_strategies")
 CVAE_SHAPE = {"batch": 8, "seq": 512, "lora_r": 16}
 
@@ -282,7 +283,7 @@ def cvae_args(steps):
     return ["./train_cvae", f"data_dir={STRATEGIES_DATA}", "model=qwen2.5-0.5b", f"lora_r={CVAE_SHAPE['lora_r']}",
             f"lora_alpha={2 * CVAE_SHAPE['lora_r']}", f"batch_size={CVAE_SHAPE['batch']}", f"max_seq_len={CVAE_SHAPE['seq']}",
             "pad_to_max=1", f"max_steps={steps}", "log_every=5", "val_examples=1", "gen_examples=1", "gen_max_tokens=16",
-            "save_hf=0", "checkpoint_keep=1", "checkpoint_path=build/bench_cvae"]
+            "save_hf=0", "checkpoint_keep=1", "checkpoint_path=build/bench_cvae", "lora_adapters=generator,posterior"]
 
 
 def torch_cvae_args(steps):
