@@ -950,8 +950,9 @@ static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) 
 // 9. Checkpoints, Hugging Face and PEFT files, debug state.
 //
 // Checkpoint (ckpt_<step>.bin, common/checkpoint.h): the parameter state (params_sections: every group's fp32
-// weights, AdamW moments, steps), "state" (step, data epoch and cursor, training examples) and "architecture"
-// (the model's config.json text, which must match on resume). With save_hf, each checkpoint is also exported for
+// weights, AdamW moments, steps; with init_from, not the frozen weights but their CRC-32, see below), "state" (step,
+// data epoch and cursor, training examples) and "architecture" (the model's config.json text, which must match on
+// resume). With save_hf, each checkpoint is also exported for
 // Hugging Face: full training writes hf_<step>/ (config.json + model.safetensors, HF's names, q/k/v and gate/up
 // split back out), LoRA writes adapter_<step>/ as PEFT's save_pretrained does (adapter_config.json +
 // adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained, and with save_merged
@@ -1027,9 +1028,24 @@ static std::string export_hf(Model* m, int step) {
     return written.empty() ? dir : written + "," + dir;
 }
 
+// The frozen weights come from files (init_from, load_adapter) when the base was loaded: a checkpoint then holds
+// a CRC-32 of them instead of the weights (2 GB for Qwen2.5-0.5B), and a resumed run must load the same ones.
+static bool checkpoint_stores_frozen(const Config& c) { return c.init_from.empty(); }
+
+static uint32_t frozen_weights_crc(const Params& p) {
+    const std::vector<floatS> w = params_values(p);
+    uint32_t crc = 0;
+    for (const ParamGroup& g : p.table.groups)
+        if (g.kind == GROUP_FROZEN) crc = crc32(w.data() + g.begin, (g.end - g.begin) * sizeof(floatS), crc);
+    return crc;
+}
+
 static void checkpoint_save(Model* m, const Data& d, int step, const std::string& config, Logger* log) {
     SectionList sections;
-    params_sections(m->p, &sections);
+    const bool frozen = checkpoint_stores_frozen(m->cfg);
+    params_sections(m->p, &sections, frozen);
+    const uint32_t crc = frozen ? 0 : frozen_weights_crc(m->p);
+    if (!frozen) section_add(&sections, "frozen_weights_crc", &crc, sizeof crc);
     if (dist().rank != 0) return;
     const int64_t state[4] = {step, d.epoch, d.cursor, (int64_t)d.train.size()};
     section_add(&sections, "state", state, sizeof state);
@@ -1066,7 +1082,16 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
               (long long)state[3], d->train.size());
     section_check_range(path, "the data epoch", state[1], 0, state[0] * (int64_t)m->cfg.batch_size);
     section_check_range(path, "the data cursor", state[2], 0, (int64_t)d->train.size());
-    params_load_sections(&m->p, s, path, state[0]);
+    const bool frozen = checkpoint_stores_frozen(m->cfg);
+    if (!frozen) {
+        uint32_t crc;
+        section_get(s, path, "frozen_weights_crc", &crc, 1);
+        if (crc != frozen_weights_crc(m->p))
+            fatal("%s: the run was trained on other frozen weights than init_from=%s%s%s loads (their CRC-32 differs): "
+                  "resume with the files it was started with", path, m->cfg.init_from.c_str(),
+                  m->cfg.load_adapter.empty() ? "" : " and load_adapter=", m->cfg.load_adapter.c_str());
+    }
+    params_load_sections(&m->p, s, path, state[0], frozen);
     *step = (int)state[0];
     d->epoch = (int)state[1];
     d->cursor = state[2];

@@ -289,7 +289,9 @@ inline std::string params_find_nonfinite(const ParamTable& t, const std::vector<
 
 // The parameter state as checkpoint sections: per group "<group>.weights" (fp32), per Adam group "<group>.adam_m"
 // and "<group>.adam_v", per EMA group "<group>.ema", and "param_steps" (each group's optimizer steps, int64).
-inline void params_sections(const Params& p, SectionList* out) {
+// Without frozen_weights the frozen groups' weights are left out (a trainer that reloads them from their own files,
+// e.g. a pretrained base under LoRA, and checks that they are the same).
+inline void params_sections(const Params& p, SectionList* out, bool frozen_weights = true) {
     const ParamTable& t = p.table;
     const std::vector<floatS> w = params_values(p), e = p.ema ? params_values(p, true) : std::vector<floatS>();
     std::vector<floatS> m(t.n_dense), v(t.n_dense);
@@ -302,7 +304,7 @@ inline void params_sections(const Params& p, SectionList* out) {
     }
     for (const ParamGroup& g : t.groups) {
         const size_t bytes = (g.end - g.begin) * sizeof(floatS);
-        section_add(out, g.name + ".weights", w.data() + g.begin, bytes);
+        if (frozen_weights || g.kind != GROUP_FROZEN) section_add(out, g.name + ".weights", w.data() + g.begin, bytes);
         if (group_dense(g.kind)) {
             section_add(out, g.name + ".adam_m", m.data() + g.begin, bytes);
             section_add(out, g.name + ".adam_v", v.data() + g.begin, bytes);
@@ -321,12 +323,13 @@ inline void params_check_finite(const ParamTable& t, const std::vector<floatS>& 
 
 // Reads the sections params_sections wrote (sizes checked against this run's table; values must be finite, Adam's
 // second moments non-negative, each group's optimizer steps 0..step, the training step the checkpoint was written at).
-inline void params_load_sections(Params* p, const Sections& s, const char* path, int64_t step) {
+// Without frozen_weights the frozen groups keep the weights they have.
+inline void params_load_sections(Params* p, const Sections& s, const char* path, int64_t step, bool frozen_weights = true) {
     const ParamTable& t = p->table;
     std::vector<floatS> w = params_values(*p), m(t.n_dense), v(t.n_dense), e(t.n_ema);
     for (const ParamGroup& g : t.groups) {
         const size_t n = g.end - g.begin;
-        section_get(s, path, (g.name + ".weights").c_str(), w.data() + g.begin, n);
+        if (frozen_weights || g.kind != GROUP_FROZEN) section_get(s, path, (g.name + ".weights").c_str(), w.data() + g.begin, n);
         if (group_dense(g.kind)) {
             section_get(s, path, (g.name + ".adam_m").c_str(), m.data() + g.begin, n);
             section_get(s, path, (g.name + ".adam_v").c_str(), v.data() + g.begin, n);

@@ -282,6 +282,20 @@ def test_resume(tmp):
                f"resume ({tag}): the resumed steps log the same losses",
                f"{lines(so_full, 'train')[2:]} vs {lines(so, 'train')}")
 
+    # LoRA on a loaded base: the checkpoint holds the base's CRC-32, not the base; another base is refused on resume
+    lora_ckpt = read_checkpoint(f"{tmp}/res_full_lora/ckpt_00000004.bin")[2]
+    expect("frozen_weights_crc" in lora_ckpt and "base.weights" not in lora_ckpt,
+           "resume (lora): the checkpoint holds the loaded base's CRC-32 instead of its weights")
+    other = f"{tmp}/other_base"
+    subprocess.run([sys.executable, os.path.join(ROOT, "dev", "make_tiny_qwen2.py"), other, "--layers", "2", "--hidden", "32",
+                    "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--vocab", "128", "--dtype", "bf16",
+                    "--untied", "--seed", "7"], check=True, capture_output=True)
+    moved = f"{tmp}/res_other_base"
+    shutil.copytree(f"{tmp}/res_full_lora", moved)
+    rc, so, se = run([f"model={BASE}", f"init_from={other}", "lora_r=4", "max_steps=6", f"checkpoint_path={moved}", "resume=1"])
+    expect(rc == 1 and se.count("error:") == 1 and "CRC-32" in se and "init_from" in se,
+           "resume (lora) with another base than the run's: one error line naming init_from", f"exit {rc}: {se.strip()[-300:]!r}")
+
     # a damaged newest checkpoint: resume=1 warns and continues from the previous one, to the same end
     fb = f"{tmp}/res_fallback"
     shutil.copytree(f"{tmp}/res_full_full", fb)
