@@ -983,12 +983,6 @@ static PeftConfig lora_peft_config(const Config& c, const Arch& a) {
     return p;
 }
 
-static std::string step_name(const std::string& dir, const char* kind, int step, const char* ext) {
-    char buf[64];
-    snprintf(buf, sizeof buf, "/%s_%08d%s", kind, step, ext);
-    return dir + buf;
-}
-
 // Where PEFT's save_pretrained puts adapter `name` of a model saved to dir: the adapter "default" in dir itself,
 // any other in dir/<name>.
 static std::string adapter_dir(const std::string& dir, const std::string& name) {
@@ -1011,7 +1005,7 @@ static std::string export_hf(Model* m, int step) {
     const Arch& a = m->arch;
     std::string written;
     if (m->groups.lora) {
-        const std::string dir = step_name(m->cfg.checkpoint_path, "adapter", step, "");
+        const std::string dir = checkpoint_name(m->cfg.checkpoint_path, "adapter", step, "");
         const std::vector<std::string> names = adapter_names(m->cfg);
         for (size_t k = 0; k < names.size(); k++) {
             make_dirs(adapter_dir(dir, names[k]));
@@ -1021,7 +1015,7 @@ static std::string export_hf(Model* m, int step) {
         if (!m->cfg.save_merged) return written;
         merge_active_adapter(*m, &w);
     }
-    const std::string dir = step_name(m->cfg.checkpoint_path, "hf", step, "");
+    const std::string dir = checkpoint_name(m->cfg.checkpoint_path, "hf", step, "");
     make_dirs(dir);
     hf_write_tensors(dir, model_part(m->p.table, m->groups, -1), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
                      (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
@@ -1052,16 +1046,16 @@ static void checkpoint_save(Model* m, const Data& d, int step, const std::string
     const std::string arch = arch_config_json(m->arch);
     section_add(&sections, "architecture", arch.data(), arch.size());
     const std::string& dir = m->cfg.checkpoint_path;
-    const std::string path = step_name(dir, "ckpt", step, ".bin");
+    const std::string path = checkpoint_name(dir, "ckpt", step, ".bin");
     checkpoint_write(path, step, config, sections);
     const std::string exported = m->cfg.save_hf ? " export=" + export_hf(m, step) : "";
     log_printf(log, "checkpoint step=%d path=%s%s\n", step, path.c_str(), exported.c_str());
     if (m->cfg.checkpoint_keep > 0) {
         const std::vector<int> all = checkpoint_list_steps(dir, "ckpt");
         for (size_t i = 0; i + m->cfg.checkpoint_keep < all.size(); i++) {
-            remove(step_name(dir, "ckpt", all[i], ".bin").c_str());
-            remove_dir_files(step_name(dir, "adapter", all[i], ""));
-            remove_dir_files(step_name(dir, "hf", all[i], ""));
+            remove(checkpoint_name(dir, "ckpt", all[i], ".bin").c_str());
+            remove_dir_files(checkpoint_name(dir, "adapter", all[i], ""));
+            remove_dir_files(checkpoint_name(dir, "hf", all[i], ""));
         }
     }
 }
@@ -1274,10 +1268,9 @@ static int train_main(int argc, char** argv) {
     int step = 0;
     if (cfg.resume) {
         if (run.rank == 0) checkpoint_dir_clean(cfg.checkpoint_path);
-        std::vector<std::string> paths;
-        for (int s : checkpoint_list_steps(cfg.checkpoint_path, "ckpt")) paths.insert(paths.begin(), step_name(cfg.checkpoint_path, "ckpt", s, ".bin"));
         Checkpoint ck;
-        const std::string path = run_resume_newest(&run, paths, &ck, true, cfg.checkpoint_path);
+        const std::string path = run_resume_newest(&run, checkpoint_paths_newest_first(cfg.checkpoint_path, "ckpt"), &ck,
+                                                   true, cfg.checkpoint_path);
         if (path.empty()) {
             log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
         } else {

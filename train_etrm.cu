@@ -1361,12 +1361,6 @@ typedef struct {
     std::vector<uint8_t> halted;        // (B_local) host copy of the halted flags
 } TrainState;
 
-static std::string checkpoint_name(const std::string& dir, const char* kind, int step, const char* ext) {
-    char buf[64];
-    snprintf(buf, sizeof buf, "/%s_%08d%s", kind, step, ext);
-    return dir + buf;
-}
-
 // Weights (the EMA when ema=1, as upstream saves its evaluation model) with the upstream state_dict names.
 static void export_safetensors(Model* m, const std::string& path, int step, const std::string& config) {
     const bool ema = m->p.ema != nullptr;
@@ -1377,21 +1371,6 @@ static void export_safetensors(Model* m, const std::string& path, int step, cons
     safetensors_add_meta(&st, "weights", ema ? "ema" : "raw");
     safetensors_add_meta(&st, "config", config);
     safetensors_write(st, path);
-}
-
-// Steps of the checkpoints in a directory, ascending.
-static std::vector<int> list_checkpoint_steps(const std::string& dir) {
-    std::vector<int> steps;
-    DIR* dp = opendir(dir.c_str());
-    if (!dp) return steps;
-    while (struct dirent* e = readdir(dp)) {
-        int step;
-        char tail[8];
-        if (sscanf(e->d_name, "ckpt_%d.bi%1s", &step, tail) == 2 && strcmp(tail, "n") == 0 && strlen(e->d_name) == 17) steps.push_back(step);
-    }
-    closedir(dp);
-    std::sort(steps.begin(), steps.end());
-    return steps;
 }
 
 // The carry of a multi-process run is saved for the whole global batch in global slot order (rank 0 gathers
@@ -1457,7 +1436,7 @@ static void checkpoint_save(Model* m, const DataLoader& dl, const TrainState& ts
     log_printf(log, "checkpoint step=%d path=%s\n", ts.step, path.c_str());
     // keep the newest checkpoint_keep checkpoints (and their exports)
     if (m->cfg.checkpoint_keep > 0) {
-        std::vector<int> all = list_checkpoint_steps(dir);
+        std::vector<int> all = checkpoint_list_steps(dir, "ckpt");
         for (size_t i = 0; i + m->cfg.checkpoint_keep < all.size(); i++) {
             remove(checkpoint_name(dir, "ckpt", all[i], ".bin").c_str());
             remove(checkpoint_name(dir, "model", all[i], ".safetensors").c_str());
@@ -1905,25 +1884,13 @@ static int train_main(int argc, char** argv) {
     ts.halted.assign(m->B_local, 1);
     if (cfg.resume) {
         if (rank == 0) checkpoint_dir_clean(cfg.checkpoint_path);     // (the other ranks read no .tmp file)
-        std::vector<int> found = list_checkpoint_steps(cfg.checkpoint_path);
-        if (found.empty()) {
+        Checkpoint ck;                           // the newest that reads whole: a damaged one is skipped
+        const std::string path = run_resume_newest(&run, checkpoint_paths_newest_first(cfg.checkpoint_path, "ckpt"), &ck,
+                                                   true, cfg.checkpoint_path);
+        if (path.empty()) {
             if (cfg.eval_only) fatal("resume=1: no checkpoint in %s", cfg.checkpoint_path.c_str());
             log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
-        } else {                                 // the newest checkpoint that reads whole; a damaged one is skipped
-            std::vector<std::string> paths;
-            for (auto it = found.rbegin(); it != found.rend(); ++it) paths.push_back(checkpoint_name(cfg.checkpoint_path, "ckpt", *it, ".bin"));
-            Checkpoint ck;
-            std::string newest_error;
-            std::vector<std::string> damaged;
-            const std::string path = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
-                log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
-                if (newest_error.empty()) newest_error = p + ": " + why;
-                damaged.push_back(p);
-            });
-            if (path.empty()) fatal("resume=1: no checkpoint in %s reads (%zu tried; the newest, %s)", cfg.checkpoint_path.c_str(),
-                                    paths.size(), newest_error.c_str());
-            dist_check_same({path, std::to_string(ck.step)}, "the checkpoint resumed from");
-            if (rank == 0) checkpoint_set_aside(damaged);
+        } else {
             config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
             checkpoint_load(m, &dl, &ts, path.c_str(), ck);
             log_printf(&log, "resumed from %s at step %d\n", path.c_str(), ts.step);

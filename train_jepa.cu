@@ -1596,20 +1596,11 @@ static int train_main(int argc, char** argv) {
             paths = latest_checkpoints(cfg.checkpoint_path);
         }
         Checkpoint ck;
-        std::vector<std::string> damaged;
-        resume = checkpoint_read_newest(paths, &ck, [&](const std::string& p, const std::string& why) {
-            if (cfg.resume != "latest") fatal("checkpoint %s: %s", p.c_str(), why.c_str());
-            log_printf(&log, "warning: checkpoint %s is unreadable (%s); trying the previous one\n", p.c_str(), why.c_str());
-            damaged.push_back(p);
-        });
+        resume = run_resume_newest(&run, paths, &ck, cfg.resume == "latest", cfg.checkpoint_path);
         if (!resume.empty()) {
-            dist_check_same({resume, std::to_string(ck.step)}, "the checkpoint resumed from");
-            if (rank == 0) checkpoint_set_aside(damaged);
             config_check_file(&run, resume.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
             checkpoint_load(m, &ts, resume.c_str(), ck);
             log_printf(&log, "resumed from %s at step %d (epoch %d)\n", resume.c_str(), ts.step, ts.epoch);
-        } else if (!paths.empty()) {
-            fatal("resume=latest: no checkpoint in %s reads (%zu tried, see the warnings above)", cfg.checkpoint_path.c_str(), paths.size());
         }
     }
     if (!cfg.export_codes.empty()) {

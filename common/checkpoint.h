@@ -183,6 +183,13 @@ inline void checkpoint_dir_clean(const std::string& dir) {
     for (const std::string& path : stale) remove(path.c_str());
 }
 
+// "<dir>/<kind>_<step, 8 digits><ext>": a checkpoint (kind "ckpt", ext ".bin") or an export of the same step.
+inline std::string checkpoint_name(const std::string& dir, const char* kind, int step, const char* ext) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/%s_%08d%s", kind, step, ext);
+    return dir + buf;
+}
+
 // Steps of the checkpoints "<kind>_<8 digits>.bin" in a directory, ascending.
 inline std::vector<int> checkpoint_list_steps(const std::string& dir, const std::string& kind) {
     std::vector<int> steps;
@@ -198,6 +205,13 @@ inline std::vector<int> checkpoint_list_steps(const std::string& dir, const std:
     closedir(dp);
     std::sort(steps.begin(), steps.end());
     return steps;
+}
+
+// The checkpoints "<kind>_<8 digits>.bin" of a directory, newest first (the order a resume tries them in).
+inline std::vector<std::string> checkpoint_paths_newest_first(const std::string& dir, const char* kind) {
+    std::vector<std::string> paths;
+    for (int step : checkpoint_list_steps(dir, kind)) paths.insert(paths.begin(), checkpoint_name(dir, kind, step, ".bin"));
+    return paths;
 }
 
 // After a fallback: the damaged checkpoints are renamed <path>.damaged (kept for inspection, no longer counted as

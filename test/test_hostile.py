@@ -422,6 +422,19 @@ def mutate_fields(rng, path, S):
     return step, config, s, f"{kind} {name}"
 
 
+def mutate_checkpoint(rng, src, dst, S):
+    """Writes a mutant of checkpoint src to dst: half raw byte mutations, half field edits with valid CRCs (S: the
+    carry's tokens per sample, for mutate_fields). Returns (whether the bytes changed, the kind)."""
+    raw = open(src, "rb").read()
+    if rng.random() < 0.5:
+        data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
+        open(dst, "wb").write(data)
+        return data != raw, kind
+    step, config, s, kind = mutate_fields(rng, src, S)
+    write_checkpoint(dst, step, config, s)
+    return True, kind
+
+
 def mutate_safetensors(rng, path):
     header, data = read_safetensors(path)
     names = [n for n in header if n != "__metadata__"]
@@ -465,31 +478,16 @@ def fuzz_cases(tmp, bases, n, seed):
                       f"data_paths_test={path}", f"checkpoint_path={tmp}/task_out_{i}"], data != task))
     for model in ("trm", "etrm"):
         src = f"{bases[model]}/ckpt_00000002.bin"
-        raw = open(src, "rb").read()
         for i in range(n // 2):
             d = f"{tmp}/{model}_{i}"
             os.makedirs(d)
-            data = raw
-            if rng.random() < 0.5:
-                data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
-                open(f"{d}/ckpt_00000002.bin", "wb").write(data)
-            else:
-                step, config, s, kind = mutate_fields(rng, src, canvas_cells(read_sections(src)))
-                write_checkpoint(f"{d}/ckpt_00000002.bin", step, config, s)
-            cases.append((f"{model.upper()} checkpoint", f"{kind} #{i}", Bins.etrm, etrm_resume_args(model, d), data != raw))
-    src = f"{bases['jepa']}/latest.bin"
-    raw = open(src, "rb").read()
+            changed, kind = mutate_checkpoint(rng, src, f"{d}/ckpt_00000002.bin", canvas_cells(read_sections(src)))
+            cases.append((f"{model.upper()} checkpoint", f"{kind} #{i}", Bins.etrm, etrm_resume_args(model, d), changed))
     for i in range(n):
         path = f"{tmp}/jepa_{i}.bin"
-        data = raw
-        if rng.random() < 0.5:
-            data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
-            open(path, "wb").write(data)
-        else:
-            step, config, s, kind = mutate_fields(rng, src, 0)
-            write_checkpoint(path, step, config, s)
+        changed, kind = mutate_checkpoint(rng, f"{bases['jepa']}/latest.bin", path, 0)
         cases.append(("JEPA checkpoint", f"{kind} #{i}", Bins.jepa, JEPA + [f"resume={path}", "max_steps=3",
-                      f"checkpoint_path={tmp}/jepa_out_{i}"], data != raw))
+                      f"checkpoint_path={tmp}/jepa_out_{i}"], changed))
     for i in range(n):
         data, kind = mutate_safetensors(rng, f"{bases['etrm']}/model_00000002.safetensors")
         path = f"{tmp}/st_{i}.safetensors"
@@ -520,20 +518,12 @@ def cvae_cases(tmp, bases, rng, n):
     """train_cvae's files: its checkpoint (resumed), a Hugging Face directory's config.json and model.safetensors
     (init_from), a PEFT adapter's adapter_config.json and adapter_model.safetensors (load_adapter)."""
     cases = []
-    src = f"{bases['cvae']}/ckpt_00000002.bin"
-    raw = open(src, "rb").read()
     for i in range(n):
         d = f"{tmp}/cvae_{i}"
         os.makedirs(d)
-        data = raw
-        if rng.random() < 0.5:
-            data, kind = mutate_raw(rng, raw, 1024 + struct.unpack("<i", raw[16:20])[0] + 4096)
-            open(f"{d}/ckpt_00000002.bin", "wb").write(data)
-        else:
-            step, config, s, kind = mutate_fields(rng, src, 0)
-            write_checkpoint(f"{d}/ckpt_00000002.bin", step, config, s)
+        changed, kind = mutate_checkpoint(rng, f"{bases['cvae']}/ckpt_00000002.bin", f"{d}/ckpt_00000002.bin", 0)
         cases.append(("CVAE checkpoint", f"{kind} #{i}", Bins.cvae,
-                      cvae_args(bases, ["model=tiny", "resume=1", "max_steps=3", f"checkpoint_path={d}"]), data != raw))
+                      cvae_args(bases, ["model=tiny", "resume=1", "max_steps=3", f"checkpoint_path={d}"]), changed))
     q = bases["qwen"]
     for fmt, src, config, tensors in (("Hugging Face model", f"{bases['cvae']}/hf_00000002", "config.json", "model.safetensors"),
                                       ("PEFT adapter", f"{bases['cvae_lora']}/adapter_00000002", "adapter_config.json",
