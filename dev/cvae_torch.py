@@ -2,7 +2,7 @@
 """Qwen2 with LoRA in plain PyTorch: an independent reference for train_cvae.cu's debug state, and its step timed.
 
     python3 dev/cvae_torch.py replay STATE.safetensors [--tol 1e-4]   # recompute a debug state in float64
-    python3 dev/cvae_torch.py make-example OUT.safetensors [--trainable lora|base] [--untied] [--rslora] ...
+    python3 dev/cvae_torch.py make-example OUT.safetensors [--trainable lora|base] [--untied] [--rslora] [--cvae] ...
     python3 dev/cvae_torch.py selftest                                 # this file against naive loops
     python3 dev/cvae_torch.py bench [--preset qwen2.5-0.5b|small] [--batch 8] [--seq 512] [--lora-r 16] ...
 
@@ -33,11 +33,31 @@ that of out.loss itself (the mean over the batch's labelled positions; with tied
 sums the lookup's and the lm head's parts). Exit status 1, with one line "error: FILE: why" on stderr, when the
 worst exceeds --tol (NaN does), or when a tensor is missing, unexpected, misshapen or of the wrong dtype.
 
+The CVAE's state (train_cvae mode=cvae) is recognised by the metadata "cvae" = {"d_z", "beta", "c_base",
+"posterior_variance_weight", "router_marginal_kl_to_prior_weight"} (other keys are an error: replay would not know
+their math). Beside the above it holds the posterior's tensors (with LoRA its adapters "posterior." + PEFT's names on
+the shared frozen base; without, a second network "posterior." + HF's names, no lm head), the heads
+cvae.{router_head,posterior_head}.{weight (2 d_z, D), bias} and cvae.z_proj.{weight (D, d_z), bias}, all trained;
+batch.slot_pos, batch.router_pos (= slot_pos - 1), batch.posterior_ids (B, Tq), batch.posterior_pos (int) and
+batch.eps (B, d_z); out.mu_q, out.logvar_q, out.z, out.mu_p, out.logvar_p (B, d_z), out.recon, out.kl, out.pv,
+out.rmkl (1). The math: the posterior network on posterior_ids, final-normed, read at posterior_pos, through
+posterior_head -> [mu_q, logvar_q]; z = mu_q + exp(logvar_q / 2) eps; the generator on the token embeddings with
+row slot_pos replaced by z_proj(z), final-normed h, router_head(h at router_pos) -> [mu_p, logvar_p], logits = the
+lm head of h; recon = the loss above, kl = mean_b sum_d KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)),
+pv = mean exp(logvar_q), rmkl = sum_d KL(N(m_d, v_d) || N(0, 1)) with m_d, v_d the batch's mean and variance of the
+router's mixture; out.loss = J = recon / c_base + beta kl + posterior_variance_weight pv
++ router_marginal_kl_to_prior_weight rmkl, and every grad.NAME is J's. replay compares the logits, each out.* and
+each gradient the same way.
+
 make-example writes such a file from this script itself (a tiny random config and batch with padding and -100
-labels, nonzero adapters, everything computed in float32), for testing replay while no trainer writes one.
+labels, nonzero adapters, everything computed in float32), for testing replay while no trainer writes one; with
+--cvae the CVAE's (d_z 4, every weight of J nonzero, padding in both id tensors, nonzero heads and adapters).
 selftest checks the attention against a loop over one head at a time, the LoRA path against merged weights, the
 loss against a loop, and the make-example / replay cycle (a perturbed gradient, a missing or misshapen tensor
-must fail); when transformers happens to be importable it also compares the logits with its Qwen2ForCausalLM.
+must fail); for the CVAE the posterior, z, the slot row's injection and the router against loops, the KL terms
+against per-dimension loops and torch.distributions, their gradients against central differences (gradcheck),
+and its cycle (a perturbed gradient of a head or of a posterior tensor, a perturbed out.kl must fail); when
+transformers happens to be importable it also compares the logits with its Qwen2ForCausalLM.
 
 bench times one LoRA training step on random weights (frozen base in --dtype, fp32 adapters on all seven
 projections with alpha = 2r, cast to --dtype in the forward; loss on every token; backward; AdamW on the adapters)
@@ -179,10 +199,9 @@ def attention_heads(x, p, cfg, prefix, rope):
     return torch.softmax(scores, -1, dtype=stat_dtype(x.dtype)).to(x.dtype) @ v
 
 
-def forward(cfg, p, ids):
-    """Logits (B, T, V) of the token ids (B, T)."""
-    B, T = ids.shape
-    x = F.embedding(ids, p["model.embed_tokens.weight"])
+def hidden(cfg, p, x):
+    """The final-normed hidden states (B, T, D) of the decoder on the input embeddings x (B, T, D)."""
+    B, T, _ = x.shape
     rope = rope_tables(cfg, T, x.dtype, x.device)
     for i in range(cfg.L):
         pre = f"model.layers.{i}."
@@ -192,8 +211,17 @@ def forward(cfg, p, ids):
         h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps)
         gated = F.silu(linear(h, p, cfg, pre + "mlp.gate_proj")) * linear(h, p, cfg, pre + "mlp.up_proj")
         x = x + linear(gated, p, cfg, pre + "mlp.down_proj")
-    x = rms_norm(x, p["model.norm.weight"], cfg.eps)
-    return x @ p["model.embed_tokens.weight" if cfg.tied else "lm_head.weight"].t()
+    return rms_norm(x, p["model.norm.weight"], cfg.eps)
+
+
+def lm_head(cfg, p, h):
+    """Logits of the hidden states h: h W^T, W = lm_head.weight, or embed_tokens when the embeddings are tied."""
+    return h @ p["model.embed_tokens.weight" if cfg.tied else "lm_head.weight"].t()
+
+
+def forward(cfg, p, ids):
+    """Logits (B, T, V) of the token ids (B, T)."""
+    return lm_head(cfg, p, hidden(cfg, p, F.embedding(ids, p["model.embed_tokens.weight"])))
 
 
 def loss_of(logits, labels):
@@ -221,6 +249,114 @@ def random_params(cfg, seed, device="cpu", dtype=torch.float32):
 
 def trainable_names(cfg, trainable):
     return [n for n in cfg.shapes() if (".lora_" in n) == (trainable == "lora")]
+
+
+# ---------------------------------------------------------------- the CVAE (train_cvae mode=cvae)
+
+POST = "posterior."              # prefix of the posterior's tensors: its adapters with LoRA, its network without
+CVAE_KEYS = ("d_z", "beta", "c_base", "posterior_variance_weight", "router_marginal_kl_to_prior_weight")
+CVAE_OUTS = ("out.logits", "out.mu_q", "out.logvar_q", "out.z", "out.mu_p", "out.logvar_p", "out.recon", "out.kl",
+             "out.pv", "out.rmkl", "out.loss")
+
+
+def cvae_spec(cv):
+    """The metadata "cvae" object, checked: d_z a positive integer, c_base > 0, the weights finite numbers."""
+    if not isinstance(cv, dict):
+        raise StateError(f"metadata 'cvae' must be a JSON object with {', '.join(CVAE_KEYS)}")
+    missing, unknown = [k for k in CVAE_KEYS if k not in cv], sorted(set(cv) - set(CVAE_KEYS))
+    if missing or unknown:
+        raise StateError(f"metadata 'cvae': {'missing ' + ', '.join(missing) if missing else ''}"
+                         f"{'; ' if missing and unknown else ''}{'unknown ' + ', '.join(unknown) if unknown else ''}"
+                         f" (replay knows {', '.join(CVAE_KEYS)})")
+    numbers = all(type(cv[k]) in (int, float) and math.isfinite(cv[k]) for k in CVAE_KEYS)
+    if not numbers or type(cv["d_z"]) is not int or cv["d_z"] < 1 or cv["c_base"] <= 0:
+        raise StateError(f"metadata 'cvae' {json.dumps(cv)}: needs a positive integer d_z, c_base > 0 and finite "
+                         "numbers")
+    return cv
+
+
+def posterior_shapes(cfg):
+    """The posterior's own tensors: with LoRA its adapters ("posterior." + PEFT's names; it shares the frozen base),
+    without, a whole second network ("posterior." + HF's names) with no lm head."""
+    return {POST + n: shape for n, shape in cfg.shapes().items()
+            if (".lora_" in n if cfg.lora is not None else n != "lm_head.weight")}
+
+
+def head_shapes(D, d_z):
+    """The three heads: router (on the generator) and posterior give [mu, logvar] (2 d_z); z_proj maps z to a row."""
+    return {"cvae.router_head.weight": (2 * d_z, D), "cvae.router_head.bias": (2 * d_z,),
+            "cvae.posterior_head.weight": (2 * d_z, D), "cvae.posterior_head.bias": (2 * d_z,),
+            "cvae.z_proj.weight": (D, d_z), "cvae.z_proj.bias": (D,)}
+
+
+def generator_view(p):
+    """The generator's parameters under the names `hidden` reads: the base and its adapters."""
+    return {n: t for n, t in p.items() if not n.startswith((POST, "cvae."))}
+
+
+def posterior_view(cfg, p):
+    """The posterior network's parameters under the names `hidden` reads: the frozen base with the posterior's
+    adapters in place of the generator's (LoRA), or the "posterior." tensors with the prefix dropped."""
+    own = {n[len(POST):]: t for n, t in p.items() if n.startswith(POST)}
+    if cfg.lora is None:
+        return own
+    return {**{n: t for n, t in p.items() if not n.startswith((POST, "cvae.")) and ".lora_" not in n}, **own}
+
+
+def inject_z(x, slot_pos, h_z):
+    """x (B, T, D) with row slot_pos[b] of sequence b replaced by h_z[b]."""
+    at = torch.arange(x.shape[1], device=x.device)[None, :] == slot_pos[:, None]
+    return torch.where(at[..., None], h_z[:, None, :].to(x.dtype), x)
+
+
+def gaussian_head(h, p, name, d_z):
+    """(mu, logvar), each (B, d_z): the halves of h W^T + b for the head `name`."""
+    out = F.linear(h, p[name + ".weight"], p[name + ".bias"])
+    return out[:, :d_z], out[:, d_z:]
+
+
+def kl_of(mu_q, logvar_q, mu_p, logvar_p):
+    """KL(q || p) of diagonal Gaussians, summed over the dimensions, averaged over the batch."""
+    terms = logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1
+    return 0.5 * terms.sum(-1).mean()
+
+
+def pv_of(logvar_q):
+    """The posterior's mean variance, over the batch and the dimensions."""
+    return logvar_q.exp().mean()
+
+
+def rmkl_of(mu_p, logvar_p):
+    """KL(N(m, v) || N(0, 1)) summed over the dimensions, m and v the batch's router mixture's mean and variance."""
+    m = mu_p.mean(0)
+    v = (logvar_p.exp() + mu_p ** 2).mean(0) - m ** 2
+    return 0.5 * (v + m ** 2 - 1 - v.log()).sum()
+
+
+def cvae_forward(cfg, cv, p, batch):
+    """Every out.* of CVAE_OUTS from the parameters p (all names of the state) and the batch (batch.* tensors, ids
+    and positions as int64): posterior -> z = mu_q + exp(logvar_q / 2) eps -> the generator with row slot_pos of
+    the embeddings replaced by z_proj(z), the router on its hidden state at router_pos, the lm head; out.loss is
+    J = recon / c_base + beta kl + posterior_variance_weight pv + router_marginal_kl_to_prior_weight rmkl."""
+    d_z, rows = cv["d_z"], torch.arange(batch["batch.input_ids"].shape[0])
+    post = posterior_view(cfg, p)
+    h_q = hidden(cfg, post, F.embedding(batch["batch.posterior_ids"], post["model.embed_tokens.weight"]))
+    mu_q, logvar_q = gaussian_head(h_q[rows, batch["batch.posterior_pos"]], p, "cvae.posterior_head", d_z)
+    z = mu_q + torch.exp(0.5 * logvar_q) * batch["batch.eps"].to(mu_q.dtype)
+    gen = generator_view(p)
+    x = F.embedding(batch["batch.input_ids"], gen["model.embed_tokens.weight"])
+    h = hidden(cfg, gen, inject_z(x, batch["batch.slot_pos"], F.linear(z, p["cvae.z_proj.weight"],
+                                                                       p["cvae.z_proj.bias"])))
+    mu_p, logvar_p = gaussian_head(h[rows, batch["batch.router_pos"]], p, "cvae.router_head", d_z)
+    logits = lm_head(cfg, gen, h)
+    recon, kl = loss_of(logits, batch["batch.labels"]), kl_of(mu_q, logvar_q, mu_p, logvar_p)
+    pv, rmkl = pv_of(logvar_q), rmkl_of(mu_p, logvar_p)
+    loss = recon / cv["c_base"] + cv["beta"] * kl + cv["posterior_variance_weight"] * pv + \
+        cv["router_marginal_kl_to_prior_weight"] * rmkl
+    values = {"out.logits": logits, "out.mu_q": mu_q, "out.logvar_q": logvar_q, "out.z": z, "out.mu_p": mu_p,
+              "out.logvar_p": logvar_p, "out.recon": recon, "out.kl": kl, "out.pv": pv, "out.rmkl": rmkl,
+              "out.loss": loss}
+    return {n: values[n].reshape(1) if values[n].dim() == 0 else values[n] for n in CVAE_OUTS}
 
 
 # ---------------------------------------------------------------- safetensors
@@ -284,8 +420,10 @@ def expect_shape(tensors, name, shape):
 
 
 def recompute(tensors, meta):
-    """[(name, ours, file value)] for out.logits, out.loss and every grad.NAME, ours recomputed in float64."""
+    """[(name, ours, file value)] for out.logits, out.loss and every grad.NAME (a CVAE state: every out.* of
+    CVAE_OUTS), ours recomputed in float64."""
     hf, lora, trainable = json_meta(meta, "config"), json_meta(meta, "lora"), meta.get("trainable")
+    cv = cvae_spec(json_meta(meta, "cvae")) if "cvae" in meta else None
     if not isinstance(hf, dict):
         raise StateError("no 'config' metadata (the model's config.json)")
     if trainable != ("lora" if lora is not None else "base"):
@@ -297,25 +435,55 @@ def recompute(tensors, meta):
     if ids is None or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
         raise StateError("batch.input_ids: missing, empty or not an integer tensor (B, T)")
     B, T = ids.shape
-    wanted = {**shapes, "batch.labels": (B, T), "out.logits": (B, T, cfg.V), "out.loss": (1,),
-              **{"grad." + n: shapes[n] for n in train}}
+    integer, given = ["batch.labels"], {"batch.input_ids"}
+    wanted = {**shapes, "batch.labels": (B, T), "out.logits": (B, T, cfg.V), "out.loss": (1,)}
+    if cv is not None:
+        post_ids, d_z = tensors.get("batch.posterior_ids"), cv["d_z"]
+        if post_ids is None or post_ids.dim() != 2 or post_ids.shape[0] != B or post_ids.numel() == 0 or \
+                post_ids.is_floating_point():
+            raise StateError(f"batch.posterior_ids: missing, empty or not an integer tensor ({B}, Tq)")
+        own = {**posterior_shapes(cfg), **head_shapes(cfg.D, d_z)}
+        shapes, train = {**shapes, **own}, train + list(own)
+        integer += ["batch.slot_pos", "batch.router_pos", "batch.posterior_pos"]
+        given.add("batch.posterior_ids")
+        wanted.update({**own, **{n: (B,) for n in integer[1:]}, "batch.eps": (B, d_z),
+                       **{n: (B, d_z) for n in CVAE_OUTS[1:6]}, **{n: (1,) for n in CVAE_OUTS[6:]}})
+    wanted.update({"grad." + n: shapes[n] for n in train})
     for name, shape in wanted.items():
         expect_shape(tensors, name, shape)
-    extra = sorted(set(tensors) - set(wanted) - {"batch.input_ids"})
+    extra = sorted(set(tensors) - set(wanted) - given)
     if extra:
-        raise StateError(f"unexpected tensor {extra[0]} (trainable={trainable}; {len(extra)} unexpected in all)")
-    wrong = [n for n in wanted if tensors[n].is_floating_point() == (n == "batch.labels")]
+        hint = ", no 'cvae' metadata" if cv is None and any(n.startswith(("cvae.", POST, "out.kl")) for n in extra) \
+            else ""
+        raise StateError(f"unexpected tensor {extra[0]} (trainable={trainable}{hint}; {len(extra)} unexpected in all)")
+    wrong = [n for n in wanted if tensors[n].is_floating_point() == (n in integer)]
     if wrong:
-        raise StateError(f"tensor {wrong[0]} has the wrong dtype (batch.labels is integer, the others float)")
+        raise StateError(f"tensor {wrong[0]} has the wrong dtype ({', '.join(integer)} "
+                         f"{'are' if len(integer) > 1 else 'is'} integer, the others float)")
     labels = tensors["batch.labels"].long()
     if ids.min() < 0 or ids.max() >= cfg.V or ((labels != -100) & ((labels < 0) | (labels >= cfg.V))).any():
         raise StateError(f"batch.input_ids or batch.labels outside 0..{cfg.V - 1} (labels may also be -100)")
     p = {n: tensors[n].double().requires_grad_(n in train) for n in shapes}
-    logits = forward(cfg, p, ids.long())
-    loss = loss_of(logits, labels)
-    grads = torch.autograd.grad(loss, [p[n] for n in train])
-    pairs = [("out.logits", logits, tensors["out.logits"]), ("out.loss", loss.reshape(1), tensors["out.loss"])]
-    return pairs + [("grad." + n, g, tensors["grad." + n]) for n, g in zip(train, grads)]
+    if cv is None:
+        logits = forward(cfg, p, ids.long())
+        loss = loss_of(logits, labels)
+        grads = torch.autograd.grad(loss, [p[n] for n in train])
+        pairs = [("out.logits", logits, tensors["out.logits"]), ("out.loss", loss.reshape(1), tensors["out.loss"])]
+        return pairs + [("grad." + n, g, tensors["grad." + n]) for n, g in zip(train, grads)]
+    batch = {n: tensors[n].long() for n in integer + ["batch.input_ids", "batch.posterior_ids"]}
+    batch["batch.eps"] = tensors["batch.eps"].double()
+    slot, router, post_pos, Tq = batch["batch.slot_pos"], batch["batch.router_pos"], batch["batch.posterior_pos"], \
+        batch["batch.posterior_ids"].shape[1]
+    if post_ids.min() < 0 or post_ids.max() >= cfg.V:
+        raise StateError(f"batch.posterior_ids outside 0..{cfg.V - 1}")
+    if slot.min() < 1 or slot.max() >= T or (router != slot - 1).any() or post_pos.min() < 0 or post_pos.max() >= Tq:
+        raise StateError(f"batch.slot_pos {slot.tolist()} must lie in 1..{T - 1}, batch.router_pos "
+                         f"{router.tolist()} be slot_pos - 1, batch.posterior_pos {post_pos.tolist()} lie in "
+                         f"0..{Tq - 1}")
+    out = cvae_forward(cfg, cv, p, batch)
+    grads = torch.autograd.grad(out["out.loss"], [p[n] for n in train], allow_unused=True)
+    return [(n, out[n], tensors[n]) for n in CVAE_OUTS] + \
+        [("grad." + n, torch.zeros_like(p[n]) if g is None else g, tensors["grad." + n]) for n, g in zip(train, grads)]
 
 
 def errors(pairs):
@@ -361,23 +529,67 @@ def example_batch(V, seed):
     return ids, labels
 
 
-def make_example(out, trainable="lora", untied=False, rslora=False, targets=tuple(TARGETS), seed=0):
-    """Writes a debug state computed by this script in float32; returns its loss."""
+EXAMPLE_CVAE = {"d_z": 4, "beta": 0.1, "c_base": 1.25, "posterior_variance_weight": 0.05,
+                "router_marginal_kl_to_prior_weight": 0.02}
+
+
+def example_cvae_batch(V, d_z, seed):
+    """The CVAE's batch.* (int32 ids and positions, float32 eps) on example_batch's rows: slots at 3, 5 and 2 (their
+    labels and those before them -100, router_pos = slot_pos - 1); posterior rows of 10 tokens, lengths 10, 7 and
+    4 (padding 0 after), each read at its last token."""
+    ids, labels = example_batch(V, seed)
+    slot = torch.tensor([3, 5, 2], dtype=torch.int32)
+    for row in range(3):
+        labels[row, :slot[row] + 1] = -100
+    g = torch.Generator().manual_seed(seed + 2)
+    post_ids = torch.randint(1, V, (3, 10), generator=g, dtype=torch.int32)
+    lengths = torch.tensor([10, 7, 4], dtype=torch.int32)
+    for row in range(3):
+        post_ids[row, lengths[row]:] = 0
+    return {"batch.input_ids": ids, "batch.labels": labels, "batch.slot_pos": slot, "batch.router_pos": slot - 1,
+            "batch.posterior_ids": post_ids, "batch.posterior_pos": lengths - 1,
+            "batch.eps": torch.randn(3, d_z, generator=g)}
+
+
+def random_cvae_params(cfg, d_z, seed):
+    """random_params plus the posterior's own tensors (drawn as the model's, from another seed) and the heads
+    (weights of unit-scale outputs, the Gaussian heads' halved; biases 0.1 N(0, 1)), all float32."""
+    p = random_params(cfg, seed)
+    other = random_params(cfg, seed + 1000)
+    p.update({n: other[n[len(POST):]] for n in posterior_shapes(cfg)})
+    g = torch.Generator().manual_seed(seed + 2000)
+    for name, shape in head_shapes(cfg.D, d_z).items():
+        t = torch.randn(shape, generator=g)
+        p[name] = 0.1 * t if name.endswith(".bias") else t / math.sqrt(shape[-1]) * (1 if "z_proj" in name else 0.5)
+    return p
+
+
+def make_example(out, trainable="lora", untied=False, rslora=False, targets=tuple(TARGETS), seed=0, cvae=False):
+    """Writes a debug state computed by this script in float32 (with cvae: train_cvae mode=cvae's, with the weights
+    of EXAMPLE_CVAE); returns its loss (J for the CVAE)."""
     hf, lora = example_config(trainable, untied, rslora, list(targets))
     cfg = Config(hf, lora)
-    p = random_params(cfg, seed)
+    meta = {"config": json.dumps(hf), "trainable": trainable, **({"lora": json.dumps(lora)} if lora else {})}
     train = trainable_names(cfg, trainable)
+    if cvae:
+        d_z = EXAMPLE_CVAE["d_z"]
+        p, batch = random_cvae_params(cfg, d_z, seed), example_cvae_batch(cfg.V, d_z, seed)
+        train += list(posterior_shapes(cfg)) + list(head_shapes(cfg.D, d_z))
+        meta["cvae"] = json.dumps(EXAMPLE_CVAE)
+    else:
+        p, (ids, labels) = random_params(cfg, seed), example_batch(cfg.V, seed)
+        batch = {"batch.input_ids": ids, "batch.labels": labels}
     for n in train:
         p[n].requires_grad_(True)
-    ids, labels = example_batch(cfg.V, seed)
-    logits = forward(cfg, p, ids.long())
-    loss = loss_of(logits, labels)
-    grads = torch.autograd.grad(loss, [p[n] for n in train])
-    tensors = {**p, "batch.input_ids": ids, "batch.labels": labels, "out.logits": logits,
-               "out.loss": loss.reshape(1), **{"grad." + n: g for n, g in zip(train, grads)}}
-    meta = {"config": json.dumps(hf), "trainable": trainable, **({"lora": json.dumps(lora)} if lora else {})}
-    write_state(out, tensors, meta)
-    return loss.item()
+    if cvae:
+        as_long = {n: t if t.is_floating_point() else t.long() for n, t in batch.items()}
+        outs = cvae_forward(cfg, EXAMPLE_CVAE, p, as_long)
+    else:
+        logits = forward(cfg, p, batch["batch.input_ids"].long())
+        outs = {"out.logits": logits, "out.loss": loss_of(logits, batch["batch.labels"]).reshape(1)}
+    grads = torch.autograd.grad(outs["out.loss"], [p[n] for n in train])
+    write_state(out, {**p, **batch, **outs, **{"grad." + n: g for n, g in zip(train, grads)}}, meta)
+    return outs["out.loss"].item()
 
 
 # ---------------------------------------------------------------- selftest
@@ -493,6 +705,153 @@ def test_replay_cycle():
             expect_state_error(tensors, dict(meta, trainable="lora" if i == 1 else "base"), "metadata trainable=")
 
 
+def tiny_cvae(trainable="lora", untied=False, seed=0):
+    """(cfg, float64 parameters, float64 / int64 batch) of make-example's CVAE."""
+    cfg = Config(*example_config(trainable, untied, True, list(TARGETS)))
+    d_z = EXAMPLE_CVAE["d_z"]
+    p = {n: t.double() for n, t in random_cvae_params(cfg, d_z, seed).items()}
+    batch = {n: t.double() if t.is_floating_point() else t.long()
+             for n, t in example_cvae_batch(cfg.V, d_z, seed).items()}
+    return cfg, p, batch
+
+
+def test_cvae_injection():
+    """cvae_forward against loops: the posterior's (mu_q, logvar_q) from its merged weights one sequence at a time
+    (LoRA) or from its own "posterior." weights (from scratch), z element by element, the generator on embeddings
+    whose slot row is replaced by z_proj(z) one row at a time, the router's head at slot_pos - 1; the router does
+    not see z (another eps moves the logits after the slot, not mu_p, logvar_p)."""
+    d_z = EXAMPLE_CVAE["d_z"]
+    for trainable, untied in (("lora", False), ("base", True)):
+        cfg, p, batch = tiny_cvae(trainable, untied, seed=3)
+        out = cvae_forward(cfg, EXAMPLE_CVAE, p, batch)
+        if trainable == "lora":
+            post = merged(cfg, {n[len(POST):] if n.startswith(POST) else n: t for n, t in p.items()
+                                if n.startswith(POST) or not (n.startswith("cvae.") or ".lora_" in n)})
+            gen = merged(cfg, {n: t for n, t in p.items() if not n.startswith((POST, "cvae."))})
+        else:
+            post = {n[len(POST):]: t for n, t in p.items() if n.startswith(POST)}
+            gen = {n: t for n, t in p.items() if n in cfg.shapes()}
+        assert ("lm_head.weight" in gen) == untied and "lm_head.weight" not in post and \
+            not any(".lora_" in n for n in list(post) + list(gen)), sorted(post)[:3]
+        ids, slot = batch["batch.input_ids"], batch["batch.slot_pos"]
+        x = F.embedding(ids, gen["model.embed_tokens.weight"]).clone()
+        z = torch.zeros(3, d_z, dtype=torch.float64)
+        for b in range(3):
+            row = F.embedding(batch["batch.posterior_ids"][b:b + 1], post["model.embed_tokens.weight"])
+            h_q = hidden(cfg, post, row)
+            head = p["cvae.posterior_head.weight"] @ h_q[0, batch["batch.posterior_pos"][b]] + \
+                p["cvae.posterior_head.bias"]
+            close(out["out.mu_q"][b], head[:d_z], 1e-12, f"mu_q[{b}]")
+            close(out["out.logvar_q"][b], head[d_z:], 1e-12, f"logvar_q[{b}]")
+            for k in range(d_z):
+                z[b, k] = head[k] + math.exp(0.5 * head[d_z + k].item()) * batch["batch.eps"][b, k]
+            x[b, slot[b]] = sum(p["cvae.z_proj.weight"][:, k] * z[b, k] for k in range(d_z)) + p["cvae.z_proj.bias"]
+        close(out["out.z"], z, 1e-12, "z")
+        h = hidden(cfg, gen, x)
+        close(out["out.logits"], lm_head(cfg, gen, h), 1e-10, "logits with the slot rows replaced")
+        for b in range(3):
+            head = p["cvae.router_head.weight"] @ h[b, slot[b] - 1] + p["cvae.router_head.bias"]
+            close(torch.cat([out["out.mu_p"][b], out["out.logvar_p"][b]]), head, 1e-12, f"router head [{b}]")
+        moved = cvae_forward(cfg, EXAMPLE_CVAE, p, dict(batch, **{"batch.eps": 3 * batch["batch.eps"] + 1}))
+        for name in ("out.mu_p", "out.logvar_p", "out.mu_q", "out.logvar_q"):
+            close(moved[name], out[name], 1e-12, f"{name} under another eps")
+        for b in range(3):
+            close(moved["out.logits"][b, :slot[b]], out["out.logits"][b, :slot[b]], 1e-12, "logits before the slot")
+            diff = (moved["out.logits"][b, slot[b]:] - out["out.logits"][b, slot[b]:]).abs().min(-1).values
+            assert (diff > 0).all(), f"row {b}: z does not reach every position from the slot on"
+
+
+def naive_divergences(mu_q, logvar_q, mu_p, logvar_p):
+    """(kl, pv, rmkl) dimension by dimension in Python floats: KL of N(a, s^2) to N(c, t^2) as
+    log(t / s) + (s^2 + (a - c)^2) / (2 t^2) - 1/2; the router's mixture by its first two moments."""
+    B, d_z = mu_q.shape
+    kl = pv = rmkl = 0.0
+    for d in range(d_z):
+        for b in range(B):
+            a, c = mu_q[b, d].item(), mu_p[b, d].item()
+            s, t = math.exp(0.5 * logvar_q[b, d].item()), math.exp(0.5 * logvar_p[b, d].item())
+            kl += (math.log(t / s) + (s * s + (a - c) ** 2) / (2 * t * t) - 0.5) / B
+            pv += s * s / (B * d_z)
+        mean = sum(mu_p[b, d].item() for b in range(B)) / B
+        second = sum(math.exp(logvar_p[b, d].item()) + mu_p[b, d].item() ** 2 for b in range(B)) / B
+        var = second - mean * mean
+        rmkl += 0.5 * (var + mean * mean - 1 - math.log(var))
+    return kl, pv, rmkl
+
+
+def test_cvae_divergences():
+    """kl_of, pv_of and rmkl_of against naive_divergences and torch.distributions; J from its parts; the
+    gradients d rmkl / d mu_p and d kl / d logvar_q (and the rest) against central differences in float64."""
+    g = torch.Generator().manual_seed(11)
+    mu_q, logvar_q, mu_p, logvar_p = (torch.randn(5, 3, dtype=torch.float64, generator=g) for _ in range(4))
+    kl, pv, rmkl = naive_divergences(mu_q, logvar_q, mu_p, logvar_p)
+    close(kl_of(mu_q, logvar_q, mu_p, logvar_p), torch.tensor(kl, dtype=torch.float64), 1e-12, "kl")
+    close(pv_of(logvar_q), torch.tensor(pv, dtype=torch.float64), 1e-12, "pv")
+    close(rmkl_of(mu_p, logvar_p), torch.tensor(rmkl, dtype=torch.float64), 1e-12, "rmkl")
+    normal = torch.distributions.Normal
+    by_torch = torch.distributions.kl_divergence(normal(mu_q, (0.5 * logvar_q).exp()),
+                                                 normal(mu_p, (0.5 * logvar_p).exp()))
+    close(kl_of(mu_q, logvar_q, mu_p, logvar_p), by_torch.sum(-1).mean(), 1e-12, "kl (torch.distributions)")
+    m, v = mu_p.mean(0), (logvar_p.exp() + mu_p ** 2).mean(0) - mu_p.mean(0) ** 2
+    by_torch = torch.distributions.kl_divergence(normal(m, v.sqrt()), normal(torch.zeros(3, dtype=torch.float64), 1.0))
+    close(rmkl_of(mu_p, logvar_p), by_torch.sum(), 1e-12, "rmkl (torch.distributions)")
+    cfg, p, batch = tiny_cvae(seed=4)
+    out = cvae_forward(cfg, EXAMPLE_CVAE, p, batch)
+    c = EXAMPLE_CVAE
+    close(out["out.loss"], out["out.recon"] / c["c_base"] + c["beta"] * out["out.kl"] + c["posterior_variance_weight"]
+          * out["out.pv"] + c["router_marginal_kl_to_prior_weight"] * out["out.rmkl"], 1e-12, "J")
+    inputs = [t.clone().requires_grad_(True) for t in (mu_q, logvar_q, mu_p, logvar_p)]
+    assert torch.autograd.gradcheck(lambda mu: rmkl_of(mu, inputs[3]), (inputs[2],), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda lv: kl_of(inputs[0], lv, inputs[2], inputs[3]), (inputs[1],), eps=1e-6,
+                                    atol=1e-8)
+    assert torch.autograd.gradcheck(lambda *t: (kl_of(*t), pv_of(t[1]), rmkl_of(t[2], t[3])), tuple(inputs),
+                                    eps=1e-6, atol=1e-8)
+
+
+def test_cvae_replay_cycle():
+    """make-example --cvae files (LoRA; from scratch, untied) replay within 1e-5; a perturbed gradient of a head and
+    of a posterior tensor and a perturbed out.kl each fail on that tensor; missing, misshapen, wrongly typed
+    tensors, inconsistent positions and bad "cvae" metadata are errors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, variant in enumerate((dict(), dict(trainable="base", untied=True))):
+            path = os.path.join(tmp, f"cvae{i}.safetensors")
+            make_example(path, seed=i, cvae=True, **variant)
+            tensors, meta = read_state(path)
+            rows = errors(recompute(tensors, meta))
+            assert [r[0] for r in rows[:len(CVAE_OUTS)]] == list(CVAE_OUTS), rows[:12]
+            assert max(r[2] for r in rows) < 1e-5, f"{variant}: worst {max(rows, key=lambda r: r[2])}"
+            posterior = "grad.posterior." + ("base_model.model.model.layers.1.mlp.up_proj.lora_A.weight" if i == 0
+                                              else "model.layers.0.self_attn.q_proj.weight")
+            assert tensors["batch.posterior_ids"][1:, -1].eq(0).all() and tensors["batch.input_ids"][1:, -1].eq(0).all()
+            for name in ("grad.cvae.posterior_head.weight", "grad.cvae.router_head.bias", "grad.cvae.z_proj.weight",
+                         posterior, "out.kl", "out.rmkl", "out.mu_q"):
+                bad = dict(tensors, **{name: tensors[name].clone()})
+                bad[name].view(-1)[-1] += 1e-3 * tensors[name].abs().max()
+                rows = errors(recompute(bad, meta))
+                top = max(rows, key=lambda r: r[2])
+                assert top[0] == name and top[2] > 1e-4, f"{variant}: perturbed {name}, worst {top}"
+            expect_state_error({n: t for n, t in tensors.items() if n != "batch.eps"}, meta, "missing tensor batch.eps")
+            expect_state_error({n: t for n, t in tensors.items() if n != posterior}, meta,
+                               f"missing tensor {posterior}")
+            expect_state_error(dict(tensors, **{"out.mu_q": tensors["out.mu_q"][:, :-1]}), meta,
+                               "tensor out.mu_q has shape")
+            expect_state_error(dict(tensors, **{"batch.posterior_ids": tensors["batch.posterior_ids"][:-1]}), meta,
+                               "batch.posterior_ids: missing")
+            expect_state_error(dict(tensors, **{"batch.slot_pos": tensors["batch.slot_pos"].float()}), meta,
+                               "tensor batch.slot_pos has the wrong dtype")
+            expect_state_error(dict(tensors, **{"batch.router_pos": tensors["batch.slot_pos"]}), meta,
+                               "be slot_pos - 1")
+            expect_state_error(dict(tensors, **{"batch.posterior_pos": tensors["batch.posterior_pos"] + 1}), meta,
+                               "batch.posterior_pos")
+            cv = json.loads(meta["cvae"])
+            expect_state_error(tensors, dict(meta, cvae=json.dumps(dict(cv, d_z=3))), "tensor cvae.router_head.weight")
+            expect_state_error(tensors, dict(meta, cvae=json.dumps({k: cv[k] for k in cv if k != "beta"})),
+                               "metadata 'cvae': missing beta")
+            expect_state_error(tensors, dict(meta, cvae=json.dumps(dict(cv, free_bits=1))), "unknown free_bits")
+            expect_state_error(tensors, dict(meta, cvae="[8]"), "must be a JSON object")
+            expect_state_error(tensors, {n: v for n, v in meta.items() if n != "cvae"}, "no 'cvae' metadata")
+
+
 def test_transformers():
     """The logits of Hugging Face's Qwen2ForCausalLM with the same (merged) weights, when it is importable."""
     try:
@@ -511,7 +870,8 @@ def test_transformers():
 
 def selftest():
     failed = 0
-    for test in (test_attention_heads, test_lora_merged, test_loss, test_replay_cycle, test_transformers):
+    for test in (test_attention_heads, test_lora_merged, test_loss, test_replay_cycle, test_cvae_injection,
+                 test_cvae_divergences, test_cvae_replay_cycle, test_transformers):
         try:
             test()
             print(f"selftest ok {test.__name__}")
@@ -620,6 +980,7 @@ def parse_args(argv):
     m.add_argument("--rslora", action="store_true", help="scale alpha / sqrt(r)")
     m.add_argument("--targets", type=targets, default=list(TARGETS), help="adapted projections (default all 7)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--cvae", action="store_true", help="the latent-strategy CVAE's state (train_cvae mode=cvae)")
     sub.add_parser("selftest", help="check this file against naive loops and a replay cycle")
     b = sub.add_parser("bench", help="time a LoRA training step")
     b.add_argument("--preset", choices=tuple(PRESETS), default="qwen2.5-0.5b",
@@ -644,8 +1005,8 @@ def main(argv=None):
         if args.command == "replay":
             replay(args.state, args.tol)
         else:
-            loss = make_example(args.out, args.trainable, args.untied, args.rslora, args.targets, args.seed)
-            print(f"wrote {args.out}: trainable={args.trainable} loss={loss:.6f}")
+            loss = make_example(args.out, args.trainable, args.untied, args.rslora, args.targets, args.seed, args.cvae)
+            print(f"wrote {args.out}: trainable={args.trainable}{' cvae' if args.cvae else ''} loss={loss:.6f}")
     except StateError as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 1

@@ -5,10 +5,13 @@ Run from the repository root:  python3 test/test_cvae_torch.py
 The script needs torch, which is a development dependency: it runs under the first of this interpreter and
 /usr/bin/python3 that imports torch, and without one every check is reported as SKIP. This file itself uses the
 standard library only (it edits a safetensors file with struct). Checks: the script's selftest (attention against
-a per-head loop, LoRA against merged weights, the loss against a loop, the replay cycle in memory); through the
-command line, make-example files in three variants replay within 1e-5, a gradient perturbed by 1% of its largest
-value fails and is named, a tighter --tol fails, a truncated file is one error line; the bench runs on the small
-preset. Prints "PASS name" / "FAIL name: why" / "SKIP name: why", then "<N> passed, <M> failed".
+a per-head loop, LoRA against merged weights, the loss against a loop, the replay cycle in memory; for the CVAE's
+state the z injection, posterior and router against loops, the KL terms against per-dimension loops and their
+gradients against central differences, its replay cycle in memory); through the command line, make-example files
+in three variants replay within 1e-5, a gradient perturbed by 1% of its largest value fails and is named, a tighter
+--tol fails, a truncated file is one error line; a make-example --cvae file (LoRA) replays within 1e-5 with every
+out.* row, and its out.kl moved by 1% fails and is named; the bench runs on the small preset. Prints
+"PASS name" / "FAIL name: why" / "SKIP name: why", then "<N> passed, <M> failed".
 """
 import json
 import os
@@ -23,7 +26,10 @@ from harness import Skip, check, finish  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "dev", "cvae_torch.py")
 VARIANTS = {"lora_tied": [], "base_untied": ["--trainable", "base", "--untied"],
-            "lora_rslora_qv": ["--untied", "--rslora", "--targets", "q_proj,v_proj", "--seed", "2"]}
+            "lora_rslora_qv": ["--untied", "--rslora", "--targets", "q_proj,v_proj", "--seed", "2"],
+            "cvae_lora": ["--cvae", "--seed", "1"]}
+CVAE_OUTS = ["out.logits", "out.mu_q", "out.logvar_q", "out.z", "out.mu_p", "out.logvar_p", "out.recon", "out.kl",
+             "out.pv", "out.rmkl", "out.loss"]
 TMP = None            # scratch folder, made by main()
 PYTHON = None         # an interpreter with torch, found by main()
 
@@ -49,14 +55,14 @@ def worst(stdout):
     return float(m.group(1)), m.group(2)
 
 
-def perturb(path, out):
-    """Copies the safetensors file `path` to `out` with the first value of its last grad.* tensor moved by 1% of
-    that tensor's largest magnitude; returns the tensor's name."""
+def perturb(path, out, name=None):
+    """Copies the safetensors file `path` to `out` with the first value of the tensor `name` (by default its last
+    grad.* tensor) moved by 1% of that tensor's largest magnitude; returns the tensor's name."""
     with open(path, "rb") as f:
         raw = bytearray(f.read())
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
-    name = max(k for k in header if k.startswith("grad."))
+    name = name or max(k for k in header if k.startswith("grad."))
     begin, end = (8 + n + o for o in header[name]["data_offsets"])
     values = struct.unpack(f"<{(end - begin) // 4}f", raw[begin:end])
     raw[begin:begin + 4] = struct.pack("<f", values[0] + 0.01 * max(abs(v) for v in values))
@@ -68,7 +74,7 @@ def perturb(path, out):
 def check_selftest():
     rc, stdout, stderr = run("selftest")
     assert rc == 0 and "selftest: 0 failed" in stdout, f"exit {rc}: {(stdout + stderr)[-600:]!r}"
-    assert stdout.count("selftest ok ") >= 4, stdout
+    assert stdout.count("selftest ok ") >= 7 and "selftest ok test_cvae_replay_cycle" in stdout, stdout
 
 
 def check_replay(variant):
@@ -81,8 +87,12 @@ def check_replay(variant):
     rel, _ = worst(stdout)
     assert rc == 0 and rel < 1e-5 and not stderr, f"replay: exit {rc}, worst {rel}, {stderr[-300:]!r}"
     assert all(len(line.split()) == 3 for line in stdout.splitlines()[:-1]), f"rows: {stdout[:300]!r}"
+    names = [line.split()[0] for line in stdout.splitlines()[:-1]]
+    cvae = variant.startswith("cvae")
+    assert names[:len(CVAE_OUTS) if cvae else 2] == (CVAE_OUTS if cvae else ["out.logits", "out.loss"]) and \
+        (not cvae or {"grad.cvae.z_proj.weight", "grad.cvae.router_head.bias"} <= set(names)), f"rows: {names[:14]}"
     bad = os.path.join(TMP, f"{variant}_perturbed.safetensors")
-    name = perturb(path, bad)
+    name = perturb(path, bad, "out.kl" if cvae else None)
     rc, stdout, stderr = run("replay", bad)
     rel, tensor = worst(stdout)
     assert rc == 1 and tensor == name and rel > 1e-3, f"perturbed {name}: exit {rc}, worst {rel} on {tensor}"
