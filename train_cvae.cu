@@ -78,8 +78,12 @@ It is compiled twice (common/device.h): `train_cvae_cpu` (the CPU reference) and
 #include "kernels/lm_head_loss.cuh"
 // defines: softmax_xent, IGNORE_LABEL_ID
 #include "kernels/softmax_xent.cuh"
-// defines: gather_rows
+// defines: gather_rows, scatter_rows, put_rows
 #include "kernels/rows.cuh"
+// defines: reparameterize, gaussian_kl, posterior_variance, marginal_moments, router_marginal_kl, ...
+#include "common/cvae_objective.h"
+// defines: probe_accuracy, kmeans, alignment_one_to_one
+#include "common/latent_probes.h"
 
 // ----------------------------------------------------------------------------------------------------------
 // 1. Configuration. The model comes from a preset or a Hugging Face config.json; LoRA when lora_r > 0.
@@ -87,9 +91,12 @@ It is compiled twice (common/device.h): `train_cvae_cpu` (the CPU reference) and
 typedef struct {
     std::string mode;
     // model
-    std::string model, init_from, tokenizer, lora_targets, lora_adapters, adapter, load_adapter;
+    std::string model, init_from, tokenizer, lora_targets, lora_adapters, adapter, load_adapter, posterior_adapter;
     int lora_r, use_rslora;
     float lora_alpha, lora_dropout;
+    // the CVAE (mode=cvae)
+    int d_z;
+    float beta, c_base, posterior_variance_weight, router_marginal_kl_to_prior_weight, head_lr;
     // optimisation
     std::string optimizer;
     int batch_size, micro_batch_size, max_steps, lr_warmup_steps, seed;
@@ -99,7 +106,7 @@ typedef struct {
     int max_seq_len, max_train_examples;
     // evaluation
     std::string eval_split;
-    int eval_every, val_examples, gen_examples, gen_max_tokens, eval_only;
+    int eval_every, val_examples, gen_examples, gen_max_tokens, eval_only, align_examples;
     float temperature, top_p;
     // run control
     std::string checkpoint_path, debug_state;
@@ -110,13 +117,16 @@ static Config config_defaults() {
     Config c;
     c.mode = "lm";
     c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.lora_adapters = "default";
-    c.adapter = ""; c.load_adapter = "";
+    c.adapter = ""; c.load_adapter = ""; c.posterior_adapter = "posterior";
+    c.d_z = 8; c.beta = 0.1f; c.c_base = 0.0f; c.posterior_variance_weight = 0.0f; c.router_marginal_kl_to_prior_weight = 0.0f;
+    c.head_lr = 0.0f;
     c.lora_r = 0; c.lora_alpha = 32.0f; c.lora_dropout = 0.0f; c.use_rslora = 0;
     c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
     c.epochs = 1.0f; c.lr = 1e-3f; c.lr_min_ratio = 0.1f; c.beta1 = 0.9f; c.beta2 = 0.95f; c.weight_decay = 0.0f;
     c.grad_clip_norm = 1.0f; c.adam_eps = 1e-8f; c.optimizer = "adamw"; c.muon_lr = 0.02f; c.muon_momentum = 0.95f;
     c.data_dir = "data/strategies"; c.tasks = "all"; c.max_seq_len = 512; c.max_train_examples = 0;
     c.eval_split = "val"; c.eval_every = 0; c.val_examples = 64; c.gen_examples = 32; c.gen_max_tokens = 0; c.eval_only = 0;
+    c.align_examples = 8;
     c.temperature = 0.0f; c.top_p = 1.0f;
     c.checkpoint_path = "out/cvae"; c.debug_state = "";
     c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_hf = 1; c.save_merged = 0; c.log_every = 10; c.lm_head_chunk = 512;
@@ -126,7 +136,7 @@ static Config config_defaults() {
 
 static std::vector<ArgSpec> config_specs(Config* c) {
     return {
-        {"mode", ARG_STRING, &c->mode, "lm: p(y|x) on the strategy mixture (the report's phase 1)", "lm"},
+        {"mode", ARG_STRING, &c->mode, "lm: p(y|x) on the strategy mixture (the report's phase 1); cvae: the latent-strategy CVAE (phase 2)", "lm|cvae"},
         // model
         {"model", ARG_STRING, &c->model, "a preset (tiny, small, qwen2.5-0.5b) or a Hugging Face config.json (or its directory)", nullptr},
         {"init_from", ARG_STRING, &c->init_from, "base weights: Hugging Face safetensors (a file, or a directory, sharded or not); empty: random", nullptr},
@@ -139,6 +149,14 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"lora_adapters", ARG_STRING, &c->lora_adapters, "the named adapters on the frozen base, comma-separated (PEFT's adapter names)", nullptr},
         {"adapter", ARG_STRING, &c->adapter, "the adapter the model runs and trains (PEFT's active adapter; empty: the first); the others are kept as loaded", nullptr},
         {"load_adapter", ARG_STRING, &c->load_adapter, "PEFT adapter directories (adapter_config.json + adapter_model.safetensors): DIR for the active adapter, or NAME=DIR,...", nullptr},
+        // the CVAE
+        {"d_z", ARG_INT, &c->d_z, "cvae: the latent's dimension", nullptr},
+        {"beta", ARG_FLOAT, &c->beta, "cvae: weight of KL(q(z|x,y) || p(z|x))", nullptr},
+        {"c_base", ARG_FLOAT, &c->c_base, "cvae: the reconstruction's baseline, R / c_base (0: the validation NLL of the loaded model with z = 0, measured before step 1)", nullptr},
+        {"posterior_variance_weight", ARG_FLOAT, &c->posterior_variance_weight, "cvae: weight of the posterior variance, mean exp(logvar_q)", nullptr},
+        {"router_marginal_kl_to_prior_weight", ARG_FLOAT, &c->router_marginal_kl_to_prior_weight, "cvae: weight of KL(moment-matched batch of router Gaussians || N(0, I))", nullptr},
+        {"posterior_adapter", ARG_STRING, &c->posterior_adapter, "cvae with LoRA: the posterior's adapter (added to lora_adapters; the generator and router run `adapter`)", nullptr},
+        {"head_lr", ARG_FLOAT, &c->head_lr, "cvae: learning rate of the router head, posterior head and latent projection (0: lr)", nullptr},
         // optimisation
         {"batch_size", ARG_INT, &c->batch_size, "sequences per optimizer step (over all processes)", nullptr},
         {"micro_batch_size", ARG_INT, &c->micro_batch_size, "sequences per forward/backward, gradients accumulated (0: the whole per-process batch)", nullptr},
@@ -169,6 +187,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"gen_max_tokens", ARG_INT, &c->gen_max_tokens, "tokens generated per trace at most (0: up to max_seq_len)", nullptr},
         {"temperature", ARG_FLOAT, &c->temperature, "sampling temperature of generation (0: greedy)", nullptr},
         {"top_p", ARG_FLOAT, &c->top_p, "nucleus sampling: the smallest set of tokens with this much probability", nullptr},
+        {"align_examples", ARG_INT, &c->align_examples, "cvae: prompts per task generated with each forced latent for alignment_one_to_one (0: none)", nullptr},
         {"eval_only", ARG_BOOL, &c->eval_only, "only evaluate the loaded weights", nullptr},
         // run control
         {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for the log, checkpoints, exports and generations", nullptr},
@@ -219,9 +238,11 @@ static unsigned lora_mask_parse(const std::string& targets) {
 }
 
 // The adapters' names: distinct, 1..64 characters of [A-Za-z0-9_-] (a name is also a directory of the export), at
-// most 8.
+// most 8; in cvae mode the posterior's adapter is added when lora_adapters does not name it.
 static std::vector<std::string> adapter_names(const Config& c) {
-    const std::vector<std::string> names = split_commas(c.lora_adapters);
+    std::vector<std::string> names = split_commas(c.lora_adapters);
+    if (c.mode == "cvae" && std::find(names.begin(), names.end(), c.posterior_adapter) == names.end())
+        names.push_back(c.posterior_adapter);
     if (names.empty() || names.size() > 8) fatal("lora_adapters=%s: expected 1..8 adapter names", c.lora_adapters.c_str());
     for (size_t i = 0; i < names.size(); i++) {
         const std::string& n = names[i];
@@ -239,6 +260,13 @@ static int active_adapter(const Config& c) {
     auto it = std::find(names.begin(), names.end(), c.adapter);
     if (it == names.end()) fatal("adapter=%s is not one of lora_adapters=%s", c.adapter.c_str(), c.lora_adapters.c_str());
     return (int)(it - names.begin());
+}
+
+// The index of the posterior's adapter (cvae with LoRA), else -1.
+static int posterior_adapter(const Config& c) {
+    if (c.mode != "cvae" || c.lora_r == 0) return -1;
+    const std::vector<std::string> names = adapter_names(c);
+    return (int)(std::find(names.begin(), names.end(), c.posterior_adapter) - names.begin());
 }
 
 // load_adapter as (adapter index, directory) pairs: "DIR" (the active adapter) or "NAME=DIR,NAME=DIR".
@@ -272,8 +300,18 @@ static void config_validate(const Config& c) {
     if (c.lora_r == 0 && !c.load_adapter.empty()) fatal("load_adapter=%s needs lora_r > 0 (the adapter's rank)", c.load_adapter.c_str());
     if (c.lora_r > 0) {
         adapter_names(c);
-        active_adapter(c);
+        if (active_adapter(c) == posterior_adapter(c))
+            fatal("adapter=%s is the posterior's adapter (posterior_adapter=%s): the generator needs its own", c.adapter.c_str(),
+                  c.posterior_adapter.c_str());
         adapter_sources(c);
+    }
+    if (c.mode == "cvae") {
+        if (c.d_z < 1 || c.d_z > 256) fatal("d_z=%d: expected a latent dimension 1..256", c.d_z);
+        if (!(c.beta >= 0) || !(c.c_base >= 0) || !(c.posterior_variance_weight >= 0) || !(c.router_marginal_kl_to_prior_weight >= 0))
+            fatal("beta=%g, c_base=%g, posterior_variance_weight=%g, router_marginal_kl_to_prior_weight=%g: expected >= 0 "
+                  "(c_base 0: measured)", c.beta, c.c_base, c.posterior_variance_weight, c.router_marginal_kl_to_prior_weight);
+        if (!(c.head_lr >= 0 && c.head_lr <= 1)) fatal("head_lr=%g: expected in [0, 1] (0: lr)", c.head_lr);
+        if (c.align_examples < 0) fatal("align_examples=%d: expected >= 0", c.align_examples);
     }
     if (!(c.lr > 0 && c.lr <= 1)) fatal("lr=%g: expected in (0, 1]", c.lr);
     if (c.optimizer == "muon" && c.lora_r > 0) fatal("optimizer=muon trains the base model's matrices; LoRA adapters (lora_r=%d) train with adamw", c.lora_r);
@@ -329,93 +367,144 @@ static BlockConfig arch_block(const Arch& a) {
 //    Groups: with LoRA, the adapters (AdamW) and the frozen base; without, the base (AdamW), and with optimizer=muon
 //    the blocks' weight matrices in a group of their own that Muon trains (the embedding, lm head, norms and biases
 //    stay with AdamW, as Muon's authors use it).
+//    In cvae mode, also the posterior network (with LoRA: its own adapter on the shared frozen base; from scratch: a
+//    second network of the same shape under "posterior.") and the three heads, in a group of their own (head_lr).
 //    Initialisation from scratch as Hugging Face's: linear layers and the embedding with std 0.02 (uniform here),
-//    biases 0, norm weights 1; LoRA as PEFT (A uniform in +-1/sqrt(in), B = 0).
+//    biases 0, norm weights 1; LoRA as PEFT (A uniform in +-1/sqrt(in), B = 0). The router and posterior heads
+//    start at 0, so that q = p = N(0, I) at the start (KL 0, log sigma^2 = 0), the latent projection at std 0.02.
 
-template <typename T> struct ModelTensors {
+// The body of a causal LM: embedding, blocks, final norm (the lm head is the generator's alone).
+template <typename T> struct Body {
     T* embed;                              // (V, D) model.embed_tokens.weight
     std::vector<BlockTensors<T>> blocks;   // model.layers.<l>.*
     T* norm;                               // (D) model.norm.weight
+};
+
+template <typename T> struct ModelTensors {
+    Body<T> base;                          // the generator (and router); with LoRA also the posterior's base
     T* lm_head;                            // (V, D) lm_head.weight, or null when tied to the embedding
     std::vector<std::vector<BlockLora<T>>> lora;   // [adapter][block] (none without LoRA)
+    Body<T> posterior;                     // cvae from scratch: the posterior's own network "posterior.model.*"
+    T *router_w, *router_b;                // (2 d_z, D), (2 d_z) cvae.router_head: [mu_p, logvar_p] at <z>
+    T *posterior_w, *posterior_b;          // (2 d_z, D), (2 d_z) cvae.posterior_head: [mu_q, logvar_q] at <eos>
+    T *z_proj_w, *z_proj_b;                // (D, d_z), (D) cvae.z_proj: h_z = W z + b, the z slot's input
 };
 
 typedef struct {
-    bool lora;
+    bool lora, cvae;
     int n_trained;                         // groups 0..n_trained-1 are trained
     std::vector<int> g_adapters;           // each adapter's group (none without LoRA)
-    int active;                            // the adapter the model runs
+    int active;                            // the adapter the generator runs
+    int posterior;                         // the adapter the posterior runs (cvae with LoRA), else -1
     int g_base, g_matrices;                // the base weights' group, and that of the blocks' matrices (Muon's)
+    int g_heads;                           // the cvae heads' group, else -1
     unsigned lora_mask;
 } Groups;
 
 template <typename T>
-void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const Groups& gr, int lora_r) {
-    const BlockConfig bc = arch_block(a);
+void body_tensors(TensorList<T>& list, Body<T>* b, const Arch& a, const Groups& gr, const std::string& prefix) {
     const Init normal = init_uniform(0.02f * sqrtf(3.0f));          // std 0.02
     list.group(gr.g_base);
-    list.add(&t->embed, "model.embed_tokens.weight", {a.V, a.D}, normal);
-    t->blocks.resize(a.n_layers);
+    list.add(&b->embed, prefix + "model.embed_tokens.weight", {a.V, a.D}, normal);
+    b->blocks.resize(a.n_layers);
     for (int l = 0; l < a.n_layers; l++)
-        block_tensors(list, &t->blocks[l], bc, false, "model.layers." + std::to_string(l) + ".", "self_attn.",
-                      [&](int) { return normal; }, gr.g_matrices);
-    list.add(&t->norm, "model.norm.weight", {a.D}, init_const(1.0f));
+        block_tensors(list, &b->blocks[l], arch_block(a), false, prefix + "model.layers." + std::to_string(l) + ".",
+                      "self_attn.", [&](int) { return normal; }, gr.g_matrices);
+    list.add(&b->norm, prefix + "model.norm.weight", {a.D}, init_const(1.0f));
+}
+
+template <typename T>
+void model_tensors(TensorList<T>& list, ModelTensors<T>* t, const Arch& a, const Groups& gr, int lora_r, int d_z) {
+    body_tensors(list, &t->base, a, gr, "");
     t->lm_head = nullptr;
-    if (!a.tied) list.add(&t->lm_head, "lm_head.weight", {a.V, a.D}, normal);
+    if (!a.tied) list.add(&t->lm_head, "lm_head.weight", {a.V, a.D}, init_uniform(0.02f * sqrtf(3.0f)));
     t->lora.assign(gr.g_adapters.size(), std::vector<BlockLora<T>>(a.n_layers));
     for (size_t k = 0; k < gr.g_adapters.size(); k++) {      // every adapter under PEFT's (saved) names
         list.group(gr.g_adapters[k]);
         for (int l = 0; l < a.n_layers; l++)
-            block_lora_tensors(list, &t->lora[k][l], bc, gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
+            block_lora_tensors(list, &t->lora[k][l], arch_block(a), gr.lora_mask, lora_r, "model.layers." + std::to_string(l) + ".");
     }
+    t->posterior = Body<T>();
+    t->router_w = t->router_b = t->posterior_w = t->posterior_b = t->z_proj_w = t->z_proj_b = nullptr;
+    if (!gr.cvae) return;
+    if (!gr.lora) body_tensors(list, &t->posterior, a, gr, "posterior.");
+    list.group(gr.g_heads);
+    list.add(&t->router_w, "cvae.router_head.weight", {2 * d_z, a.D}, init_zero());
+    list.add(&t->router_b, "cvae.router_head.bias", {2 * d_z}, init_zero());
+    list.add(&t->posterior_w, "cvae.posterior_head.weight", {2 * d_z, a.D}, init_zero());
+    list.add(&t->posterior_b, "cvae.posterior_head.bias", {2 * d_z}, init_zero());
+    list.add(&t->z_proj_w, "cvae.z_proj.weight", {a.D, d_z}, init_uniform(0.02f * sqrtf(3.0f)));
+    list.add(&t->z_proj_b, "cvae.z_proj.bias", {a.D}, init_zero());
 }
 
-// Groups: with LoRA, the active adapter (AdamW), the frozen base, then the other adapters (frozen: kept as loaded).
+// Groups, the trained ones first (Adam's, then Muon's, then the frozen; see common/parameters.h). With LoRA: the
+// generator's adapter, [cvae: the posterior's adapter, the heads], the frozen base, the other adapters (frozen:
+// kept as loaded). From scratch: the base (AdamW; with Muon the blocks' matrices after the heads), [the heads].
 static Groups model_groups(const Config& c) {
     Groups g;
     g.lora = c.lora_r > 0;
+    g.cvae = c.mode == "cvae";
     g.lora_mask = g.lora ? lora_mask_parse(c.lora_targets) : 0;
     g.active = g.lora ? active_adapter(c) : 0;
-    const int n_adapters = g.lora ? (int)adapter_names(c).size() : 0;
-    for (int k = 0, next = 2; k < n_adapters; k++) g.g_adapters.push_back(k == g.active ? 0 : next++);
-    g.g_base = g.lora ? 1 : 0;
-    g.g_matrices = !g.lora && c.optimizer == "muon" ? 1 : g.g_base;
-    g.n_trained = g.lora ? 1 : g.g_matrices + 1;
+    g.posterior = posterior_adapter(c);
+    g.g_heads = -1;
+    int n = 0;
+    if (g.lora) {
+        n = g.cvae ? 2 : 1;                                    // the generator's and the posterior's adapters
+        if (g.cvae) g.g_heads = n++;
+        g.n_trained = n;
+        g.g_base = g.g_matrices = n++;
+        const int n_adapters = (int)adapter_names(c).size();
+        for (int k = 0; k < n_adapters; k++) g.g_adapters.push_back(k == g.active ? 0 : k == g.posterior ? 1 : n++);
+    } else {
+        g.g_base = n++;
+        if (g.cvae) g.g_heads = n++;
+        g.g_matrices = c.optimizer == "muon" ? n++ : g.g_base;
+        g.n_trained = n;
+    }
     return g;
 }
 
 static ParamTable model_table(const Arch& a, const Config& c) {
     const Groups gr = model_groups(c);
-    std::vector<ParamGroup> groups;
+    std::vector<ParamGroup> groups(gr.lora ? gr.g_base + 1 + gr.g_adapters.size() - (gr.cvae ? 2 : 1) : gr.n_trained);
     if (gr.lora) {
         const std::vector<std::string> names = adapter_names(c);
-        groups.push_back(param_group("adapter." + names[gr.active], GROUP_ADAM));
-        groups.push_back(param_group("base", GROUP_FROZEN));
         for (size_t k = 0; k < names.size(); k++)
-            if ((int)k != gr.active) groups.push_back(param_group("adapter." + names[k], GROUP_FROZEN));
+            groups[gr.g_adapters[k]] = param_group("adapter." + names[k], gr.g_adapters[k] < gr.n_trained ? GROUP_ADAM : GROUP_FROZEN);
+        groups[gr.g_base] = param_group("base", GROUP_FROZEN);
     } else {
-        groups.push_back(param_group("base", GROUP_ADAM));
+        groups[gr.g_base] = param_group("base", GROUP_ADAM);
         if (gr.g_matrices != gr.g_base) {
-            ParamGroup matrices = param_group("matrices", GROUP_MUON);
-            matrices.lr_scale = c.muon_lr / c.lr;
-            groups.push_back(matrices);
+            groups[gr.g_matrices] = param_group("matrices", GROUP_MUON);
+            groups[gr.g_matrices].lr_scale = c.muon_lr / c.lr;
         }
     }
+    if (gr.cvae) {
+        groups[gr.g_heads] = param_group("heads", GROUP_ADAM);
+        if (c.head_lr > 0) groups[gr.g_heads].lr_scale = c.head_lr / c.lr;
+    }
     return param_table<ModelTensors<floatX>>(groups, [&](TensorList<floatX>& list, ModelTensors<floatX>* t) {
-        model_tensors(list, t, a, gr, c.lora_r);
+        model_tensors(list, t, a, gr, c.lora_r, c.d_z);
     });
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// 3. Activations of one micro-batch of up to mb sequences of up to T tokens (one arena), and the key/value cache
-//    of generation (mb sequences of T positions).
+// 3. Activations of one micro-batch of up to mb sequences of up to T tokens (one arena): the generator's pass and,
+//    in cvae mode, the posterior's; and the key/value cache of generation (mb sequences of T positions).
 
+// What a pass of a network over (B, T) tokens keeps.
 typedef struct {
-    int *ids, *targets;          // (mb, T) tokens; the next token where it is in the y-region, else -100
-    floatX* x;                   // (mb, T, D) token embeddings: the stack's input
+    int* ids;                    // (mb, T) tokens
+    floatX* x;                   // (mb, T, D) token embeddings (the z slot's row replaced by h_z): the stack's input
     StackActs stack;
     floatX* hn;                  // (mb, T, D) the final RMSNorm's output
     floatS* rstd;                // (mb, T)
+} PassActs;
+
+typedef struct {
+    PassActs gen, post;          // the generator's (and router's) pass; the posterior's (cvae)
+    int* targets;                // (mb, T) the next token where it is in the y-region, else -100
     floatS* loss;                // (mb, T) -log p of each target (0 where none)
     int* argmax;                 // (mb, T)
     floatX* logits;              // (lm_head_chunk, V) one chunk of logits (the loss overwrites it with its gradient)
@@ -425,6 +514,16 @@ typedef struct {
     uint8_t* prompt_mask;        // (mb, P) the left-padded prompts' real tokens
     uint8_t* key_mask;           // (mb, T) the cache positions each sequence's new token may see
     int *last_rows, *no_labels;  // (mb) the row of each prompt's last token; -100 (argmax without a loss)
+    // the CVAE's latent (rows: index into the (mb, T) rows of a pass)
+    int *slot_rows, *router_rows, *post_rows;   // (mb) the z slot, the <z> token before it, the posterior's <eos>
+    int* iota;                   // (mb) 0, 1, ..., mb-1: the rows of a one-token decoding step
+    floatX *pooled_p, *pooled_q; // (mb, D) the final hidden state at <z> (router), at <eos> (posterior)
+    floatX* head;                // (mb, 2 d_z) a head's output [mu, logvar]
+    floatX* d_head;              // (mb, 2 d_z) its gradient
+    floatX* d_pooled;            // (mb, D)
+    floatX *z, *dz;              // (mb, d_z)
+    floatX *hz, *d_hz;           // (mb, D) h_z = W z + b and its gradient
+    floatX* zeros;               // (mb, D) zeros (cleared gradient rows)
 } Acts;
 
 typedef struct {
@@ -443,32 +542,53 @@ typedef struct {
     void* acts_memory;
     size_t acts_bytes;
     KvCache kv;                              // generation's key/value cache, (mb, T, NKV HD) per layer
+    double c_base;                           // cvae: the reconstruction's baseline
 } Model;
 
-// The stack over B sequences of T tokens (positions pos.. when decoding with the cache); in training with LoRA's
-// dropout (masks from m.lora_seed).
-static StackShape stack_shape(const Model& m, int B, int T, KvCache* kv, int pos, bool training) {
+// A network the model runs: the generator (the base with the generator's adapter), or the posterior (the base with
+// the posterior's adapter; from scratch, a body of its own).
+typedef struct {
+    const Body<floatX>* w;
+    const Body<floatS>* g;
+    int adapter;                             // -1: none
+} Net;
+
+static Net generator_net(const Model& m) { return {&m.w.base, &m.g.base, m.groups.lora ? m.groups.active : -1}; }
+static Net posterior_net(const Model& m) {
+    return m.groups.lora ? Net{&m.w.base, &m.g.base, m.groups.posterior} : Net{&m.w.posterior, &m.g.posterior, -1};
+}
+
+// The stack of a network over B sequences of T tokens (positions pos.. when decoding with the cache); in training
+// with LoRA's dropout (masks from m.lora_seed, and the adapter).
+static StackShape stack_shape(const Model& m, const Net& net, int B, int T, KvCache* kv, int pos, bool training) {
     StackShape s = StackShape();
     s.cfg = m.block;
     s.B = B; s.T = T; s.n_layers = m.arch.n_layers;
     s.rope_cos = m.rope_cos; s.rope_sin = m.rope_sin;
-    if (m.groups.lora)
-        s.lora = {&m.w.lora[m.groups.active], &m.g.lora[m.groups.active], m.groups.lora_mask, m.cfg.lora_r, m.lora_scale, training ? m.cfg.lora_dropout : 0.0f, m.lora_seed};
+    if (net.adapter >= 0)
+        s.lora = {&m.w.lora[net.adapter], &m.g.lora[net.adapter], m.groups.lora_mask, m.cfg.lora_r, m.lora_scale,
+                  training ? m.cfg.lora_dropout : 0.0f, hash_u64(m.lora_seed, (uint64_t)net.adapter)};
     s.kv = kv; s.pos = pos;
     if (kv) s.key_mask = m.acts.prompt_mask;  // the prompt's padding (decoding reads kv->key_mask instead)
     return s;
 }
 
+static void pass_layout(Arena* a, PassActs* p, const Model& m, const Net& net) {
+    const size_t N = (size_t)m.mb * m.T, D = m.arch.D;
+    p->ids = arena_take<int>(a, N);
+    p->x = arena_take<floatX>(a, N * D);
+    stack_layout(a, &p->stack, stack_shape(m, net, m.mb, m.T, nullptr, 0, true));
+    p->hn = arena_take<floatX>(a, N * D);
+    p->rstd = arena_take<floatS>(a, N);
+}
+
 static void acts_layout(Arena* a, Model* m) {
-    const size_t N = (size_t)m->mb * m->T, D = m->arch.D;
+    const size_t N = (size_t)m->mb * m->T, D = m->arch.D, mb = m->mb, dz = m->cfg.d_z;
     Acts* ac = &m->acts;
     *ac = Acts();
-    ac->ids = arena_take<int>(a, N);
+    pass_layout(a, &ac->gen, *m, generator_net(*m));
+    if (m->groups.cvae) pass_layout(a, &ac->post, *m, posterior_net(*m));
     ac->targets = arena_take<int>(a, N);
-    ac->x = arena_take<floatX>(a, N * D);
-    stack_layout(a, &ac->stack, stack_shape(*m, m->mb, m->T, nullptr, 0, true));
-    ac->hn = arena_take<floatX>(a, N * D);
-    ac->rstd = arena_take<floatS>(a, N);
     ac->loss = arena_take<floatS>(a, N);
     ac->argmax = arena_take<int>(a, N);
     const size_t chunk = std::max<size_t>(std::min<size_t>(m->cfg.lm_head_chunk, N), m->mb);   // (generation: mb rows)
@@ -477,8 +597,23 @@ static void acts_layout(Arena* a, Model* m) {
     scratch_layout(a, &ac->bs, m->block, N, 0, 0, m->cfg.lora_r, m->cfg.lora_dropout > 0);
     ac->prompt_mask = arena_take<uint8_t>(a, N);
     ac->key_mask = arena_take<uint8_t>(a, N);
-    ac->last_rows = arena_take<int>(a, m->mb);
-    ac->no_labels = arena_take<int>(a, m->mb);
+    ac->last_rows = arena_take<int>(a, mb);
+    ac->no_labels = arena_take<int>(a, mb);
+    if (!m->groups.cvae) return;
+    ac->slot_rows = arena_take<int>(a, mb);
+    ac->router_rows = arena_take<int>(a, mb);
+    ac->post_rows = arena_take<int>(a, mb);
+    ac->iota = arena_take<int>(a, mb);
+    ac->pooled_p = arena_take<floatX>(a, mb * D);
+    ac->pooled_q = arena_take<floatX>(a, mb * D);
+    ac->head = arena_take<floatX>(a, mb * 2 * dz);
+    ac->d_head = arena_take<floatX>(a, mb * 2 * dz);
+    ac->d_pooled = arena_take<floatX>(a, mb * D);
+    ac->z = arena_take<floatX>(a, mb * dz);
+    ac->dz = arena_take<floatX>(a, mb * dz);
+    ac->hz = arena_take<floatX>(a, mb * D);
+    ac->d_hz = arena_take<floatX>(a, mb * D);
+    ac->zeros = arena_take<floatX>(a, mb * D);
 }
 
 static void model_build(Model* m, const Config& c, const Arch& arch, int B_local) {
@@ -493,13 +628,15 @@ static void model_build(Model* m, const Config& c, const Arch& arch, int B_local
     m->T = c.max_seq_len;
     if (m->T > arch.max_pos) fatal("max_seq_len=%d exceeds the model's max_position_embeddings %d", m->T, arch.max_pos);
     m->lora_scale = c.lora_r > 0 ? c.lora_alpha / (c.use_rslora ? sqrtf((float)c.lora_r) : (float)c.lora_r) : 0.0f;
+    m->lora_seed = 0;
+    m->c_base = c.c_base;
 
     params_alloc(&m->p, model_table(arch, c), false, 0.0f);
     const ParamTable& table = m->p.table;
     TensorList<floatX> w = tensor_bind(table, param_bases(table, m->p.params, BUF_PARAMS));
-    model_tensors(w, &m->w, arch, m->groups, c.lora_r);
+    model_tensors(w, &m->w, arch, m->groups, c.lora_r, c.d_z);
     TensorList<floatS> g = tensor_bind(table, param_bases(table, m->p.grads, BUF_GRADS));
-    model_tensors(g, &m->g, arch, m->groups, c.lora_r);
+    model_tensors(g, &m->g, arch, m->groups, c.lora_r, c.d_z);
 
     std::vector<floatS> cs((size_t)m->T * arch.HD), sn(cs.size());
     rope_tables(cs.data(), sn.data(), m->T, arch.HD, (float)arch.rope_theta);
@@ -508,6 +645,12 @@ static void model_build(Model* m, const Config& c, const Arch& arch, int B_local
     copy_to_device(m->rope_cos, cs.data(), cs.size() * sizeof(floatS));
     copy_to_device(m->rope_sin, sn.data(), sn.size() * sizeof(floatS));
     m->acts_memory = arena_alloc([&](Arena* a) { acts_layout(a, m); }, &m->acts_bytes, "activations");
+    if (m->groups.cvae) {
+        std::vector<int> iota(m->mb);
+        for (int b = 0; b < m->mb; b++) iota[b] = b;
+        copy_to_device(m->acts.iota, iota.data(), iota.size() * sizeof(int));
+        device_memset(m->acts.zeros, 0, (size_t)m->mb * arch.D * sizeof(floatX));
+    }
 
     const size_t kv_size = (size_t)m->mb * m->T * arch.NKV * arch.HD;
     m->kv.Tmax = m->T;
@@ -526,39 +669,199 @@ static void model_init_weights(Model* m, uint64_t seed) {
 }
 
 // The lm head's weight: the embedding when tied.
-static const floatX* lm_head_weight(const Model& m) { return m.w.lm_head ? m.w.lm_head : m.w.embed; }
-static floatS* lm_head_grad(const Model& m) { return m.w.lm_head ? m.g.lm_head : m.g.embed; }
+static const floatX* lm_head_weight(const Model& m) { return m.w.lm_head ? m.w.lm_head : m.w.base.embed; }
+static floatS* lm_head_grad(const Model& m) { return m.w.lm_head ? m.g.lm_head : m.g.base.embed; }
 
 // ----------------------------------------------------------------------------------------------------------
-// 4. Forward: embedding, the blocks, the final norm (the lm head runs with the loss, chunk by chunk).
+// 4. Forward: embedding, the blocks, the final norm (the lm head runs with the loss, chunk by chunk). In cvae mode
+//    the generator's input at the z slot of each sequence is h_z = W z + b (acts.hz) instead of a token embedding.
 
-// Writes acts.hn for B sequences of T tokens whose ids are in acts.ids (positions pos.. with a cache).
-static void model_forward(Model* m, int B, int T, KvCache* kv, int pos, bool training, Stream st) {
-    Acts* a = &m->acts;
+// Writes pass->hn for B sequences of T tokens whose ids are in pass->ids (positions pos.. with a cache); with
+// inject_rows (B row indices), those rows of the input are acts.hz.
+static void model_forward(Model* m, const Net& net, PassActs* pass, int B, int T, KvCache* kv, int pos, bool training,
+                          const int* inject_rows, Stream st) {
     const int D = m->arch.D;
-    embedding_forward(a->x, a->ids, m->w.embed, B, T, D, T, 0, 1.0f, st);
-    a->stack.in = a->x;
-    const StackShape s = stack_shape(*m, B, T, kv, pos, training);
-    const floatX* out = stack_forward(&a->stack, m->w.blocks, s, st);
-    rmsnorm_weighted_forward(a->hn, a->rstd, out, m->w.norm, B * T, D, (float)m->arch.eps, st);
+    embedding_forward(pass->x, pass->ids, net.w->embed, B, T, D, T, 0, 1.0f, st);
+    if (inject_rows) put_rows(pass->x, m->acts.hz, inject_rows, B, D, false, st);
+    pass->stack.in = pass->x;
+    const floatX* out = stack_forward(&pass->stack, net.w->blocks, stack_shape(*m, net, B, T, kv, pos, training), st);
+    rmsnorm_weighted_forward(pass->hn, pass->rstd, out, net.w->norm, B * T, D, (float)m->arch.eps, st);
+}
+
+// A head on the final hidden state at one row of each of B sequences: pooled = hn[rows], head = pooled W^T + b
+// (acts.head, (B, 2 d_z)), returned on the host as mu (B, d_z) and logvar (B, d_z).
+static void head_forward(Model* m, floatX* pooled, const PassActs& pass, const int* rows, const floatX* W, const floatX* b,
+                         int B, std::vector<floatS>* mu, std::vector<floatS>* logvar, Stream st) {
+    const int D = m->arch.D, dz = m->cfg.d_z;
+    gather_rows(pooled, pass.hn, rows, B, D, st);
+    matmul_forward(m->acts.head, pooled, W, b, B, D, 2 * dz, st);
+    std::vector<floatS> h((size_t)B * 2 * dz);
+    download_floatX(h.data(), m->acts.head, h.size());
+    mu->resize((size_t)B * dz);
+    logvar->resize((size_t)B * dz);
+    for (int i = 0; i < B; i++)
+        for (int d = 0; d < dz; d++) {
+            (*mu)[(size_t)i * dz + d] = h[(size_t)i * 2 * dz + d];
+            (*logvar)[(size_t)i * dz + d] = h[(size_t)i * 2 * dz + dz + d];
+        }
+}
+
+// h_z = W z + b for B latents z (host, (B, d_z)): acts.z, acts.hz.
+static void z_project(Model* m, const std::vector<floatS>& z, int B, Stream st) {
+    upload_floatX(m->acts.z, z.data(), (size_t)B * m->cfg.d_z);
+    matmul_forward(m->acts.hz, m->acts.z, m->w.z_proj_w, m->w.z_proj_b, B, m->cfg.d_z, m->arch.D, st);
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // 5. Loss and backward. loss = sum over the y-region targets of -log softmax(logits)[target] / n, n the number of
 //    targets in the global batch (dscale = 1 / n: the mean over the batch's y tokens, as Hugging Face's loss).
 
-// The loss of B x T rows (acts.loss, acts.argmax), and with grad the gradients of everything trained.
-static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, Stream st) {
+// The lm head's loss of the generator's B x T rows (acts.loss, acts.argmax), with grad its gradient in acts.dhn.
+static void lm_loss(Model* m, int B, int T, float dscale, bool grad, Stream st) {
+    Acts* a = &m->acts;
+    lm_head_loss(a->loss, a->argmax, grad ? a->dhn : nullptr, grad ? lm_head_grad(*m) : nullptr, a->gen.hn, lm_head_weight(*m),
+                 a->targets, B * T, m->arch.D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, B * T), st);
+}
+
+// The backward pass of a network from acts.dhn (the gradient of its final norm's output) to its weights. With
+// slot_rows, the input gradient of those rows goes to acts.d_hz (h_z's) instead of the token embedding.
+static void body_backward(Model* m, const Net& net, const PassActs& pass, int B, int T, const int* slot_rows, Stream st) {
     Acts* a = &m->acts;
     const int N = B * T, D = m->arch.D;
-    lm_head_loss(a->loss, a->argmax, grad ? a->dhn : nullptr, grad ? lm_head_grad(*m) : nullptr, a->hn, lm_head_weight(*m),
-                 a->targets, N, D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, N), st);
-    if (!grad) return;
-    const StackShape s = stack_shape(*m, B, T, nullptr, 0, true);
-    const floatX* out = a->stack.layers[s.n_layers - 1].out;
-    rmsnorm_weighted_backward(a->bs.G, m->g.norm, a->dhn, out, m->w.norm, a->rstd, N, D, false, st);
-    stack_backward(nullptr, &a->stack, m->w.blocks, m->g.blocks, s, a->bs, st);
-    if (m->g.embed) embedding_backward(m->g.embed, a->bs.G, a->ids, B, T, D, T, 0, 1.0f, st);
+    const StackShape s = stack_shape(*m, net, B, T, nullptr, 0, true);
+    const floatX* out = pass.stack.layers[s.n_layers - 1].out;
+    rmsnorm_weighted_backward(a->bs.G, net.g->norm, a->dhn, out, net.w->norm, pass.rstd, N, D, false, st);
+    stack_backward(nullptr, &pass.stack, net.w->blocks, net.g->blocks, s, a->bs, st);
+    if (slot_rows) {
+        gather_rows(a->d_hz, a->bs.G, slot_rows, B, D, st);
+        put_rows(a->bs.G, a->zeros, slot_rows, B, D, false, st);
+    }
+    if (net.g->embed) embedding_backward(net.g->embed, a->bs.G, pass.ids, B, T, D, T, 0, 1.0f, st);
+}
+
+// The language model's loss of B x T rows and, with grad, the gradients of everything trained.
+static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, Stream st) {
+    lm_loss(m, B, T, dscale, grad, st);
+    if (grad) body_backward(m, generator_net(*m), m->acts.gen, B, T, nullptr, st);
+}
+
+// The CVAE (seed report 004's phase 2). For each example, with eps ~ N(0, I):
+//
+//   posterior   (mu_q, logvar_q) = posterior_head(h_post[<eos>])   the posterior network over <bos> <x> X </x> <y> Y </y> <eos>
+//   latent      z = mu_q + exp(logvar_q / 2) eps,   h_z = W_z z + b_z
+//   generator   over <bos> <x> X </x> <z> [h_z] </z> <y> Y </y> <eos> (h_z in the z slot's input row):
+//               (mu_p, logvar_p) = router_head(h[<z>])             the router p(z|x): <z> comes before the slot,
+//               and the y tokens' logits                            so one causal pass gives both
+//   objective   J = R / c_base + beta KL(q || p) + pv V_post + rmkl K_rmarg   (common/cvae_objective.h)
+//               R = the mean NLL of the batch's y tokens; KL and V_post batch means; K_rmarg of the whole batch
+//
+// The latent quantities of a micro-batch, on the host ((B, d_z) each; the gradients are those of J).
+typedef struct {
+    std::vector<floatS> mu_q, lv_q, mu_p, lv_p, eps, z;
+    std::vector<floatS> dmu_q, dlv_q, dmu_p, dlv_p;
+} Latents;
+
+// The weights of J's terms and the global batch's constants they are taken over.
+typedef struct {
+    double recon_scale;          // 1 / (n c_base): n the y tokens of the global batch
+    double kl_scale, pv_scale;   // beta / N, pv / (N d_z): N the examples of the global batch
+    double rmkl_weight, N;       // K_rmarg's weight, and its moment sums over the N examples (null: not trained)
+    const double* rmkl_sums;
+} ObjectiveScales;
+
+// The term values of a micro-batch (sums over its examples; kl and pv per example), and the squared norms of each
+// weighted term's gradient with respect to the latent statistics (mu_q, logvar_q, mu_p, logvar_p).
+typedef struct {
+    double kl, pv;               // sum over the examples of KL(q || p) and of sum_d exp(logvar_q)
+    double gn2[4];               // recon, kl, pv, rmkl
+} LatentTerms;
+
+// The posterior's and the generator's forward passes over a micro-batch whose ids are uploaded (acts.post.ids and
+// post_rows, acts.gen.ids, targets, slot_rows, router_rows): fills L's mu_q, lv_q, z (from L->eps), mu_p, lv_p.
+static void cvae_forward(Model* m, Latents* L, int B, int T, int Tq, bool training, Stream st) {
+    Acts* a = &m->acts;
+    model_forward(m, posterior_net(*m), &a->post, B, Tq, nullptr, 0, training, nullptr, st);
+    head_forward(m, a->pooled_q, a->post, a->post_rows, m->w.posterior_w, m->w.posterior_b, B, &L->mu_q, &L->lv_q, st);
+    L->z.resize(L->mu_q.size());
+    reparameterize(L->z.data(), L->mu_q.data(), L->lv_q.data(), L->eps.data(), B, m->cfg.d_z);
+    z_project(m, L->z, B, st);
+    model_forward(m, generator_net(*m), &a->gen, B, T, nullptr, 0, training, a->slot_rows, st);
+    head_forward(m, a->pooled_p, a->gen, a->router_rows, m->w.router_w, m->w.router_b, B, &L->mu_p, &L->lv_p, st);
+}
+
+// The latent terms' values and (with grad) gradients of a micro-batch into L->d*.
+static LatentTerms latent_terms(Latents* L, int B, int dz, const ObjectiveScales& sc) {
+    LatentTerms t = LatentTerms();
+    std::vector<floatS> kl(B), v(B);
+    const size_t n = (size_t)B * dz;
+    std::vector<floatS> zero(n, 0);
+    L->dmu_q = L->dlv_q = L->dmu_p = L->dlv_p = zero;
+    // each term's gradient alone (for its norm), then added to the total
+    std::vector<floatS> a_mq = zero, a_lq = zero, a_mp = zero, a_lp = zero;
+    auto take = [&](int term) {
+        for (size_t i = 0; i < n; i++) {
+            t.gn2[term] += (double)a_mq[i] * a_mq[i] + (double)a_lq[i] * a_lq[i] + (double)a_mp[i] * a_mp[i] + (double)a_lp[i] * a_lp[i];
+            L->dmu_q[i] += a_mq[i]; L->dlv_q[i] += a_lq[i]; L->dmu_p[i] += a_mp[i]; L->dlv_p[i] += a_lp[i];
+            a_mq[i] = a_lq[i] = a_mp[i] = a_lp[i] = 0;
+        }
+    };
+    gaussian_kl(kl.data(), L->mu_q.data(), L->lv_q.data(), L->mu_p.data(), L->lv_p.data(), B, dz, (floatS)sc.kl_scale,
+                a_mq.data(), a_lq.data(), a_mp.data(), a_lp.data());
+    take(1);
+    posterior_variance(v.data(), L->lv_q.data(), B, dz, (floatS)sc.pv_scale, a_lq.data());
+    take(2);
+    if (sc.rmkl_sums)
+        router_marginal_kl_backward(a_mp.data(), a_lp.data(), sc.rmkl_sums, sc.N, L->mu_p.data(), L->lv_p.data(), B, dz,
+                                    (floatS)sc.rmkl_weight);
+    take(3);
+    for (int b = 0; b < B; b++) {
+        t.kl += kl[b];
+        t.pv += v[b];
+    }
+    return t;
+}
+
+// Uploads a head's gradient [dmu, dlogvar] (host, (B, d_z) each) to acts.d_head.
+static void upload_head_grad(Model* m, const std::vector<floatS>& dmu, const std::vector<floatS>& dlv, int B) {
+    const int dz = m->cfg.d_z;
+    std::vector<floatS> h((size_t)B * 2 * dz);
+    for (int i = 0; i < B; i++)
+        for (int d = 0; d < dz; d++) {
+            h[(size_t)i * 2 * dz + d] = dmu[(size_t)i * dz + d];
+            h[(size_t)i * 2 * dz + dz + d] = dlv[(size_t)i * dz + d];
+        }
+    upload_floatX(m->acts.d_head, h.data(), h.size());
+}
+
+// The backward pass of J over a micro-batch after cvae_forward: the y tokens' loss (acts.loss, argmax; scaled by
+// sc.recon_scale), then the gradients of every trained tensor. Returns the latent terms (gn2[0]: the
+// reconstruction's gradient norm at mu_q, logvar_q through z).
+static LatentTerms cvae_backward(Model* m, Latents* L, int B, int T, int Tq, const ObjectiveScales& sc, Stream st) {
+    Acts* a = &m->acts;
+    const int D = m->arch.D, dz = m->cfg.d_z;
+    LatentTerms t = latent_terms(L, B, dz, sc);
+    // generator: the y tokens' loss, the router head's gradient added at the <z> rows, then the stack
+    lm_loss(m, B, T, (float)sc.recon_scale, true, st);
+    upload_head_grad(m, L->dmu_p, L->dlv_p, B);
+    matmul_backward(a->d_pooled, m->g.router_w, m->g.router_b, a->d_head, a->pooled_p, m->w.router_w, B, D, 2 * dz, false, st);
+    put_rows(a->dhn, a->d_pooled, a->router_rows, B, D, true, st);
+    body_backward(m, generator_net(*m), a->gen, B, T, a->slot_rows, st);
+    // h_z = W z + b, and z's gradient through the reparameterisation to mu_q, logvar_q
+    matmul_backward(a->dz, m->g.z_proj_w, m->g.z_proj_b, a->d_hz, a->z, m->w.z_proj_w, B, dz, D, false, st);
+    std::vector<floatS> dz_host((size_t)B * dz), r_mu((size_t)B * dz, 0), r_lv((size_t)B * dz, 0);
+    download_floatX(dz_host.data(), a->dz, dz_host.size());
+    reparameterize_backward(r_mu.data(), r_lv.data(), dz_host.data(), L->lv_q.data(), L->eps.data(), B, dz);
+    for (size_t i = 0; i < r_mu.size(); i++) {
+        t.gn2[0] += (double)r_mu[i] * r_mu[i] + (double)r_lv[i] * r_lv[i];
+        L->dmu_q[i] += r_mu[i];
+        L->dlv_q[i] += r_lv[i];
+    }
+    // posterior: its head's gradient at the <eos> rows, then its network
+    upload_head_grad(m, L->dmu_q, L->dlv_q, B);
+    matmul_backward(a->d_pooled, m->g.posterior_w, m->g.posterior_b, a->d_head, a->pooled_q, m->w.posterior_w, B, D, 2 * dz, false, st);
+    scatter_rows(a->dhn, a->d_pooled, a->post_rows, B, B * Tq, D, st);
+    body_backward(m, posterior_net(*m), a->post, B, Tq, nullptr, st);
+    return t;
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -582,10 +885,13 @@ static UpdateStats model_update(Model* m, int step, int total_steps, Stream st) 
 
 // ----------------------------------------------------------------------------------------------------------
 // 7. Data: the JSON lines of data/strategies.py ({"task", "strategy", "x", "y", ...}), each tokenized into
-//        prompt      "<bos> <x> X </x> <z> </z> <y>"
-//        completion  " Y </y> <eos>"                     (the loss is on these tokens)
+//        prompt      "<bos> <x> X </x> <z> </z> <y>"             mode=lm
+//                    "<bos> <x> X </x> <z>" [slot] " </z> <y>"    mode=cvae: the slot's input row is h_z
+//        completion  " Y </y> <eos>"                              (the loss is on these tokens)
+//    and in cvae mode the posterior's record "<bos> <x> X </x> <y> Y </y> <eos>" (the template without the z slot).
 //    <bos> and <eos> are the tokenizer's own: the character tokenizer's specials, or Qwen's <|endoftext|>; the
-//    other markers are special tokens of the character tokenizer and plain text to Qwen's BPE.
+//    other markers are special tokens of the character tokenizer and plain text to Qwen's BPE. The slot holds the
+//    <eos> id, which its input never reads.
 
 typedef struct {
     int task;                        // index into Data::task_names
@@ -593,13 +899,19 @@ typedef struct {
     std::string x, y;
     std::vector<int32_t> ids;        // prompt + completion
     int n_prompt;
+    int n_prefix;                    // cvae: the tokens up to <z> (the router's row is n_prefix - 1, the slot n_prefix)
+    std::vector<int32_t> post_ids;   // cvae: the posterior's record
+    int index;                       // its line in the file (the key of its noise)
 } Example;
 
 typedef struct {
     Tokenizer tok;
     std::string bos_text, eos_text;
     int32_t eos;
+    bool cvae;
+    std::vector<int32_t> suffix;     // cvae: the prompt's tokens after the slot, " </z> <y>"
     std::vector<std::string> task_names;
+    std::vector<int> n_strategies;   // per task: 1 + the largest strategy id in the data
     std::vector<Example> train, eval;
     // the training order: a permutation of the examples per epoch, drawn from (seed, epoch)
     int epoch;
@@ -608,7 +920,11 @@ typedef struct {
 } Data;
 
 static std::string prompt_text(const Data& d, const std::string& x) { return d.bos_text + " <x> " + x + " </x> <z> </z> <y>"; }
+static std::string prefix_text(const Data& d, const std::string& x) { return d.bos_text + " <x> " + x + " </x> <z>"; }
 static std::string completion_text(const Data& d, const std::string& y) { return " " + y + " </y> " + d.eos_text; }
+static std::string posterior_text(const Data& d, const std::string& x, const std::string& y) {
+    return d.bos_text + " <x> " + x + " </x> <y> " + y + " </y> " + d.eos_text;
+}
 
 // A string field of a JSON line: ASCII text without control characters (what data/strategies.py writes).
 static std::string example_field(const JsonValue& v, const char* key) {
@@ -644,9 +960,21 @@ static std::vector<Example> read_examples(Data* d, const std::string& path, cons
             d->task_names.push_back(task);
         }
         e.strategy = (int)v.get("strategy").as_int(0, 63);
+        if ((int)d->n_strategies.size() <= e.task) d->n_strategies.resize(e.task + 1, 0);
+        d->n_strategies[e.task] = std::max(d->n_strategies[e.task], e.strategy + 1);
         e.x = example_field(v, "x");
         e.y = example_field(v, "y");
-        e.ids = d->tok.encode(prompt_text(*d, e.x));
+        e.index = (int)i;
+        if (d->cvae) {
+            e.ids = d->tok.encode(prefix_text(*d, e.x));
+            e.n_prefix = (int)e.ids.size();
+            e.ids.push_back(d->eos);
+            e.ids.insert(e.ids.end(), d->suffix.begin(), d->suffix.end());
+            e.post_ids = d->tok.encode(posterior_text(*d, e.x, e.y));
+        } else {
+            e.ids = d->tok.encode(prompt_text(*d, e.x));
+            e.n_prefix = (int)e.ids.size();
+        }
         e.n_prompt = (int)e.ids.size();
         const std::vector<int32_t> completion = d->tok.encode(completion_text(*d, e.y));
         e.ids.insert(e.ids.end(), completion.begin(), completion.end());
@@ -667,6 +995,8 @@ static void data_load(Data* d, const Config& c, const Arch& arch) {
     d->eos = d->tok.token_id(d->eos_text);
     if (d->eos < 0 || d->tok.token_id(d->bos_text) < 0)
         fatal("tokenizer %s has no %s token (the sequences begin and end with it)", c.tokenizer.c_str(), d->eos_text.c_str());
+    d->cvae = c.mode == "cvae";
+    if (d->cvae) d->suffix = d->tok.encode(" </z> <y>");
     if (d->tok.vocab_size() > arch.V)
         fatal("tokenizer %s has ids up to %d, more than the model's vocabulary of %d (vocab_size of %s)", c.tokenizer.c_str(),
               d->tok.vocab_size() - 1, arch.V, arch.source.c_str());
@@ -715,9 +1045,68 @@ static int upload_batch(Model* m, const Data& d, const std::vector<const Example
         for (size_t t = 0; t < s.size(); t++) ids[(size_t)b * T + t] = s[t];
         for (size_t t = ex[b]->n_prompt - 1; t + 1 < s.size(); t++, n_targets++) targets[(size_t)b * T + t] = s[t + 1];
     }
-    copy_to_device(m->acts.ids, ids.data(), ids.size() * sizeof(int));
+    copy_to_device(m->acts.gen.ids, ids.data(), ids.size() * sizeof(int));
     copy_to_device(m->acts.targets, targets.data(), targets.size() * sizeof(int));
     return n_targets;
+}
+
+// Rounds a length up to a multiple of 8 (at most T).
+static int padded_length(const Model& m, size_t longest) { return std::min(m.T, (int)CEIL_DIV(std::max<size_t>(longest, 1), (size_t)8) * 8); }
+
+// cvae: uploads the rows of the z slot and of <z> in the generator's (B, T) rows, and the posterior's records
+// (padded with <eos> to Tq tokens) with the row of each one's last token. Returns Tq.
+static int upload_latent_rows(Model* m, const Data& d, const std::vector<const Example*>& ex, int T) {
+    const int B = (int)ex.size();
+    size_t longest = 1;
+    for (const Example* e : ex) longest = std::max(longest, e->post_ids.size());
+    const int Tq = m->cfg.pad_to_max ? m->T : padded_length(*m, longest);
+    std::vector<int> ids((size_t)B * Tq, d.eos), slot(B), router(B), post(B);
+    for (int b = 0; b < B; b++) {
+        const std::vector<int32_t>& q = ex[b]->post_ids;
+        std::copy(q.begin(), q.end(), ids.begin() + (size_t)b * Tq);
+        slot[b] = b * T + ex[b]->n_prefix;
+        router[b] = b * T + ex[b]->n_prefix - 1;
+        post[b] = b * Tq + (int)q.size() - 1;
+    }
+    copy_to_device(m->acts.post.ids, ids.data(), ids.size() * sizeof(int));
+    copy_to_device(m->acts.slot_rows, slot.data(), B * sizeof(int));
+    copy_to_device(m->acts.router_rows, router.data(), B * sizeof(int));
+    copy_to_device(m->acts.post_rows, post.data(), B * sizeof(int));
+    return Tq;
+}
+
+// The reparameterisation noise of B examples, (B, d_z): standard normal keyed by (seed, a stream, each one's key).
+static std::vector<floatS> latent_noise(int B, int dz, uint64_t seed, const std::vector<uint64_t>& keys) {
+    std::vector<floatS> eps((size_t)B * dz);
+    for (int b = 0; b < B; b++)
+        for (int d = 0; d < dz; d++) eps[(size_t)b * dz + d] = hash_normal(seed, keys[b], (uint64_t)d);
+    return eps;
+}
+
+// The router's Gaussians (mu_p, logvar_p, (n, d_z) each) of examples, from the generator's pass over their tokens
+// up to <z> (without dropout), in micro-batches.
+static void router_latents(Model* m, const Data& d, const std::vector<const Example*>& ex, std::vector<floatS>* mu,
+                           std::vector<floatS>* lv) {
+    mu->clear();
+    lv->clear();
+    for (size_t i0 = 0; i0 < ex.size(); i0 += m->mb) {
+        const int B = (int)std::min<size_t>(m->mb, ex.size() - i0);
+        size_t longest = 1;
+        for (int b = 0; b < B; b++) longest = std::max(longest, (size_t)ex[i0 + b]->n_prefix);
+        const int Tp = padded_length(*m, longest);
+        std::vector<int> ids((size_t)B * Tp, d.eos), rows(B);
+        for (int b = 0; b < B; b++) {
+            std::copy(ex[i0 + b]->ids.begin(), ex[i0 + b]->ids.begin() + ex[i0 + b]->n_prefix, ids.begin() + (size_t)b * Tp);
+            rows[b] = b * Tp + ex[i0 + b]->n_prefix - 1;
+        }
+        copy_to_device(m->acts.gen.ids, ids.data(), ids.size() * sizeof(int));
+        copy_to_device(m->acts.router_rows, rows.data(), B * sizeof(int));
+        model_forward(m, generator_net(*m), &m->acts.gen, B, Tp, nullptr, 0, false, nullptr, Stream());
+        std::vector<floatS> mb_mu, mb_lv;
+        head_forward(m, m->acts.pooled_p, m->acts.gen, m->acts.router_rows, m->w.router_w, m->w.router_b, B, &mb_mu, &mb_lv, Stream());
+        mu->insert(mu->end(), mb_mu.begin(), mb_mu.end());
+        lv->insert(lv->end(), mb_lv.begin(), mb_lv.end());
+    }
 }
 
 // Tokens a micro-batch is padded to: its longest example, rounded up to a multiple of 8 (max_seq_len with pad_to_max).
@@ -725,7 +1114,7 @@ static int batch_length(const Model& m, const std::vector<const Example*>& ex) {
     if (m.cfg.pad_to_max) return m.T;
     size_t longest = 1;
     for (const Example* e : ex) longest = std::max(longest, e->ids.size());
-    return std::min(m.T, (int)CEIL_DIV(longest, (size_t)8) * 8);
+    return padded_length(m, longest);
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -774,15 +1163,24 @@ static std::vector<int> next_tokens(Model* m, int B, int V_tok, uint64_t seed, c
 }
 
 // Continues each prompt until <eos> or max_new tokens (at most mb prompts; keys: one per prompt, for sampling).
-// Returns the new tokens of each, without the <eos>.
+// Returns the new tokens of each, without the <eos>. In cvae mode the prompts are the prefixes up to <z>: the
+// router's Gaussian at their last token gives z = mu_p + sigma_p eps (eps keyed like the sampling), or z is
+// forced (forced_z, (B, d_z)); then the z slot (input h_z) and " </z> <y>" run as forced one-token steps before
+// the generation. z_used (non-null): the latents, (B, d_z).
 static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const std::vector<std::vector<int32_t>>& prompts,
-                                                  const std::vector<uint64_t>& keys, int max_new, uint64_t seed) {
+                                                  const std::vector<uint64_t>& keys, int max_new, uint64_t seed,
+                                                  const std::vector<floatS>* forced_z = nullptr,
+                                                  std::vector<floatS>* z_used = nullptr) {
     Acts* a = &m->acts;
-    const int B = (int)prompts.size(), T = m->T, D = m->arch.D;
+    PassActs* g = &a->gen;
+    const int B = (int)prompts.size(), T = m->T, D = m->arch.D, dz = m->cfg.d_z;
+    const bool cvae = m->groups.cvae;
+    const Net net = generator_net(*m);
     size_t P = 1;
     for (const auto& p : prompts) P = std::max(P, p.size());
-    if ((int)P >= T) fatal("a prompt of %zu tokens leaves no room to generate within max_seq_len=%d", P, T);
-    max_new = std::min(max_new, T - (int)P);
+    const int forced = cvae ? 1 + (int)d.suffix.size() : 0;            // the slot and " </z> <y>"
+    if ((int)P + forced >= T) fatal("a prompt of %zu tokens leaves no room to generate within max_seq_len=%d", P + forced, T);
+    max_new = std::min(max_new, T - (int)P - forced);
     // the prompts, right-aligned: ids and masks; the row of each one's last token
     std::vector<int> ids((size_t)B * P, d.eos), last(B), no_labels(B, IGNORE_LABEL_ID);
     std::vector<uint8_t> prompt_mask((size_t)B * P, 0), key_mask((size_t)B * T, 0);
@@ -794,16 +1192,39 @@ static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const
         }
         last[b] = (int)(b * P + P - 1);
     }
-    copy_to_device(a->ids, ids.data(), ids.size() * sizeof(int));
+    copy_to_device(g->ids, ids.data(), ids.size() * sizeof(int));
     copy_to_device(a->prompt_mask, prompt_mask.data(), prompt_mask.size());
     copy_to_device(a->last_rows, last.data(), B * sizeof(int));
     copy_to_device(a->no_labels, no_labels.data(), B * sizeof(int));
-    model_forward(m, B, (int)P, &m->kv, 0, false, Stream());
-    gather_rows(a->dhn, a->hn, a->last_rows, B, D, Stream());            // (B, D) the prompts' last positions
-    matmul_forward(a->logits, a->dhn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
+    model_forward(m, net, g, B, (int)P, &m->kv, 0, false, nullptr, Stream());
+    const floatX* h_last = a->dhn;                                       // (B, D) the final hidden state to continue
+    gather_rows(a->dhn, g->hn, a->last_rows, B, D, Stream());
+    int pos = (int)P;
+    if (cvae) {
+        std::vector<floatS> mu, lv, z;
+        head_forward(m, a->pooled_p, *g, a->last_rows, m->w.router_w, m->w.router_b, B, &mu, &lv, Stream());
+        if (forced_z) {
+            z = *forced_z;
+        } else {
+            z.resize(mu.size());
+            const std::vector<floatS> eps = latent_noise(B, dz, hash_u64(seed, 0x2A7), keys);
+            reparameterize(z.data(), mu.data(), lv.data(), eps.data(), B, dz);
+        }
+        if (z_used) *z_used = z;
+        z_project(m, z, B, Stream());
+        for (int f = 0; f < forced; f++, pos++) {
+            for (int b = 0; b < B; b++) key_mask[(size_t)b * T + pos] = 1;
+            const std::vector<int> next(B, f == 0 ? d.eos : d.suffix[f - 1]);
+            copy_to_device(g->ids, next.data(), B * sizeof(int));
+            copy_to_device(a->key_mask, key_mask.data(), key_mask.size());
+            model_forward(m, net, g, B, 1, &m->kv, pos, false, f == 0 ? a->iota : nullptr, Stream());
+        }
+        h_last = g->hn;
+    }
+    matmul_forward(a->logits, h_last, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
     std::vector<std::vector<int32_t>> out(B);
     std::vector<uint8_t> done(B, 0);
-    for (int pos = (int)P, n = 0; n < max_new; pos++, n++) {
+    for (int n = 0; n < max_new; pos++, n++) {
         std::vector<int> next = next_tokens(m, B, std::min(d.tok.vocab_size(), m->arch.V), seed, keys, pos);
         int open = 0;
         for (int b = 0; b < B; b++) {
@@ -813,10 +1234,10 @@ static std::vector<std::vector<int32_t>> generate(Model* m, const Data& d, const
         }
         if (!open || n + 1 == max_new) break;
         for (int b = 0; b < B; b++) key_mask[(size_t)b * T + pos] = 1;
-        copy_to_device(a->ids, next.data(), B * sizeof(int));
+        copy_to_device(g->ids, next.data(), B * sizeof(int));
         copy_to_device(a->key_mask, key_mask.data(), key_mask.size());
-        model_forward(m, B, 1, &m->kv, pos, false, Stream());
-        matmul_forward(a->logits, a->hn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
+        model_forward(m, net, g, B, 1, &m->kv, pos, false, nullptr, Stream());
+        matmul_forward(a->logits, g->hn, lm_head_weight(*m), nullptr, B, D, m->arch.V, Stream());
     }
     return out;
 }
@@ -833,41 +1254,117 @@ static std::vector<const Example*> eval_examples(const Data& d, int limit) {
     return out;
 }
 
-// The validation NLL per y token (the training loss on held-out examples) and the next-token accuracy, per task
-// and overall; the examples are shared out among the ranks and the sums added up.
-static double evaluate_nll(Model* m, const Data& d, int step, Logger* log) {
+// What an evaluation measured per task (the `final` lines repeat the last one's); -1: not measured.
+typedef struct {
+    double nll, token_acc, tokens;
+    double recon_ratio, kl, pv, rmkl;                 // cvae
+    double answer_acc, router_probe, posterior_mu_probe, chance, alignment;
+    std::vector<double> mu_q;                         // cvae: (n, d_z) the posterior means of the validation examples
+    std::vector<int> strategy;                        // (n) and their strategies
+} TaskEval;
+
+static TaskEval task_eval_empty() {
+    TaskEval t = TaskEval();
+    t.recon_ratio = t.kl = t.pv = t.rmkl = t.answer_acc = t.router_probe = t.posterior_mu_probe = t.chance = t.alignment = -1;
+    return t;
+}
+
+// The validation loss on held-out examples per task: the NLL per y token and the next-token accuracy; in cvae
+// mode with z from the posterior (z = mu_q + sigma_q eps, eps keyed by the example), also R / c_base, KL(q || p),
+// the posterior variance and the router marginal KL of the task's examples, and the posterior means (for the
+// probes). zero_z: z = 0 instead (no posterior: c_base's measurement). The examples are shared out among the ranks
+// and their values gathered. Returns per task, then "all".
+static std::vector<TaskEval> evaluate_nll(Model* m, const Data& d, int step, Logger* log, bool zero_z = false) {
     const std::vector<const Example*> all = eval_examples(d, m->cfg.val_examples);
-    const int n_tasks = (int)d.task_names.size();
-    std::vector<double> sums(3 * (n_tasks + 1), 0.0);        // per task, then overall: nll, targets, correct
-    std::vector<const Example*> mine;
-    for (size_t i = dist().rank; i < all.size(); i += dist().world) mine.push_back(all[i]);
+    const int n_tasks = (int)d.task_names.size(), dz = m->cfg.d_z;
+    const bool cvae = m->groups.cvae;
+    const int F = 5 + 3 * dz;                                 // per example: nll, targets, correct, kl, pv, mu_q, mu_p, lv_p
+    std::vector<double> values(all.size() * F, 0.0);
+    std::vector<size_t> mine;
+    for (size_t i = dist().rank; i < all.size(); i += dist().world) mine.push_back(i);
     for (size_t i0 = 0; i0 < mine.size(); i0 += m->mb) {
-        const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
+        std::vector<const Example*> ex;
+        std::vector<uint64_t> keys;
+        for (size_t i = i0; i < std::min(mine.size(), i0 + m->mb); i++) {
+            ex.push_back(all[mine[i]]);
+            keys.push_back((uint64_t)all[mine[i]]->index);
+        }
         const int B = (int)ex.size(), T = batch_length(*m, ex);
         upload_batch(m, d, ex, T);
-        model_forward(m, B, T, nullptr, 0, false, Stream());
-        loss_and_backward(m, B, T, 0.0f, false, Stream());
-        std::vector<floatS> loss((size_t)B * T);
+        Latents L;
+        if (cvae) {
+            const int Tq = upload_latent_rows(m, d, ex, T);
+            if (zero_z) {
+                z_project(m, std::vector<floatS>((size_t)B * dz, 0), B, Stream());
+                model_forward(m, generator_net(*m), &m->acts.gen, B, T, nullptr, 0, false, m->acts.slot_rows, Stream());
+            } else {
+                L.eps = latent_noise(B, dz, hash_u64((uint64_t)m->cfg.seed, 0xE7A1), keys);
+                cvae_forward(m, &L, B, T, Tq, false, Stream());
+            }
+        } else {
+            model_forward(m, generator_net(*m), &m->acts.gen, B, T, nullptr, 0, false, nullptr, Stream());
+        }
+        lm_loss(m, B, T, 0.0f, false, Stream());
+        std::vector<floatS> loss((size_t)B * T), kl(B), pv(B);
         std::vector<int> argmax((size_t)B * T);
         copy_to_host(loss.data(), m->acts.loss, loss.size() * sizeof(floatS));
         copy_to_host(argmax.data(), m->acts.argmax, argmax.size() * sizeof(int));
+        const bool latents = cvae && !zero_z;
+        if (latents) {
+            gaussian_kl<floatS>(kl.data(), L.mu_q.data(), L.lv_q.data(), L.mu_p.data(), L.lv_p.data(), B, dz, 0, nullptr, nullptr, nullptr, nullptr);
+            posterior_variance<floatS>(pv.data(), L.lv_q.data(), B, dz, 0, nullptr);
+        }
         for (int b = 0; b < B; b++) {
+            double* v = values.data() + mine[i0 + b] * F;
             const std::vector<int32_t>& s = ex[b]->ids;
-            for (size_t t = ex[b]->n_prompt - 1; t + 1 < s.size(); t++)
-                for (int k : {ex[b]->task, n_tasks}) {
-                    sums[3 * k] += loss[(size_t)b * T + t];
-                    sums[3 * k + 1] += 1;
-                    sums[3 * k + 2] += argmax[(size_t)b * T + t] == s[t + 1];
-                }
+            for (size_t t = ex[b]->n_prompt - 1; t + 1 < s.size(); t++) {
+                v[0] += loss[(size_t)b * T + t];
+                v[1] += 1;
+                v[2] += argmax[(size_t)b * T + t] == s[t + 1];
+            }
+            if (!latents) continue;
+            v[3] = kl[b];
+            v[4] = pv[b];
+            for (int k = 0; k < dz; k++) {
+                v[5 + k] = L.mu_q[(size_t)b * dz + k];
+                v[5 + dz + k] = L.mu_p[(size_t)b * dz + k];
+                v[5 + 2 * dz + k] = L.lv_p[(size_t)b * dz + k];
+            }
         }
     }
-    dist_sum_host(sums.data(), (int)sums.size());
+    dist_sum_host(values.data(), (int)values.size());
+    std::vector<TaskEval> out(n_tasks + 1, task_eval_empty());
     for (int k = 0; k <= n_tasks; k++) {
-        const double n = std::max(1.0, sums[3 * k + 1]);
-        log_printf(log, "val step=%d task=%s nll=%.5f token_acc=%.4f tokens=%.0f\n", step,
-                   k < n_tasks ? d.task_names[k].c_str() : "all", sums[3 * k] / n, sums[3 * k + 2] / n, sums[3 * k + 1]);
+        TaskEval& te = out[k];
+        double nll = 0, targets = 0, correct = 0, kl = 0, pv = 0, n = 0;
+        std::vector<double> moments(2 * dz, 0.0);
+        for (size_t i = 0; i < all.size(); i++) {
+            if (k < n_tasks && all[i]->task != k) continue;
+            const double* v = values.data() + i * F;
+            nll += v[0]; targets += v[1]; correct += v[2]; kl += v[3]; pv += v[4]; n += 1;
+            if (!cvae || zero_z) continue;
+            std::vector<floatS> mu_p(v + 5 + dz, v + 5 + 2 * dz), lv_p(v + 5 + 2 * dz, v + 5 + 3 * dz);
+            marginal_moments(moments.data(), mu_p.data(), lv_p.data(), 1, dz);
+            te.mu_q.insert(te.mu_q.end(), v + 5, v + 5 + dz);
+            te.strategy.push_back(all[i]->strategy);
+        }
+        te.nll = nll / std::max(1.0, targets);
+        te.token_acc = correct / std::max(1.0, targets);
+        te.tokens = targets;
+        const char* task = k < n_tasks ? d.task_names[k].c_str() : "all";
+        if (zero_z) continue;
+        if (!cvae) {
+            log_printf(log, "val step=%d task=%s nll=%.5f token_acc=%.4f tokens=%.0f\n", step, task, te.nll, te.token_acc, targets);
+            continue;
+        }
+        te.recon_ratio = te.nll / m->c_base;
+        te.kl = kl / std::max(1.0, n);
+        te.pv = pv / std::max(1.0, n * dz);
+        te.rmkl = n > 0 ? router_marginal_kl(moments.data(), n, dz) : 0.0;
+        log_printf(log, "val step=%d task=%s recon_ratio=%.5f nll=%.5f kl=%.5g pv=%.5g rmkl=%.5g token_acc=%.4f tokens=%.0f\n",
+                   step, task, te.recon_ratio, te.nll, te.kl, te.pv, te.rmkl, te.token_acc, targets);
     }
-    return sums[3 * n_tasks] / std::max(1.0, sums[3 * n_tasks + 1]);
+    return out;
 }
 
 // The trace text of generated tokens: " Y </y>" without the space and the end marker.
@@ -893,57 +1390,198 @@ static std::string strategies_script() {
     return dir + "/data/strategies.py";
 }
 
-// Generates a trace for the first gen_examples prompts of every task (rank 0), writes them as JSON lines
-// (task, x, the generated y, the reference's strategy) to generations_<step>.jsonl, and logs what
-// `data/strategies.py --score` makes of them: final-answer accuracy and the mix of strategies, per task.
-static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) {
+// Runs `python3 data/strategies.py ARGS FILE` and returns its output lines (empty, with a log line, when it cannot).
+static std::vector<std::string> run_strategies(const std::string& args, const std::string& path, int step, Logger* log) {
+    const std::string script = strategies_script();
+    if (!file_exists(script.c_str())) {
+        log_printf(log, "gen step=%d: %s not found: score %s with python3 data/strategies.py %s\n", step, script.c_str(),
+                   path.c_str(), args.c_str());
+        return {};
+    }
+    const std::string cmd = "python3 " + script + " " + args + " " + path + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        log_printf(log, "gen step=%d: could not run %s\n", step, cmd.c_str());
+        return {};
+    }
+    std::vector<std::string> lines;
+    char buf[1024];
+    while (fgets(buf, sizeof buf, p)) lines.push_back(buf);
+    if (pclose(p) != 0) {
+        log_printf(log, "gen step=%d: warning: %s failed%s%s", step, cmd.c_str(), lines.empty() ? "" : ": ",
+                   lines.empty() ? "\n" : lines.back().c_str());
+        return {};
+    }
+    return lines;
+}
+
+// The strategy data/strategies.py detects in each generated trace of a file (-1: none) and whether its answer is
+// right (`--detect`: one line "detect S C" per record).
+static bool detect_traces(const std::string& path, size_t n, int step, Logger* log, std::vector<int>* strategy, std::vector<int>* correct) {
+    const std::vector<std::string> lines = run_strategies("--detect", path, step, log);
+    strategy->clear();
+    correct->clear();
+    for (const std::string& line : lines) {
+        int s, c;
+        if (sscanf(line.c_str(), "detect %d %d", &s, &c) == 2) {
+            strategy->push_back(s);
+            correct->push_back(c);
+        }
+    }
+    if (strategy->size() == n) return true;
+    if (!lines.empty()) log_printf(log, "gen step=%d: data/strategies.py --detect gave %zu lines for %zu traces\n", step, strategy->size(), n);
+    return false;
+}
+
+// A generation job: a prompt (its example) and, for alignment, the forced latent's index and value.
+typedef struct {
+    const Example* e;
+    int latent;                      // -1: z from the router (or mode=lm)
+    std::vector<floatS> z;
+} GenJob;
+
+// Generates the jobs' traces in micro-batches; writes them as JSON lines (task, x, the generated y, the
+// reference's strategy, and the forced latent's index) to `path`; returns the latents used ((n, d_z), cvae).
+static std::vector<floatS> generate_file(Model* m, const Data& d, const std::vector<GenJob>& jobs, int step, uint64_t stream,
+                                         const std::string& path, Logger* log) {
     const Config& c = m->cfg;
-    if (c.gen_examples == 0 || dist().rank != 0) return;
-    const std::vector<const Example*> ex = eval_examples(d, c.gen_examples);
     const int max_new = c.gen_max_tokens > 0 ? c.gen_max_tokens : m->T;
     const double t0 = wall_time();
     std::string lines;
     size_t tokens = 0;
-    for (size_t i0 = 0; i0 < ex.size(); i0 += m->mb) {
+    std::vector<floatS> latents;
+    for (size_t i0 = 0; i0 < jobs.size(); i0 += m->mb) {
         std::vector<std::vector<int32_t>> prompts;
         std::vector<uint64_t> keys;
-        for (size_t i = i0; i < std::min(ex.size(), i0 + m->mb); i++) {
-            prompts.emplace_back(ex[i]->ids.begin(), ex[i]->ids.begin() + ex[i]->n_prompt);
-            keys.push_back(hash_u64((uint64_t)c.seed, 0x6E4, (uint64_t)step, i));
+        std::vector<floatS> forced;
+        const size_t i1 = std::min(jobs.size(), i0 + m->mb);
+        for (size_t i = i0; i < i1; i++) {
+            prompts.emplace_back(jobs[i].e->ids.begin(), jobs[i].e->ids.begin() + jobs[i].e->n_prefix);
+            keys.push_back(hash_u64((uint64_t)c.seed, stream, (uint64_t)step, i));
+            forced.insert(forced.end(), jobs[i].z.begin(), jobs[i].z.end());
         }
-        const std::vector<std::vector<int32_t>> gen = generate(m, d, prompts, keys, max_new, (uint64_t)c.seed);
+        std::vector<floatS> z;
+        const std::vector<std::vector<int32_t>> gen = generate(m, d, prompts, keys, max_new, (uint64_t)c.seed,
+                                                               jobs[i0].latent >= 0 ? &forced : nullptr, &z);
+        latents.insert(latents.end(), z.begin(), z.end());
         for (size_t k = 0; k < gen.size(); k++) {
-            const Example& e = *ex[i0 + k];
+            const GenJob& j = jobs[i0 + k];
             tokens += gen[k].size();
-            lines += "{\"task\": " + json_quote(d.task_names[e.task]) + ", \"x\": " + json_quote(e.x) + ", \"y\": " +
-                     json_quote(trace_text(d, gen[k])) + ", \"strategy\": " + std::to_string(e.strategy) + "}\n";
+            lines += "{\"task\": " + json_quote(d.task_names[j.e->task]) + ", \"x\": " + json_quote(j.e->x) + ", \"y\": " +
+                     json_quote(trace_text(d, gen[k])) + ", \"strategy\": " + std::to_string(j.e->strategy) +
+                     (j.latent >= 0 ? ", \"latent\": " + std::to_string(j.latent) : std::string()) + "}\n";
         }
     }
     const double seconds = wall_time() - t0;
+    write_file_atomic(path, [&](FILE* f, const char* p) { fwrite_check(lines.data(), lines.size(), f, p); });
+    log_printf(log, "gen step=%d traces=%zu tokens=%zu seconds=%.1f tokens_per_s=%.0f file=%s\n", step, jobs.size(), tokens,
+               seconds, tokens / std::max(seconds, 1e-9), path.c_str());
+    return latents;
+}
+
+// Generation and the latent probes (rank 0). Traces for the first gen_examples prompts of every task, z from the
+// router in cvae mode, go to generations_<step>.jsonl and `data/strategies.py --score` gives the `gen` lines:
+// final-answer accuracy and the mix of strategies per task. In cvae mode, per task:
+//   router probe        a logistic regression from the router-sampled z of those traces to the strategy detected in
+//                       each (traces without one left out), fitted on the even-numbered, scored on the odd-numbered
+//   posterior-mu probe  the same from the validation examples' mu_q to the strategy they were drawn with
+//   alignment_one_to_one  K = the task's number of strategies forced latents: the k-means centroids of those mu_q
+//                       (label-free: where the posterior puts its examples); each of the first align_examples
+//                       prompts is continued under each, and the latents are matched one-to-one to the strategies
+//                       detected (undetected traces count as misses); written to alignment_<step>.jsonl
+// Chance is 1 / the task's number of strategies.
+static void evaluate_generation(Model* m, const Data& d, int step, std::vector<TaskEval>* ev, Logger* log) {
+    const Config& c = m->cfg;
+    if (c.gen_examples == 0 || dist().rank != 0) return;
+    const int n_tasks = (int)d.task_names.size(), dz = c.d_z;
+    std::vector<GenJob> jobs;
+    for (const Example* e : eval_examples(d, c.gen_examples)) jobs.push_back({e, -1, {}});
     char name[64];
     snprintf(name, sizeof name, "/generations_%08d.jsonl", step);
     const std::string path = c.checkpoint_path + name;
-    write_file_atomic(path, [&](FILE* f, const char* p) { fwrite_check(lines.data(), lines.size(), f, p); });
-    log_printf(log, "gen step=%d traces=%zu tokens=%zu seconds=%.1f tokens_per_s=%.0f file=%s\n", step, ex.size(), tokens,
-               seconds, tokens / std::max(seconds, 1e-9), path.c_str());
-    const std::string script = strategies_script();
-    if (!file_exists(script.c_str())) {
-        log_printf(log, "gen step=%d: %s not found: score the file with python3 data/strategies.py --score\n", step, script.c_str());
-        return;
+    const std::vector<floatS> z = generate_file(m, d, jobs, step, 0x6E4, path, log);
+    for (const std::string& line : run_strategies("--score", path, step, log))
+        log_printf(log, "gen step=%d %s", step, line.compare(0, 6, "score ") == 0 ? line.c_str() + 6 : line.c_str());
+    std::vector<int> detected, correct;
+    if (!detect_traces(path, jobs.size(), step, log, &detected, &correct)) return;
+    for (int k = 0; k <= n_tasks; k++) {                // each task, then all
+        double n = 0, right = 0;
+        for (size_t i = 0; i < jobs.size(); i++)
+            if (k == n_tasks || jobs[i].e->task == k) n++, right += correct[i];
+        if (n > 0) (*ev)[k].answer_acc = right / n;
     }
-    const std::string cmd = "python3 " + script + " --score " + path + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) {
-        log_printf(log, "gen step=%d: could not run %s\n", step, cmd.c_str());
-        return;
+    if (!m->groups.cvae) return;
+    // the probes
+    std::vector<GenJob> forced;
+    for (int k = 0; k < n_tasks; k++) {
+        TaskEval& te = (*ev)[k];
+        const int S = d.n_strategies[k];
+        te.chance = 1.0 / S;
+        std::vector<double> x;
+        std::vector<int> labels, train;
+        for (size_t i = 0; i < jobs.size(); i++) {
+            if (jobs[i].e->task != k || detected[i] < 0) continue;
+            x.insert(x.end(), z.begin() + i * dz, z.begin() + (i + 1) * dz);
+            train.push_back(labels.size() % 2 == 0);
+            labels.push_back(detected[i]);
+        }
+        te.router_probe = probe_accuracy(x, labels, train, (int)labels.size(), dz, S);
+        const int n_post = (int)te.strategy.size();
+        std::vector<int> post_train(n_post);
+        for (int i = 0; i < n_post; i++) post_train[i] = i % 2 == 0;
+        te.posterior_mu_probe = probe_accuracy(te.mu_q, te.strategy, post_train, n_post, dz, S);
+        if (c.align_examples == 0 || n_post == 0) continue;
+        const std::vector<double> centroids = kmeans(te.mu_q, n_post, dz, S);
+        for (const Example* e : eval_examples(d, c.align_examples)) {
+            if (e->task != k) continue;
+            for (int l = 0; l < S; l++)
+                forced.push_back({e, l, std::vector<floatS>(centroids.begin() + (size_t)l * dz, centroids.begin() + (size_t)(l + 1) * dz)});
+        }
     }
-    char buf[1024];
-    while (fgets(buf, sizeof buf, p)) {
-        std::string line = buf;
-        if (line.compare(0, 6, "score ") == 0) line = line.substr(6);
-        log_printf(log, "gen step=%d %s", step, line.c_str());
+    if (!forced.empty()) {
+        snprintf(name, sizeof name, "/alignment_%08d.jsonl", step);
+        const std::string apath = c.checkpoint_path + name;
+        generate_file(m, d, forced, step, 0xA11, apath, log);
+        std::vector<int> adetected, acorrect;
+        if (detect_traces(apath, forced.size(), step, log, &adetected, &acorrect))
+            for (int k = 0; k < n_tasks; k++) {
+                const int S = d.n_strategies[k];
+                std::vector<std::vector<int>> counts(S, std::vector<int>(S, 0));
+                int total = 0;
+                for (size_t i = 0; i < forced.size(); i++) {
+                    if (forced[i].e->task != k) continue;
+                    total++;
+                    if (adetected[i] >= 0 && adetected[i] < S) counts[forced[i].latent][adetected[i]]++;
+                }
+                if (total == 0) continue;
+                int detected_total = 0;
+                for (const auto& row : counts) for (int v : row) detected_total += v;
+                (*ev)[k].alignment = alignment_one_to_one(counts) * detected_total / total;
+            }
     }
-    if (pclose(p) != 0) log_printf(log, "gen step=%d: warning: %s failed\n", step, cmd.c_str());
+    for (int k = 0; k < n_tasks; k++) {
+        const TaskEval& te = (*ev)[k];
+        log_printf(log, "probe step=%d task=%s router_probe=%.4f posterior_mu_probe=%.4f chance=%.4f alignment_one_to_one=%.4f "
+                   "n_router=%d n_posterior=%zu\n", step, d.task_names[k].c_str(), te.router_probe, te.posterior_mu_probe,
+                   te.chance, te.alignment, (int)std::count_if(jobs.begin(), jobs.end(), [&](const GenJob& j) { return j.e->task == k; }),
+                   te.strategy.size());
+    }
+}
+
+// The `final` lines: per task, what the last evaluation measured (-1: not measured).
+static void log_final(const Model& m, const Data& d, const std::vector<TaskEval>& ev, Logger* log) {
+    for (size_t k = 0; k < ev.size(); k++) {
+        const TaskEval& te = ev[k];
+        const char* task = k < d.task_names.size() ? d.task_names[k].c_str() : "all";
+        if (!m.groups.cvae) {
+            log_printf(log, "final task=%s answer_acc=%.4f nll=%.5f token_acc=%.4f\n", task, te.answer_acc, te.nll, te.token_acc);
+            continue;
+        }
+        log_printf(log, "final task=%s answer_acc=%.4f recon_ratio=%.5f kl=%.5g pv=%.5g rmkl=%.5g router_probe=%.4f "
+                   "posterior_mu_probe=%.4f chance=%.4f alignment_one_to_one=%.4f nll=%.5f token_acc=%.4f\n", task,
+                   te.answer_acc, te.recon_ratio, te.kl, te.pv, te.rmkl, te.router_probe, te.posterior_mu_probe, te.chance,
+                   te.alignment, te.nll, te.token_acc);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -958,14 +1596,28 @@ static void evaluate_generation(Model* m, const Data& d, int step, Logger* log) 
 // adapter_model.safetensors), loadable onto the base model with peft.PeftModel.from_pretrained, and with save_merged
 // hf_<step>/ too: the base with the adapter merged in.
 
-// The tensors of adapter k, or of the base model (k = -1).
+// The parts of the model: adapter k (k >= 0), the base model (the generator's Qwen2), the cvae heads, and the
+// posterior's own network (cvae from scratch).
+enum { PART_BASE = -1, PART_HEADS = -2, PART_POSTERIOR = -3 };
+
+static int tensor_part(const TensorInfo& ti, const Groups& gr) {
+    const auto it = std::find(gr.g_adapters.begin(), gr.g_adapters.end(), ti.group);
+    if (it != gr.g_adapters.end()) return (int)(it - gr.g_adapters.begin());
+    if (ti.group == gr.g_heads) return PART_HEADS;
+    return ti.name.compare(0, 10, "posterior.") == 0 ? PART_POSTERIOR : PART_BASE;
+}
+
 static std::vector<TensorInfo> model_part(const ParamTable& t, const Groups& gr, int k) {
     std::vector<TensorInfo> out;
-    for (const TensorInfo& ti : t.tensors) {
-        const auto it = std::find(gr.g_adapters.begin(), gr.g_adapters.end(), ti.group);
-        const int owner = it == gr.g_adapters.end() ? -1 : (int)(it - gr.g_adapters.begin());
-        if (owner == k) out.push_back(ti);
-    }
+    for (const TensorInfo& ti : t.tensors)
+        if (tensor_part(ti, gr) == k) out.push_back(ti);
+    return out;
+}
+
+// The posterior's network under the base model's names (its tensors without the "posterior." prefix), for export.
+static std::vector<TensorInfo> posterior_as_base(const ParamTable& t, const Groups& gr) {
+    std::vector<TensorInfo> out = model_part(t, gr, PART_POSTERIOR);
+    for (TensorInfo& ti : out) ti.name = ti.name.substr(10);
     return out;
 }
 
@@ -993,13 +1645,23 @@ static std::string adapter_dir(const std::string& dir, const std::string& name) 
 static void merge_active_adapter(const Model& m, std::vector<floatS>* w) {
     ModelTensors<floatS> h;
     TensorList<floatS> list = tensor_bind(m.p.table, param_bases(m.p.table, w->data(), BUF_PARAMS));
-    model_tensors(list, &h, m.arch, m.groups, m.cfg.lora_r);
+    model_tensors(list, &h, m.arch, m.groups, m.cfg.lora_r, m.cfg.d_z);
     for (int l = 0; l < m.arch.n_layers; l++)
-        block_lora_merge(h.blocks[l], h.lora[m.groups.active][l], m.block, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale);
+        block_lora_merge(h.base.blocks[l], h.lora[m.groups.active][l], m.block, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale);
+}
+
+// The cvae heads as dir/cvae_heads.safetensors (their names as in the checkpoint: cvae.router_head.weight, ...).
+static void write_heads(const Model& m, const std::string& dir, const std::vector<floatS>& w) {
+    SafetensorsWriter st;
+    for (const TensorInfo& t : model_part(m.p.table, m.groups, PART_HEADS)) safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
+    safetensors_add_meta(&st, "format", "arc.cu train_cvae heads");
+    safetensors_write(st, dir + "/cvae_heads.safetensors");
 }
 
 // The exports of a step: the PEFT adapters (LoRA), and Hugging Face weights: the model (full training), or the base
-// with the active adapter merged in (save_merged). Returns the folders written.
+// with the active adapter merged in (save_merged). In cvae mode also the heads (cvae_heads.safetensors beside the
+// adapters, or beside the model), and from scratch the posterior's network (hf_<step>/posterior/, HF's layout).
+// Returns the folders written.
 static std::string export_hf(Model* m, int step) {
     std::vector<floatS> w = params_values(m->p);
     const Arch& a = m->arch;
@@ -1011,14 +1673,21 @@ static std::string export_hf(Model* m, int step) {
             make_dirs(adapter_dir(dir, names[k]));
             peft_write(adapter_dir(dir, names[k]), lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, (int)k), w.data());
         }
+        if (m->groups.cvae) write_heads(*m, dir, w);
         written = dir;
         if (!m->cfg.save_merged) return written;
         merge_active_adapter(*m, &w);
     }
     const std::string dir = checkpoint_name(m->cfg.checkpoint_path, "hf", step, "");
     make_dirs(dir);
-    hf_write_tensors(dir, model_part(m->p.table, m->groups, -1), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
+    hf_write_tensors(dir, model_part(m->p.table, m->groups, PART_BASE), w.data(), a.NH * a.HD, a.NKV * a.HD, "F32",
                      (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
+    if (m->groups.cvae && !m->groups.lora) {
+        write_heads(*m, dir, w);
+        make_dirs(dir + "/posterior");
+        hf_write_tensors(dir + "/posterior", posterior_as_base(m->p.table, m->groups), w.data(), a.NH * a.HD, a.NKV * a.HD,
+                         "F32", (size_t)5 << 30, arch_config_json(a), {{"step", std::to_string(step)}});
+    }
     return written.empty() ? dir : written + "," + dir;
 }
 
@@ -1043,6 +1712,7 @@ static void checkpoint_save(Model* m, const Data& d, int step, const std::string
     if (dist().rank != 0) return;
     const int64_t state[4] = {step, d.epoch, d.cursor, (int64_t)d.train.size()};
     section_add(&sections, "state", state, sizeof state);
+    if (m->groups.cvae) section_add(&sections, "c_base", &m->c_base, sizeof m->c_base);
     const std::string arch = arch_config_json(m->arch);
     section_add(&sections, "architecture", arch.data(), arch.size());
     const std::string& dir = m->cfg.checkpoint_path;
@@ -1085,6 +1755,12 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
                   "resume with the files it was started with", path, m->cfg.init_from.c_str(),
                   m->cfg.load_adapter.empty() ? "" : " and load_adapter=", m->cfg.load_adapter.c_str());
     }
+    if (m->groups.cvae) {
+        double c_base;
+        section_get(s, path, "c_base", &c_base, 1);
+        if (!(c_base > 0 && c_base < 1e30)) fatal("%s: section 'c_base' holds %g: expected a positive baseline", path, c_base);
+        m->c_base = c_base;
+    }
     params_load_sections(&m->p, s, path, state[0], frozen);
     *step = (int)state[0];
     d->epoch = (int)state[1];
@@ -1098,7 +1774,7 @@ static void load_pretrained(Model* m, Logger* log) {
     std::vector<floatS> w = params_values(m->p);
     if (!c.init_from.empty()) {
         const HfWeights hf = hf_weights_open(c.init_from.c_str());
-        const std::vector<std::string> unused = hf_load_tensors(hf, model_part(m->p.table, m->groups, -1), w.data(),
+        const std::vector<std::string> unused = hf_load_tensors(hf, model_part(m->p.table, m->groups, PART_BASE), w.data(),
                                                                 a.NH * a.HD, a.NKV * a.HD);
         for (const std::string& name : unused)
             log_printf(log, "warning: %s: tensor %s is not part of the model%s; ignored\n", c.init_from.c_str(), name.c_str(),
@@ -1118,7 +1794,12 @@ typedef struct {
     int B, T;
     std::vector<int32_t> input_ids, labels;     // (B, T), Hugging Face's labels: the token, or -100 outside the loss
     std::vector<floatS> logits;                 // (B, T, V)
-    double loss;
+    double loss;                                // the objective (lm: the mean NLL of the y tokens; cvae: J)
+    // cvae
+    int Tq;
+    std::vector<int32_t> slot_pos, router_pos, posterior_ids, posterior_pos;   // (B), (B), (B, Tq), (B)
+    Latents latents;
+    double recon, kl, pv, rmkl;
 } DebugCapture;
 
 // A safetensors file that an independent implementation (dev/cvae_torch.py replay) can reproduce: the weights under
@@ -1136,8 +1817,9 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
         const bool adapter = std::find(adapters.begin(), adapters.end(), t.group) != adapters.end();
         const bool trained = t.group < m->groups.n_trained;
         if (adapter && !trained) continue;              // the adapters the model does not run
+        const bool posterior = m->groups.posterior >= 0 && t.group == adapters[m->groups.posterior];
         for (const HfPart& part : hf_parts(t.name, t.shape, a.NH * a.HD, a.NKV * a.HD)) {
-            const std::string name = (adapter ? "base_model.model." : "") + part.hf_name;
+            const std::string name = (posterior ? "posterior." : "") + std::string(adapter ? "base_model.model." : "") + part.hf_name;
             std::vector<int64_t> shape = t.shape;
             shape[0] = part.rows;
             const size_t offset = t.offset + (size_t)part.row_begin * (t.numel / t.shape[0]);
@@ -1150,6 +1832,29 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
     safetensors_add_f32(&st, "out.logits", {B, T, a.V}, cap.logits.data());
     const floatS loss = (floatS)cap.loss;
     safetensors_add_f32(&st, "out.loss", {1}, &loss);
+    if (m->groups.cvae) {
+        const Config& c = m->cfg;
+        const int64_t dz = c.d_z;
+        safetensors_add_i32(&st, "batch.slot_pos", {B}, cap.slot_pos.data());
+        safetensors_add_i32(&st, "batch.router_pos", {B}, cap.router_pos.data());
+        safetensors_add_i32(&st, "batch.posterior_ids", {B, cap.Tq}, cap.posterior_ids.data());
+        safetensors_add_i32(&st, "batch.posterior_pos", {B}, cap.posterior_pos.data());
+        const Latents& L = cap.latents;
+        safetensors_add_f32(&st, "batch.eps", {B, dz}, L.eps.data());
+        for (const auto& [name, v] : {std::make_pair("out.mu_q", &L.mu_q), std::make_pair("out.logvar_q", &L.lv_q),
+                                      std::make_pair("out.mu_p", &L.mu_p), std::make_pair("out.logvar_p", &L.lv_p),
+                                      std::make_pair("out.z", &L.z)})
+            safetensors_add_f32(&st, name, {B, dz}, v->data());
+        for (const auto& [name, v] : {std::make_pair("out.recon", cap.recon), std::make_pair("out.kl", cap.kl),
+                                      std::make_pair("out.pv", cap.pv), std::make_pair("out.rmkl", cap.rmkl)}) {
+            const floatS x = (floatS)v;
+            safetensors_add_f32(&st, name, {1}, &x);
+        }
+        safetensors_add_meta(&st, "cvae", "{\"d_z\": " + std::to_string(c.d_z) + ", \"beta\": " + hf_json_float(c.beta) +
+                                              ", \"c_base\": " + hf_json_float(m->c_base) + ", \"posterior_variance_weight\": " +
+                                              hf_json_float(c.posterior_variance_weight) + ", \"router_marginal_kl_to_prior_weight\": " +
+                                              hf_json_float(c.router_marginal_kl_to_prior_weight) + "}");
+    }
     safetensors_add_meta(&st, "format", "arc.cu debug state");
     safetensors_add_meta(&st, "config", arch_config_json(a));
     if (m->groups.lora) safetensors_add_meta(&st, "lora", peft_config_json(lora_peft_config(m->cfg, a)));
@@ -1158,62 +1863,135 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
     safetensors_write(st, path);
 }
 
-// The batch and logits of the first micro-batch (before the loss overwrites the logits with their gradient).
-static void debug_capture(Model* m, DebugCapture* cap, const std::vector<const Example*>& ex, int T) {
+// The batch and logits of the first micro-batch (before the loss overwrites the logits with their gradient), and
+// in cvae mode its latent rows and values.
+static void debug_capture(Model* m, DebugCapture* cap, const std::vector<const Example*>& ex, int T, const Latents* L, int Tq) {
     const int B = (int)ex.size(), V = m->arch.V, D = m->arch.D;
     cap->B = B;
     cap->T = T;
     cap->input_ids.assign((size_t)B * T, 0);
     cap->labels.assign((size_t)B * T, IGNORE_LABEL_ID);
-    copy_to_host(cap->input_ids.data(), m->acts.ids, cap->input_ids.size() * sizeof(int));
+    copy_to_host(cap->input_ids.data(), m->acts.gen.ids, cap->input_ids.size() * sizeof(int));
     for (int b = 0; b < B; b++)
         for (size_t t = ex[b]->n_prompt; t < ex[b]->ids.size(); t++) cap->labels[(size_t)b * T + t] = ex[b]->ids[t];
     cap->logits.resize((size_t)B * T * V);
     for (int r = 0; r < B * T; r++) {
-        matmul_forward(m->acts.logits, m->acts.hn + (size_t)r * D, lm_head_weight(*m), nullptr, 1, D, V, Stream());
+        matmul_forward(m->acts.logits, m->acts.gen.hn + (size_t)r * D, lm_head_weight(*m), nullptr, 1, D, V, Stream());
         download_floatX(cap->logits.data() + (size_t)r * V, m->acts.logits, V);
+    }
+    if (!L) return;
+    cap->Tq = Tq;
+    cap->latents = *L;
+    cap->posterior_ids.assign((size_t)B * Tq, 0);
+    copy_to_host(cap->posterior_ids.data(), m->acts.post.ids, cap->posterior_ids.size() * sizeof(int));
+    for (int b = 0; b < B; b++) {
+        cap->slot_pos.push_back(ex[b]->n_prefix);
+        cap->router_pos.push_back(ex[b]->n_prefix - 1);
+        cap->posterior_pos.push_back((int)ex[b]->post_ids.size() - 1);
     }
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // 10. Training step and main loop.
 
-// Model FLOPs of a micro-batch's training step: the forward pass (the blocks and the lm head) and the backward
-// pass, which computes the input gradients of everything (as many FLOPs as the forward) and the weight gradients
-// of what is trained (as many again for the base when it is trained; LoRA's adapters are in stack_flops' count
-// of neither: a few percent at r = 16). Recomputation is not counted.
-static double micro_batch_flops(const Model& m, int B, int T) {
-    const double blocks = stack_flops(stack_shape(m, B, T, nullptr, 0, true)), head = 2.0 * B * T * m.arch.D * m.arch.V;
+// Model FLOPs of a micro-batch's training step: the forward pass (the generator's blocks and lm head; in cvae mode
+// the posterior's blocks over Tq tokens) and the backward pass, which computes the input gradients of everything
+// (as many FLOPs as the forward) and the weight gradients of what is trained (as many again for the base when it is
+// trained; LoRA's adapters and the cvae heads are in the count of neither: a few percent at r = 16).
+// Recomputation and the router's moment pass (rmkl) are not counted.
+static double micro_batch_flops(const Model& m, int B, int T, int Tq) {
+    const double gen = stack_flops(stack_shape(m, generator_net(m), B, T, nullptr, 0, true)) + 2.0 * B * T * m.arch.D * m.arch.V;
+    const double post = Tq ? stack_flops(stack_shape(m, posterior_net(m), B, Tq, nullptr, 0, true)) : 0.0;
     const double weight_grads = m.groups.lora ? 0.0 : 1.0;
-    return (blocks + head) * (2.0 + weight_grads);
+    return (gen + post) * (2.0 + weight_grads);
 }
 
 typedef struct {
     double loss, token_acc, targets, tokens, flops;
+    // cvae: J's terms (loss is J; recon the mean NLL per y token), and each weighted term's gradient norm at the
+    // latent statistics (recon, kl, pv, rmkl)
+    double recon, kl, pv, rmkl, grad_norms[4];
 } StepMetrics;
 
+// J's terms for the train line: each unweighted and weighted (w_*), and the norm of each weighted term's gradient
+// at the latent statistics (gn_*; the reconstruction's through z).
+static std::string cvae_terms_field(const Config& c, const StepMetrics& r, double c_base) {
+    char buf[512];
+    snprintf(buf, sizeof buf, " recon=%.5f recon_ratio=%.5f kl=%.5g pv=%.5g rmkl=%.5g w_recon=%.5g w_kl=%.5g w_pv=%.5g w_rmkl=%.5g "
+             "gn_recon=%.4g gn_kl=%.4g gn_pv=%.4g gn_rmkl=%.4g", r.recon, r.recon / c_base, r.kl, r.pv, r.rmkl, r.recon / c_base,
+             c.beta * r.kl, c.posterior_variance_weight * r.pv, c.router_marginal_kl_to_prior_weight * r.rmkl, r.grad_norms[0],
+             r.grad_norms[1], r.grad_norms[2], r.grad_norms[3]);
+    return buf;
+}
+
+// J's weights and batch constants for a global batch of N examples with n_targets y tokens.
+static ObjectiveScales objective_scales(const Config& c, double c_base, double N, double n_targets, const double* rmkl_sums) {
+    ObjectiveScales sc;
+    sc.recon_scale = 1.0 / (n_targets * c_base);
+    sc.kl_scale = c.beta / N;
+    sc.pv_scale = c.posterior_variance_weight / (N * c.d_z);
+    sc.rmkl_weight = c.router_marginal_kl_to_prior_weight;
+    sc.N = N;
+    sc.rmkl_sums = c.router_marginal_kl_to_prior_weight > 0 ? rmkl_sums : nullptr;
+    return sc;
+}
+
 // One optimizer step's forward and backward over the global batch (this rank's share: examples rank, rank + W,
-// ...), gradients accumulated over the micro-batches and summed over the ranks.
-static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
+// ...), gradients accumulated over the micro-batches and summed over the ranks. In cvae mode with a router
+// marginal KL weight, a first forward pass over the batch's prompts gives the router's batch moments that the
+// term's gradient needs (it is a function of the whole batch).
+static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugCapture* cap) {
     const Config& c = m->cfg;
-    const int rank = dist().rank, W = dist().world;
+    const int rank = dist().rank, W = dist().world, dz = c.d_z;
+    const bool cvae = m->groups.cvae;
     const std::vector<int> global = data_next_batch(d, c.batch_size, (uint64_t)c.seed);
-    std::vector<const Example*> mine;
-    for (size_t i = rank; i < global.size(); i += W) mine.push_back(&d->train[global[i]]);
+    std::vector<std::pair<const Example*, uint64_t>> mine;      // with its position in the global batch (its noise key)
+    for (size_t i = rank; i < global.size(); i += W) mine.push_back({&d->train[global[i]], (uint64_t)i});
     // micro-batches of similar lengths pad less (the loss is a sum over sequences: their grouping does not matter)
-    std::stable_sort(mine.begin(), mine.end(), [](const Example* a, const Example* b) { return a->ids.size() < b->ids.size(); });
+    std::stable_sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.first->ids.size() < b.first->ids.size(); });
     double n_targets = 0;                                  // the y tokens of the global batch: the loss's mean
     for (int i : global) n_targets += (double)(d->train[i].ids.size() - d->train[i].n_prompt);
+    const double N = (double)global.size();
+    std::vector<double> moments(2 * dz, 0.0), rmkl_sums(2 * dz, 0.0);
+    if (cvae && c.router_marginal_kl_to_prior_weight > 0) {
+        std::vector<const Example*> ex;
+        for (const auto& e : mine) ex.push_back(e.first);
+        std::vector<floatS> mu, lv;
+        router_latents(m, *d, ex, &mu, &lv);
+        marginal_moments(rmkl_sums.data(), mu.data(), lv.data(), (int)ex.size(), dz);
+        dist_sum_host(rmkl_sums.data(), 2 * dz);
+    }
+    const ObjectiveScales sc = objective_scales(c, c_base, N, n_targets, rmkl_sums.data());
+    const uint64_t noise_seed = hash_u64((uint64_t)c.seed, 0xE95, (uint64_t)step);
     StepMetrics r = StepMetrics();
     r.targets = n_targets;
     for (size_t i0 = 0; i0 < mine.size(); i0 += m->mb) {
-        const std::vector<const Example*> ex(mine.begin() + i0, mine.begin() + std::min(mine.size(), i0 + m->mb));
+        std::vector<const Example*> ex;
+        std::vector<uint64_t> keys;
+        for (size_t i = i0; i < std::min(mine.size(), i0 + m->mb); i++) {
+            ex.push_back(mine[i].first);
+            keys.push_back(mine[i].second);
+        }
         const int B = (int)ex.size(), T = batch_length(*m, ex);
         upload_batch(m, *d, ex, T);
         m->lora_seed = hash_u64((uint64_t)c.seed, 0xD0, (uint64_t)(d->epoch * 1000003LL + d->cursor), (uint64_t)(rank * 65536 + i0));
-        model_forward(m, B, T, nullptr, 0, true, Stream());
-        if (cap && i0 == 0) debug_capture(m, cap, ex, T);
-        loss_and_backward(m, B, T, (float)(1.0 / n_targets), true, Stream());
+        int Tq = 0;
+        if (cvae) {
+            Tq = upload_latent_rows(m, *d, ex, T);
+            Latents L;
+            L.eps = latent_noise(B, dz, noise_seed, keys);
+            cvae_forward(m, &L, B, T, Tq, true, Stream());
+            if (cap && i0 == 0) debug_capture(m, cap, ex, T, &L, Tq);
+            const LatentTerms t = cvae_backward(m, &L, B, T, Tq, sc, Stream());
+            r.kl += t.kl;
+            r.pv += t.pv;
+            for (int k = 0; k < 4; k++) r.grad_norms[k] += t.gn2[k];
+            marginal_moments(moments.data(), L.mu_p.data(), L.lv_p.data(), B, dz);
+        } else {
+            model_forward(m, generator_net(*m), &m->acts.gen, B, T, nullptr, 0, true, nullptr, Stream());
+            if (cap && i0 == 0) debug_capture(m, cap, ex, T, nullptr, 0);
+            loss_and_backward(m, B, T, (float)(1.0 / n_targets), true, Stream());
+        }
         std::vector<floatS> loss((size_t)B * T);
         std::vector<int> argmax((size_t)B * T), targets((size_t)B * T);
         copy_to_host(loss.data(), m->acts.loss, loss.size() * sizeof(floatS));
@@ -1223,25 +2001,35 @@ static StepMetrics train_step(Model* m, Data* d, DebugCapture* cap) {
             r.loss += loss[k];
             r.token_acc += targets[k] != IGNORE_LABEL_ID && argmax[k] == targets[k];
         }
-        for (const Example* e : ex) r.tokens += (double)e->ids.size();
-        r.flops += micro_batch_flops(*m, B, T);
+        for (const Example* e : ex) r.tokens += (double)(e->ids.size() + e->post_ids.size());
+        r.flops += micro_batch_flops(*m, B, T, Tq);
     }
     params_grad_sum_start(&m->p, 0, m->groups.n_trained, Stream());
     dist_sum_wait(Stream());
-    double sums[3] = {r.loss, r.token_acc, r.tokens};
-    dist_sum_host(sums, 3);
-    r.loss = sums[0] / n_targets;
+    std::vector<double> sums = {r.loss, r.token_acc, r.tokens, r.kl, r.pv};
+    for (int k = 0; k < 4; k++) sums.push_back(r.grad_norms[k]);
+    sums.insert(sums.end(), moments.begin(), moments.end());
+    dist_sum_host(sums.data(), (int)sums.size());
+    r.recon = sums[0] / n_targets;
     r.token_acc = sums[1] / n_targets;
     r.tokens = sums[2];
-    if (cap) cap->loss = r.loss;
+    r.loss = r.recon;
+    if (cvae) {
+        r.kl = sums[3] / N;
+        r.pv = sums[4] / (N * dz);
+        for (int k = 0; k < 4; k++) r.grad_norms[k] = sqrt(sums[5 + k]);
+        r.rmkl = router_marginal_kl(sums.data() + 9, N, dz);
+        r.loss = r.recon / c_base + c.beta * r.kl + c.posterior_variance_weight * r.pv + c.router_marginal_kl_to_prior_weight * r.rmkl;
+    }
+    if (cap) cap->loss = r.loss, cap->recon = r.recon, cap->kl = r.kl, cap->pv = r.pv, cap->rmkl = r.rmkl;
     return r;
 }
 
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
-#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter"
+#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter|posterior_adapter|d_z"
 #define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|save_merged|log_every|debug_state|eval_every|" \
     "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
-    "pad_to_max"
+    "pad_to_max|align_examples"
 
 static int train_main(int argc, char** argv) {
     Config cfg = config_defaults();
@@ -1302,9 +2090,26 @@ static int train_main(int argc, char** argv) {
                data.eval.size(), cfg.eval_split.c_str(), data.task_names.size(), total_steps, steps_per_epoch);
     log_printf(&log, "memory: %.2f GiB allocated (activations %.2f GiB for micro-batch %d of %d x %d tokens)\n",
                device_bytes_allocated() / 1073741824.0, m->acts_bytes / 1073741824.0, m->mb, m->B_local, m->T);
+    if (m->groups.cvae) {
+        if (m->c_base == 0) {
+            m->c_base = evaluate_nll(m, data, step, &log, true).back().nll;
+            if (!(m->c_base > 0)) fatal("c_base: the validation NLL with z = 0 is %g; give c_base=", m->c_base);
+            log_printf(&log, "c_base=%.5f: the validation NLL per y token of the model with z = 0 at step %d (R is divided by it)\n",
+                       m->c_base, step);
+        } else {
+            log_printf(&log, "c_base=%.5f\n", m->c_base);
+        }
+        log_printf(&log, "cvae: d_z=%d beta=%g posterior_variance_weight=%g router_marginal_kl_to_prior_weight=%g, posterior: %s\n",
+                   cfg.d_z, cfg.beta, cfg.posterior_variance_weight, cfg.router_marginal_kl_to_prior_weight,
+                   m->groups.lora ? ("adapter " + cfg.posterior_adapter + " on the shared base").c_str() : "a network of its own");
+    }
+    auto evaluate = [&](int at) {
+        std::vector<TaskEval> ev = evaluate_nll(m, data, at, &log);
+        evaluate_generation(m, data, at, &ev, &log);
+        return ev;
+    };
     if (cfg.eval_only) {
-        evaluate_nll(m, data, step, &log);
-        evaluate_generation(m, data, step, &log);
+        log_final(*m, data, evaluate(step), &log);
         run_end(&run);
         return 0;
     }
@@ -1312,13 +2117,14 @@ static int train_main(int argc, char** argv) {
         fatal("debug_state needs one process and one micro-batch per step (micro_batch_size=0)");
 
     const int first_step = step + 1;
+    std::vector<TaskEval> last_eval;
     RunTiming timing = timing_begin(first_step);
     if (first_step > total_steps) log_printf(&log, "nothing to do: the run is at step %d of %d\n", step, total_steps);
     for (step = first_step; step <= total_steps; step++) {
         const double t0 = wall_time();
         DebugCapture cap;
         const bool capture = step == 1 && !cfg.debug_state.empty();
-        StepMetrics r = train_step(m, &data, capture ? &cap : nullptr);
+        StepMetrics r = train_step(m, &data, step, m->c_base, capture ? &cap : nullptr);
         if (!std::isfinite(r.loss))
             fatal("step %d: the loss is %g: the run diverged (try a lower lr); the checkpoints written so far are kept", step, r.loss);
         if (capture && run.rank == 0) {
@@ -1332,18 +2138,18 @@ static int train_main(int argc, char** argv) {
         if (step == first_step)
             log_printf(&log, "memory: %.2f GiB in use on the device after the first step\n", device_memory_in_use() / 1073741824.0);
         if (step % cfg.log_every == 0 || step == total_steps)
-            log_printf(&log, "train step=%d loss=%.5f token_acc=%.4f lr=%.3e grad_norm=%.4f ms=%.1f tokens_per_s=%.0f%s\n", step,
-                       r.loss, r.token_acc, u.lr, u.grad_norm, 1000 * seconds, r.tokens / seconds,
-                       mfu_field(run, r.flops, seconds).c_str());
+            log_printf(&log, "train step=%d loss=%.5f%s token_acc=%.4f lr=%.3e grad_norm=%.4f ms=%.1f tokens_per_s=%.0f%s\n", step,
+                       r.loss, m->groups.cvae ? cvae_terms_field(cfg, r, m->c_base).c_str() : "", r.token_acc, u.lr, u.grad_norm,
+                       1000 * seconds, r.tokens / seconds, mfu_field(run, r.flops, seconds).c_str());
         log_progress(&run, timing, step, total_steps);
         const bool eval_now = (cfg.eval_every && step % cfg.eval_every == 0) || step == total_steps;
         if (eval_now) {
-            evaluate_nll(m, data, step, &log);
-            evaluate_generation(m, data, step, &log);
+            last_eval = evaluate(step);
         }
         if (eval_now || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0))
             checkpoint_save(m, data, step, run.config_text, &log);
     }
+    if (!last_eval.empty()) log_final(*m, data, last_eval, &log);
     log_timing(&run, timing, cfg.batch_size);
     run_end(&run);
     return 0;

@@ -86,6 +86,7 @@ Usage:
     python3 data/strategies.py --json      # the same problems solved by every strategy, as JSON lines
     python3 data/strategies.py --report    # strategies, detector accuracy, coinciding traces, lengths
     python3 data/strategies.py --score GEN.jsonl [--json]   # answer accuracy and strategy mix of model outputs
+    python3 data/strategies.py --detect GEN.jsonl           # per record: "detect S C" (strategy id or -1; answer 1/0)
 OUT_DIR gets train.jsonl, val.jsonl and test.jsonl, one example per line:
 {"task", "strategy" (the id; for evaluation only, not in the text), "x", "y", "text"}.
 
@@ -849,14 +850,19 @@ def parse_args(argv):
                              " (with --score: print the scores as JSON objects)")
     parser.add_argument("--score", metavar="FILE",
                         help="score generated traces (JSON lines {task, x, y, strategy}): accuracy, strategy mix")
+    parser.add_argument("--detect", metavar="FILE",
+                        help="per generated trace (JSON lines {task, x, y}): one line 'detect S C', S the detected "
+                             "strategy id (-1: none), C 1 when the answer is right")
     parser.add_argument("--report", action="store_true", help="print strategies, detector accuracy, lengths per task")
     parser.add_argument("--report-examples", metavar="N", type=positive, default=2000,
                         help="training examples per task that --report measures (default 2000)")
     args = parser.parse_args(argv)
-    if args.score is not None and (args.out_dir is not None or args.report or args.tasks is not None):
+    if args.score is not None and (args.out_dir is not None or args.report or args.tasks is not None or args.detect):
         parser.error("--score takes only --json: score the file alone")
-    if args.out_dir is None and not (args.json or args.report or args.score is not None):
-        parser.error("nothing to do: give OUT_DIR, --json, --report or --score FILE")
+    if args.detect is not None and (args.out_dir is not None or args.report or args.tasks is not None or args.json):
+        parser.error("--detect takes no other option: detect the file alone")
+    if args.out_dir is None and not (args.json or args.report or args.score is not None or args.detect is not None):
+        parser.error("nothing to do: give OUT_DIR, --json, --report, --score FILE or --detect FILE")
     args.tasks = args.tasks or list(TASKS)
     return args
 
@@ -886,11 +892,20 @@ def show(args):
                 print(json.dumps({"task": task, "strategy": s, "x": x, "y": y, "text": render(x, y)}))
 
 
+def print_detections(path):
+    for r in read_records(path):
+        s = detect(r["task"], r["y"])
+        print(f"detect {-1 if s is None else s} {int(check(r['task'], r['x'], r['y']))}")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.score is not None:
+    if args.score is not None or args.detect is not None:
         try:
-            print_scores(args.score, args.json)
+            if args.score is not None:
+                print_scores(args.score, args.json)
+            else:
+                print_detections(args.detect)
         except ScoreError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

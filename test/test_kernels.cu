@@ -885,6 +885,25 @@ static void test_scatter_rows(int n_rows, int n_out, int C) {
     expect_exact(name, d_out.get(), out);
 }
 
+// put_rows into an out of n_out rows holding values (the untouched rows must keep them), = and +=.
+static void test_put_rows(int n_rows, int n_out, int C, bool accumulate) {
+    const std::string name = fmt(BK " put_rows n_rows=%d n_out=%d C=%d accumulate=%d", n_rows, n_out, C, accumulate);
+    const vecd inp = rx(rnd((size_t)n_rows * C, -1, 1)), out0 = rx(rnd((size_t)n_out * C, -1, 1));
+    veci perm(n_out);
+    for (int i = 0; i < n_out; i++) perm[i] = i;
+    const uint64_t seed = fresh_seed();
+    for (int i = n_out - 1; i > 0; i--) std::swap(perm[i], perm[hash_below((uint32_t)(i + 1), seed, i)]);
+    const veci index(perm.begin(), perm.begin() + n_rows);
+    vecd out = out0;
+    put_rows_ref<double>(out.data(), inp.data(), index.data(), n_rows, C, accumulate);
+    Dev<floatX> d_inp(inp), d_out(out0);
+    Dev<int> d_index(index);
+    put_rows(d_out.p, d_inp.p, d_index.p, n_rows, C, accumulate, st);
+    launched(name);
+    if (accumulate) expect_close(name, d_out.get(), rx(out), TOL_RED);
+    else expect_exact(name, d_out.get(), out);
+}
+
 static void test_broadcast_rows(int B, int R, int C, int T_out, int offset) {
     const std::string tag = fmt("B=%d R=%d C=%d T_out=%d offset=%d", B, R, C, T_out, offset);
     const vecd src = rx(rnd((size_t)R * C, -1, 1));
@@ -917,6 +936,9 @@ static void test_rows() {
     test_scatter_rows(2, 1832, 512);
     test_scatter_rows(5, 8, 16 * 512);
     test_scatter_rows(20, 20 * 1801, 64);     // lpn grid: CLS rows of every demo
+    test_put_rows(8, 8 * 512, 896, false);    // the CVAE's latent into the z slot of 8 sequences (Qwen2.5 width)
+    test_put_rows(8, 8 * 512, 896, true);     // the router head's gradient added at the <z> rows
+    test_put_rows(3, 7, 5, true);
     test_broadcast_rows(8, 16, 512, 16, 0);   // set encoder's learned queries
     test_broadcast_rows(20, 1, 64, 1801, 0);  // lpn CLS token
     test_broadcast_rows(3, 5, 37, 9, 2);
