@@ -196,7 +196,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"checkpoint_keep", ARG_INT, &c->checkpoint_keep, "keep the newest N checkpoints (0: all)", nullptr},
         {"save_hf", ARG_BOOL, &c->save_hf, "with each checkpoint, export Hugging Face weights (full training) or a PEFT adapter (LoRA)", nullptr},
         {"save_merged", ARG_BOOL, &c->save_merged, "LoRA: also export the base with the active adapter merged in, as Hugging Face weights", nullptr},
-        {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, logits, loss and gradients of the first step (safetensors, HF/PEFT names)", nullptr},
+        {"debug_state", ARG_STRING, &c->debug_state, "write weights, batch, logits, loss and gradients of the first step of this run (after a resume: the step after the checkpoint; safetensors, HF/PEFT names)", nullptr},
         {"log_every", ARG_INT, &c->log_every, "log a training line every this many steps", nullptr},
         {"lm_head_chunk", ARG_INT, &c->lm_head_chunk, "rows of logits that exist at once in the lm head's loss", nullptr},
         {"pad_to_max", ARG_BOOL, &c->pad_to_max, "pad every micro-batch to max_seq_len (benchmarks at a fixed length)", nullptr},
@@ -2123,7 +2123,7 @@ static int train_main(int argc, char** argv) {
     for (step = first_step; step <= total_steps; step++) {
         const double t0 = wall_time();
         DebugCapture cap;
-        const bool capture = step == 1 && !cfg.debug_state.empty();
+        const bool capture = step == first_step && !cfg.debug_state.empty();
         StepMetrics r = train_step(m, &data, step, m->c_base, capture ? &cap : nullptr);
         if (!std::isfinite(r.loss))
             fatal("step %d: the loss is %g: the run diverged (try a lower lr); the checkpoints written so far are kept", step, r.loss);
