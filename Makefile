@@ -188,7 +188,7 @@ test-tokenizer: build/test_tokenizer build/tokenize
 # `make test` is the whole CPU suite (CI runs exactly this); it ends with the line "N passed, N failed".
 TEST_BINS := build/test_ops build/test_augment build/test_objects build/test_sigreg build/test_safetensors build/test_model \
 	build/test_layers build/test_vq build/test_relational build/test_jepa_data build/test_jepa_model build/test_transformer \
-	build/test_lm_ops build/test_tokenizer build/tokenize build/test_cvae_model build/test_huggingface
+	build/test_lm_ops build/test_tokenizer build/tokenize build/test_cvae_model build/test_cvae_objective build/test_huggingface
 build/%: test/%.cpp $(HEADERS) test/test.h test/op_test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -199,6 +199,10 @@ build/test_model: test/test_model.cpp train_etrm.cu $(HEADERS) test/test.h
 build/test_cvae_model: test/test_cvae_model.cpp train_cvae.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
+# the CVAE objective's latent terms (common/cvae_objective.h) and the latent probes (common/latent_probes.h), host only
+build/test_cvae_objective: test/test_cvae_objective.cpp $(HEADERS) test/test.h test/op_test.h
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) $< -o $@
 build/test_jepa_model: test/test_jepa_model.cpp train_jepa.cu $(HEADERS) test/test.h
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -DENABLE_FP64 -Wno-unused-function $< -o $@
@@ -221,7 +225,7 @@ test: train_etrm_cpu train_jepa_cpu train_cvae_cpu $(TEST_BINS) $(GPU_TARGETS) $
 	-@$(MAKE) --no-print-directory tokenizer-qwen
 	@test/run.sh "./build/test_ops" "./build/test_augment" "./build/test_objects" "./build/test_sigreg" "./build/test_safetensors" "./build/test_model" \
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
-		"./build/test_transformer" "./build/test_lm_ops" "./build/test_cvae_model" "./build/test_huggingface" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
+		"./build/test_transformer" "./build/test_lm_ops" "./build/test_cvae_model" "./build/test_cvae_objective" "./build/test_huggingface" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
 		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" "$(PYTHON) test/test_cvae_torch.py" "$(PYTHON) test/test_hf_files.py" "$(PYTHON) test/test_cvae.py" $(GPU_TESTS)
 
