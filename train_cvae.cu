@@ -1,5 +1,5 @@
 /*
-train_cvae.cu — a Qwen2 language model, trained on the strategy-sequence tasks of seed report 004.
+train_cvae.cu — the latent-strategy CVAE of seed report 004 on a Qwen2 language model.
 
 The seed report studies a latent-strategy CVAE on a pretrained Qwen2.5-0.5B: synthetic problems x that several
 strategies solve through different reasoning traces y, all ending in the same answer. This file holds its
@@ -17,9 +17,19 @@ p(y | x) on the mixture of strategies, the loss on the y-region of each example 
 
     <bos> <x> X </x> <z> </z> <y> Y </y> <eos>          loss = mean over the tokens of " Y </y> <eos>" of -log p
 
-(the z slot stays empty here; the CVAE of part 2 fills it). Evaluation: the validation NLL on y, and traces
-generated from the prompts of held-out problems with a key/value cache (greedy, temperature, top-p), scored by
-data/strategies.py for final-answer accuracy and for the mix of strategies the model picks.
+(the z slot stays empty). Phase 2 ("disentangled") is mode=cvae: p(y | x) = int p(y | x, z) p(z | x) dz with a
+continuous z, trained as a CVAE (section 5 has the equations):
+
+    posterior q(z | x, y)   a second LoRA adapter on the same frozen base (from scratch: a second network), its
+                            final hidden state at <eos> of "<bos> <x> X </x> <y> Y </y> <eos>" -> (mu_q, logvar_q)
+    generator p(y | x, z)   the sequence above with h_z = W_z z + b_z as the input of a slot between <z> and </z>
+    router p(z | x)         the generator's final hidden state at <z>, which the causal mask keeps from seeing z
+    J = R / c_base + beta KL(q || p) + pv mean exp(logvar_q) + rmkl KL(moment-matched router batch || N(0, I))
+
+Evaluation: the validation NLL on y (cvae: with z from the posterior, and the latent terms), and traces generated
+from the prompts of held-out problems with a key/value cache (greedy, temperature, top-p; cvae: z sampled from the
+router), scored by data/strategies.py for final-answer accuracy and for the mix of strategies the model picks; in
+cvae mode also the router probe, the posterior-mu probe and the alignment of forced latents with strategies.
 
 The file reads top to bottom:
   1. configuration          6. update (AdamW on the trained group, clipping)
@@ -2026,7 +2036,8 @@ static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugC
 }
 
 // Flags compared when a run resumes (see config_check_file): the architecture's (fatal), run control (silent).
-#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter|posterior_adapter|d_z"
+#define ARCH_KEYS "mode|lora_r|lora_alpha|lora_targets|use_rslora|optimizer|lora_adapters|adapter"
+#define CVAE_ARCH_KEYS ARCH_KEYS "|posterior_adapter|d_z"
 #define RUN_CONTROL_KEYS "checkpoint_path|resume|checkpoint_every|checkpoint_keep|save_hf|save_merged|log_every|debug_state|eval_every|" \
     "val_examples|gen_examples|gen_max_tokens|max_steps|epochs|eval_only|init_from|load_adapter|lm_head_chunk|micro_batch_size|" \
     "pad_to_max|align_examples"
@@ -2062,7 +2073,7 @@ static int train_main(int argc, char** argv) {
         if (path.empty()) {
             log_printf(&log, "resume=1: no checkpoint in %s yet, starting from step 0\n", cfg.checkpoint_path.c_str());
         } else {
-            config_check_file(&run, path.c_str(), ck.config, ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
+            config_check_file(&run, path.c_str(), ck.config, cfg.mode == "cvae" ? CVAE_ARCH_KEYS : ARCH_KEYS, RUN_CONTROL_KEYS, true, true);
             checkpoint_load(m, &data, &step, path.c_str(), ck);
             log_printf(&log, "resumed from %s at step %d\n", path.c_str(), step);
         }

@@ -65,8 +65,8 @@ inline double probe_accuracy(const std::vector<double>& x, const std::vector<int
 }
 
 inline std::vector<double> kmeans(const std::vector<double>& x, int n, int d, int K, int iterations = 50) {
-    std::vector<double> c((size_t)K * d, 0.0);
-    if (n == 0) return c;
+    std::vector<double> c((size_t)std::max(K, 0) * d, 0.0);
+    if (n == 0 || K <= 0) return c;
     auto dist2 = [&](int i, const double* y) {
         double s = 0;
         for (int j = 0; j < d; j++) s += pow(x[(size_t)i * d + j] - y[j], 2);
@@ -85,9 +85,11 @@ inline std::vector<double> kmeans(const std::vector<double>& x, int n, int d, in
     }
     std::vector<int> assign(n, 0), count(K);
     for (int it = 0; it < iterations; it++) {
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
+            assign[i] = 0;
             for (int k = 1; k < K; k++)
                 if (dist2(i, &c[(size_t)k * d]) < dist2(i, &c[(size_t)assign[i] * d])) assign[i] = k;
+        }
         std::vector<double> sum((size_t)K * d, 0.0);
         std::fill(count.begin(), count.end(), 0);
         for (int i = 0; i < n; i++) {
