@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""End-to-end tests of ./train_cvae_cpu (mode=lm: a Qwen2 language model, full training or LoRA) on a small
-strategy-sequence dataset (standard library only; the PyTorch replay runs under the interpreter that has torch).
+"""End-to-end tests of ./train_cvae_cpu (mode=lm: a Qwen2 language model, full training or LoRA; mode=cvae: the
+latent-strategy CVAE) on a small strategy-sequence dataset (standard library only; the PyTorch replay runs under the
+interpreter that has torch).
 
-    python3 test/test_cvae.py        (from the repository root, after `make train_cvae_cpu`; about 40 s on 2 cores)
+    python3 test/test_cvae.py        (from the repository root, after `make train_cvae_cpu`; about 90 s on 2 cores,
+                                      45 s of it mode=cvae's)
 
 Every run is tiny: model=tiny (D=64, 2 layers) trained from scratch, or LoRA on a random Hugging Face Qwen2
 checkpoint from dev/make_tiny_qwen2.py (D=32, 2 layers, vocabulary 128 >= the char tokenizer's 106 ids, bf16,
@@ -27,10 +29,29 @@ generated into a temporary folder. Checks:
      padding id (they are no text) and complete the run;
   6. bad inputs: exit 1 with exactly one `error:` line on stderr naming the file or field;
   7. learning: model=tiny on list_summation, 60 steps at lr 3e-3, the last train loss below 60% of the first
-     (measured about 41%) and the validation NLL below 60% of the first train loss (measured about 44%).
+     (measured about 41%) and the validation NLL below 60% of the first train loss (measured about 44%);
+  8. mode=cvae, with beta, posterior_variance_weight and router_marginal_kl_to_prior_weight all > 0 (0.1, 0.2, 0.3),
+     in both regimes: LoRA r=4 on the hf_<step>/ export of a 20-step mode=lm run of model=tiny ("from-entangled",
+     the posterior an adapter of its own) and model=tiny from scratch (lora_r=0, the posterior a network of its own):
+     - 3 steps with generation and alignment finish; every field of the train lines (J, recon, kl, pv, rmkl, w_*,
+       gn_*), val lines (recon_ratio, ...), probe and final lines parses and is finite; w_* = weight x term and
+       J = their sum, recon_ratio = nll / c_base, kl = rmkl = 0 and pv = 1 at step 1 (zero heads: q = p = N(0, I));
+       the final lines repeat the last val and probe lines; probes are -1 (undetermined) or in [0, 1]; the
+       generation and alignment files and the exports (adapters + posterior/ + cvae_heads.safetensors);
+     - debug_state == dev/cvae_torch.py replay at step 1 (LoRA, from scratch) and at the first step after resume=1
+       (LoRA, step 4: the router head, its gradient and every posterior gradient nonzero; its J is the logged one);
+     - resume: 3 steps + resume=1 + 3 steps == 6 steps bit for bit (checkpoint sections, the exports, the train and
+       val lines); c_base measured once before step 1 and restored from the checkpoint, not re-measured;
+     - mpirun -np 2 against one process (the router marginal KL takes the global batch's moments): the train lines'
+       J terms within 1e-5 relative (measured: identical), the weights within 1e-5 of each section's largest
+       (measured 4.4e-6 with LoRA, 7.5e-6 from scratch after 4 steps: Adam's first steps on near-zero gradients);
+     - bad configurations: one error line, exit 1 (d_z=0, d_z=-3, an unknown task, the posterior's adapter as the
+       generator's, negative weights, init_from of another shape, resume with another d_z or mode);
+     - determinism: the same run twice gives the same log (timing fields aside), generation, alignment and exports.
 Prints PASS/FAIL/SKIP lines and "N passed, M failed"; exit 1 on failure.
 """
 import json
+import math
 import os
 import re
 import shutil
@@ -316,7 +337,17 @@ def test_resume(tmp):
 
 # ---------------------------------------------------------------- 4. mpirun -np 2
 
+MPI_WHY = []         # mpi_unavailable's answer, once asked
+
+
 def mpi_unavailable():
+    """Why mpirun -np 2 cannot run train_cvae_cpu (None: it can); probed once."""
+    if not MPI_WHY:
+        MPI_WHY.append(mpi_probe())
+    return MPI_WHY[0]
+
+
+def mpi_probe():
     if shutil.which("mpirun") is None:
         return "mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)"
     probe = tempfile.mkdtemp(prefix="arc_cvae_mpi_probe_")
@@ -479,6 +510,325 @@ def test_learning(tmp):
     print(f"     (learning: train loss {l[0]:.3f} -> {l[-1]:.3f}, ratio {ratio:.3f}; val nll {val})", flush=True)
 
 
+# ---------------------------------------------------------------- 8. mode=cvae: the latent-strategy CVAE
+
+# J's weighted terms all on, each with a weight of its own: the KL, the posterior variance and the router marginal KL
+# (whose gradient needs the moments of the whole global batch)
+CVAE_WEIGHTS = {"beta": 0.1, "posterior_variance_weight": 0.2, "router_marginal_kl_to_prior_weight": 0.3}
+CVAE = ["mode=cvae"] + [f"{k}={v}" for k, v in CVAE_WEIGHTS.items()]
+ENTANGLED = {}       # tmp -> the phase-1 model's hf export (made once per temporary folder)
+CVAE_RUNS = {}       # tag -> (args, stdout, folder) of test_cvae_runs' runs (test_cvae_determinism repeats one)
+TRAIN_KEYS = ("loss", "recon", "recon_ratio", "kl", "pv", "rmkl", "w_recon", "w_kl", "w_pv", "w_rmkl", "gn_recon",
+              "gn_kl", "gn_pv", "gn_rmkl", "token_acc", "lr", "grad_norm")
+VAL_KEYS = ("recon_ratio", "nll", "kl", "pv", "rmkl", "token_acc", "tokens")
+PROBE_KEYS = ("router_probe", "posterior_mu_probe", "alignment_one_to_one")
+FINAL_KEYS = ("answer_acc", "recon_ratio", "kl", "pv", "rmkl", "chance", "nll", "token_acc") + PROBE_KEYS
+
+
+def entangled(tmp):
+    """Phase 1 ("entangled"): model=tiny trained as a language model (mode=lm) for 20 steps, its hf_00000020/ export."""
+    if tmp not in ENTANGLED:
+        train(f"{tmp}/phase1", *TINY, "max_steps=20", "save_hf=1")
+        ENTANGLED[tmp] = f"{tmp}/phase1/hf_00000020"
+    return ENTANGLED[tmp]
+
+
+def from_entangled(tmp, r=4):
+    """LoRA r on the phase-1 export (the report's "from-entangled" regime): model=<dir>/config.json init_from=<dir>."""
+    d = entangled(tmp)
+    return [f"model={d}/config.json", f"init_from={d}", f"lora_r={r}"]
+
+
+def fields(line):
+    """{key: text} of a log line's key=value fields."""
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def numbers(line, keys):
+    """The float values of keys in a log line; raises AssertionError naming a missing, unparsable or non-finite one."""
+    f, out = fields(line), {}
+    for k in keys:
+        try:
+            out[k] = float(f[k])
+        except (KeyError, ValueError):
+            raise AssertionError(f"no number {k}= in {line[:160]!r}")
+        if not math.isfinite(out[k]):
+            raise AssertionError(f"{k}={f[k]} is not finite in {line[:160]!r}")
+    return out
+
+
+def last_digit(text):
+    """One unit of the last printed digit of a number as the log prints it (%.5f, %.5g, %.4g, %.3e); 0 for a number
+    printed without a decimal point ("0", "1", "1e-05": %.5g's exact values)."""
+    mantissa, _, exponent = text.lower().partition("e")
+    return 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2])) if "." in mantissa else 0.0
+
+
+def g5_unit(text):
+    """One unit of the 5th significant digit of a number printed with %.5g (which drops trailing zeros: "0.1" is
+    0.10000, unit 1e-5); 0 for 0."""
+    x = abs(float(text))
+    return 10.0 ** (math.floor(math.log10(x)) - 4) if x > 0 else 0.0
+
+
+def c_base_of(stdout):
+    m = re.search(r"^c_base=(\S+?)(:|$)", stdout, re.M)
+    assert m, "no c_base line"
+    return float(m.group(1))
+
+
+def check_cvae_log(so, steps, n_tasks=6):
+    """The train / val / probe / final lines of a mode=cvae run with CVAE's weights (each field parses and is finite;
+    each w_* is its weight times its term, J their sum; the heads start at 0, so step 1 has q = p = N(0, I); the
+    final lines repeat the last val and probe lines; probes are -1 (undetermined) or in [0, 1])."""
+    c_base = c_base_of(so)
+    assert re.search(r"^cvae: d_z=8 beta=0.1 posterior_variance_weight=0.2 router_marginal_kl_to_prior_weight=0.3,", so, re.M), \
+        "no cvae: line with the run's weights"
+    train_text = [fields(l) for l in so.splitlines() if l.startswith("train ")]
+    train_l = [numbers(l, TRAIN_KEYS) for l in so.splitlines() if l.startswith("train ")]
+    assert len(train_l) == steps, f"{len(train_l)} train lines, expected {steps}"
+    for i, (t, text) in enumerate(zip(train_l, train_text), 1):
+        assert t["recon"] > 0 and min(t[k] for k in TRAIN_KEYS if k.startswith(("kl", "pv", "rmkl", "w_", "gn_"))) >= 0, \
+            f"step {i}: a negative term or gradient norm: {t}"
+        parts = t["w_recon"] + t["w_kl"] + t["w_pv"] + t["w_rmkl"]
+        for w, term, weight in (("w_kl", "kl", "beta"), ("w_pv", "pv", "posterior_variance_weight"),
+                                ("w_rmkl", "rmkl", "router_marginal_kl_to_prior_weight")):
+            want = CVAE_WEIGHTS[weight] * t[term]      # both printed to 5 significant digits
+            assert abs(t[w] - want) <= g5_unit(text[w]) + CVAE_WEIGHTS[weight] * g5_unit(text[term]), \
+                f"step {i}: {w}={text[w]}, expected {weight} * {term} = {want}"
+        slack = last_digit(text["loss"]) + sum(g5_unit(text[k]) for k in ("w_recon", "w_kl", "w_pv", "w_rmkl"))
+        assert abs(t["loss"] - parts) <= slack, f"step {i}: loss={t['loss']} != the sum of the w_* {parts}"
+        assert abs(t["recon_ratio"] - t["recon"] / c_base) <= 2e-5 * t["recon_ratio"], \
+            f"step {i}: recon_ratio {t['recon_ratio']} != recon / c_base = {t['recon'] / c_base}"
+    assert train_l[0]["kl"] == 0 and train_l[0]["rmkl"] == 0 and train_l[0]["pv"] == 1 and train_l[0]["gn_pv"] > 0, \
+        f"step 1 (zero heads: q = p = N(0, I)) logs kl, rmkl, pv = {train_l[0]['kl']}, {train_l[0]['rmkl']}, {train_l[0]['pv']}"
+    assert train_l[-1]["kl"] > 0 and train_l[-1]["rmkl"] > 0, f"step {steps}: kl and rmkl still 0 {train_l[-1]}"
+    val = {fields(l)["task"]: numbers(l, VAL_KEYS) for l in so.splitlines() if l.startswith("val ")}
+    assert len(val) == n_tasks + 1 and "all" in val, f"val lines for {sorted(val)}"
+    for task, v in val.items():
+        assert abs(v["recon_ratio"] - v["nll"] / c_base) <= 2e-5 * v["recon_ratio"] and v["kl"] >= 0 and v["pv"] > 0 \
+            and v["rmkl"] >= 0 and v["tokens"] > 0, f"val task={task}: {v} (c_base {c_base})"
+    probes = {fields(l)["task"]: numbers(l, PROBE_KEYS + ("chance",)) for l in so.splitlines() if l.startswith("probe ")}
+    assert len(probes) == n_tasks and "all" not in probes, f"probe lines for {sorted(probes)}"
+    final = {fields(l)["task"]: numbers(l, FINAL_KEYS) for l in so.splitlines() if l.startswith("final ")}
+    assert len(final) == n_tasks + 1 and "all" in final, f"final lines for {sorted(final)}"
+    for task, f in final.items():
+        for k in PROBE_KEYS + ("answer_acc",):
+            assert f[k] == -1 or 0 <= f[k] <= 1, f"final task={task} {k}={f[k]}: expected -1 or in [0, 1]"
+        for k in ("recon_ratio", "nll", "kl", "pv", "rmkl"):
+            assert f[k] == val[task][k], f"final task={task} {k}={f[k]} is not the last val line's {val[task][k]}"
+        if task != "all":
+            p = probes[task]
+            assert all(f[k] == p[k] for k in PROBE_KEYS + ("chance",)) and 0 < f["chance"] <= 0.5, \
+                f"final task={task} {f} does not repeat its probe line {p}"
+    return train_l, val, probes, final
+
+
+def test_cvae_runs(tmp):
+    """Both regimes finish and log what they should: LoRA on the phase-1 export, and from scratch."""
+    gen = ["max_steps=3", "gen_examples=2", "gen_max_tokens=16", "align_examples=1"]
+    for tag, model, posterior in (("from-entangled LoRA r=4", from_entangled(tmp), "adapter posterior on the shared base"),
+                                  ("from scratch, model=tiny lora_r=0", TINY + ["lora_r=0"], "a network of its own")):
+        args = list(model) + CVAE + gen
+        out = f"{tmp}/cvae_run_{len(CVAE_RUNS)}"
+        rc, so, se = run([f"checkpoint_path={out}"] + args)
+        CVAE_RUNS[tag] = (args, so, out)
+        ok = rc == 0 and f"posterior: {posterior}" in so and "c_base=" in so
+        expect(ok, f"mode=cvae {tag}: 3 steps with generation and the probes finish", f"exit {rc}: {se.strip()[-300:]!r}")
+        if not ok:
+            continue
+        check(f"mode=cvae {tag}: train lines (each w_* its weight times its term, J their sum, kl = rmkl = 0 and pv = 1 "
+              f"at step 1), val lines with recon_ratio = nll / c_base, probe and final lines per task, every field "
+              f"finite, probes -1 or in [0, 1]", check_cvae_log, so, 3)
+        files = [f"{out}/generations_00000003.jsonl", f"{out}/alignment_00000003.jsonl"]
+        n = [open(f).read().count("\n") if os.path.exists(f) else 0 for f in files]
+        # alignment: align_examples=1 prompt per task under each of its K strategies' latents (3, and 4 for sorting)
+        expect(n == [12, 19] and all(json.loads(l).get("latent") in range(4) for l in open(files[1])),
+               f"mode=cvae {tag}: generations_3.jsonl (2 prompts x 6 tasks, z from the router) and alignment_3.jsonl "
+               f"(one prompt per task under each forced latent)", f"lines {n}")
+    _, so, out = CVAE_RUNS["from-entangled LoRA r=4"]
+    ad = f"{out}/adapter_00000003"
+    heads = st_read(f"{ad}/cvae_heads.safetensors")[0] if os.path.exists(f"{ad}/cvae_heads.safetensors") else {}
+    expect(os.path.exists(f"{ad}/adapter_model.safetensors") and os.path.exists(f"{ad}/posterior/adapter_model.safetensors")
+           and sorted(heads) == sorted(f"cvae.{h}.{p}" for h in ("router_head", "posterior_head", "z_proj")
+                                       for p in ("weight", "bias")),
+           "mode=cvae (LoRA): adapter_<step>/ holds the generator's adapter, posterior/ and cvae_heads.safetensors",
+           f"{sorted(heads)}")
+    _, so, out = CVAE_RUNS["from scratch, model=tiny lora_r=0"]
+    hf = f"{out}/hf_00000003"
+    expect(all(os.path.exists(f"{hf}/{f}") for f in ("model.safetensors", "cvae_heads.safetensors",
+                                                     "posterior/model.safetensors", "posterior/config.json")),
+           "mode=cvae (from scratch): hf_<step>/ holds the generator, cvae_heads.safetensors and posterior/")
+
+
+def nonzero(tensors, name):
+    t = tensors.get(name)
+    return t is not None and max(abs(x) for x in floats(t[2])) > 0
+
+
+def test_cvae_debug_state(tmp):
+    def state(tag, model, *args, out=None):
+        path = f"{tmp}/cvae_debug_{tag}.safetensors"
+        so = train(out or f"{tmp}/cvae_debug_run_{tag}", *model, *CVAE, "max_steps=1", f"debug_state={path}", *args)
+        assert "debug state written to" in so, so[-300:]
+        tensors, meta = st_read(path)
+        cv = json.loads(meta.get("cvae", "{}"))
+        heads = {f"cvae.{h}.{p}" for h in ("router_head", "posterior_head", "z_proj") for p in ("weight", "bias")}
+        trained = {n[5:] for n in tensors if n.startswith("grad.")}
+        posterior = {n for n in trained if n.startswith("posterior.")}
+        expect(cv.get("d_z") == 8 and (cv.get("posterior_variance_weight") or 0) > 0
+               and (cv.get("router_marginal_kl_to_prior_weight") or 0) > 0 and heads <= trained and posterior and {"batch.eps", "out.mu_q", "out.mu_p", "out.rmkl"} <= set(tensors),
+               f"debug_state (cvae, {tag}): cvae metadata, heads and posterior with their gradients, latents",
+               f"metadata {cv}, posterior tensors {len(posterior)}")
+        return path, tensors, so
+
+    # (a) LoRA r=4 on the phase-1 export, step 1: the heads are 0 (q = p = N(0, I))
+    path, tensors, _ = state("lora", from_entangled(tmp))
+    expect(any(".lora_A." in n for n in tensors if n.startswith("grad.posterior.base_model.model."))
+           and not nonzero(tensors, "cvae.router_head.weight"),
+           "debug_state (cvae, LoRA): the posterior adapter's tensors (posterior.base_model.model.*), zero heads at step 1")
+    check("debug_state == PyTorch replay (mode=cvae, LoRA r=4 from the phase-1 export, step 1)", replay, "cvae_lora", path)
+
+    # (b) from scratch: the posterior is a network of its own
+    path, tensors, _ = state("scratch", TINY + ["lora_r=0"])
+    expect("grad.posterior.model.embed_tokens.weight" in tensors and "grad.posterior.lm_head.weight" not in tensors,
+           "debug_state (cvae, from scratch): the posterior's own network posterior.model.* (no lm head)")
+    check("debug_state == PyTorch replay (mode=cvae from scratch, model=tiny, step 1)", replay, "cvae_scratch", path)
+
+    # (c) resumed: 3 steps, then resume=1 max_steps=4 writes the state of step 4 (nonzero router and posterior)
+    out = f"{tmp}/cvae_debug_run_resumed"
+    train(out, *from_entangled(tmp), *CVAE, "max_steps=3", "checkpoint_every=3")
+    path, tensors, so = state("resumed", from_entangled(tmp), "max_steps=4", "checkpoint_every=3", "resume=1", out=out)
+    step4 = [l for l in so.splitlines() if l.startswith("train ")]
+    loss = float(fields(step4[0])["loss"]) if len(step4) == 1 and "step=4 " in step4[0] else None
+    file_loss = floats(tensors["out.loss"][2])[0]
+    zero = [n for n in ["cvae.router_head.weight", "grad.cvae.router_head.weight", "grad.cvae.posterior_head.weight"]
+            + sorted(n for n in tensors if n.startswith("grad.posterior.")) if not nonzero(tensors, n)]
+    expect("resumed from" in so and loss is not None and abs(file_loss - loss) <= 1e-5 and not zero,
+           "debug_state after resume=1: the state of step 4 (its J is the logged loss), the router head, its gradient "
+           "and every posterior gradient (adapter A and B, head) nonzero",
+           f"logged {loss}, file {file_loss}; all zero: {zero[:4]}")
+    check("debug_state == PyTorch replay (mode=cvae LoRA, the first step after resume=1)", replay, "cvae_resumed", path)
+
+
+def test_cvae_resume(tmp):
+    for tag, model in (("LoRA", from_entangled(tmp)), ("from scratch", TINY + ["lora_r=0"])):
+        full, part = f"{tmp}/cvae_res_full_{tag[0]}", f"{tmp}/cvae_res_part_{tag[0]}"
+        common = list(model) + CVAE + ["max_steps=6", "checkpoint_every=3", "save_hf=1", "checkpoint_keep=0"]
+        so_full = train(full, *common)
+        os.makedirs(part)
+        shutil.copy(f"{full}/ckpt_00000003.bin", part)     # the run interrupted after its step-3 checkpoint
+        so = train(part, *common, "resume=1")
+        a, b = read_checkpoint(f"{full}/ckpt_00000006.bin"), read_checkpoint(f"{part}/ckpt_00000006.bin")
+        differ = sorted(k for k in set(a[2]) | set(b[2]) if a[2].get(k) != b[2].get(k))
+        expect(a[0] == b[0] == 6 and not differ and "resumed from" in so and "heads.weights" in a[2],
+               f"cvae resume ({tag}): 3 steps + resume=1 + 3 steps == 6 steps, every checkpoint section bit for bit",
+               f"sections that differ: {differ}")
+        exports = (["adapter_00000006/adapter_model.safetensors", "adapter_00000006/posterior/adapter_model.safetensors",
+                    "adapter_00000006/cvae_heads.safetensors"] if tag == "LoRA" else
+                   ["hf_00000006/model.safetensors", "hf_00000006/posterior/model.safetensors", "hf_00000006/cvae_heads.safetensors"])
+        same = [f for f in exports if os.path.exists(f"{full}/{f}") and os.path.exists(f"{part}/{f}")
+                and open(f"{full}/{f}", "rb").read() == open(f"{part}/{f}", "rb").read()]
+        expect(same == exports, f"cvae resume ({tag}): the step-6 exports (adapters or model, posterior, heads) are "
+               f"byte-identical", f"differ or missing: {sorted(set(exports) - set(same))}")
+        expect(lines(so_full, "train")[3:] == lines(so, "train") and len(lines(so, "train")) == 3
+               and lines(so_full, "val") == lines(so, "val"),
+               f"cvae resume ({tag}): the resumed steps log the same train lines (every J term) and val lines",
+               f"{lines(so_full, 'train')[3:4]} vs {lines(so, 'train')[:1]}")
+        measured = re.findall(r"^c_base=(\S+): the validation NLL", so_full, re.M)
+        restored = re.findall(r"^c_base=(\S+)$", so, re.M)
+        stored = struct.unpack("<d", a[2].get("c_base", b"\0" * 8))[0]
+        expect(len(measured) == 1 and restored == measured and "the validation NLL" not in so
+               and abs(stored - float(measured[0])) <= 1e-5 and stored > 0,
+               f"cvae resume ({tag}): c_base measured once before step 1, kept in the checkpoint, restored (not "
+               f"re-measured) by the resumed run", f"measured {measured}, resumed run logs {restored}, checkpoint {stored}")
+
+
+def test_cvae_mpi(tmp):
+    why = mpi_unavailable()
+    for tag in ("LoRA", "from scratch"):
+        name = (f"cvae mpirun -np 2 == one process ({tag}, router marginal KL on global batch moments): the train "
+                f"lines' J terms within {TOL_MPI} relative, weights within {TOL_MPI} of each section's largest")
+        if why:
+            print(f"SKIP {name}: {why}", flush=True)
+            continue
+        model = from_entangled(tmp) if tag == "LoRA" else TINY + ["lora_r=0"]
+        args = list(model) + CVAE + ["max_steps=4", "save_hf=0"]
+        one = train(f"{tmp}/cvae_mpi1_{tag[0]}", *args)
+        two = train(f"{tmp}/cvae_mpi2_{tag[0]}", *args, mpi_ranks=2)
+        keys = ("loss", "recon", "kl", "pv", "rmkl", "grad_norm")
+        ta = [fields(l) for l in lines(one, "train")]
+        tb = [fields(l) for l in lines(two, "train")]
+        worst_loss = max((max(abs(float(x[k]) - float(y[k])) - last_digit(x[k]), 0.0) / max(abs(float(x[k])), 1e-3)
+                          for x, y in zip(ta, tb) for k in keys), default=1.0)
+        a = read_checkpoint(f"{tmp}/cvae_mpi1_{tag[0]}/ckpt_00000004.bin")[2]
+        b = read_checkpoint(f"{tmp}/cvae_mpi2_{tag[0]}/ckpt_00000004.bin")[2]
+        sections = sorted(k for k in a if k.endswith(".weights"))
+        worst_w = 0.0
+        for k in sections:
+            x, y = floats(a[k]), floats(b.get(k, b""))
+            scale = max(abs(v) for v in x)
+            worst_w = max(worst_w, max(abs(p - q) for p, q in zip(x, y)) / scale if len(x) == len(y) else 1.0)
+        c_base = [struct.unpack("<d", s["c_base"])[0] if len(s.get("c_base", b"")) == 8 else float("nan") for s in (a, b)]
+        print(f"     (cvae mpirun {tag}: largest term difference {worst_loss:.3g} relative, weights {worst_w:.3g})", flush=True)
+        expect(len(ta) == len(tb) == 4 and float(ta[-1]["rmkl"]) > 0 and worst_loss <= TOL_MPI and sorted(a) == sorted(b)
+               and "heads.weights" in sections and worst_w <= TOL_MPI and abs(c_base[0] - c_base[1]) <= TOL_MPI * c_base[0]
+               and two.count("arc.cu train_cvae") == 1, name,
+               f"largest term difference {worst_loss:.3g} ({ta[-1:]} vs {tb[-1:]}), weights {worst_w:.3g}")
+
+
+def test_cvae_errors(tmp):
+    out = [f"checkpoint_path={tmp}/cvae_err", "max_steps=1", "mode=cvae"]
+    lora_base = from_entangled(tmp)
+    expect_error("mode=cvae d_z=0", out + TINY + ["d_z=0"], r"d_z=0\b.*1\.\.256")
+    expect_error("mode=cvae d_z=-3", out + TINY + ["d_z=-3"], r"d_z=-3\b")
+    expect_error("mode=cvae tasks=no_such_task", out + TINY + ["tasks=no_such_task"], r"tasks.*no_such_task")
+    expect_error("mode=cvae adapter=posterior (the posterior's adapter)", out + lora_base + ["adapter=posterior"],
+                 r"adapter=posterior.*posterior_adapter=posterior")
+    expect_error("mode=cvae posterior_adapter=default (the active adapter)", out + lora_base + ["posterior_adapter=default"],
+                 r"posterior_adapter=default")
+    expect_error("mode=cvae beta=-0.5", out + TINY + ["beta=-0.5"], r"beta=-0\.5")
+    expect_error("mode=cvae posterior_variance_weight=-1", out + TINY + ["posterior_variance_weight=-1"],
+                 r"posterior_variance_weight=-1")
+    expect_error("mode=cvae init_from a tiny-shaped export with model=small", out + ["model=small", f"init_from={entangled(tmp)}"],
+                 re.escape(entangled(tmp)) + r".*tensor '\S+' has shape")
+    ck = f"{tmp}/cvae_err_ckpt"
+    train(ck, *TINY, *CVAE, "max_steps=1", "save_hf=0", "val_examples=1")
+    expect_error("resume of a cvae checkpoint with d_z=4 (written with 8)",
+                 [f"checkpoint_path={ck}", "mode=cvae", "max_steps=2", "resume=1", "d_z=4"] + TINY,
+                 r"ckpt_00000001\.bin.*d_z=8.*d_z=4")
+    expect_error("resume of a cvae checkpoint with mode=lm", [f"checkpoint_path={ck}", "max_steps=2", "resume=1"] + TINY,
+                 r"ckpt_00000001\.bin.*mode=cvae.*mode=lm")
+
+
+def normalized_log(so, out):
+    """A run's stdout without its timing fields and progress lines, its folder written as RUN."""
+    keep = []
+    for l in so.replace(out, "RUN").splitlines():
+        if l.startswith(("progress ", "timing ")):
+            continue
+        keep.append(re.sub(r" (ms|tokens_per_s|seconds|mfu|elapsed|eta)=\S+", "", l))
+    return keep
+
+
+def test_cvae_determinism(tmp):
+    """test_cvae_runs' LoRA run again, into another folder: the same log and generation files, byte for byte."""
+    if "from-entangled LoRA r=4" not in CVAE_RUNS:
+        raise AssertionError("test_cvae_runs did not run")
+    args, so_a, out_a = CVAE_RUNS["from-entangled LoRA r=4"]
+    out_b = f"{tmp}/cvae_det_b"
+    so_b = train(out_b, *args)
+    la, lb = normalized_log(so_a, out_a), normalized_log(so_b, out_b)
+    first = next((f"{x!r} vs {y!r}" for x, y in zip(la, lb) if x != y), f"{len(la)} vs {len(lb)} lines")
+    expect(la == lb and sum(l.startswith(("train ", "val ", "gen ", "probe ", "final ")) for l in la) > 30,
+           "cvae determinism: the same run twice logs the same lines (timing fields aside)", first[:300])
+    files = ["generations_00000003.jsonl", "alignment_00000003.jsonl", "adapter_00000003/cvae_heads.safetensors",
+             "adapter_00000003/posterior/adapter_model.safetensors"]
+    differ = [f for f in files if not os.path.exists(f"{out_a}/{f}")
+              or open(f"{out_a}/{f}", "rb").read() != open(f"{out_b}/{f}", "rb").read()]
+    expect(not differ, "cvae determinism: the same generation and alignment files and exports, byte for byte", f"{differ}")
+
+
 def torch_python():
     for py in (sys.executable, "/usr/bin/python3"):
         if os.path.exists(py) and subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0:
@@ -500,7 +850,9 @@ def main():
                         "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--vocab", "128",
                         "--dtype", "bf16", "--untied", "--shards", "2"], check=True, capture_output=True)
         run_groups([(t.__name__, t) for t in (test_debug_state, test_exports, test_named_adapters, test_resume, test_mpi,
-                                              test_generation, test_errors, test_learning)], "arc_test_cvae_")
+                                              test_generation, test_errors, test_learning, test_cvae_runs,
+                                              test_cvae_debug_state, test_cvae_resume, test_cvae_mpi, test_cvae_errors,
+                                              test_cvae_determinism)], "arc_test_cvae_")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     finish()

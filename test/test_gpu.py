@@ -32,7 +32,16 @@ training and for LoRA (r=4 on every projection):
     the same generations_5.jsonl, byte for byte, and the same count of generated tokens;
   - the GPU trainer (BF16 build) is deterministic (the same seed twice: identical train lines and checkpoint
     sections; another seed: other losses), and 3 steps + resume + 3 steps == 6 steps, every byte of every section
-    of the checkpoint (the header holds the run's flags, resume=1 among them).
+    of the checkpoint (the header holds the run's flags, resume=1 among them);
+and for train_cvae.cu mode=cvae (the same tiny run, LoRA r=4 on its random base, the posterior an adapter of its own,
+beta, posterior_variance_weight and router_marginal_kl_to_prior_weight all > 0):
+  - GPU FP32 build == CPU backend: the first step's debug state (weights, batch, latents, J's terms, logits, every
+    gradient: 1e-4 relative of each tensor's largest value); then 5 steps: c_base, each train line's J, recon, kl,
+    pv, rmkl and gradient norm, each val line's recon_ratio, nll, kl, pv and rmkl (1e-4 relative of max(|value|,
+    1e-3), beyond the last printed digit: kl and rmkl start at exactly 0 on both), and the exported adapter,
+    posterior adapter and heads (1e-4 relative per tensor);
+  - the BF16 build's determinism and bitwise resume as above, and the resumed run restores c_base from the
+    checkpoint instead of measuring it again.
 The determinism, resume and micro-batch checks are test/test_train.py's and test/test_jepa.py's, run on the GPU
 binaries. Without a GPU every check is reported as SKIP (not passed); with ARC_REQUIRE_GPU=1 (make test-gpu) a
 missing GPU is a failure.
@@ -95,6 +104,20 @@ JEPA_CONFIGS = [("hard VQ, InfoNCE, invariance, relational, SIGReg", []),
 CVAE_TINY = ["model=tiny", "batch_size=4", "log_every=1", "lr=3e-3", "lr_warmup_steps=2", "val_examples=4",
              "gen_examples=0", "save_hf=1"]
 CVAE_MODES = [("full training", []), ("LoRA r=4", ["lora_r=4", "lora_alpha=8"])]
+# mode=cvae: LoRA r=4 on tiny's (random, frozen) base, the posterior an adapter of its own, every term of J weighted
+# (the router marginal KL's gradient takes the batch moments of a first pass over the prompts)
+CVAE_LATENT = ("mode=cvae, LoRA r=4", ["mode=cvae", "lora_r=4", "lora_alpha=8", "beta=0.1", "posterior_variance_weight=0.2",
+                                       "router_marginal_kl_to_prior_weight=0.3"])
+# what train_cvae mode=cvae logs that the backends must agree on: J and its terms (%.5f: loss, recon, nll,
+# recon_ratio, c_base; %.5g: kl, pv, rmkl) and the gradient norm (%.4f)
+CVAE_LATENT_TRAIN = ("loss", "recon", "kl", "pv", "rmkl", "grad_norm")
+CVAE_LATENT_VAL = ("recon_ratio", "nll", "kl", "pv", "rmkl")
+CVAE_G5 = ("kl", "pv", "rmkl")
+
+
+def cvae_tag(mode, extra):
+    """A folder-name tag of a CVAE_MODES entry."""
+    return "latent" if "mode=cvae" in extra else mode.split()[0].lower()
 
 
 def floats(data):
@@ -342,10 +365,80 @@ def test_cvae_gpu_matches_cpu(tmp):
               f"{ga.count(b'{')} vs {gb.count(b'{')} traces; first difference in line {first}")
 
 
+def cvae_latent_logged(stdout):
+    """[(line, key, printed value)] of a mode=cvae run: c_base, J and its terms and the gradient norm of every train
+    line, the latent terms and NLL of every val line (per task)."""
+    numbers = []
+    for line in stdout.splitlines():
+        kind = line.split(" ", 1)[0]
+        fields = test_jepa.values(line)
+        if line.startswith("c_base="):
+            numbers.append(("c_base", "c_base", fields["c_base"].rstrip(":")))
+        elif kind == "train":
+            numbers += [(f"train step={fields['step']}", k, fields[k]) for k in CVAE_LATENT_TRAIN]
+        elif kind == "val":
+            numbers += [(f"val step={fields['step']} task={fields['task']}", k, fields[k]) for k in CVAE_LATENT_VAL]
+    return numbers
+
+
+def term_difference(key, x, y):
+    """|x - y| beyond one unit of y's last printed digit (the 5th significant one for %.5g's kl, pv, rmkl, which
+    drops trailing zeros), relative to max(|y|, 1e-3): the KL terms start at exactly 0 (zero heads: q = p = N(0, I);
+    the router's head stays 0 until its first nonzero gradient, at step 2), on both backends."""
+    if x == y:
+        return 0.0
+    fx, fy = float(x), float(y)
+    unit = 10.0 ** (math.floor(math.log10(abs(fy))) - 4) if key in CVAE_G5 and fy != 0 else last_digit(y)
+    excess = abs(fx - fy) - unit
+    if not math.isfinite(excess):
+        return float("inf")
+    return max(excess, 0.0) / max(abs(fy), 1e-3)
+
+
+def test_cvae_latent_gpu_matches_cpu(tmp):
+    """mode=cvae on the FP32 GPU build against the CPU backend: the first step's debug state (weights, batch, latents,
+    J's terms, logits and every gradient), then 5 steps' train-line terms, validation per task and the exports."""
+    config = cvae_config(tmp)
+    mode, extra = CVAE_LATENT
+    cpu_path, gpu_path = f"{tmp}/cvae_cpu_latent.safetensors", f"{tmp}/cvae_gpu_latent.safetensors"
+    train(CVAE_CPU_BIN, config, f"{tmp}/cvae_cpu_debug_latent", *extra, "max_steps=1", f"debug_state={cpu_path}")
+    train(CVAE_GPU_FP32_BIN, config, f"{tmp}/cvae_gpu_debug_latent", *extra, "max_steps=1", f"debug_state={gpu_path}")
+    cpu, gpu = read_tensors(cpu_path), read_tensors(gpu_path)
+    grads = [n for n in cpu if n.startswith("grad.")]
+    worst = tensors_difference(cpu, gpu)
+    check(len(grads) >= 10 and any(n.startswith("grad.posterior.") for n in grads) and "out.mu_q" in cpu
+          and "out.rmkl" in cpu and worst[0] <= TOLERANCE,
+          f"cvae GPU FP32 == CPU: first step's weights, batch, latents, J's terms, logits and {len(grads)} gradients "
+          f"within {TOLERANCE} ({mode})", f"largest relative difference {worst[0]:.3g} in {worst[1]}")
+
+    runs = {}
+    for name, binary in (("cpu", CVAE_CPU_BIN), ("gpu", CVAE_GPU_FP32_BIN)):
+        out = f"{tmp}/cvae_{name}_steps_latent"
+        runs[name] = (out, train(binary, config, out, *extra, "max_steps=5"))
+    (cpu_out, a), (gpu_out, b) = runs["cpu"], runs["gpu"]
+    la, lb = cvae_latent_logged(a), cvae_latent_logged(b)
+    if [n[:2] for n in la] != [n[:2] for n in lb]:
+        worst = (float("inf"), f"the logged lines differ: {la[-1:]} vs {lb[-1:]}")
+    else:
+        worst = max(((term_difference(k, x, y), f"{line} {k}: {x} vs {y}") for (line, k, x), (_, _, y) in zip(lb, la)),
+                    default=(0.0, ""))
+    steps = len([n for n in la if n[1] == "loss"])
+    rmkl = [float(x) for line, k, x in la if line.startswith("train") and k == "rmkl"]
+    check(steps == 5 and rmkl and rmkl[-1] > 0 and any(k == "nll" for _, k, _ in la) and worst[0] <= TOLERANCE,
+          f"cvae GPU FP32 == CPU: c_base, J, recon, kl, pv, rmkl and the gradient norm of 5 steps, the validation "
+          f"terms per task within {TOLERANCE} ({mode})",
+          f"{steps} train lines, rmkl {rmkl}, largest relative difference {worst[0]:.3g} at {worst[1]}")
+    for export in ("adapter_model.safetensors", "posterior/adapter_model.safetensors", "cvae_heads.safetensors"):
+        path = f"adapter_00000005/{export}"
+        worst = tensors_difference(read_tensors(f"{cpu_out}/{path}"), read_tensors(f"{gpu_out}/{path}"))
+        check(worst[0] <= TOLERANCE, f"cvae GPU FP32 == CPU: exported {export} after 5 steps within {TOLERANCE} ({mode})",
+              f"largest relative difference {worst[0]:.3g} in {worst[1]}")
+
+
 def test_cvae_determinism(tmp):
     config = cvae_config(tmp)
-    for mode, extra in CVAE_MODES:
-        tag = mode.split()[0].lower()
+    for mode, extra in CVAE_MODES + [CVAE_LATENT]:
+        tag = cvae_tag(mode, extra)
         a = train(CVAE_GPU_BIN, config, f"{tmp}/cvae_det_a_{tag}", *extra, "max_steps=4")
         b = train(CVAE_GPU_BIN, config, f"{tmp}/cvae_det_b_{tag}", *extra, "max_steps=4")
         sa = test_train.read_sections(f"{tmp}/cvae_det_a_{tag}/ckpt_00000004.bin")
@@ -360,8 +453,8 @@ def test_cvae_determinism(tmp):
 
 def test_cvae_resume(tmp):
     config = cvae_config(tmp)
-    for mode, extra in CVAE_MODES:
-        tag = mode.split()[0].lower()
+    for mode, extra in CVAE_MODES + [CVAE_LATENT]:
+        tag = cvae_tag(mode, extra)
         full, part = f"{tmp}/cvae_res_full_{tag}", f"{tmp}/cvae_res_part_{tag}"
         common = list(extra) + ["checkpoint_every=3", "max_steps=6", "checkpoint_keep=0"]
         so_full = train(CVAE_GPU_BIN, config, full, *common)
@@ -376,6 +469,12 @@ def test_cvae_resume(tmp):
               f"gpu cvae resume: 3 steps + resume + 3 steps == 6 steps: the train lines, every checkpoint section "
               f"bitwise ({mode})", f"sections {sorted(a)} vs {sorted(b)}, differing {differ}; train lines after the "
               f"resume equal: {same_lines}")
+        if "mode=cvae" in extra:
+            measured = re.findall(r"^c_base=(\S+): the validation NLL", so_full, re.M)
+            check(len(measured) == 1 and re.findall(r"^c_base=(\S+)$", so, re.M) == measured,
+                  f"gpu cvae resume: c_base measured before step 1 and restored from the checkpoint, not re-measured "
+                  f"({mode})", f"measured {measured}; the resumed run's c_base lines "
+                  f"{[l for l in so.splitlines() if l.startswith('c_base')]}")
 
 
 def on_gpu(suite, binary, test, label, tiny=None):
@@ -431,6 +530,7 @@ def main():
             ("JEPA GPU determinism", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_determinism, "gpu jepa")),
             ("JEPA GPU resume", on_gpu(test_jepa, JEPA_GPU_BIN, test_jepa.test_resume, "gpu jepa"))]
     cvae = [("cvae GPU FP32 == CPU backend", test_cvae_gpu_matches_cpu),
+            ("cvae mode=cvae GPU FP32 == CPU backend", test_cvae_latent_gpu_matches_cpu),
             ("cvae GPU determinism", test_cvae_determinism),
             ("cvae GPU resume", test_cvae_resume)]
     groups = {"etrm": etrm, "jepa": jepa, "cvae": cvae}
