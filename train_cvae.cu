@@ -106,7 +106,7 @@ typedef struct {
     float lora_alpha, lora_dropout;
     // the CVAE (mode=cvae)
     int d_z;
-    float beta, c_base, posterior_variance_weight, router_marginal_kl_to_prior_weight, head_lr;
+    float beta, c_base, posterior_variance_weight, router_marginal_kl_to_prior_weight, token_weighted_reconstruction_weight, head_lr;
     // optimisation
     std::string optimizer;
     int batch_size, micro_batch_size, max_steps, lr_warmup_steps, seed;
@@ -129,6 +129,7 @@ static Config config_defaults() {
     c.model = "small"; c.init_from = ""; c.tokenizer = "char"; c.lora_targets = "all"; c.lora_adapters = "default";
     c.adapter = ""; c.load_adapter = ""; c.posterior_adapter = "posterior";
     c.d_z = 8; c.beta = 0.1f; c.c_base = 0.0f; c.posterior_variance_weight = 0.0f; c.router_marginal_kl_to_prior_weight = 0.0f;
+    c.token_weighted_reconstruction_weight = 0.0f;
     c.head_lr = 0.0f;
     c.lora_r = 0; c.lora_alpha = 32.0f; c.lora_dropout = 0.0f; c.use_rslora = 0;
     c.batch_size = 32; c.micro_batch_size = 0; c.max_steps = 0; c.lr_warmup_steps = 50; c.seed = 0;
@@ -165,6 +166,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"c_base", ARG_FLOAT, &c->c_base, "cvae: the reconstruction's baseline, R / c_base (0: the validation NLL of the loaded model with z = 0, measured before step 1)", nullptr},
         {"posterior_variance_weight", ARG_FLOAT, &c->posterior_variance_weight, "cvae: weight of the posterior variance, mean exp(logvar_q)", nullptr},
         {"router_marginal_kl_to_prior_weight", ARG_FLOAT, &c->router_marginal_kl_to_prior_weight, "cvae: weight of KL(moment-matched batch of router Gaussians || N(0, I))", nullptr},
+        {"token_weighted_reconstruction_weight", ARG_FLOAT, &c->token_weighted_reconstruction_weight, "cvae: weight of the token-weighted excess reconstruction, mean over y tokens of (b_t / c_base)(nll_t - b_t), b_t the z-free (z = 0) NLL of token t, not differentiated", nullptr},
         {"posterior_adapter", ARG_STRING, &c->posterior_adapter, "cvae with LoRA: the posterior's adapter (added to lora_adapters; the generator and router run `adapter`)", nullptr},
         {"head_lr", ARG_FLOAT, &c->head_lr, "cvae: learning rate of the router head, posterior head and latent projection (0: lr)", nullptr},
         // optimisation
@@ -311,15 +313,18 @@ static void config_validate(const Config& c) {
     if (c.lora_r > 0) {
         adapter_names(c);
         if (active_adapter(c) == posterior_adapter(c))
-            fatal("adapter=%s is the posterior's adapter (posterior_adapter=%s): the generator needs its own", c.adapter.c_str(),
+            fatal("adapter=%s is the posterior's adapter (posterior_adapter=%s): the generator needs its own",
+                  adapter_names(c)[active_adapter(c)].c_str(),
                   c.posterior_adapter.c_str());
         adapter_sources(c);
     }
     if (c.mode == "cvae") {
         if (c.d_z < 1 || c.d_z > 256) fatal("d_z=%d: expected a latent dimension 1..256", c.d_z);
-        if (!(c.beta >= 0) || !(c.c_base >= 0) || !(c.posterior_variance_weight >= 0) || !(c.router_marginal_kl_to_prior_weight >= 0))
-            fatal("beta=%g, c_base=%g, posterior_variance_weight=%g, router_marginal_kl_to_prior_weight=%g: expected >= 0 "
-                  "(c_base 0: measured)", c.beta, c.c_base, c.posterior_variance_weight, c.router_marginal_kl_to_prior_weight);
+        if (!(c.beta >= 0) || !(c.c_base >= 0) || !(c.posterior_variance_weight >= 0) || !(c.router_marginal_kl_to_prior_weight >= 0) ||
+            !(c.token_weighted_reconstruction_weight >= 0))
+            fatal("beta=%g, c_base=%g, posterior_variance_weight=%g, router_marginal_kl_to_prior_weight=%g, "
+                  "token_weighted_reconstruction_weight=%g: expected >= 0 (c_base 0: measured)", c.beta, c.c_base,
+                  c.posterior_variance_weight, c.router_marginal_kl_to_prior_weight, c.token_weighted_reconstruction_weight);
         if (!(c.head_lr >= 0 && c.head_lr <= 1)) fatal("head_lr=%g: expected in [0, 1] (0: lr)", c.head_lr);
         if (c.align_examples < 0) fatal("align_examples=%d: expected >= 0", c.align_examples);
     }
@@ -534,6 +539,7 @@ typedef struct {
     floatX *z, *dz;              // (mb, d_z)
     floatX *hz, *d_hz;           // (mb, D) h_z = W z + b and its gradient
     floatX* zeros;               // (mb, D) zeros (cleared gradient rows)
+    floatS* row_scale;           // (mb, T) the y tokens' loss weights (token-weighted reconstruction)
 } Acts;
 
 typedef struct {
@@ -624,6 +630,7 @@ static void acts_layout(Arena* a, Model* m) {
     ac->hz = arena_take<floatX>(a, mb * D);
     ac->d_hz = arena_take<floatX>(a, mb * D);
     ac->zeros = arena_take<floatX>(a, mb * D);
+    ac->row_scale = arena_take<floatS>(a, N);
 }
 
 static void model_build(Model* m, const Config& c, const Arch& arch, int B_local) {
@@ -726,11 +733,13 @@ static void z_project(Model* m, const std::vector<floatS>& z, int B, Stream st) 
 // 5. Loss and backward. loss = sum over the y-region targets of -log softmax(logits)[target] / n, n the number of
 //    targets in the global batch (dscale = 1 / n: the mean over the batch's y tokens, as Hugging Face's loss).
 
-// The lm head's loss of the generator's B x T rows (acts.loss, acts.argmax), with grad its gradient in acts.dhn.
-static void lm_loss(Model* m, int B, int T, float dscale, bool grad, Stream st) {
+// The lm head's loss of the generator's B x T rows (acts.loss, acts.argmax), with grad its gradient in acts.dhn
+// (each row's weighted by row_scale when given).
+static void lm_loss(Model* m, int B, int T, float dscale, bool grad, Stream st, const floatS* row_scale = nullptr) {
     Acts* a = &m->acts;
     lm_head_loss(a->loss, a->argmax, grad ? a->dhn : nullptr, grad ? lm_head_grad(*m) : nullptr, a->gen.hn, lm_head_weight(*m),
-                 a->targets, B * T, m->arch.D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, B * T), st);
+                 a->targets, B * T, m->arch.D, m->arch.V, dscale, grad, a->logits, std::min(m->cfg.lm_head_chunk, B * T), st,
+                 row_scale);
 }
 
 // The backward pass of a network from acts.dhn (the gradient of its final norm's output) to its weights. With
@@ -763,7 +772,12 @@ static void loss_and_backward(Model* m, int B, int T, float dscale, bool grad, S
 //               (mu_p, logvar_p) = router_head(h[<z>])             the router p(z|x): <z> comes before the slot,
 //               and the y tokens' logits                            so one causal pass gives both
 //   objective   J = R / c_base + beta KL(q || p) + pv V_post + rmkl K_rmarg   (common/cvae_objective.h)
-//               R = the mean NLL of the batch's y tokens; KL and V_post batch means; K_rmarg of the whole batch
+//                   + tw R_tw
+//               R = the mean NLL of the batch's y tokens; KL and V_post batch means; K_rmarg of the whole batch;
+//               R_tw = mean over the y tokens of (b_t / c_base)(nll_t - b_t), the token-weighted excess
+//               reconstruction: b_t, the NLL of token t with z = 0, is a constant (no gradient) that weights up the
+//               tokens the z-free model finds hard, the few "strategy-sensitive" ones whose NLL z can lower, against
+//               the many that teacher forcing makes easy whatever z is
 //
 // The latent quantities of a micro-batch, on the host ((B, d_z) each; the gradients are those of J).
 typedef struct {
@@ -774,6 +788,7 @@ typedef struct {
 // The weights of J's terms and the global batch's constants they are taken over.
 typedef struct {
     double recon_scale;          // 1 / (n c_base): n the y tokens of the global batch
+    double tw_weight;            // R_tw's weight (its per-token weight is recon_scale * tw_weight * b_t)
     double kl_scale, pv_scale;   // beta / N, pv / (N d_z): N the examples of the global batch
     double rmkl_weight, N;       // K_rmarg's weight, and its moment sums over the N examples (null: not trained)
     const double* rmkl_sums;
@@ -843,15 +858,32 @@ static void upload_head_grad(Model* m, const std::vector<floatS>& dmu, const std
     upload_floatX(m->acts.d_head, h.data(), h.size());
 }
 
+// The z-free NLL b_t of every (B, T) row (z = 0 in the slot; 0 outside the y-region): the token-weighted
+// reconstruction's weights, from the generator's current weights.
+static std::vector<floatS> token_baseline(Model* m, int B, int T, Stream st) {
+    z_project(m, std::vector<floatS>((size_t)B * m->cfg.d_z, 0), B, st);
+    model_forward(m, generator_net(*m), &m->acts.gen, B, T, nullptr, 0, false, m->acts.slot_rows, st);
+    lm_loss(m, B, T, 0.0f, false, st);
+    std::vector<floatS> b((size_t)B * T);
+    copy_to_host(b.data(), m->acts.loss, b.size() * sizeof(floatS));
+    return b;
+}
+
 // The backward pass of J over a micro-batch after cvae_forward: the y tokens' loss (acts.loss, argmax; scaled by
-// sc.recon_scale), then the gradients of every trained tensor. Returns the latent terms (gn2[0]: the
-// reconstruction's gradient norm at mu_q, logvar_q through z).
-static LatentTerms cvae_backward(Model* m, Latents* L, int B, int T, int Tq, const ObjectiveScales& sc, Stream st) {
+// sc.recon_scale, and with a baseline b (token_baseline) by 1 + tw b_t per token), then the gradients of every
+// trained tensor. Returns the latent terms (gn2[0]: the reconstruction's gradient norm at mu_q, logvar_q through z).
+static LatentTerms cvae_backward(Model* m, Latents* L, int B, int T, int Tq, const ObjectiveScales& sc,
+                                 const std::vector<floatS>* baseline, Stream st) {
     Acts* a = &m->acts;
     const int D = m->arch.D, dz = m->cfg.d_z;
     LatentTerms t = latent_terms(L, B, dz, sc);
     // generator: the y tokens' loss, the router head's gradient added at the <z> rows, then the stack
-    lm_loss(m, B, T, (float)sc.recon_scale, true, st);
+    if (baseline) {
+        std::vector<floatS> scale(baseline->size());
+        for (size_t i = 0; i < scale.size(); i++) scale[i] = (floatS)(1.0 + sc.tw_weight * (*baseline)[i]);
+        copy_to_device(a->row_scale, scale.data(), scale.size() * sizeof(floatS));
+    }
+    lm_loss(m, B, T, (float)sc.recon_scale, true, st, baseline ? a->row_scale : nullptr);
     upload_head_grad(m, L->dmu_p, L->dlv_p, B);
     matmul_backward(a->d_pooled, m->g.router_w, m->g.router_b, a->d_head, a->pooled_p, m->w.router_w, B, D, 2 * dz, false, st);
     put_rows(a->dhn, a->d_pooled, a->router_rows, B, D, true, st);
@@ -1765,11 +1797,11 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
                   "resume with the files it was started with", path, m->cfg.init_from.c_str(),
                   m->cfg.load_adapter.empty() ? "" : " and load_adapter=", m->cfg.load_adapter.c_str());
     }
-    if (m->groups.cvae) {
+    if (m->groups.cvae) {                                   // (a c_base given to this run overrides it)
         double c_base;
         section_get(s, path, "c_base", &c_base, 1);
         if (!(c_base > 0 && c_base < 1e30)) fatal("%s: section 'c_base' holds %g: expected a positive baseline", path, c_base);
-        m->c_base = c_base;
+        if (m->cfg.c_base == 0) m->c_base = c_base;
     }
     params_load_sections(&m->p, s, path, state[0], frozen);
     *step = (int)state[0];
@@ -1777,7 +1809,21 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
     d->cursor = state[2];
 }
 
-// Base weights from Hugging Face safetensors (init_from), and a PEFT adapter (load_adapter).
+// Reads `file` into the tensors of part k when the file exists (cvae: an export's heads and posterior network).
+static bool load_part_if_present(Model* m, const std::string& file, int k, std::vector<floatS>* w, Logger* log) {
+    if (!file_exists(file.c_str())) return false;
+    const HfWeights hf = hf_weights_open(file.c_str());
+    for (const std::string& name : hf_load_tensors(hf, model_part(m->p.table, m->groups, k), w->data(), m->arch.NH * m->arch.HD,
+                                                   m->arch.NKV * m->arch.HD))
+        log_printf(log, "warning: %s: tensor %s is not part of the model; ignored\n", file.c_str(), name.c_str());
+    log_printf(log, "loaded %s\n", file.c_str());
+    return true;
+}
+
+// Base weights from Hugging Face safetensors (init_from), and a PEFT adapter (load_adapter). A cvae export
+// continues as it was saved: its heads (cvae_heads.safetensors beside the active adapter, or in the init_from
+// folder from scratch), the posterior's adapter (a load_adapter=DIR's subfolder named posterior_adapter, as the
+// export writes it) or network (init_from's posterior/).
 static void load_pretrained(Model* m, Logger* log) {
     const Config& c = m->cfg;
     const Arch& a = m->arch;
@@ -1792,9 +1838,23 @@ static void load_pretrained(Model* m, Logger* log) {
         log_printf(log, "loaded the base weights from %s\n", c.init_from.c_str());
     }
     const std::vector<std::string> names = m->groups.lora ? adapter_names(c) : std::vector<std::string>();
-    for (const auto& [k, dir] : adapter_sources(c)) {
+    std::vector<std::pair<int, std::string>> sources = adapter_sources(c);
+    if (m->groups.cvae && m->groups.lora && c.load_adapter.find('=') == std::string::npos && !c.load_adapter.empty() &&
+        file_exists((c.load_adapter + "/" + c.posterior_adapter + "/adapter_config.json").c_str()))
+        sources.push_back({m->groups.posterior, c.load_adapter + "/" + c.posterior_adapter});
+    for (const auto& [k, dir] : sources) {
         peft_read(dir, lora_peft_config(c, a), model_part(m->p.table, m->groups, k), w.data());
         log_printf(log, "loaded adapter %s from %s\n", names[k].c_str(), dir.c_str());
+        if (m->groups.cvae && k == m->groups.active) load_part_if_present(m, dir + "/cvae_heads.safetensors", PART_HEADS, &w, log);
+    }
+    if (m->groups.cvae && !m->groups.lora && is_directory(c.init_from)) {
+        load_part_if_present(m, c.init_from + "/cvae_heads.safetensors", PART_HEADS, &w, log);
+        if (file_exists((c.init_from + "/posterior/model.safetensors").c_str())) {
+            const HfWeights hf = hf_weights_open((c.init_from + "/posterior").c_str());
+            std::vector<TensorInfo> post = posterior_as_base(m->p.table, m->groups);
+            hf_load_tensors(hf, post, w.data(), a.NH * a.HD, a.NKV * a.HD);
+            log_printf(log, "loaded the posterior's network from %s/posterior\n", c.init_from.c_str());
+        }
     }
     params_set(&m->p, w);
 }
@@ -1809,7 +1869,7 @@ typedef struct {
     int Tq;
     std::vector<int32_t> slot_pos, router_pos, posterior_ids, posterior_pos;   // (B), (B), (B, Tq), (B)
     Latents latents;
-    double recon, kl, pv, rmkl;
+    double recon, kl, pv, rmkl, tw;
 } DebugCapture;
 
 // A safetensors file that an independent implementation (dev/cvae_torch.py replay) can reproduce: the weights under
@@ -1856,14 +1916,17 @@ static void debug_state_write(Model* m, const DebugCapture& cap, const std::stri
                                       std::make_pair("out.z", &L.z)})
             safetensors_add_f32(&st, name, {B, dz}, v->data());
         for (const auto& [name, v] : {std::make_pair("out.recon", cap.recon), std::make_pair("out.kl", cap.kl),
-                                      std::make_pair("out.pv", cap.pv), std::make_pair("out.rmkl", cap.rmkl)}) {
+                                      std::make_pair("out.pv", cap.pv), std::make_pair("out.rmkl", cap.rmkl),
+                                      std::make_pair("out.tw", cap.tw)}) {
             const floatS x = (floatS)v;
             safetensors_add_f32(&st, name, {1}, &x);
         }
         safetensors_add_meta(&st, "cvae", "{\"d_z\": " + std::to_string(c.d_z) + ", \"beta\": " + hf_json_float(c.beta) +
                                               ", \"c_base\": " + hf_json_float(m->c_base) + ", \"posterior_variance_weight\": " +
                                               hf_json_float(c.posterior_variance_weight) + ", \"router_marginal_kl_to_prior_weight\": " +
-                                              hf_json_float(c.router_marginal_kl_to_prior_weight) + "}");
+                                              hf_json_float(c.router_marginal_kl_to_prior_weight) +
+                                              ", \"token_weighted_reconstruction_weight\": " +
+                                              hf_json_float(c.token_weighted_reconstruction_weight) + "}");
     }
     safetensors_add_meta(&st, "format", "arc.cu debug state");
     safetensors_add_meta(&st, "config", arch_config_json(a));
@@ -1920,7 +1983,7 @@ typedef struct {
     double loss, token_acc, targets, tokens, flops;
     // cvae: J's terms (loss is J; recon the mean NLL per y token), and each weighted term's gradient norm at the
     // latent statistics (recon, kl, pv, rmkl)
-    double recon, kl, pv, rmkl, grad_norms[4];
+    double recon, kl, pv, rmkl, tw, grad_norms[4];
 } StepMetrics;
 
 // J's terms for the train line: each unweighted and weighted (w_*), and the norm of each weighted term's gradient
@@ -1931,13 +1994,19 @@ static std::string cvae_terms_field(const Config& c, const StepMetrics& r, doubl
              "gn_recon=%.4g gn_kl=%.4g gn_pv=%.4g gn_rmkl=%.4g", r.recon, r.recon / c_base, r.kl, r.pv, r.rmkl, r.recon / c_base,
              c.beta * r.kl, c.posterior_variance_weight * r.pv, c.router_marginal_kl_to_prior_weight * r.rmkl, r.grad_norms[0],
              r.grad_norms[1], r.grad_norms[2], r.grad_norms[3]);
-    return buf;
+    std::string out = buf;
+    if (c.token_weighted_reconstruction_weight > 0) {     // (gn_recon then includes its gradient through z)
+        snprintf(buf, sizeof buf, " tw=%.5g w_tw=%.5g", r.tw, c.token_weighted_reconstruction_weight * r.tw);
+        out += buf;
+    }
+    return out;
 }
 
 // J's weights and batch constants for a global batch of N examples with n_targets y tokens.
 static ObjectiveScales objective_scales(const Config& c, double c_base, double N, double n_targets, const double* rmkl_sums) {
     ObjectiveScales sc;
     sc.recon_scale = 1.0 / (n_targets * c_base);
+    sc.tw_weight = c.token_weighted_reconstruction_weight;
     sc.kl_scale = c.beta / N;
     sc.pv_scale = c.posterior_variance_weight / (N * c.d_z);
     sc.rmkl_weight = c.router_marginal_kl_to_prior_weight;
@@ -1988,11 +2057,18 @@ static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugC
         int Tq = 0;
         if (cvae) {
             Tq = upload_latent_rows(m, *d, ex, T);
+            const bool tw = c.token_weighted_reconstruction_weight > 0;
+            const std::vector<floatS> baseline = tw ? token_baseline(m, B, T, Stream()) : std::vector<floatS>();
             Latents L;
             L.eps = latent_noise(B, dz, noise_seed, keys);
             cvae_forward(m, &L, B, T, Tq, true, Stream());
             if (cap && i0 == 0) debug_capture(m, cap, ex, T, &L, Tq);
-            const LatentTerms t = cvae_backward(m, &L, B, T, Tq, sc, Stream());
+            const LatentTerms t = cvae_backward(m, &L, B, T, Tq, sc, tw ? &baseline : nullptr, Stream());
+            if (tw) {
+                std::vector<floatS> nll((size_t)B * T);
+                copy_to_host(nll.data(), m->acts.loss, nll.size() * sizeof(floatS));
+                for (size_t k = 0; k < nll.size(); k++) r.tw += (double)baseline[k] * ((double)nll[k] - baseline[k]);
+            }
             r.kl += t.kl;
             r.pv += t.pv;
             for (int k = 0; k < 4; k++) r.grad_norms[k] += t.gn2[k];
@@ -2018,6 +2094,7 @@ static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugC
     dist_sum_wait(Stream());
     std::vector<double> sums = {r.loss, r.token_acc, r.tokens, r.kl, r.pv};
     for (int k = 0; k < 4; k++) sums.push_back(r.grad_norms[k]);
+    sums.push_back(r.tw);
     sums.insert(sums.end(), moments.begin(), moments.end());
     dist_sum_host(sums.data(), (int)sums.size());
     r.recon = sums[0] / n_targets;
@@ -2028,10 +2105,12 @@ static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugC
         r.kl = sums[3] / N;
         r.pv = sums[4] / (N * dz);
         for (int k = 0; k < 4; k++) r.grad_norms[k] = sqrt(sums[5 + k]);
-        r.rmkl = router_marginal_kl(sums.data() + 9, N, dz);
-        r.loss = r.recon / c_base + c.beta * r.kl + c.posterior_variance_weight * r.pv + c.router_marginal_kl_to_prior_weight * r.rmkl;
+        r.tw = sums[9] / (n_targets * c_base);
+        r.rmkl = router_marginal_kl(sums.data() + 10, N, dz);
+        r.loss = r.recon / c_base + c.beta * r.kl + c.posterior_variance_weight * r.pv + c.router_marginal_kl_to_prior_weight * r.rmkl +
+                 c.token_weighted_reconstruction_weight * r.tw;
     }
-    if (cap) cap->loss = r.loss, cap->recon = r.recon, cap->kl = r.kl, cap->pv = r.pv, cap->rmkl = r.rmkl;
+    if (cap) cap->loss = r.loss, cap->recon = r.recon, cap->kl = r.kl, cap->pv = r.pv, cap->rmkl = r.rmkl, cap->tw = r.tw;
     return r;
 }
 

@@ -3,10 +3,11 @@
 //   lse_n     = log sum_v exp(x[n, v])                      (max-subtracted; fp32 on the GPU, double on the CPU)
 //   loss[n]   = lse_n - x[n, y_n]                           for a labelled row (y_n in [0, V)), 0 for y_n == -100
 //   argmax[n] = the first v with the largest x[n, v]        (optional: greedy decoding, token accuracy)
-//   backward  x[n, v] <- dscale * (exp(x[n, v] - lse_n) - [v == y_n])   labelled rows; 0 for ignored rows   (=)
+//   backward  x[n, v] <- dscale * r_n * (exp(x[n, v] - lse_n) - [v == y_n])   labelled rows; 0 for ignored rows (=)
 //
-// Rows are ld >= V apart; with `grad` the columns V..ld-1 are zeroed too. dscale is d(objective)/d(loss[n]), the
-// same for every row (e.g. 1 / number of labelled tokens for a mean). Overwriting the logits with their gradient
+// Rows are ld >= V apart; with `grad` the columns V..ld-1 are zeroed too. dscale * r_n is d(objective)/d(loss[n]):
+// dscale the same for every row (e.g. 1 / number of labelled tokens for a mean), r_n = row_scale[n] a per-row
+// weight (the CVAE's token-weighted reconstruction), 1 when row_scale is null. Overwriting the logits with their gradient
 // is what lets a language-model head process a chunk of rows with one (rows, V) buffer (kernels/lm_head_loss.cuh):
 // at V = 151936 the logits of a whole batch would not fit. Labels must be in [0, V) or -100 (the caller validates
 // its data).
@@ -22,7 +23,8 @@
 // CPU reference
 
 template <typename T>
-void softmax_xent_ref(T* loss, int* argmax, T* logits, const int* labels, int N, int V, int ld, double dscale, bool grad) {
+void softmax_xent_ref(T* loss, int* argmax, T* logits, const int* labels, int N, int V, int ld, double dscale, bool grad,
+                      const T* row_scale = nullptr) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         T* x = logits + (size_t)n * ld;
@@ -36,16 +38,17 @@ void softmax_xent_ref(T* loss, int* argmax, T* logits, const int* labels, int N,
         loss[n] = y == IGNORE_LABEL_ID ? T(0) : (T)(lse - (double)x[y]);
         if (argmax) argmax[n] = best;
         if (!grad) continue;
+        const double scale = row_scale ? dscale * (double)row_scale[n] : dscale;
         for (int v = 0; v < V; v++)
-            x[v] = y == IGNORE_LABEL_ID ? T(0) : (T)(dscale * (exp((double)x[v] - lse) - (v == y ? 1.0 : 0.0)));
+            x[v] = y == IGNORE_LABEL_ID ? T(0) : (T)(scale * (exp((double)x[v] - lse) - (v == y ? 1.0 : 0.0)));
         for (int v = V; v < ld; v++) x[v] = T(0);
     }
 }
 
 #ifndef __CUDACC__
 inline void softmax_xent(floatS* loss, int* argmax, floatX* logits, const int* labels, int N, int V, int ld, float dscale,
-                         bool grad, Stream) {
-    softmax_xent_ref(loss, argmax, logits, labels, N, V, ld, dscale, grad);
+                         bool grad, Stream, const floatS* row_scale = nullptr) {
+    softmax_xent_ref(loss, argmax, logits, labels, N, V, ld, dscale, grad, row_scale);
 }
 #endif
 
@@ -62,7 +65,7 @@ __device__ inline void argmax_combine(float* v, int* i, float v2, int i2) {
 }
 
 __global__ void softmax_xent_kernel(floatS* loss, int* argmax, floatX* logits, const int* labels, int V, int ld,
-                                    float dscale, bool grad) {
+                                    float dscale, bool grad, const floatS* row_scale) {
     __shared__ float s_max[WARP_SIZE], s_best[WARP_SIZE], s_sum[WARP_SIZE];
     __shared__ int s_idx[WARP_SIZE];
     const int n = blockIdx.x, lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -99,6 +102,7 @@ __global__ void softmax_xent_kernel(floatS* loss, int* argmax, floatX* logits, c
         if (argmax) argmax[n] = best_i;
     }
     if (!grad) return;
+    if (row_scale) dscale *= row_scale[n];
     __syncthreads();                                          // x[y] is read above before it is overwritten
     for (int v = threadIdx.x; v < ld; v += blockDim.x) {
         float g = 0;
@@ -109,13 +113,13 @@ __global__ void softmax_xent_kernel(floatS* loss, int* argmax, floatX* logits, c
 
 // The launcher with the block size as a parameter (a multiple of 32, <= 1024); the lab sweeps it.
 inline void softmax_xent_launch(floatS* loss, int* argmax, floatX* logits, const int* labels, int N, int V, int ld,
-                                float dscale, bool grad, int block_size, Stream st) {
+                                float dscale, bool grad, int block_size, Stream st, const floatS* row_scale = nullptr) {
     if (N == 0) return;
-    softmax_xent_kernel<<<N, block_size, 0, st>>>(loss, argmax, logits, labels, V, ld, dscale, grad);
+    softmax_xent_kernel<<<N, block_size, 0, st>>>(loss, argmax, logits, labels, V, ld, dscale, grad, row_scale);
     cudaCheckLaunch("softmax_xent_kernel");
 }
 inline void softmax_xent(floatS* loss, int* argmax, floatX* logits, const int* labels, int N, int V, int ld, float dscale,
-                         bool grad, Stream st) {
-    softmax_xent_launch(loss, argmax, logits, labels, N, V, ld, dscale, grad, 1024, st);
+                         bool grad, Stream st, const floatS* row_scale = nullptr) {
+    softmax_xent_launch(loss, argmax, logits, labels, N, V, ld, dscale, grad, 1024, st, row_scale);
 }
 #endif

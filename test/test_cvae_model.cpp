@@ -194,9 +194,10 @@ static Example cvae_example(int n_prefix, int n_suffix, int n_total, int n_post,
     return e;
 }
 
-// J of the batch (the gradients in m->p.grads with grad), and its terms.
+// J of the batch (the gradients in m->p.grads with grad), and its terms. The token-weighted reconstruction's
+// baseline b_t is a constant of J: measured at the first call (when *baseline is empty), then kept.
 static double cvae_objective(Model* m, const Data& d, const std::vector<const Example*>& ex, const std::vector<floatS>& eps,
-                             int T, bool grad, double* terms = nullptr) {
+                             int T, bool grad, std::vector<floatS>* baseline, double* terms = nullptr) {
     const int B = (int)ex.size(), dz = m->cfg.d_z;
     double n_targets = 0;
     for (const Example* e : ex) n_targets += (double)(e->ids.size() - e->n_prompt);
@@ -207,30 +208,38 @@ static double cvae_objective(Model* m, const Data& d, const std::vector<const Ex
     const ObjectiveScales sc = objective_scales(m->cfg, m->c_base, B, n_targets, sums.data());
     upload_batch(m, d, ex, T);
     const int Tq = upload_latent_rows(m, d, ex, T);
+    const bool tw = m->cfg.token_weighted_reconstruction_weight > 0;
+    if (tw && baseline->empty()) *baseline = token_baseline(m, B, T, Stream());
     Latents L;
     L.eps = eps;
     cvae_forward(m, &L, B, T, Tq, true, Stream());
     LatentTerms t;
     if (grad) {
-        t = cvae_backward(m, &L, B, T, Tq, sc, Stream());
+        t = cvae_backward(m, &L, B, T, Tq, sc, tw ? baseline : nullptr, Stream());
     } else {
         lm_loss(m, B, T, 0.0f, false, Stream());
         t = latent_terms(&L, B, dz, sc);
     }
-    double nll = 0;
-    for (int i = 0; i < B * T; i++) nll += m->acts.loss[i];
+    double nll = 0, excess = 0;
+    for (int i = 0; i < B * T; i++) {
+        nll += m->acts.loss[i];
+        if (tw) excess += (*baseline)[i] * (m->acts.loss[i] - (*baseline)[i]);
+    }
     const double R = nll / n_targets, kl = t.kl / B, pv = t.pv / (B * dz), rmkl = router_marginal_kl(sums.data(), B, dz);
-    if (terms) terms[0] = R, terms[1] = kl, terms[2] = pv, terms[3] = rmkl;
+    const double R_tw = excess / (n_targets * m->c_base);
+    if (terms) terms[0] = R, terms[1] = kl, terms[2] = pv, terms[3] = rmkl, terms[4] = R_tw;
     const Config& c = m->cfg;
-    return R / m->c_base + c.beta * kl + c.posterior_variance_weight * pv + c.router_marginal_kl_to_prior_weight * rmkl;
+    return R / m->c_base + c.beta * kl + c.posterior_variance_weight * pv + c.router_marginal_kl_to_prior_weight * rmkl +
+           c.token_weighted_reconstruction_weight * R_tw;
 }
 
-static void check_cvae_gradients(int lora_r) {
+static void check_cvae_gradients(int lora_r, float tw = 0.0f) {
     const int T = 16;
     Config c = tiny_config(lora_r, T);
     c.mode = "cvae";
     c.d_z = 3;
     c.beta = 0.7f; c.posterior_variance_weight = 0.3f; c.router_marginal_kl_to_prior_weight = 0.4f;
+    c.token_weighted_reconstruction_weight = tw;
     Model model;
     Model* m = &model;
     model_build(m, c, tiny_arch(true), 3);
@@ -245,10 +254,13 @@ static void check_cvae_gradients(int lora_r) {
     std::vector<floatS> eps(3 * c.d_z);
     for (size_t i = 0; i < eps.size(); i++) eps[i] = hash_normal(5, i);
     params_zero_grads(&m->p);
-    double terms[4];
-    cvae_objective(m, d, ex, eps, T, true, terms);
-    check(terms[1] > 0 && terms[2] > 0 && terms[3] > 0, fmt("cvae objective (lora_r=%d): KL, V_post and K_rmarg nonzero", lora_r).c_str(),
-          "kl %g pv %g rmkl %g", terms[1], terms[2], terms[3]);
+    double terms[5];
+    std::vector<floatS> baseline;
+    cvae_objective(m, d, ex, eps, T, true, &baseline, terms);
+    const std::string what = std::string(lora_r ? "LoRA" : "from scratch") + (tw > 0 ? ", token-weighted" : "");
+    check(terms[1] > 0 && terms[2] > 0 && terms[3] > 0 && (tw == 0 || terms[4] != 0),
+          fmt("cvae objective (%s): KL, V_post, K_rmarg (and R_tw) nonzero", what.c_str()).c_str(),
+          "kl %g pv %g rmkl %g tw %g", terms[1], terms[2], terms[3], terms[4]);
     std::vector<floatS> grads(m->p.table.n_dense);
     copy_to_host(grads.data(), m->p.grads, grads.size() * sizeof(floatS));
     std::vector<floatS> w = params_values(m->p);
@@ -263,15 +275,15 @@ static void check_cvae_gradients(int lora_r) {
             const size_t i = t.offset + hash_below((uint32_t)t.numel, 98, t.offset, k);
             const double h = 1e-5, keep = w[i];
             w[i] = keep + h; params_set(&m->p, w);
-            const double up = cvae_objective(m, d, ex, eps, T, false);
+            const double up = cvae_objective(m, d, ex, eps, T, false, &baseline);
             w[i] = keep - h; params_set(&m->p, w);
-            const double down = cvae_objective(m, d, ex, eps, T, false);
+            const double down = cvae_objective(m, d, ex, eps, T, false, &baseline);
             w[i] = keep; params_set(&m->p, w);
             const double numeric = (up - down) / (2 * h);
             worst = std::max(worst, fabs(numeric - grads[i]));
             scale = std::max(scale, std::max(fabs(numeric), fabs((double)grads[i])));
         }
-        check(worst / scale < 1e-6, fmt("cvae objective gradient (%s): %s", lora_r ? "LoRA" : "from scratch", t.name.c_str()).c_str(),
+        check(worst / scale < 1e-6, fmt("cvae objective gradient (%s): %s", what.c_str(), t.name.c_str()).c_str(),
               "largest difference %.3g of %.3g", worst, scale);
     }
     check(n_heads == 6 && n_posterior == (lora_r ? 7 * 2 * m->arch.n_layers : 2 + 7 * m->arch.n_layers),
@@ -331,6 +343,7 @@ int main() {
     check_kv_cache();
     check_cvae_gradients(3);
     check_cvae_gradients(0);
+    check_cvae_gradients(3, 0.6f);
     check_cvae_generation();
     return test_summary();
 }

@@ -1222,22 +1222,25 @@ static veci lm_labels(int N, int V) {
 }
 
 // every row's loss, argmax (exact) and in-place gradient, twice (bitwise the same)
-static void test_softmax_xent(int N, int V, int ld) {
-    const std::string name = fmt(BK " softmax_xent N=%d V=%d ld=%d", N, V, ld);
+// (row_scaled: per-row weights r_n on the gradient, the CVAE's token-weighted reconstruction)
+static void test_softmax_xent(int N, int V, int ld, bool row_scaled = false) {
+    const std::string name = fmt(BK " softmax_xent N=%d V=%d ld=%d%s", N, V, ld, row_scaled ? " row_scale" : "");
     vecd logits = rx(rnd((size_t)N * ld, -6, 6));
     const veci labels = lm_labels(N, V);
     const double dscale = 1.0 / 3;
+    const vecd scale = rs(rnd(N, 0.1, 3));
     vecd loss(N), grad = logits;
     veci argmax(N);
-    softmax_xent_ref<double>(loss.data(), argmax.data(), grad.data(), labels.data(), N, V, ld, dscale, true);
+    softmax_xent_ref<double>(loss.data(), argmax.data(), grad.data(), labels.data(), N, V, ld, dscale, true,
+                             row_scaled ? scale.data() : nullptr);
     Dev<int> d_labels(labels), d_argmax(N);
-    Dev<floatS> d_loss(N);
+    Dev<floatS> d_loss(N), d_scale(scale);
     std::vector<floatX> first;
     for (int run = 0; run < 2; run++) {
         Dev<floatX> d_logits(logits);
         d_loss.poison();
         d_argmax.poison();
-        softmax_xent(d_loss.p, d_argmax.p, d_logits.p, d_labels.p, N, V, ld, dscale, true, st);
+        softmax_xent(d_loss.p, d_argmax.p, d_logits.p, d_labels.p, N, V, ld, dscale, true, st, row_scaled ? d_scale.p : nullptr);
         launched(name);
         if (run == 0) {
             expect_close(name + " loss", d_loss.get(), loss, TOL_S);
@@ -1306,6 +1309,7 @@ static void test_lm_ops() {
     test_softmax_xent(5, 151936, 151936);        // Qwen2's vocabulary
     test_softmax_xent(33, 1000, 1008);
     test_softmax_xent(7, 13, 16);                // fewer columns than threads
+    test_softmax_xent(33, 1000, 1008, true);
     test_lm_head_loss(37, 64, 1000, 16);
     test_lm_head_loss(64, 128, 4096, 64);
     test_lora(37, 64, 96, 8, 2.0);               // alpha 16, r 8

@@ -87,6 +87,23 @@ static void test_softmax_xent(int N, int V, int ld) {
     // row 1's logits near 700: a finite-difference step of 1e-6 is lost to rounding there; check the other rows
     gradcheck("softmax_xent gradcheck dlogits " + tag, x, grad_v, L, FD_TOL,
               [&](size_t i) { return i / ld == 1 ? 1e-3 : FD_H; });
+
+    // per-row weights r_n (row_scale): the gradient of sum_n dscale r_n loss[n]
+    const vecd r = rand_vec(N, 0.1, 2.0);
+    vecd lw(N), gw = x;
+    softmax_xent(lw.data(), nullptr, gw.data(), labels.data(), N, V, ld, dscale, true, st, r.data());
+    auto Lw = [&]() {
+        vecd l(N), xc = x;
+        softmax_xent(l.data(), nullptr, xc.data(), labels.data(), N, V, ld, dscale, false, st);
+        double sum = 0;
+        for (int n = 0; n < N; n++) sum += dscale * r[n] * l[n];
+        return sum;
+    };
+    vecd grad_w;
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < ld; v++) grad_w.push_back(v < V ? gw[(size_t)n * ld + v] : 0.0);
+    gradcheck("softmax_xent gradcheck dlogits with row_scale " + tag, x, grad_w, Lw, FD_TOL,
+              [&](size_t i) { return i / ld == 1 ? 1e-3 : FD_H; });
 }
 
 // =========================================================================================================
