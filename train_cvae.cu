@@ -1692,11 +1692,13 @@ static void merge_active_adapter(const Model& m, std::vector<floatS>* w) {
         block_lora_merge(h.base.blocks[l], h.lora[m.groups.active][l], m.block, m.groups.lora_mask, m.cfg.lora_r, m.lora_scale);
 }
 
-// The cvae heads as dir/cvae_heads.safetensors (their names as in the checkpoint: cvae.router_head.weight, ...).
+// The cvae heads as dir/cvae_heads.safetensors (their names as in the checkpoint: cvae.router_head.weight, ...),
+// with the run's c_base in the metadata.
 static void write_heads(const Model& m, const std::string& dir, const std::vector<floatS>& w) {
     SafetensorsWriter st;
     for (const TensorInfo& t : model_part(m.p.table, m.groups, PART_HEADS)) safetensors_add_f32(&st, t.name, t.shape, w.data() + t.offset);
     safetensors_add_meta(&st, "format", "arc.cu train_cvae heads");
+    safetensors_add_meta(&st, "c_base", hf_json_float(m.c_base));
     safetensors_write(st, dir + "/cvae_heads.safetensors");
 }
 
@@ -1809,20 +1811,26 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
     d->cursor = state[2];
 }
 
-// Reads `file` into the tensors of part k when the file exists (cvae: an export's heads and posterior network).
-static bool load_part_if_present(Model* m, const std::string& file, int k, std::vector<floatS>* w, Logger* log) {
-    if (!file_exists(file.c_str())) return false;
+// An export's cvae heads (cvae_heads.safetensors) when the file exists, and its c_base unless this run gives one.
+static void load_heads_if_present(Model* m, const std::string& file, std::vector<floatS>* w, Logger* log) {
+    if (!file_exists(file.c_str())) return;
     const HfWeights hf = hf_weights_open(file.c_str());
-    for (const std::string& name : hf_load_tensors(hf, model_part(m->p.table, m->groups, k), w->data(), m->arch.NH * m->arch.HD,
-                                                   m->arch.NKV * m->arch.HD))
+    for (const std::string& name : hf_load_tensors(hf, model_part(m->p.table, m->groups, PART_HEADS), w->data(), 0, 0))
         log_printf(log, "warning: %s: tensor %s is not part of the model; ignored\n", file.c_str(), name.c_str());
+    for (const auto& [key, value] : hf.files[0].metadata) {
+        if (key != "c_base" || m->cfg.c_base > 0) continue;
+        char* end = nullptr;
+        const double c_base = strtod(value.c_str(), &end);
+        if (end == value.c_str() || *end || !(c_base > 0 && c_base < 1e30))
+            fatal("%s: metadata c_base is '%s': expected a positive number", file.c_str(), json_printable(value).c_str());
+        m->c_base = c_base;
+    }
     log_printf(log, "loaded %s\n", file.c_str());
-    return true;
 }
 
 // Base weights from Hugging Face safetensors (init_from), and a PEFT adapter (load_adapter). A cvae export
-// continues as it was saved: its heads (cvae_heads.safetensors beside the active adapter, or in the init_from
-// folder from scratch), the posterior's adapter (a load_adapter=DIR's subfolder named posterior_adapter, as the
+// continues as it was saved: its heads and c_base (cvae_heads.safetensors beside the active adapter, or in the
+// init_from folder from scratch), the posterior's adapter (a load_adapter=DIR's subfolder named posterior_adapter, as the
 // export writes it) or network (init_from's posterior/).
 static void load_pretrained(Model* m, Logger* log) {
     const Config& c = m->cfg;
@@ -1845,10 +1853,10 @@ static void load_pretrained(Model* m, Logger* log) {
     for (const auto& [k, dir] : sources) {
         peft_read(dir, lora_peft_config(c, a), model_part(m->p.table, m->groups, k), w.data());
         log_printf(log, "loaded adapter %s from %s\n", names[k].c_str(), dir.c_str());
-        if (m->groups.cvae && k == m->groups.active) load_part_if_present(m, dir + "/cvae_heads.safetensors", PART_HEADS, &w, log);
+        if (m->groups.cvae && k == m->groups.active) load_heads_if_present(m, dir + "/cvae_heads.safetensors", &w, log);
     }
     if (m->groups.cvae && !m->groups.lora && is_directory(c.init_from)) {
-        load_part_if_present(m, c.init_from + "/cvae_heads.safetensors", PART_HEADS, &w, log);
+        load_heads_if_present(m, c.init_from + "/cvae_heads.safetensors", &w, log);
         if (file_exists((c.init_from + "/posterior/model.safetensors").c_str())) {
             const HfWeights hf = hf_weights_open((c.init_from + "/posterior").c_str());
             std::vector<TensorInfo> post = posterior_as_base(m->p.table, m->groups);
