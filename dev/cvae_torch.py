@@ -28,35 +28,49 @@ replay reads the debug state (safetensors: "__metadata__" holds "config" = the m
 the weights; batch.input_ids and batch.labels; out.logits and out.loss; grad.NAME for each trainable tensor),
 rebuilds the model in float64, recomputes the logits, the loss and by autograd the gradient of the loss with
 respect to each trainable tensor, and prints for each of them "NAME max_abs_err rel_err" (rel_err: the largest
-difference over the largest magnitude of the float64 value), then "worst rel_err=E (tensor NAME)". A gradient is
-that of out.loss itself (the mean over the batch's labelled positions; with tied embeddings, embed_tokens' gradient
-sums the lookup's and the lm head's parts). Exit status 1, with one line "error: FILE: why" on stderr, when the
-worst exceeds --tol (NaN does), or when a tensor is missing, unexpected, misshapen or of the wrong dtype.
+difference over the largest magnitude of the float64 value; for the CVAE's out.tw over its operands', see below),
+then "worst rel_err=E (tensor NAME)". A gradient is that of out.loss itself (the mean over the batch's labelled
+positions; with tied embeddings, embed_tokens' gradient sums the lookup's and the lm head's parts). Exit status 1,
+with one line "error: FILE: why" on stderr, when the worst exceeds --tol (NaN does), or when a tensor is missing,
+unexpected, misshapen or of the wrong dtype.
 
 The CVAE's state (train_cvae mode=cvae) is recognised by the metadata "cvae" = {"d_z", "beta", "c_base",
-"posterior_variance_weight", "router_marginal_kl_to_prior_weight"} (other keys are an error: replay would not know
-their math). Beside the above it holds the posterior's tensors (with LoRA its adapters "posterior." + PEFT's names on
-the shared frozen base; without, a second network "posterior." + HF's names, no lm head), the heads
-cvae.{router_head,posterior_head}.{weight (2 d_z, D), bias} and cvae.z_proj.{weight (D, d_z), bias}, all trained;
+"posterior_variance_weight", "router_marginal_kl_to_prior_weight", "token_weighted_reconstruction_weight"} (each
+required; other keys are an error: replay would not know their math). Beside the above it holds the posterior's
+tensors (with LoRA its adapters "posterior." + PEFT's names on the shared frozen base; without, a second network
+"posterior." + HF's names, no lm head), the heads cvae.{router_head,posterior_head}.{weight (2 d_z, D), bias} and
+cvae.z_proj.{weight (D, d_z), bias}, all trained;
 batch.slot_pos, batch.router_pos (= slot_pos - 1), batch.posterior_ids (B, Tq), batch.posterior_pos (int) and
 batch.eps (B, d_z); out.mu_q, out.logvar_q, out.z, out.mu_p, out.logvar_p (B, d_z), out.recon, out.kl, out.pv,
-out.rmkl (1). The math: the posterior network on posterior_ids, final-normed, read at posterior_pos, through
+out.rmkl, out.tw (1). The math: the posterior network on posterior_ids, final-normed, read at posterior_pos, through
 posterior_head -> [mu_q, logvar_q]; z = mu_q + exp(logvar_q / 2) eps; the generator on the token embeddings with
 row slot_pos replaced by z_proj(z), final-normed h, router_head(h at router_pos) -> [mu_p, logvar_p], logits = the
 lm head of h; recon = the loss above, kl = mean_b sum_d KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)),
 pv = mean exp(logvar_q), rmkl = sum_d KL(N(m_d, v_d) || N(0, 1)) with m_d, v_d the batch's mean and variance of the
-router's mixture; out.loss = J = recon / c_base + beta kl + posterior_variance_weight pv
-+ router_marginal_kl_to_prior_weight rmkl, and every grad.NAME is J's. replay compares the logits, each out.* and
-each gradient the same way.
+router's mixture; tw = R_tw = (1/n) sum over the n labelled positions t of (b_t / c_base)(nll_t - b_t), nll_t the
+position's cross-entropy (recon = (1/n) sum nll_t) and b_t that of the same generator with z = 0 (the slot row
+z_proj(0) = z_proj.bias), computed under torch.no_grad: a constant, so that R_tw's gradient is that of
+(1/(n c_base)) sum b_t nll_t; when token_weighted_reconstruction_weight is 0 the trainer does not compute b and
+writes out.tw = 0, and so does replay. out.loss = J = recon / c_base + beta kl + posterior_variance_weight pv
++ router_marginal_kl_to_prior_weight rmkl + token_weighted_reconstruction_weight tw, and every grad.NAME is J's
+(b held fixed). replay compares the logits, each out.* and each gradient the same way, except that out.tw's rel_err
+is taken over the larger of its two operands (1/n) sum b_t nll_t / c_base and (1/n) sum b_t^2 / c_base: R_tw is
+their difference, near 0 while z barely moves the NLL (the first steps: 2e-6 against operands of 3 on a tiny run),
+where float32 NLLs (errors about 1e-6) cannot give it to 1e-4 of itself (measured 1e-2 at step 1, 1e-4 at step 4).
 
 make-example writes such a file from this script itself (a tiny random config and batch with padding and -100
 labels, nonzero adapters, everything computed in float32), for testing replay while no trainer writes one; with
---cvae the CVAE's (d_z 4, every weight of J nonzero, padding in both id tensors, nonzero heads and adapters).
+--cvae the CVAE's (d_z 4, every weight of J nonzero, token_weighted_reconstruction_weight 0.3 among them, padding
+in both id tensors, nonzero heads and adapters).
 selftest checks the attention against a loop over one head at a time, the LoRA path against merged weights, the
 loss against a loop, and the make-example / replay cycle (a perturbed gradient, a missing or misshapen tensor
 must fail); for the CVAE the posterior, z, the slot row's injection and the router against loops, the KL terms
 against per-dimension loops and torch.distributions, their gradients against central differences (gradcheck),
-and its cycle (a perturbed gradient of a head or of a posterior tensor, a perturbed out.kl must fail); when
+R_tw against a loop over the positions (b_t from a second pass with the slot row z_proj.bias), J's gradient with b
+constant against central differences of J with b held fixed (and against the per-token weights (1 + tw b_t) of the
+NLL; a b differentiated moves it), out.tw = 0 at weight 0, and its cycle (a perturbed gradient of a head or of a
+posterior tensor, a perturbed out.kl or out.tw must fail, a "cvae" without token_weighted_reconstruction_weight is
+an error); when
 transformers happens to be importable it also compares the logits with its Qwen2ForCausalLM.
 
 bench times one LoRA training step on random weights (frozen base in --dtype, fp32 adapters on all seven
@@ -254,9 +268,10 @@ def trainable_names(cfg, trainable):
 # ---------------------------------------------------------------- the CVAE (train_cvae mode=cvae)
 
 POST = "posterior."              # prefix of the posterior's tensors: its adapters with LoRA, its network without
-CVAE_KEYS = ("d_z", "beta", "c_base", "posterior_variance_weight", "router_marginal_kl_to_prior_weight")
+CVAE_KEYS = ("d_z", "beta", "c_base", "posterior_variance_weight", "router_marginal_kl_to_prior_weight",
+             "token_weighted_reconstruction_weight")
 CVAE_OUTS = ("out.logits", "out.mu_q", "out.logvar_q", "out.z", "out.mu_p", "out.logvar_p", "out.recon", "out.kl",
-             "out.pv", "out.rmkl", "out.loss")
+             "out.pv", "out.rmkl", "out.tw", "out.loss")
 
 
 def cvae_spec(cv):
@@ -333,29 +348,67 @@ def rmkl_of(mu_p, logvar_p):
     return 0.5 * (v + m ** 2 - 1 - v.log()).sum()
 
 
-def cvae_forward(cfg, cv, p, batch):
+def token_nll(logits, labels):
+    """The cross-entropy of each position t < T-1 against labels[:, t+1], (B, T-1): 0 where that label is -100."""
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V).to(stat_dtype(logits.dtype)), labels[:, 1:].reshape(-1).long(),
+                           ignore_index=-100, reduction="none").view(labels.shape[0], -1)
+
+
+def generator_logits(cfg, p, batch, z):
+    """The generator's final-normed hidden states and logits with row slot_pos of the embeddings replaced by
+    z_proj(z)."""
+    gen = generator_view(p)
+    x = F.embedding(batch["batch.input_ids"], gen["model.embed_tokens.weight"])
+    h_z = F.linear(z, p["cvae.z_proj.weight"], p["cvae.z_proj.bias"])
+    h = hidden(cfg, gen, inject_z(x, batch["batch.slot_pos"], h_z))
+    return h, lm_head(cfg, gen, h)
+
+
+def token_baseline(cfg, p, batch, d_z):
+    """b (B, T-1): the per-position NLL of the generator with z = 0 (its slot row z_proj(0) = z_proj.bias), computed
+    without a graph: the token-weighted reconstruction's constant weights."""
+    with torch.no_grad():
+        z = torch.zeros(batch["batch.input_ids"].shape[0], d_z, dtype=p["cvae.z_proj.weight"].dtype)
+        return token_nll(generator_logits(cfg, p, batch, z)[1], batch["batch.labels"])
+
+
+def cvae_forward(cfg, cv, p, batch, baseline=None, detail=None):
     """Every out.* of CVAE_OUTS from the parameters p (all names of the state) and the batch (batch.* tensors, ids
     and positions as int64): posterior -> z = mu_q + exp(logvar_q / 2) eps -> the generator with row slot_pos of
-    the embeddings replaced by z_proj(z), the router on its hidden state at router_pos, the lm head; out.loss is
-    J = recon / c_base + beta kl + posterior_variance_weight pv + router_marginal_kl_to_prior_weight rmkl."""
+    the embeddings replaced by z_proj(z), the router on its hidden state at router_pos, the lm head; out.tw is
+    R_tw = (1/n) sum_t (b_t / c_base)(nll_t - b_t) over the n labelled positions, b = `baseline` when given, else
+    token_baseline (no gradient), and 0 when token_weighted_reconstruction_weight is 0 (as the trainer, which then
+    does not compute b); out.loss is J = recon / c_base + beta kl + posterior_variance_weight pv
+    + router_marginal_kl_to_prior_weight rmkl + token_weighted_reconstruction_weight tw. A dict `detail` receives
+    "tw_scale": the larger of R_tw's two operands (1/n) sum_t b_t nll_t / c_base and (1/n) sum_t b_t^2 / c_base
+    (0 at weight 0), the scale of its rel_err."""
     d_z, rows = cv["d_z"], torch.arange(batch["batch.input_ids"].shape[0])
     post = posterior_view(cfg, p)
     h_q = hidden(cfg, post, F.embedding(batch["batch.posterior_ids"], post["model.embed_tokens.weight"]))
     mu_q, logvar_q = gaussian_head(h_q[rows, batch["batch.posterior_pos"]], p, "cvae.posterior_head", d_z)
     z = mu_q + torch.exp(0.5 * logvar_q) * batch["batch.eps"].to(mu_q.dtype)
-    gen = generator_view(p)
-    x = F.embedding(batch["batch.input_ids"], gen["model.embed_tokens.weight"])
-    h = hidden(cfg, gen, inject_z(x, batch["batch.slot_pos"], F.linear(z, p["cvae.z_proj.weight"],
-                                                                       p["cvae.z_proj.bias"])))
+    h, logits = generator_logits(cfg, p, batch, z)
     mu_p, logvar_p = gaussian_head(h[rows, batch["batch.router_pos"]], p, "cvae.router_head", d_z)
-    logits = lm_head(cfg, gen, h)
-    recon, kl = loss_of(logits, batch["batch.labels"]), kl_of(mu_q, logvar_q, mu_p, logvar_p)
+    labels = batch["batch.labels"]
+    recon, kl = loss_of(logits, labels), kl_of(mu_q, logvar_q, mu_p, logvar_p)
     pv, rmkl = pv_of(logvar_q), rmkl_of(mu_p, logvar_p)
+    tw_weight = cv["token_weighted_reconstruction_weight"]
+    if tw_weight or baseline is not None:
+        b = token_baseline(cfg, p, batch, d_z) if baseline is None else baseline
+        n = (labels[:, 1:] != -100).sum()
+        nll = token_nll(logits, labels)
+        tw = (b / cv["c_base"] * (nll - b)).sum() / n
+        tw_scale = max((b * nll).sum().item(), (b * b).sum().item()) / (n.item() * cv["c_base"])
+    else:
+        tw, tw_scale = torch.zeros((), dtype=recon.dtype), 0.0
+    if detail is not None:
+        detail["tw_scale"] = tw_scale
     loss = recon / cv["c_base"] + cv["beta"] * kl + cv["posterior_variance_weight"] * pv + \
-        cv["router_marginal_kl_to_prior_weight"] * rmkl
+        cv["router_marginal_kl_to_prior_weight"] * rmkl + tw_weight * tw
     values = {"out.logits": logits, "out.mu_q": mu_q, "out.logvar_q": logvar_q, "out.z": z, "out.mu_p": mu_p,
               "out.logvar_p": logvar_p, "out.recon": recon, "out.kl": kl, "out.pv": pv, "out.rmkl": rmkl,
-              "out.loss": loss}
+              "out.tw": tw, "out.loss": loss}
     return {n: values[n].reshape(1) if values[n].dim() == 0 else values[n] for n in CVAE_OUTS}
 
 
@@ -480,18 +533,20 @@ def recompute(tensors, meta):
         raise StateError(f"batch.slot_pos {slot.tolist()} must lie in 1..{T - 1}, batch.router_pos "
                          f"{router.tolist()} be slot_pos - 1, batch.posterior_pos {post_pos.tolist()} lie in "
                          f"0..{Tq - 1}")
-    out = cvae_forward(cfg, cv, p, batch)
+    detail = {}
+    out = cvae_forward(cfg, cv, p, batch, detail=detail)
     grads = torch.autograd.grad(out["out.loss"], [p[n] for n in train], allow_unused=True)
-    return [(n, out[n], tensors[n]) for n in CVAE_OUTS] + \
+    return [(n, out[n], tensors[n]) + ((detail["tw_scale"],) if n == "out.tw" else ()) for n in CVAE_OUTS] + \
         [("grad." + n, torch.zeros_like(p[n]) if g is None else g, tensors["grad." + n]) for n, g in zip(train, grads)]
 
 
 def errors(pairs):
-    """[(name, max_abs_err, rel_err)]: the largest difference, and it over the largest magnitude of ours."""
+    """[(name, max_abs_err, rel_err)]: the largest difference, and it over the largest magnitude of ours, or over a
+    given scale when it is larger (a pair (name, ours, theirs, scale): out.tw, a difference of near-equal sums)."""
     rows = []
-    for name, ours, theirs in pairs:
+    for name, ours, theirs, *given in pairs:
         diff = (ours.detach().double() - theirs.double()).abs().max().item() if ours.numel() else 0.0
-        scale = max(ours.detach().abs().max().item() if ours.numel() else 0.0, torch.finfo(torch.float32).tiny)
+        scale = max(ours.detach().abs().max().item() if ours.numel() else 0.0, *given, torch.finfo(torch.float32).tiny)
         rows.append((name, diff, diff / scale))
     return rows
 
@@ -530,7 +585,7 @@ def example_batch(V, seed):
 
 
 EXAMPLE_CVAE = {"d_z": 4, "beta": 0.1, "c_base": 1.25, "posterior_variance_weight": 0.05,
-                "router_marginal_kl_to_prior_weight": 0.02}
+                "router_marginal_kl_to_prior_weight": 0.02, "token_weighted_reconstruction_weight": 0.3}
 
 
 def example_cvae_batch(V, d_z, seed):
@@ -799,13 +854,78 @@ def test_cvae_divergences():
     out = cvae_forward(cfg, EXAMPLE_CVAE, p, batch)
     c = EXAMPLE_CVAE
     close(out["out.loss"], out["out.recon"] / c["c_base"] + c["beta"] * out["out.kl"] + c["posterior_variance_weight"]
-          * out["out.pv"] + c["router_marginal_kl_to_prior_weight"] * out["out.rmkl"], 1e-12, "J")
+          * out["out.pv"] + c["router_marginal_kl_to_prior_weight"] * out["out.rmkl"]
+          + c["token_weighted_reconstruction_weight"] * out["out.tw"], 1e-12, "J")
     inputs = [t.clone().requires_grad_(True) for t in (mu_q, logvar_q, mu_p, logvar_p)]
     assert torch.autograd.gradcheck(lambda mu: rmkl_of(mu, inputs[3]), (inputs[2],), eps=1e-6, atol=1e-8)
     assert torch.autograd.gradcheck(lambda lv: kl_of(inputs[0], lv, inputs[2], inputs[3]), (inputs[1],), eps=1e-6,
                                     atol=1e-8)
     assert torch.autograd.gradcheck(lambda *t: (kl_of(*t), pv_of(t[1]), rmkl_of(t[2], t[3])), tuple(inputs),
                                     eps=1e-6, atol=1e-8)
+
+
+def test_cvae_token_weighted():
+    """R_tw against a loop over the labelled positions (b_t from a second pass whose slot rows are z_proj.bias, the
+    logits' own cross-entropies), for LoRA and from scratch; J's gradient (autograd, b computed under no_grad)
+    against central differences of J with b held fixed along a random direction of every trained tensor, and
+    against the gradient of (1/(n c_base)) sum (1 + tw b_t) nll_t + the latent terms (b a constant weight); a b
+    recomputed at each point of the central differences (differentiated) gives another derivative; out.tw's rel_err
+    scale is the larger of its operands by the loop; with the weight 0, out.tw is 0 (the trainer computes no b) and
+    J has no tw term."""
+    cv, d_z = EXAMPLE_CVAE, EXAMPLE_CVAE["d_z"]
+    tw, c_base = cv["token_weighted_reconstruction_weight"], cv["c_base"]
+    for trainable, untied in (("lora", False), ("base", True)):
+        cfg, p, batch = tiny_cvae(trainable, untied, seed=5)
+        detail = {}
+        out = cvae_forward(cfg, cv, p, batch, detail=detail)
+        gen, labels, slot = generator_view(p), batch["batch.labels"], batch["batch.slot_pos"]
+        x0 = F.embedding(batch["batch.input_ids"], gen["model.embed_tokens.weight"]).clone()
+        for b in range(3):
+            x0[b, slot[b]] = p["cvae.z_proj.bias"]
+        logits0 = lm_head(cfg, gen, hidden(cfg, gen, x0))
+        total, n, operands = 0.0, 0, [0.0, 0.0]
+        for b in range(3):
+            for t in range(labels.shape[1] - 1):
+                y = labels[b, t + 1].item()
+                if y == -100:
+                    continue
+                nll = -torch.log_softmax(out["out.logits"][b, t], -1)[y].item()
+                base = -torch.log_softmax(logits0[b, t], -1)[y].item()
+                total, n = total + base / c_base * (nll - base), n + 1
+                operands = [operands[0] + base * nll / c_base, operands[1] + base * base / c_base]
+        close(out["out.tw"], torch.tensor([total / n], dtype=torch.float64), 1e-12, f"R_tw ({trainable}) by the loop")
+        assert abs(detail["tw_scale"] - max(operands) / n) <= 1e-12 * detail["tw_scale"], \
+            f"out.tw's rel_err scale {detail['tw_scale']}, its larger operand by the loop {max(operands) / n}"
+        assert abs(total / n) > 1e-3, f"R_tw {total / n}: z barely moves the NLL, the checks below would be weak"
+        off = cvae_forward(cfg, dict(cv, token_weighted_reconstruction_weight=0), p, batch)
+        assert off["out.tw"].item() == 0, f"weight 0: out.tw {off['out.tw'].item()}, expected 0 (b not computed)"
+        close(off["out.loss"], out["out.loss"] - tw * out["out.tw"], 1e-12, "weight 0: J without the tw term")
+        if trainable != "lora":
+            continue
+        names = [n for n in p if ".lora_" in n or n.startswith("cvae.")]
+        p = {n: t.clone().requires_grad_(n in names) for n, t in p.items()}
+        grads = torch.autograd.grad(cvae_forward(cfg, cv, p, batch)["out.loss"], [p[n] for n in names])
+        b0 = token_baseline(cfg, p, batch, d_z)
+        off = cvae_forward(cfg, dict(cv, token_weighted_reconstruction_weight=0), p, batch)
+        weighted = off["out.loss"] + tw * (b0 * token_nll(off["out.logits"], labels)).sum() / \
+            ((labels[:, 1:] != -100).sum() * c_base)
+        for name, g, h in zip(names, grads, torch.autograd.grad(weighted, [p[n] for n in names])):
+            close(g, h, 1e-12 * max(1.0, g.abs().max().item()), f"J's gradient vs the (1 + tw b_t) weights: {name}")
+        gen = torch.Generator().manual_seed(6)
+        direction = {n: torch.randn(p[n].shape, generator=gen, dtype=torch.float64) for n in names}
+        step = 1e-6            # truncation error about 5e-9 relative here (2e-6 at 1e-5)
+
+        def moved(sign, baseline):
+            with torch.no_grad():
+                q = {n: t + sign * step * direction[n] if n in direction else t for n, t in p.items()}
+                return cvae_forward(cfg, cv, q, batch, baseline)["out.loss"].item()
+        autograd = sum((g * direction[n]).sum().item() for n, g in zip(names, grads))
+        fixed = (moved(1, b0) - moved(-1, b0)) / (2 * step)
+        free = (moved(1, None) - moved(-1, None)) / (2 * step)
+        assert abs(fixed - autograd) <= 1e-7 * abs(autograd), \
+            f"J's directional derivative: autograd {autograd:.12g}, central differences with b fixed {fixed:.12g}"
+        assert abs(free - autograd) > 1e-4 * abs(autograd), \
+            f"a differentiated b should change the derivative: {free:.12g} vs {autograd:.12g}"
 
 
 def test_cvae_replay_cycle():
@@ -823,10 +943,12 @@ def test_cvae_replay_cycle():
             posterior = "grad.posterior." + ("base_model.model.model.layers.1.mlp.up_proj.lora_A.weight" if i == 0
                                               else "model.layers.0.self_attn.q_proj.weight")
             assert tensors["batch.posterior_ids"][1:, -1].eq(0).all() and tensors["batch.input_ids"][1:, -1].eq(0).all()
+            assert abs(tensors["out.tw"].item()) > 1e-4, f"{variant}: out.tw {tensors['out.tw'].item()}"
+            scales = {pair[0]: pair[3] for pair in recompute(tensors, meta) if len(pair) == 4}   # out.tw's
             for name in ("grad.cvae.posterior_head.weight", "grad.cvae.router_head.bias", "grad.cvae.z_proj.weight",
-                         posterior, "out.kl", "out.rmkl", "out.mu_q"):
+                         posterior, "out.kl", "out.rmkl", "out.mu_q", "out.tw"):
                 bad = dict(tensors, **{name: tensors[name].clone()})
-                bad[name].view(-1)[-1] += 1e-3 * tensors[name].abs().max()
+                bad[name].view(-1)[-1] += 1e-3 * max(tensors[name].abs().max(), scales.get(name, 0))
                 rows = errors(recompute(bad, meta))
                 top = max(rows, key=lambda r: r[2])
                 assert top[0] == name and top[2] > 1e-4, f"{variant}: perturbed {name}, worst {top}"
@@ -848,6 +970,14 @@ def test_cvae_replay_cycle():
             expect_state_error(tensors, dict(meta, cvae=json.dumps({k: cv[k] for k in cv if k != "beta"})),
                                "metadata 'cvae': missing beta")
             expect_state_error(tensors, dict(meta, cvae=json.dumps(dict(cv, free_bits=1))), "unknown free_bits")
+            expect_state_error(tensors, dict(meta, cvae=json.dumps({k: cv[k] for k in cv
+                                                                    if k != "token_weighted_reconstruction_weight"})),
+                               "metadata 'cvae': missing token_weighted_reconstruction_weight")
+            expect_state_error({n: t for n, t in tensors.items() if n != "out.tw"}, meta, "missing tensor out.tw")
+            # read as weight 0 (replay's out.tw is then 0, as the trainer's), the file's nonzero out.tw fails
+            zero = dict(meta, cvae=json.dumps(dict(cv, token_weighted_reconstruction_weight=0.0)))
+            rows = {r[0]: r[2] for r in errors(recompute(tensors, zero))}
+            assert rows["out.tw"] > 0.5 and rows["out.loss"] > 1e-4, f"{variant}: read as weight 0: {rows}"
             expect_state_error(tensors, dict(meta, cvae="[8]"), "must be a JSON object")
             expect_state_error(tensors, {n: v for n, v in meta.items() if n != "cvae"}, "no 'cvae' metadata")
 
@@ -871,7 +1001,7 @@ def test_transformers():
 def selftest():
     failed = 0
     for test in (test_attention_heads, test_lora_merged, test_loss, test_replay_cycle, test_cvae_injection,
-                 test_cvae_divergences, test_cvae_replay_cycle, test_transformers):
+                 test_cvae_divergences, test_cvae_token_weighted, test_cvae_replay_cycle, test_transformers):
         try:
             test()
             print(f"selftest ok {test.__name__}")

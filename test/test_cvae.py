@@ -3,8 +3,8 @@
 latent-strategy CVAE) on a small strategy-sequence dataset (standard library only; the PyTorch replay runs under the
 interpreter that has torch).
 
-    python3 test/test_cvae.py        (from the repository root, after `make train_cvae_cpu`; about 90 s on 2 cores,
-                                      45 s of it mode=cvae's)
+    python3 test/test_cvae.py        (from the repository root, after `make train_cvae_cpu`; about 110 s on 2 cores,
+                                      65 s of it mode=cvae's)
 
 Every run is tiny: model=tiny (D=64, 2 layers) trained from scratch, or LoRA on a random Hugging Face Qwen2
 checkpoint from dev/make_tiny_qwen2.py (D=32, 2 layers, vocabulary 128 >= the char tokenizer's 106 ids, bf16,
@@ -42,6 +42,13 @@ generated into a temporary folder. Checks:
        (LoRA, step 4: the router head, its gradient and every posterior gradient nonzero; its J is the logged one);
      - resume: 3 steps + resume=1 + 3 steps == 6 steps bit for bit (checkpoint sections, the exports, the train and
        val lines); c_base measured once before step 1 and restored from the checkpoint, not re-measured;
+     - token_weighted_reconstruction_weight=0.5 (LoRA): the train lines' tw= and w_tw= = 0.5 tw, J the sum of the
+       five w_*; debug_state == replay at the first step after resume=1 (out.tw nonzero and the logged tw); resumed
+       without c_base= the checkpoint's c_base, with c_base=2.5 that one (logged c_base=2.50000, recon_ratio =
+       nll / 2.5 in train and val lines, the debug state's J over 2.5);
+     - exports round trip: eval_only=1 on the 3-step runs' exports (load_adapter=adapter_<step>/ on the same base;
+       from scratch init_from=hf_<step>/) reports the runs' last val lines exactly with the heads file's c_base,
+       and with c_base= the logged 5-decimal value all but recon_ratio exactly (it within 1e-5);
      - mpirun -np 2 against one process (the router marginal KL takes the global batch's moments): the train lines'
        J terms within 1e-5 relative (measured: identical), the weights within 1e-5 of each section's largest
        (measured 4.4e-6 with LoRA, 7.5e-6 from scratch after 4 steps: Adam's first steps on near-zero gradients);
@@ -744,6 +751,111 @@ def test_cvae_resume(tmp):
                f"re-measured) by the resumed run", f"measured {measured}, resumed run logs {restored}, checkpoint {stored}")
 
 
+def check_tw_lines(so, steps):
+    """The train lines of a run with token_weighted_reconstruction_weight=0.5: tw= and w_tw= parse, w_tw = 0.5 tw and
+    J = w_recon + w_kl + w_pv + w_rmkl + w_tw (each to its printed digits)."""
+    train_lines = [l for l in so.splitlines() if l.startswith("train ")]
+    assert len(train_lines) == steps, f"{len(train_lines)} train lines, expected {steps}"
+    for line in train_lines:
+        text, t = fields(line), numbers(line, TRAIN_KEYS + ("tw", "w_tw"))
+        assert abs(t["w_tw"] - 0.5 * t["tw"]) <= g5_unit(text["w_tw"]) + 0.5 * g5_unit(text["tw"]), \
+            f"step {text['step']}: w_tw={text['w_tw']}, expected 0.5 * tw = {0.5 * t['tw']}"
+        ws = ("w_recon", "w_kl", "w_pv", "w_rmkl", "w_tw")
+        slack = last_digit(text["loss"]) + sum(g5_unit(text[k]) for k in ws)
+        assert abs(t["loss"] - sum(t[k] for k in ws)) <= slack, \
+            f"step {text['step']}: loss={text['loss']} != the sum of the w_* (w_tw among them) {sum(t[k] for k in ws)}"
+    assert float(fields(train_lines[-1])["tw"]) != 0, f"step {steps}: tw=0"
+
+
+def test_cvae_token_weighted(tmp):
+    """token_weighted_reconstruction_weight=0.5 (LoRA r=4 on the phase-1 export, pv and rmkl > 0): 3 steps, then
+    resume=1 to step 4 twice from the step-3 checkpoint, once as it was (c_base from the checkpoint) and once with
+    c_base=2.5 (which overrides it)."""
+    tw = ["token_weighted_reconstruction_weight=0.5"]
+    common = from_entangled(tmp) + CVAE + tw + ["checkpoint_every=3"]
+    out, out_c = f"{tmp}/cvae_tw", f"{tmp}/cvae_tw_c"
+    so1 = train(out, *common, "max_steps=3")
+    check("mode=cvae token_weighted_reconstruction_weight=0.5: every train line has tw= and w_tw= = 0.5 tw, and J "
+          "= w_recon + w_kl + w_pv + w_rmkl + w_tw", check_tw_lines, so1, 3)
+    os.makedirs(out_c)
+    shutil.copy(f"{out}/ckpt_00000003.bin", out_c)
+
+    # (a) the first step after resume=1 (nonzero heads): the debug state against the replay
+    path = f"{tmp}/cvae_debug_tw.safetensors"
+    so2 = train(out, *common, "max_steps=4", "resume=1", f"debug_state={path}")
+    tensors, meta = st_read(path)
+    cv = json.loads(meta.get("cvae", "{}"))
+    step4 = [fields(l) for l in so2.splitlines() if l.startswith("train step=4 ")]
+    logged = step4[0] if step4 else {}
+    file_tw, file_loss = floats(tensors["out.tw"][2])[0], floats(tensors["out.loss"][2])[0]
+    measured = c_base_of(so1)
+    expect("resumed from" in so2 and cv.get("token_weighted_reconstruction_weight") == 0.5
+           and cv.get("posterior_variance_weight", 0) > 0 and cv.get("router_marginal_kl_to_prior_weight", 0) > 0
+           and nonzero(tensors, "cvae.router_head.weight") and file_tw != 0 and "tw" in logged
+           and abs(file_tw - float(logged["tw"])) <= g5_unit(logged["tw"])
+           and abs(file_loss - float(logged["loss"])) <= 1e-5,
+           "debug_state after resume=1 with token_weighted_reconstruction_weight=0.5: the metadata's weight, a nonzero "
+           "out.tw equal to the logged tw=, out.loss the logged J, nonzero heads",
+           f"metadata {cv}, out.tw {file_tw}, out.loss {file_loss}, logged {logged}")
+    check("debug_state == PyTorch replay (mode=cvae LoRA, token_weighted_reconstruction_weight=0.5, the first step "
+          "after resume=1)", replay, "cvae_tw", path)
+
+    # (c) c_base: without c_base= the resumed run keeps the stored one; c_base=2.5 overrides it
+    restored = re.findall(r"^c_base=(\S+)$", so2, re.M)
+    expect(restored == [f"{measured:.5f}"] and "the validation NLL" not in so2
+           and abs(cv.get("c_base", 0) - measured) <= 1e-5 * measured,
+           "cvae resume without c_base=: the checkpoint's c_base (logged, in the debug state's metadata), not "
+           "re-measured",
+           f"measured {measured}, resumed run logs {restored}, metadata c_base {cv.get('c_base')}")
+    path_c = f"{tmp}/cvae_debug_tw_c.safetensors"
+    so3 = train(out_c, *common, "max_steps=4", "resume=1", "c_base=2.5", f"debug_state={path_c}")
+    tensors_c, meta_c = st_read(path_c)
+    cv_c = json.loads(meta_c.get("cvae", "{}"))
+    outs = {k: floats(tensors_c[f"out.{k}"][2])[0] for k in ("loss", "recon", "kl", "pv", "rmkl", "tw")}
+    w = CVAE_WEIGHTS
+    j = outs["recon"] / 2.5 + w["beta"] * outs["kl"] + w["posterior_variance_weight"] * outs["pv"] + \
+        w["router_marginal_kl_to_prior_weight"] * outs["rmkl"] + 0.5 * outs["tw"]
+    train_c = [numbers(l, ("recon", "recon_ratio", "tw")) for l in so3.splitlines() if l.startswith("train step=4 ")]
+    val_c = [numbers(l, ("recon_ratio", "nll")) for l in so3.splitlines() if l.startswith("val ")]
+    recon = [float(x["recon"]) for x in step4]
+    expect(re.findall(r"^c_base=(\S+)$", so3, re.M) == ["2.50000"] and "the validation NLL" not in so3
+           and cv_c.get("c_base") == 2.5 and abs(outs["loss"] - j) <= 1e-5 * abs(j) and len(train_c) == 1
+           and [train_c[0]["recon"]] == recon and abs(train_c[0]["recon_ratio"] - train_c[0]["recon"] / 2.5) <= 1.01e-5
+           and len(val_c) == 7 and all(abs(v["recon_ratio"] - v["nll"] / 2.5) <= 1.01e-5 for v in val_c),
+           "cvae resume with c_base=2.5: logs c_base=2.50000 (not the stored one), recon_ratio = nll / 2.5 in the "
+           "train and val lines, J = recon / 2.5 + ... in the debug state (its metadata c_base 2.5); the same recon",
+           f"c_base lines {re.findall(r'^c_base=.*$', so3, re.M)}, metadata {cv_c.get('c_base')}, J {outs['loss']} vs "
+           f"{j}, train {train_c}, val {val_c[-1:]}")
+
+
+def test_cvae_export_roundtrip(tmp):
+    """test_cvae_runs' exports at step 3, loaded back with eval_only=1: the LoRA run's adapter_00000003/ (generator
+    adapter, posterior/ and cvae_heads.safetensors) with load_adapter= on the same base, the from-scratch run's
+    hf_00000003/ (with posterior/ and the heads) as init_from and model; without c_base= (the heads file's) the run's
+    last val lines exactly, with c_base= the run's logged value (5 decimals) exactly but recon_ratio, within one unit
+    of its last digit."""
+    for tag, load in (("from-entangled LoRA r=4", lambda out: [f"load_adapter={out}/adapter_00000003"]),
+                      ("from scratch, model=tiny lora_r=0",
+                       lambda out: [f"model={out}/hf_00000003/config.json", f"init_from={out}/hf_00000003"])):
+        if tag not in CVAE_RUNS:
+            raise AssertionError("test_cvae_runs did not run")
+        args, so, out = CVAE_RUNS[tag]
+        c_base = re.search(r"^c_base=([0-9.]+)", so, re.M).group(1)
+        want = [fields(l) for l in lines(so, "val")]
+        for given in ([], [f"c_base={c_base}"]):
+            ev = train(f"{tmp}/cvae_rt_{len(tag)}_{len(given)}", *args, *load(out), "eval_only=1", "gen_examples=0",
+                       *given)
+            got = [fields(l) for l in lines(ev, "val")]
+            same = len(got) == len(want) == 7 and all(
+                sorted(a) == sorted(b) and all(a[k] == b[k] for k in a if k != "recon_ratio" or not given)
+                and abs(float(a["recon_ratio"]) - float(b["recon_ratio"])) <= 1.01e-5 for a, b in zip(want, got))
+            expect(same and "loaded " in ev and "cvae_heads.safetensors" in ev,
+                   f"mode=cvae export round trip ({tag}): eval_only=1 on the step-3 export "
+                   f"{'with c_base= the logged ' + c_base if given else 'without c_base= (the exported one)'} reports "
+                   f"the run's last val lines exactly{' (recon_ratio within 1e-5)' if given else ''}",
+                   f"{lines(so, 'val')[:1]} vs {lines(ev, 'val')[:1]}")
+
+
 def test_cvae_mpi(tmp):
     why = mpi_unavailable()
     for tag in ("LoRA", "from scratch"):
@@ -851,7 +963,8 @@ def main():
                         "--dtype", "bf16", "--untied", "--shards", "2"], check=True, capture_output=True)
         run_groups([(t.__name__, t) for t in (test_debug_state, test_exports, test_named_adapters, test_resume, test_mpi,
                                               test_generation, test_errors, test_learning, test_cvae_runs,
-                                              test_cvae_debug_state, test_cvae_resume, test_cvae_mpi, test_cvae_errors,
+                                              test_cvae_debug_state, test_cvae_resume, test_cvae_token_weighted,
+                                              test_cvae_export_roundtrip, test_cvae_mpi, test_cvae_errors,
                                               test_cvae_determinism)], "arc_test_cvae_")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,11 +7,14 @@ The script needs torch, which is a development dependency: it runs under the fir
 standard library only (it edits a safetensors file with struct). Checks: the script's selftest (attention against
 a per-head loop, LoRA against merged weights, the loss against a loop, the replay cycle in memory; for the CVAE's
 state the z injection, posterior and router against loops, the KL terms against per-dimension loops and their
-gradients against central differences, its replay cycle in memory); through the command line, make-example files
-in three variants replay within 1e-5, a gradient perturbed by 1% of its largest value fails and is named, a tighter
---tol fails, a truncated file is one error line; a make-example --cvae file (LoRA) replays within 1e-5 with every
-out.* row, and its out.kl moved by 1% fails and is named; the bench runs on the small preset. Prints
-"PASS name" / "FAIL name: why" / "SKIP name: why", then "<N> passed, <M> failed".
+gradients against central differences, the token-weighted reconstruction against a loop and J's gradient with its
+baseline held fixed against central differences, its replay cycle in memory); through the command line, make-example
+files in three variants replay within 1e-5, a gradient perturbed by 1% of its largest value fails and is named, a
+tighter --tol fails, a truncated file is one error line; a make-example --cvae file (LoRA) replays within 1e-5 with
+every out.* row (out.tw among them, its metadata "cvae" with a nonzero token_weighted_reconstruction_weight), and
+its out.kl moved by 1% and its out.tw moved by 10% (out.tw's rel_err is taken over its operands, about 16 times it
+here) each fail and are named; the bench runs on the small preset. Prints "PASS name" / "FAIL name: why" / "SKIP
+name: why", then "<N> passed, <M> failed".
 """
 import json
 import os
@@ -29,7 +32,7 @@ VARIANTS = {"lora_tied": [], "base_untied": ["--trainable", "base", "--untied"],
             "lora_rslora_qv": ["--untied", "--rslora", "--targets", "q_proj,v_proj", "--seed", "2"],
             "cvae_lora": ["--cvae", "--seed", "1"]}
 CVAE_OUTS = ["out.logits", "out.mu_q", "out.logvar_q", "out.z", "out.mu_p", "out.logvar_p", "out.recon", "out.kl",
-             "out.pv", "out.rmkl", "out.loss"]
+             "out.pv", "out.rmkl", "out.tw", "out.loss"]
 TMP = None            # scratch folder, made by main()
 PYTHON = None         # an interpreter with torch, found by main()
 
@@ -55,9 +58,10 @@ def worst(stdout):
     return float(m.group(1)), m.group(2)
 
 
-def perturb(path, out, name=None):
+def perturb(path, out, name=None, fraction=0.01):
     """Copies the safetensors file `path` to `out` with the first value of the tensor `name` (by default its last
-    grad.* tensor) moved by 1% of that tensor's largest magnitude; returns the tensor's name."""
+    grad.* tensor) moved by `fraction` (1%) of that tensor's largest magnitude; returns the tensor's name and the
+    file's metadata."""
     with open(path, "rb") as f:
         raw = bytearray(f.read())
     (n,) = struct.unpack("<Q", raw[:8])
@@ -65,16 +69,17 @@ def perturb(path, out, name=None):
     name = name or max(k for k in header if k.startswith("grad."))
     begin, end = (8 + n + o for o in header[name]["data_offsets"])
     values = struct.unpack(f"<{(end - begin) // 4}f", raw[begin:end])
-    raw[begin:begin + 4] = struct.pack("<f", values[0] + 0.01 * max(abs(v) for v in values))
+    raw[begin:begin + 4] = struct.pack("<f", values[0] + fraction * max(abs(v) for v in values))
     with open(out, "wb") as f:
         f.write(raw)
-    return name
+    return name, header.get("__metadata__", {})
 
 
 def check_selftest():
     rc, stdout, stderr = run("selftest")
     assert rc == 0 and "selftest: 0 failed" in stdout, f"exit {rc}: {(stdout + stderr)[-600:]!r}"
-    assert stdout.count("selftest ok ") >= 7 and "selftest ok test_cvae_replay_cycle" in stdout, stdout
+    assert stdout.count("selftest ok ") >= 8 and "selftest ok test_cvae_replay_cycle" in stdout and \
+        "selftest ok test_cvae_token_weighted" in stdout, stdout
 
 
 def check_replay(variant):
@@ -91,12 +96,16 @@ def check_replay(variant):
     cvae = variant.startswith("cvae")
     assert names[:len(CVAE_OUTS) if cvae else 2] == (CVAE_OUTS if cvae else ["out.logits", "out.loss"]) and \
         (not cvae or {"grad.cvae.z_proj.weight", "grad.cvae.router_head.bias"} <= set(names)), f"rows: {names[:14]}"
-    bad = os.path.join(TMP, f"{variant}_perturbed.safetensors")
-    name = perturb(path, bad, "out.kl" if cvae else None)
-    rc, stdout, stderr = run("replay", bad)
-    rel, tensor = worst(stdout)
-    assert rc == 1 and tensor == name and rel > 1e-3, f"perturbed {name}: exit {rc}, worst {rel} on {tensor}"
-    assert stderr.startswith(f"error: {bad}: rel_err ") and stderr.count("\n") == 1, f"stderr {stderr!r}"
+    for name, fraction in ((("out.kl", 0.01), ("out.tw", 0.1)) if cvae else ((None, 0.01),)):
+        bad = os.path.join(TMP, f"{variant}_perturbed.safetensors")
+        name, meta = perturb(path, bad, name, fraction)
+        if name == "out.tw":
+            cv = json.loads(meta.get("cvae", "{}"))
+            assert cv.get("token_weighted_reconstruction_weight", 0) > 0, f"make-example --cvae: metadata cvae {cv}"
+        rc, stdout, stderr = run("replay", bad)
+        rel, tensor = worst(stdout)
+        assert rc == 1 and tensor == name and rel > 1e-3, f"perturbed {name}: exit {rc}, worst {rel} on {tensor}"
+        assert stderr.startswith(f"error: {bad}: rel_err ") and stderr.count("\n") == 1, f"stderr {stderr!r}"
     if variant == "lora_tied":
         rc, _, stderr = run("replay", path, "--tol", "1e-12")
         assert rc == 1 and "above --tol 1e-12" in stderr, f"--tol 1e-12: exit {rc}, {stderr!r}"
