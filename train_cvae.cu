@@ -814,7 +814,7 @@ static void cvae_forward(Model* m, Latents* L, int B, int T, int Tq, bool traini
     head_forward(m, a->pooled_p, a->gen, a->router_rows, m->w.router_w, m->w.router_b, B, &L->mu_p, &L->lv_p, st);
 }
 
-// The latent terms' values and (with grad) gradients of a micro-batch into L->d*.
+// The latent terms of a micro-batch: their values, and the gradients of J through them into L->d*.
 static LatentTerms latent_terms(Latents* L, int B, int dz, const ObjectiveScales& sc) {
     LatentTerms t = LatentTerms();
     std::vector<floatS> kl(B), v(B);
