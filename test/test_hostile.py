@@ -6,10 +6,13 @@
     python3 test/test_hostile.py --mutants N  N seeded mutants per file format (default 150), --seed S
 
 The files that users pass between machines (task files, checkpoints of the three trainers, safetensors, and for
-train_cvae Hugging Face config.json files, weights and PEFT adapters) are the attack surface. Every case runs a trainer on a hostile input and requires one of two outcomes:
+train_cvae Hugging Face config.json files, weights and PEFT adapters, and mode=cvae's checkpoint and export: its
+heads and its posterior's adapter) are the attack surface. Every case runs a trainer on a hostile input and requires one of two outcomes:
   - a clean refusal: exit status 1 and exactly one stderr line, `error: ...`;
   - a validated load: exit status 0 (the change was harmless, e.g. a weight moved but stayed finite);
-never a crash, a sanitizer report, another exit status, or a hang (each run has a time limit).
+never a crash, a sanitizer report, another exit status, or a hang (each run has a time limit). For mode=cvae's files
+the refusal must also name the file (or be the first step's divergence after a validated load), and a c_base that
+loads must give finite numbers.
 
 build/tokenize gets seeded mutants of Qwen's tokenizer.json (when `make tokenizer-qwen` has fetched it) under the
 same rule. Cases: the defects found by hand (each a named check: carry samples outside the vocabulary or the demo slots,
@@ -129,7 +132,8 @@ def make_bases(tmp):
                 ["dev/make_tiny_qwen2.py", b["qwen"], "--vocab", "128", "--dtype", "bf16", "--shards", "2"]):
         done = subprocess.run([sys.executable] + cmd, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, f"{cmd[0]} failed: {done.stderr[-300:]}"
-    for name, extra in (("cvae", ["model=tiny"]), ("cvae_lora", [f"model={b['qwen']}", f"init_from={b['qwen']}", "lora_r=4"])):
+    for name, extra in (("cvae", ["model=tiny"]), ("cvae_lora", [f"model={b['qwen']}", f"init_from={b['qwen']}", "lora_r=4"]),
+                        ("cvae_mode", cvae_mode_model(b))):
         out = f"{tmp}/base_{name}"
         rc, so, se = run(Bins.cvae, cvae_args(b, extra + [f"checkpoint_path={out}"]), timeout=max(Bins.timeout, 120))
         assert rc == 0, f"base {name} run failed: {se[-300:]}"
@@ -139,6 +143,11 @@ def make_bases(tmp):
 
 def cvae_args(bases, extra):
     return CVAE + [f"data_dir={bases['strategies']}"] + extra
+
+
+def cvae_mode_model(bases):
+    """mode=cvae with LoRA r=4 on the tiny random Qwen2 (the posterior an adapter of its own on the shared base)."""
+    return ["mode=cvae", f"model={bases['qwen']}", f"init_from={bases['qwen']}", "lora_r=4"]
 
 
 def etrm_resume_args(kind, d):
@@ -387,7 +396,8 @@ def mutate_raw(rng, data, structure_end):
     return bytes(data), kind
 
 
-SECTION_FORMATS = {"state": "q", "param_steps": "q", "carry_samples": "i", "carry_steps": "i", "carry_halted": "B"}
+SECTION_FORMATS = {"state": "q", "param_steps": "q", "carry_samples": "i", "carry_steps": "i", "carry_halted": "B",
+                   "c_base": "d", "frozen_weights_crc": "I"}
 FLOATS = [float("nan"), float("inf"), float("-inf"), 3e38, -1e30, 0.0, -1.0, 1e-45]
 
 
@@ -417,7 +427,7 @@ def mutate_fields(rng, path, S):
             else:
                 at = rng.randrange(n)
             at = min(at, n - 1)
-            vals[at] = rng.choice(FLOATS) if fmt == "f" else wrap(rng.choice(INTERESTING + [rng.randrange(-50, 50)]), fmt)
+            vals[at] = rng.choice(FLOATS) if fmt in "fd" else wrap(rng.choice(INTERESTING + [rng.randrange(-50, 50)]), fmt)
         s[name] = struct.pack(f"<{n}{fmt}", *vals)
     return step, config, s, f"{kind} {name}"
 
@@ -494,7 +504,7 @@ def fuzz_cases(tmp, bases, n, seed):
         open(path, "wb").write(data)
         cases.append(("safetensors", f"{kind} #{i}", Bins.etrm, ETRM + ["encoder_type=standard", "max_steps=1",
                       f"load_checkpoint={path}", f"checkpoint_path={tmp}/st_out_{i}"], True))
-    return cases + cvae_cases(tmp, bases, rng, n // 3)
+    return cases + cvae_cases(tmp, bases, rng, n // 3) + cvae_mode_cases(tmp, bases, rng, n // 5)
 
 
 JSON_VALUES = [None, -1, 0, 1, 3, 1e300, -1e-300, "x", "", [], {}, True, 2**40, 151936, 0.5]
@@ -540,6 +550,101 @@ def cvae_cases(tmp, bases, rng, n):
             load = [f"model={d}", f"init_from={d}"] if fmt.startswith("Hugging") else \
                 [f"model={q}", f"init_from={q}", "lora_r=4", f"load_adapter={d}"]
             cases.append((fmt, f"{kind} #{i}", Bins.cvae, cvae_args(bases, load + ["max_steps=1", f"checkpoint_path={d}/out"]), True))
+    return cases
+
+
+C_BASES = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, -1.0, 5e-324, 1e30, 1e300, 2.5]
+
+
+def mutate_c_base(rng, src, dst):
+    """Writes checkpoint src to dst with its section 'c_base' (a double) given a hostile value, dropped or resized
+    (valid CRCs). Returns the kind."""
+    step, config, s = read_checkpoint(src)
+    kind = rng.choice(["value", "value", "value", "drop", "resize"])
+    if kind == "value":
+        value = rng.choice(C_BASES)
+        s["c_base"] = struct.pack("<d", value)
+        kind = f"c_base={value!r}"
+    elif kind == "drop":
+        del s["c_base"]
+    else:
+        s["c_base"] = s["c_base"][:rng.choice([0, 4, 7])] if rng.random() < 0.5 else s["c_base"] + bytes(rng.choice([1, 8]))
+    write_checkpoint(dst, step, config, s)
+    return f"{kind} c_base"
+
+
+HEAD_META = ["nan", "inf", "-1", "0", "1e400", "1e30", "x", "", " 2", "2.5x", "0x10", "1e-320", "4.5"]
+
+
+def mutate_heads(rng, path):
+    """A mutant of cvae_heads.safetensors: mutate_safetensors's, or its metadata's c_base (a string, by the
+    format) given a hostile value, a non-string or dropped."""
+    if rng.random() < 0.7:
+        return mutate_safetensors(rng, path)
+    header, data = read_safetensors(path)
+    meta = header.setdefault("__metadata__", {})
+    if rng.random() < 0.2:
+        meta.pop("c_base", None)
+        meta[rng.choice(["format", "c_base"])] = rng.choice([5, None, [], {"a": "b"}])
+        kind = "metadata not a string"
+    else:
+        meta["c_base"] = rng.choice(HEAD_META)
+        kind = f"metadata c_base={meta['c_base']!r}"
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data, kind
+
+
+def names_file(case, outcome):
+    """None when a clean outcome of a case that names its file (cvae_mode_cases) also says which file: a refusal names
+    it, unless the file loaded (validated: finite values) and the first step diverged (the trainer's own one-line
+    error; extreme finite weights or moments). A mutant of c_base is held to more: an accepted baseline must give
+    finite numbers (the objective divides by it), so neither a divergence nor a non-finite logged number passes."""
+    rc, so, se = outcome
+    on_c_base = "c_base" in case[1]
+    if rc == 0:
+        bad = [l for l in so.splitlines() if on_c_base and l.startswith(("train ", "val ", "final ")) and re.search(r"=-?(nan|inf)\b", l)]
+        return f"exit 0 with a non-finite number: {bad[0][:200]!r}" if bad else None
+    if case[5] in se:
+        return None
+    loaded = re.search(r"^(resumed from |loaded adapter posterior )", so, re.M)
+    if loaded and "the run diverged" in se and not on_c_base:
+        return None
+    return f"the error does not name {case[5]}: {se.strip()[-300:]!r}"
+
+
+def cvae_mode_cases(tmp, bases, rng, n):
+    """mode=cvae with LoRA: n mutants of its checkpoint (resume=1; one in five aimed at the section 'c_base'), and n
+    of its export adapter_<step>/ spread over the heads (cvae_heads.safetensors) and the posterior's adapter
+    (posterior/adapter_config.json, posterior/adapter_model.safetensors), loaded by eval_only=1 load_adapter=<dir>.
+    Each case names the file that a refusal must name."""
+    cases = []
+    model = cvae_mode_model(bases)
+    src = f"{bases['cvae_mode']}/ckpt_00000002.bin"
+    for i in range(n):
+        d = f"{tmp}/cvaem_{i}"
+        os.makedirs(d)
+        dst = f"{d}/ckpt_00000002.bin"
+        if i % 5 == 0:
+            changed, kind = True, mutate_c_base(rng, src, dst)
+        else:
+            changed, kind = mutate_checkpoint(rng, src, dst, 0)
+        cases.append(("cvae-mode LoRA checkpoint", f"{kind} #{i}", Bins.cvae,
+                      cvae_args(bases, model + ["resume=1", "max_steps=3", f"checkpoint_path={d}"]), changed, dst))
+    export = f"{bases['cvae_mode']}/adapter_00000002"
+    for i in range(n):
+        d = f"{tmp}/cvaex_{i}"
+        shutil.copytree(export, d)
+        target = ("cvae_heads.safetensors", "posterior/adapter_config.json", "posterior/adapter_model.safetensors")[i % 3]
+        if target.endswith(".json"):
+            data, kind = mutate_json(rng, open(f"{export}/{target}").read())
+        elif target.startswith("cvae_heads"):
+            data, kind = mutate_heads(rng, f"{export}/{target}")
+        else:
+            data, kind = mutate_safetensors(rng, f"{export}/{target}")
+        open(f"{d}/{target}", "wb").write(data)
+        cases.append((f"cvae export's {target}", f"{kind} #{i}", Bins.cvae,
+                      cvae_args(bases, model + ["eval_only=1", f"load_adapter={d}", f"checkpoint_path={d}/out"]), True,
+                      f"{d}/{target}"))
     return cases
 
 
@@ -601,7 +706,8 @@ def test_fuzz(tmp, bases, n, seed):
     def why_not(c, o):
         # a checkpoint changed byte by byte must be refused (CRCs, lengths, the header's step); no-op edits excepted
         strict = "checkpoint" in c[0] and c[1].split()[0] in RAW_KINDS and c[4]
-        return verdict(o[0], o[2], allow_ok=not strict)
+        why = verdict(o[0], o[2], allow_ok=not strict)
+        return why if why is not None or len(c) < 6 else names_file(c, o)
     for fmt in dict.fromkeys(c[0] for c in cases):
         mine = [(c, o) for c, o in zip(cases, outcomes) if c[0] == fmt]
         bad = [(c[1], why_not(c, o)) for c, o in mine if why_not(c, o) is not None]
