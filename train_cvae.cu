@@ -300,6 +300,11 @@ static std::vector<std::pair<int, std::string>> adapter_sources(const Config& c)
     return out;
 }
 
+// c_base divides the reconstruction: a value outside this range (a baseline NLL per token) would swamp or erase it.
+#define C_BASE_MIN 1e-6
+#define C_BASE_MAX 1e6
+static bool c_base_plausible(double c_base) { return c_base >= C_BASE_MIN && c_base <= C_BASE_MAX; }
+
 static void config_validate(const Config& c) {
     if (c.batch_size < 1 || c.batch_size > 1 << 20) fatal("batch_size=%d: expected 1..%d", c.batch_size, 1 << 20);
     if (c.micro_batch_size < 0) fatal("micro_batch_size=%d: expected >= 0", c.micro_batch_size);
@@ -325,6 +330,8 @@ static void config_validate(const Config& c) {
             fatal("beta=%g, c_base=%g, posterior_variance_weight=%g, router_marginal_kl_to_prior_weight=%g, "
                   "token_weighted_reconstruction_weight=%g: expected >= 0 (c_base 0: measured)", c.beta, c.c_base,
                   c.posterior_variance_weight, c.router_marginal_kl_to_prior_weight, c.token_weighted_reconstruction_weight);
+        if (c.c_base != 0 && !c_base_plausible(c.c_base))
+            fatal("c_base=%g: expected a baseline NLL per token in [%g, %g] (0: measured)", c.c_base, C_BASE_MIN, C_BASE_MAX);
         if (!(c.head_lr >= 0 && c.head_lr <= 1)) fatal("head_lr=%g: expected in [0, 1] (0: lr)", c.head_lr);
         if (c.align_examples < 0) fatal("align_examples=%d: expected >= 0", c.align_examples);
     }
@@ -1802,7 +1809,8 @@ static void checkpoint_load(Model* m, Data* d, int* step, const char* path, cons
     if (m->groups.cvae) {                                   // (a c_base given to this run overrides it)
         double c_base;
         section_get(s, path, "c_base", &c_base, 1);
-        if (!(c_base > 0 && c_base < 1e30)) fatal("%s: section 'c_base' holds %g: expected a positive baseline", path, c_base);
+        if (!c_base_plausible(c_base))
+            fatal("%s: section 'c_base' holds %g: expected a baseline NLL per token in [%g, %g]", path, c_base, C_BASE_MIN, C_BASE_MAX);
         if (m->cfg.c_base == 0) m->c_base = c_base;
     }
     params_load_sections(&m->p, s, path, state[0], frozen);
@@ -1821,8 +1829,9 @@ static void load_heads_if_present(Model* m, const std::string& file, std::vector
         if (key != "c_base" || m->cfg.c_base > 0) continue;
         char* end = nullptr;
         const double c_base = strtod(value.c_str(), &end);
-        if (end == value.c_str() || *end || !(c_base > 0 && c_base < 1e30))
-            fatal("%s: metadata c_base is '%s': expected a positive number", file.c_str(), json_printable(value).c_str());
+        if (end == value.c_str() || *end || !c_base_plausible(c_base))
+            fatal("%s: metadata c_base is '%s': expected a number in [%g, %g]", file.c_str(), json_printable(value).c_str(),
+                  C_BASE_MIN, C_BASE_MAX);
         m->c_base = c_base;
     }
     log_printf(log, "loaded %s\n", file.c_str());
@@ -2191,7 +2200,8 @@ static int train_main(int argc, char** argv) {
     if (m->groups.cvae) {
         if (m->c_base == 0) {
             m->c_base = evaluate_nll(m, data, step, &log, true).back().nll;
-            if (!(m->c_base > 0)) fatal("c_base: the validation NLL with z = 0 is %g; give c_base=", m->c_base);
+            if (!c_base_plausible(m->c_base))
+                fatal("c_base: the validation NLL per token with z = 0 is %g, outside [%g, %g]: give c_base=", m->c_base, C_BASE_MIN, C_BASE_MAX);
             log_printf(&log, "c_base=%.5f: the validation NLL per y token of the model with z = 0 at step %d (R is divided by it)\n",
                        m->c_base, step);
         } else {
