@@ -1308,6 +1308,7 @@ typedef struct {
     double nll, token_acc, tokens;
     double recon_ratio, kl, pv, rmkl;                 // cvae
     double answer_acc, router_probe, posterior_mu_probe, chance, alignment;
+    double router_majority, posterior_majority;       // each probe's majority-label baseline
     std::vector<double> mu_q;                         // cvae: (n, d_z) the posterior means of the validation examples
     std::vector<int> strategy;                        // (n) and their strategies
 } TaskEval;
@@ -1315,6 +1316,7 @@ typedef struct {
 static TaskEval task_eval_empty() {
     TaskEval t = TaskEval();
     t.recon_ratio = t.kl = t.pv = t.rmkl = t.answer_acc = t.router_probe = t.posterior_mu_probe = t.chance = t.alignment = -1;
+    t.router_majority = t.posterior_majority = -1;
     return t;
 }
 
@@ -1538,7 +1540,8 @@ static std::vector<floatS> generate_file(Model* m, const Data& d, const std::vec
 //                       (label-free: where the posterior puts its examples); each of the first align_examples
 //                       prompts is continued under each, and the latents are matched one-to-one to the strategies
 //                       detected (undetected traces count as misses); written to alignment_<step>.jsonl
-// Chance is 1 / the task's number of strategies.
+// Chance is 1 / the task's number of strategies; each probe's majority baseline (the accuracy of always answering its
+// training half's most common strategy) is what an uninformative latent scores when the strategies are unbalanced.
 static void evaluate_generation(Model* m, const Data& d, int step, std::vector<TaskEval>* ev, Logger* log) {
     const Config& c = m->cfg;
     if (c.gen_examples == 0 || dist().rank != 0) return;
@@ -1575,10 +1578,12 @@ static void evaluate_generation(Model* m, const Data& d, int step, std::vector<T
             labels.push_back(detected[i]);
         }
         te.router_probe = probe_accuracy(x, labels, train, (int)labels.size(), dz, S);
+        te.router_majority = majority_accuracy(labels, train, S);
         const int n_post = (int)te.strategy.size();
         std::vector<int> post_train(n_post);
         for (int i = 0; i < n_post; i++) post_train[i] = i % 2 == 0;
         te.posterior_mu_probe = probe_accuracy(te.mu_q, te.strategy, post_train, n_post, dz, S);
+        te.posterior_majority = majority_accuracy(te.strategy, post_train, S);
         if (c.align_examples == 0 || n_post == 0) continue;
         const std::vector<double> centroids = kmeans(te.mu_q, n_post, dz, S);
         for (const Example* e : eval_examples(d, c.align_examples)) {
@@ -1611,8 +1616,8 @@ static void evaluate_generation(Model* m, const Data& d, int step, std::vector<T
     for (int k = 0; k < n_tasks; k++) {
         const TaskEval& te = (*ev)[k];
         log_printf(log, "probe step=%d task=%s router_probe=%.4f posterior_mu_probe=%.4f chance=%.4f alignment_one_to_one=%.4f "
-                   "n_router=%d n_posterior=%zu\n", step, d.task_names[k].c_str(), te.router_probe, te.posterior_mu_probe,
-                   te.chance, te.alignment, (int)std::count_if(jobs.begin(), jobs.end(), [&](const GenJob& j) { return j.e->task == k; }),
+                   "router_majority=%.4f posterior_majority=%.4f n_router=%d n_posterior=%zu\n", step, d.task_names[k].c_str(),
+                   te.router_probe, te.posterior_mu_probe, te.chance, te.alignment, te.router_majority, te.posterior_majority, (int)std::count_if(jobs.begin(), jobs.end(), [&](const GenJob& j) { return j.e->task == k; }),
                    te.strategy.size());
     }
 }
@@ -1627,9 +1632,9 @@ static void log_final(const Model& m, const Data& d, const std::vector<TaskEval>
             continue;
         }
         log_printf(log, "final task=%s answer_acc=%.4f recon_ratio=%.5f kl=%.5g pv=%.5g rmkl=%.5g router_probe=%.4f "
-                   "posterior_mu_probe=%.4f chance=%.4f alignment_one_to_one=%.4f nll=%.5f token_acc=%.4f\n", task,
-                   te.answer_acc, te.recon_ratio, te.kl, te.pv, te.rmkl, te.router_probe, te.posterior_mu_probe, te.chance,
-                   te.alignment, te.nll, te.token_acc);
+                   "posterior_mu_probe=%.4f chance=%.4f alignment_one_to_one=%.4f router_majority=%.4f posterior_majority=%.4f "
+                   "nll=%.5f token_acc=%.4f\n", task, te.answer_acc, te.recon_ratio, te.kl, te.pv, te.rmkl, te.router_probe,
+                   te.posterior_mu_probe, te.chance, te.alignment, te.router_majority, te.posterior_majority, te.nll, te.token_acc);
     }
 }
 

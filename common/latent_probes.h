@@ -5,6 +5,9 @@
 //                       empty). Features are standardised with the training rows' mean and deviation; the fit
 //                       minimises mean cross-entropy + l2 / 2 |W|^2 by full-batch gradient descent (a fixed number of
 //                       steps from zero: deterministic, and the loss is convex, so the start does not matter).
+//   majority_accuracy   the baseline a probe must beat: the accuracy on the test rows of always answering the
+//                       training rows' most common label (-1 when either side is empty); above 1 / K when the
+//                       labels are unbalanced
 //   kmeans              K centroids of n points (d): farthest-point initialisation from the point nearest the mean
 //                       (deterministic), then Lloyd iterations; a cluster that empties keeps its centroid.
 //   alignment_one_to_one   given counts C[k][s] of outputs generated with forced latent k that show strategy s, the
@@ -62,6 +65,21 @@ inline double probe_accuracy(const std::vector<double>& x, const std::vector<int
         correct += (int)(std::max_element(logits.begin(), logits.end()) - logits.begin()) == labels[i];
     }
     return (double)correct / n_test;
+}
+
+inline double majority_accuracy(const std::vector<int>& labels, const std::vector<int>& train, int K) {
+    std::vector<int> count(std::max(K, 1), 0);
+    int n_test = 0, correct = 0;
+    for (size_t i = 0; i < labels.size(); i++)
+        if (train[i] && labels[i] >= 0 && labels[i] < K) count[labels[i]]++;
+    const int top = (int)(std::max_element(count.begin(), count.end()) - count.begin());
+    bool any_train = false;
+    for (size_t i = 0; i < labels.size(); i++) {
+        if (train[i]) { any_train = true; continue; }
+        n_test++;
+        correct += labels[i] == top;
+    }
+    return any_train && n_test ? (double)correct / n_test : -1.0;
 }
 
 inline std::vector<double> kmeans(const std::vector<double>& x, int n, int d, int K, int iterations = 50) {

@@ -664,6 +664,16 @@ static void test_alignment() {
           "%d differ (first %g vs %g)", bad, got_bad, want_bad);
 }
 
+// majority_accuracy: the test rows' share of the training rows' most common label.
+static void test_majority() {
+    const std::vector<int> labels = {0, 1, 1, 2, 1, 0, 1, 2}, train = {1, 0, 1, 0, 1, 0, 1, 0};
+    // training labels 0, 1, 1, 1: the majority is 1; test labels 1, 2, 0, 2: one of four
+    const double a = majority_accuracy(labels, train, 3);
+    check(a == 0.25, "majority_accuracy: the training majority's share of the test rows", "got %g, want 0.25", a);
+    check(majority_accuracy(labels, std::vector<int>(8, 1), 3) == -1.0 && majority_accuracy(labels, std::vector<int>(8, 0), 3) == -1.0,
+          "majority_accuracy: -1 when a side is empty", "");
+}
+
 int main() {
     test_seed(4004);
     test_gaussian_kl_gradients();
@@ -678,5 +688,6 @@ int main() {
     test_probe_accuracy();
     test_kmeans();
     test_alignment();
+    test_majority();
     return test_summary();
 }
