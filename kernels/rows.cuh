@@ -99,7 +99,7 @@ __global__ void put_rows_kernel(T* out, const T* inp, const int* index, int n_ro
     if (i >= (size_t)n_rows * C) return;
     const size_t r = i / C, c = i % C;
     T& o = out[(size_t)index[r] * C + c];
-    o = (T)((accumulate ? to_float(o) : 0.0f) + to_float(inp[r * C + c]));
+    o = from_float<T>((accumulate ? to_float(o) : 0.0f) + to_float(inp[r * C + c]));
 }
 
 // out[b, offset + r, c] = src[r, c]; one thread per output element.
