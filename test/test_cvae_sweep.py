@@ -162,7 +162,7 @@ def check_first_run():
     assert f"| {FAILS} | task_a | 0 | 0.1 | 7 | failed (exit 1): error: step 3: the loss is nan" in md, md
     assert f"| {KILLED} | task_a | 0.1 | 0 | 7 | failed (signal 9): killed by signal 9 (out of memory?) |" in md, md
     assert f"| {IDS[0]} | task_a | 0 | 0 | 7 | done | 0.800 | 0.5000 | 3.0000 | 0.5000 | 3801.0000 | 0.4400 | " \
-           f"0.3900 | 0.3333 | 0.5400 |" in md, md
+           f"0.3900 | 0.3333 | 0.3750 | 0.4375 | 0.5400 |" in md, md
     assert "Phase 1 (`mode=lm model=small" in md and "export `out/phase1/hf_00000020`" in md, md
     assert "Figures skipped: matplotlib is not installed" in md and err.count("matplotlib is not installed") == 1, err
     res = json.loads(read("out", "results.json"))
