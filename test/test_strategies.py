@@ -337,6 +337,23 @@ def check_cli_score():
         f"empty file: exit {rc}, {stdout!r} {stderr!r}"
 
 
+def check_cli_detect():
+    """--detect prints "detect S C" per record: detect()'s strategy (-1 for none) and check()'s answer; a malformed
+    record is one error line; --detect takes no other option."""
+    records = corrupt(reference_records())[0]
+    path = write_lines("generated.jsonl", records)
+    rc, stdout, stderr = run_tool("--detect", path)
+    want = [f"detect {-1 if S.detect(r['task'], r['y']) is None else S.detect(r['task'], r['y'])} "
+            f"{int(S.check(r['task'], r['x'], r['y']))}" for r in records]
+    assert rc == 0 and not stderr and stdout.splitlines() == want, f"exit {rc}: {stderr!r} {stdout[:200]!r}"
+    assert any(line.startswith("detect -1 ") for line in want) and any(line.endswith(" 0") for line in want) \
+        and any(line.endswith(" 1") for line in want), "the corrupted records cover every case"
+    rc, stdout, stderr = run_tool("--detect", write_lines("bad.jsonl", [records[0], {"task": "nosuch", "x": "", "y": ""}]))
+    assert rc == 1 and not stdout and stderr.startswith("error: ") and ":2: unknown task" in stderr, f"{rc} {stderr!r}"
+    rc, _, stderr = run_tool("--detect", path, "--json")
+    assert rc == 2 and "--detect takes no other option" in stderr, f"--detect --json: exit {rc}, {stderr!r}"
+
+
 def check_score_errors():
     """A malformed record: one line "error: FILE:LINE: why" on stderr, nothing on stdout, exit 1."""
     good = {"task": "list_summation", "x": "[1, 2, 3]", "y": "1+2=3 | 3+3=6 | ans: 6", "strategy": 0}
@@ -385,6 +402,7 @@ def main():
         check("score_reference_traces", check_score_reference)
         check("score_corrupted_traces", check_score_corrupted)
         check("cli_score", check_cli_score)
+        check("cli_detect", check_cli_detect)
         check("score_errors", check_score_errors)
     finish()
 
