@@ -660,6 +660,23 @@ static void test_rows() {
     const double lhs = dotl(sc, y), rhs = dotl(x, gy);
     check(fabs(lhs - rhs) <= 1e-13 * (1 + fabs(lhs)), "scatter_rows/gather_rows adjoint: <scatter(x), y> == <x, gather(y)>",
           "%.17g vs %.17g", lhs, rhs);
+
+    // put_rows: the indexed rows set (=) or added to (+=), every other row untouched
+    for (bool accumulate : {false, true}) {
+        vecd o = y;
+        put_rows_ref(o.data(), x.data(), index, n_rows, C, accumulate);
+        bool right = true;
+        for (int i = 0; i < n_in; i++) {
+            int r = -1;
+            for (int k = 0; k < n_rows; k++) if (index[k] == i) r = k;
+            for (int c = 0; c < C; c++) {
+                const size_t e = (size_t)i * C + c;
+                right &= o[e] == (r < 0 ? y[e] : (accumulate ? y[e] : 0.0) + x[(size_t)r * C + c]);
+            }
+        }
+        check(right, accumulate ? "put_rows +=: out[index[r]] += inp[r], the other rows untouched"
+                                : "put_rows =: out[index[r]] = inp[r], the other rows untouched", "differs");
+    }
 }
 
 static void test_broadcast_rows(int B, int R, int C, int T_out, int offset) {
