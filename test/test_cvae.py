@@ -902,6 +902,8 @@ def test_cvae_errors(tmp):
     expect_error("mode=cvae beta=-0.5", out + TINY + ["beta=-0.5"], r"beta=-0\.5")
     expect_error("mode=cvae posterior_variance_weight=-1", out + TINY + ["posterior_variance_weight=-1"],
                  r"posterior_variance_weight=-1")
+    expect_error("mode=cvae c_base=1e-9 (a baseline that would swamp the objective)", out + TINY + ["c_base=1e-9"],
+                 r"c_base=1e-09: expected a baseline NLL per token in \[1e-06, 1e\+06\]")
     expect_error("mode=cvae init_from a tiny-shaped export with model=small", out + ["model=small", f"init_from={entangled(tmp)}"],
                  re.escape(entangled(tmp)) + r".*tensor '\S+' has shape")
     ck = f"{tmp}/cvae_err_ckpt"
