@@ -199,7 +199,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"gen_max_tokens", ARG_INT, &c->gen_max_tokens, "tokens generated per trace at most (0: up to max_seq_len)", nullptr},
         {"temperature", ARG_FLOAT, &c->temperature, "sampling temperature of generation (0: greedy)", nullptr},
         {"top_p", ARG_FLOAT, &c->top_p, "nucleus sampling: the smallest set of tokens with this much probability", nullptr},
-        {"align_examples", ARG_INT, &c->align_examples, "cvae: prompts per task generated with each forced latent for alignment_one_to_one (0: none)", nullptr},
+        {"align_examples", ARG_INT, &c->align_examples, "cvae: prompts per task generated with each forced latent for alignment_one_to_one (0: none; the probes and the alignment run with the generation: gen_examples > 0)", nullptr},
         {"eval_only", ARG_BOOL, &c->eval_only, "only evaluate the loaded weights", nullptr},
         // run control
         {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for the log, checkpoints, exports and generations", nullptr},
@@ -1020,6 +1020,8 @@ static std::vector<Example> read_examples(Data* d, const std::string& path, cons
             e.ids.push_back(d->eos);
             e.ids.insert(e.ids.end(), d->suffix.begin(), d->suffix.end());
             e.post_ids = d->tok.encode(posterior_text(*d, e.x, e.y));
+            if ((int)e.post_ids.size() > T)
+                fatal("%s: the posterior's record has %zu tokens, more than max_seq_len=%d", where.c_str(), e.post_ids.size(), T);
         } else {
             e.ids = d->tok.encode(prompt_text(*d, e.x));
             e.n_prefix = (int)e.ids.size();
@@ -1539,7 +1541,9 @@ static std::vector<floatS> generate_file(Model* m, const Data& d, const std::vec
 //   alignment_one_to_one  K = the task's number of strategies forced latents: the k-means centroids of those mu_q
 //                       (label-free: where the posterior puts its examples); each of the first align_examples
 //                       prompts is continued under each, and the latents are matched one-to-one to the strategies
-//                       detected (undetected traces count as misses); written to alignment_<step>.jsonl
+//                       detected (undetected traces count as misses); written to alignment_<step>.jsonl (not
+//                       measured, -1, for more than 8 strategies; with fewer validation examples than strategies
+//                       some centroids coincide)
 // Chance is 1 / the task's number of strategies; each probe's majority baseline (the accuracy of always answering its
 // training half's most common strategy) is what an uninformative latent scores when the strategies are unbalanced.
 static void evaluate_generation(Model* m, const Data& d, int step, std::vector<TaskEval>* ev, Logger* log) {
@@ -1584,7 +1588,7 @@ static void evaluate_generation(Model* m, const Data& d, int step, std::vector<T
         for (int i = 0; i < n_post; i++) post_train[i] = i % 2 == 0;
         te.posterior_mu_probe = probe_accuracy(te.mu_q, te.strategy, post_train, n_post, dz, S);
         te.posterior_majority = majority_accuracy(te.strategy, post_train, S);
-        if (c.align_examples == 0 || n_post == 0) continue;
+        if (c.align_examples == 0 || n_post == 0 || S > 8) continue;    // (the matching tries all S! orders)
         const std::vector<double> centroids = kmeans(te.mu_q, n_post, dz, S);
         for (const Example* e : eval_examples(d, c.align_examples)) {
             if (e->task != k) continue;
@@ -1716,7 +1720,7 @@ static void write_heads(const Model& m, const std::string& dir, const std::vecto
 
 // The exports of a step: the PEFT adapters (LoRA), and Hugging Face weights: the model (full training), or the base
 // with the active adapter merged in (save_merged). In cvae mode also the heads (cvae_heads.safetensors beside the
-// adapters, or beside the model), and from scratch the posterior's network (hf_<step>/posterior/, HF's layout).
+// active adapter's files, or beside the model), and from scratch the posterior's network (hf_<step>/posterior/, HF's layout).
 // Returns the folders written.
 static std::string export_hf(Model* m, int step) {
     std::vector<floatS> w = params_values(m->p);
@@ -1729,7 +1733,7 @@ static std::string export_hf(Model* m, int step) {
             make_dirs(adapter_dir(dir, names[k]));
             peft_write(adapter_dir(dir, names[k]), lora_peft_config(m->cfg, a), model_part(m->p.table, m->groups, (int)k), w.data());
         }
-        if (m->groups.cvae) write_heads(*m, dir, w);
+        if (m->groups.cvae) write_heads(*m, adapter_dir(dir, names[m->groups.active]), w);
         written = dir;
         if (!m->cfg.save_merged) return written;
         merge_active_adapter(*m, &w);
@@ -1861,9 +1865,13 @@ static void load_pretrained(Model* m, Logger* log) {
     }
     const std::vector<std::string> names = m->groups.lora ? adapter_names(c) : std::vector<std::string>();
     std::vector<std::pair<int, std::string>> sources = adapter_sources(c);
-    if (m->groups.cvae && m->groups.lora && c.load_adapter.find('=') == std::string::npos && !c.load_adapter.empty() &&
-        file_exists((c.load_adapter + "/" + c.posterior_adapter + "/adapter_config.json").c_str()))
-        sources.push_back({m->groups.posterior, c.load_adapter + "/" + c.posterior_adapter});
+    if (m->groups.cvae && m->groups.lora && c.load_adapter.find('=') == std::string::npos && !c.load_adapter.empty())
+        // the export's posterior: a subfolder of the active adapter's folder ("default"), or its sibling (any other name)
+        for (const std::string& dir : {c.load_adapter + "/" + c.posterior_adapter, c.load_adapter + "/../" + c.posterior_adapter})
+            if (file_exists((dir + "/adapter_config.json").c_str())) {
+                sources.push_back({m->groups.posterior, dir});
+                break;
+            }
     for (const auto& [k, dir] : sources) {
         peft_read(dir, lora_peft_config(c, a), model_part(m->p.table, m->groups, k), w.data());
         log_printf(log, "loaded adapter %s from %s\n", names[k].c_str(), dir.c_str());
@@ -2040,7 +2048,8 @@ static ObjectiveScales objective_scales(const Config& c, double c_base, double N
 // One optimizer step's forward and backward over the global batch (this rank's share: examples rank, rank + W,
 // ...), gradients accumulated over the micro-batches and summed over the ranks. In cvae mode with a router
 // marginal KL weight, a first forward pass over the batch's prompts gives the router's batch moments that the
-// term's gradient needs (it is a function of the whole batch).
+// term's gradient needs (it is a function of the whole batch; the pass runs without LoRA's dropout, so with
+// lora_dropout the moments are those of the undropped router, close to the logged ones).
 static StepMetrics train_step(Model* m, Data* d, int step, double c_base, DebugCapture* cap) {
     const Config& c = m->cfg;
     const int rank = dist().rank, W = dist().world, dz = c.d_z;
