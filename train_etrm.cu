@@ -108,7 +108,7 @@ typedef struct {
     int latent_opt_steps;
     float latent_opt_lr;
     // optimisation
-    int global_batch_size, micro_batch_size, epochs, eval_interval, max_steps, lr_warmup_steps, freeze_decoder_steps;
+    int global_batch_size, micro_batch_size, epochs, eval_interval, eval_interval_steps, max_steps, lr_warmup_steps, freeze_decoder_steps;
     int ema, seed;
     float lr, lr_min_ratio, beta1, beta2, weight_decay, grad_clip_norm, adam_eps, encoder_lr_scale;
     float puzzle_emb_lr, puzzle_emb_weight_decay, ema_rate;
@@ -130,7 +130,7 @@ static Config config_defaults() {
     c.encoder_pooling_method = "mean"; c.set_encoder_final_norm = 1; c.encoder_prefix_scale = 0.0f;
     c.latent_mode = "sample"; c.latent_hold_steps = 100; c.kl_weight = 1e-4f; c.kl_anneal_steps = 0; c.max_demos = 10;
     c.latent_opt_steps = 0; c.latent_opt_lr = 1e-2f;
-    c.global_batch_size = 384; c.micro_batch_size = 0; c.epochs = 100000; c.eval_interval = 10000; c.max_steps = 0;
+    c.global_batch_size = 384; c.micro_batch_size = 0; c.epochs = 100000; c.eval_interval = 10000; c.eval_interval_steps = 0; c.max_steps = 0;
     c.lr = 1e-4f; c.lr_min_ratio = 1.0f; c.lr_warmup_steps = 2000; c.beta1 = 0.9f; c.beta2 = 0.95f;
     c.weight_decay = 0.1f; c.grad_clip_norm = 1.0f; c.optimizer = "adam_atan2"; c.adam_eps = 1e-8f;
     c.encoder_lr_scale = 0.0f; c.freeze_decoder_steps = 0; c.puzzle_emb_lr = 1e-2f; c.puzzle_emb_weight_decay = 0.1f;
@@ -177,6 +177,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"micro_batch_size", ARG_INT, &c->micro_batch_size, "samples per forward/backward, gradients accumulated (0: the whole batch)", nullptr},
         {"epochs", ARG_INT, &c->epochs, "training length in epochs (upstream: total_steps = epochs * groups [* examples] / batch)", nullptr},
         {"eval_interval", ARG_INT, &c->eval_interval, "evaluate (and checkpoint) every this many epochs (0: only at the end)", nullptr},
+        {"eval_interval_steps", ARG_INT, &c->eval_interval_steps, "evaluate (and checkpoint) every this many optimizer steps instead (0: eval_interval)", nullptr},
         {"max_steps", ARG_INT, &c->max_steps, "stop after this many optimizer steps (0: from epochs)", nullptr},
         {"lr", ARG_FLOAT, &c->lr, "learning rate", nullptr},
         {"lr_min_ratio", ARG_FLOAT, &c->lr_min_ratio, "cosine decay to lr * this after warm-up (1: constant)", nullptr},
@@ -275,7 +276,7 @@ static Dims make_dims(const Config& c, int canvas) {
 #define ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps|encoder_type|encoder_num_layers|" \
     "encoder_set_layers|encoder_norm_style|encoder_pooling_method|set_encoder_final_norm"
 #define DECODER_ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps"
-#define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|data_paths_test|max_eval_groups|eval_num_aug|checkpoint_path|" \
+#define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|eval_interval_steps|data_paths_test|max_eval_groups|eval_num_aug|checkpoint_path|" \
     "load_checkpoint|load_decoder|debug_state|resume|checkpoint_every|checkpoint_keep|save_safetensors|eval_only|log_every"
 
 // Checks that need the whole configuration; every message names the key and the value.
@@ -299,7 +300,7 @@ static void config_validate(const Config& c) {
     non_negative("freeze_decoder_steps", c.freeze_decoder_steps); non_negative("puzzle_emb_lr", c.puzzle_emb_lr);
     non_negative("puzzle_emb_weight_decay", c.puzzle_emb_weight_decay); non_negative("lr_min_ratio", c.lr_min_ratio);
     non_negative("checkpoint_every", c.checkpoint_every); non_negative("checkpoint_keep", c.checkpoint_keep);
-    non_negative("eval_interval", c.eval_interval); non_negative("puzzle_emb_ndim", c.puzzle_emb_ndim);
+    non_negative("eval_interval", c.eval_interval); non_negative("eval_interval_steps", c.eval_interval_steps); non_negative("puzzle_emb_ndim", c.puzzle_emb_ndim);
     non_negative("puzzle_emb_len", c.puzzle_emb_len); non_negative("encoder_set_layers", c.encoder_set_layers);
     non_negative("latent_opt_steps", c.latent_opt_steps); non_negative("latent_opt_lr", c.latent_opt_lr);
     if (c.latent_opt_steps > 0 && c.encoder_type == "none") fatal("latent_opt_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_opt_steps);
@@ -1903,7 +1904,8 @@ static int train_main(int argc, char** argv) {
     int total_steps = (int)std::min(2e9, cfg.epochs * steps_per_epoch);
     if (cfg.max_steps > 0) total_steps = std::min(total_steps, cfg.max_steps);
     if (!cfg.debug_state.empty() && total_steps < 1) total_steps = 1;
-    const int eval_every = cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
+    const int eval_every = cfg.eval_interval_steps > 0 ? cfg.eval_interval_steps
+                         : cfg.eval_interval > 0 ? std::max(1, (int)lround(cfg.eval_interval * steps_per_epoch)) : 0;
     const Dims& d = m->d;
     log_printf(&log, "arc.cu train_etrm (%s backend on %s, %s, %d process%s)  model=%s  D=%d heads=%d layers=%d H_cycles=%d L_cycles=%d P=%d canvas=%d\n",
                BACKEND_NAME, run.device_name.c_str(), PRECISION_NAME, W, W > 1 ? "es" : "", cfg.encoder_type == "none" ? "TRM (puzzle embedding)" : ("ETRM " + cfg.encoder_type).c_str(),
