@@ -105,8 +105,8 @@ typedef struct {
     std::string encoder_type, encoder_norm_style, encoder_pooling_method, latent_mode;
     int encoder_num_layers, encoder_set_layers, set_encoder_final_norm, max_demos, latent_hold_steps, kl_anneal_steps;
     float encoder_prefix_scale, kl_weight;
-    int latent_opt_steps;
-    float latent_opt_lr;
+    int latent_opt_steps, latent_inner_steps;
+    float latent_opt_lr, latent_inner_lr;
     // optimisation
     int global_batch_size, micro_batch_size, epochs, eval_interval, eval_interval_steps, max_steps, lr_warmup_steps, freeze_decoder_steps;
     int ema, seed;
@@ -129,7 +129,7 @@ static Config config_defaults() {
     c.encoder_type = "standard"; c.encoder_num_layers = 2; c.encoder_set_layers = 1; c.encoder_norm_style = "post";
     c.encoder_pooling_method = "mean"; c.set_encoder_final_norm = 1; c.encoder_prefix_scale = 0.0f;
     c.latent_mode = "sample"; c.latent_hold_steps = 100; c.kl_weight = 1e-4f; c.kl_anneal_steps = 0; c.max_demos = 10;
-    c.latent_opt_steps = 0; c.latent_opt_lr = 1e-2f;
+    c.latent_opt_steps = 0; c.latent_opt_lr = 1e-2f; c.latent_inner_steps = 0; c.latent_inner_lr = 0.1f;
     c.global_batch_size = 384; c.micro_batch_size = 0; c.epochs = 100000; c.eval_interval = 10000; c.eval_interval_steps = 0; c.max_steps = 0;
     c.lr = 1e-4f; c.lr_min_ratio = 1.0f; c.lr_warmup_steps = 2000; c.beta1 = 0.9f; c.beta2 = 0.95f;
     c.weight_decay = 0.1f; c.grad_clip_norm = 1.0f; c.optimizer = "adam_atan2"; c.adam_eps = 1e-8f;
@@ -172,6 +172,8 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"max_demos", ARG_INT, &c->max_demos, "demonstration slots per sample (extra demos are dropped)", nullptr},
         {"latent_opt_steps", ARG_INT, &c->latent_opt_steps, "evaluation: Adam steps refining each sample's encoder latent on its demonstrations (LPN-style; 0: off)", nullptr},
         {"latent_opt_lr", ARG_FLOAT, &c->latent_opt_lr, "learning rate of latent_opt_steps", nullptr},
+        {"latent_inner_steps", ARG_INT, &c->latent_inner_steps, "training: gradient steps on each sample's latent on its demonstrations before it is decoded (LPN's Grad-N; 0: off)", nullptr},
+        {"latent_inner_lr", ARG_FLOAT, &c->latent_inner_lr, "step size of latent_inner_steps", nullptr},
         // optimisation
         {"global_batch_size", ARG_INT, &c->global_batch_size, "samples per optimizer step", nullptr},
         {"micro_batch_size", ARG_INT, &c->micro_batch_size, "samples per forward/backward, gradients accumulated (0: the whole batch)", nullptr},
@@ -304,6 +306,9 @@ static void config_validate(const Config& c) {
     non_negative("puzzle_emb_len", c.puzzle_emb_len); non_negative("encoder_set_layers", c.encoder_set_layers);
     non_negative("latent_opt_steps", c.latent_opt_steps); non_negative("latent_opt_lr", c.latent_opt_lr);
     if (c.latent_opt_steps > 0 && c.encoder_type == "none") fatal("latent_opt_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_opt_steps);
+    non_negative("latent_inner_steps", c.latent_inner_steps); non_negative("latent_inner_lr", c.latent_inner_lr);
+    if (c.latent_inner_steps > 0 && c.encoder_type == "none") fatal("latent_inner_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_inner_steps);
+    if (c.latent_inner_steps > 0 && !c.debug_state.empty()) fatal("debug_state: the PyTorch replay has no latent_inner_steps; set latent_inner_steps=0");
     if (!(c.expansion > 0) || !(c.rope_theta > 0) || !(c.rms_norm_eps > 0) || !(c.adam_eps > 0))
         fatal("expansion=%g, rope_theta=%g, rms_norm_eps=%g and adam_eps=%g must be positive", c.expansion, c.rope_theta, c.rms_norm_eps, c.adam_eps);
     if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1)) fatal("beta1=%g, beta2=%g: must be in [0, 1)", c.beta1, c.beta2);
@@ -606,7 +611,7 @@ static void acts_layout(Arena* a, Model* m) {
         e->eps = arena_take<floatS>(a, latent_rows * D);
         e->kl = arena_take<floatS>(a, latent_rows);
         e->agg = arena_take<floatX>(a, (size_t)B * D);
-        e->context = (d.enc == ENC_STANDARD || d.enc == ENC_HYBRID_STANDARD) ? e->ctx : arena_take<floatX>(a, (size_t)B * d.P * D);
+        e->context = arena_take<floatX>(a, (size_t)B * d.P * D);     // not ctx: latent_inner_steps shifts it
         e->d_pooled = arena_take<floatX>(a, Ndmax * D);
         e->d_e = arena_take<floatX>(a, Ndmax * D);
         e->d_E = arena_take<floatX>(a, Ndmax * D);
@@ -786,6 +791,8 @@ static void encoder_forward(Model* m, const ModelTensors<floatX>& w, int B, int 
             matmul_forward(e->logvar, e->zp, w.logvar_w, w.logvar_b, B, D, D, st);
             reparameterize_forward(e->z, e->kl, e->mu, e->logvar, e->eps, B, D, d.logvar_lo, d.logvar_hi, st);
             matmul_forward(e->context, e->z, w.latent_proj, nullptr, B, D, d.P * D, st);
+        } else {
+            copy_on_device(e->context, e->ctx, (size_t)B * d.P * D * sizeof(floatX));
         }
     } else {                                          // lpn_standard, lpn_variational: mean over the valid demos
         masked_mean_forward(e->agg, e->E, e->demo_mask, B, d.K, D, st);
@@ -984,11 +991,9 @@ static void upload_queries(Model* m, const std::vector<int>& inputs, const std::
     copy_to_device(a->puzzle_ids, ids.data(), ids.size() * sizeof(int));
 }
 
-// Copies B samples to the device arrays of the micro-batch; returns the number of valid demos Nd.
-// Sample b is global slot slot0 + b * slot_stride of the batch (the key of its random numbers).
-static int upload_micro_batch(Model* m, const Sample* s, int B, int slot0, int slot_stride) {
+// The decoder's queries of B samples.
+static void upload_sample_queries(Model* m, const Sample* s, int B) {
     const Dims& d = m->d;
-    Acts* a = &m->acts;
     std::vector<int> inputs((size_t)B * d.S), labels((size_t)B * d.S), ids(B);
     for (int b = 0; b < B; b++) {
         std::copy(s[b].inputs.begin(), s[b].inputs.end(), inputs.begin() + (size_t)b * d.S);
@@ -997,6 +1002,14 @@ static int upload_micro_batch(Model* m, const Sample* s, int B, int slot0, int s
         if (d.enc == ENC_NONE && (ids[b] < 0 || ids[b] >= m->n_puzzle_ids)) fatal("puzzle id %d outside the table (%d rows)", ids[b], m->n_puzzle_ids);
     }
     upload_queries(m, inputs, labels, ids);
+}
+
+// Copies B samples to the device arrays of the micro-batch; returns the number of valid demos Nd.
+// Sample b is global slot slot0 + b * slot_stride of the batch (the key of its random numbers).
+static int upload_micro_batch(Model* m, const Sample* s, int B, int slot0, int slot_stride) {
+    const Dims& d = m->d;
+    Acts* a = &m->acts;
+    upload_sample_queries(m, s, B);
     if (d.enc == ENC_NONE) return 0;
 
     EncoderActs* e = &a->enc;
@@ -1060,11 +1073,30 @@ static void latent_noise(Model* m, int rows, bool training, int step) {
 // the mean over the demos) or the context tokens themselves (standard, hybrid_standard), is refined by Adam
 // on the reconstruction loss of the sample's own demonstrations: for every demo, one decoder ACT step from a
 // fresh carry with the demo input as the query and the latent's context as the prefix, stablemax
-// cross-entropy against the demo output. The latent with the lowest loss seen is kept (the first one
-// evaluated is the encoder's own), then the test input is solved with it as usual.
+// cross-entropy against the demo output. The two latents with the lowest losses seen are kept (the first one
+// evaluated is the encoder's own) and the test input is solved with each: their answers are voted on (LPN's
+// best-two-latents pass@2; evaluate_set breaks ties between equal votes by the lower demo loss).
 
 static bool latent_has_projection(const Dims& d) {
     return d.enc == ENC_HYBRID_VARIATIONAL || d.enc == ENC_LPN_STANDARD || d.enc == ENC_LPN_VARIATIONAL;
+}
+
+// Width L of a sample's latent: D when a projection maps it to the context, else the P*D context itself.
+static int latent_width(const Dims& d) { return latent_has_projection(d) ? d.D : d.P * d.D; }
+
+// The encoder's latent (B, L) after encoder_forward.
+static floatX* encoder_latent(Model* m) {
+    EncoderActs* e = &m->acts.enc;
+    if (!latent_has_projection(m->d)) return e->context;
+    return m->d.enc == ENC_HYBRID_VARIATIONAL ? e->z : e->agg;
+}
+
+// enc.context (B, P*D) = latent_proj(latent), or the latent itself.
+static void context_from_latent(Model* m, const ModelTensors<floatX>& w, const floatX* latent, int B, Stream st) {
+    const Dims& d = m->d;
+    EncoderActs* e = &m->acts.enc;
+    if (latent_has_projection(d)) matmul_forward(e->context, latent, w.latent_proj, nullptr, B, d.D, d.P * d.D, st);
+    else if (latent != e->context) copy_on_device(e->context, latent, (size_t)B * d.P * d.D * sizeof(floatX));
 }
 
 // Per sample, the sum over its demos of the mean token loss given the contexts (B, P*D); with_grad also
@@ -1108,57 +1140,115 @@ static void demo_loss(Model* m, const ModelTensors<floatX>& w, const Sample* s, 
     }
 }
 
-// Refines the latents of B samples after encoder_forward and leaves the best context in enc.context.
-// Returns the summed demo loss of the encoder's latents and of the kept ones.
-static void latent_optimise(Model* m, const ModelTensors<floatX>& w, const Sample* s, int B, double* loss_before,
-                            double* loss_after, Stream st) {
+// d demo loss / d latent (B, L) after demo_loss(with_grad) on the context of the latents in enc.opt_latent.
+static const floatX* latent_gradient(Model* m, const ModelTensors<floatX>& w, int B, Stream st) {
+    const Dims& d = m->d;
+    EncoderActs* e = &m->acts.enc;
+    if (!latent_has_projection(d)) return e->opt_d_context;
+    matmul_backward(e->opt_grad, nullptr, nullptr, e->opt_d_context, e->opt_latent, w.latent_proj, B, d.D, d.P * d.D, false, st);
+    return e->opt_grad;
+}
+
+// The latents test-time optimisation keeps per sample: [0] the lowest demo loss seen, [1] the next.
+typedef struct {
+    std::vector<floatX> latent[2];    // (B, L)
+    std::vector<double> loss[2];      // (B)
+} KeptLatents;
+
+// Refines the latents of B samples after encoder_forward and keeps the best two. Returns the summed demo loss of the
+// encoder's latents and of the best kept ones.
+static void latent_optimise(Model* m, const ModelTensors<floatX>& w, const Sample* s, int B, KeptLatents* kept,
+                            double* loss_before, double* loss_after, Stream st) {
     const Dims& d = m->d;
     const Config& c = m->cfg;
     EncoderActs* e = &m->acts.enc;
-    const bool projected = latent_has_projection(d);
-    const int L = projected ? d.D : d.P * d.D;
+    const int L = latent_width(d);
     const size_t n = (size_t)B * L;
-    const floatX* encoder_latent = projected ? (d.enc == ENC_HYBRID_VARIATIONAL ? e->z : e->agg) : e->context;
-    copy_on_device(e->opt_latent, encoder_latent, n * sizeof(floatX));
+    copy_on_device(e->opt_latent, encoder_latent(m), n * sizeof(floatX));
     convert_to_floatS(e->opt_master, e->opt_latent, n, st);
     device_memset(e->opt_m, 0, n * sizeof(floatS));
     device_memset(e->opt_v, 0, n * sizeof(floatS));
-    std::vector<floatX> best(n), current(n);
-    std::vector<double> best_loss(B, INFINITY), loss;
-    auto set_context = [&]() {                                     // context = latent_proj(latent), or the latent
-        if (projected) matmul_forward(e->context, e->opt_latent, w.latent_proj, nullptr, B, d.D, d.P * d.D, st);
-        else copy_on_device(e->context, e->opt_latent, n * sizeof(floatX));
-    };
+    for (int k = 0; k < 2; k++) {
+        kept->latent[k].assign(n, from_float<floatX>(0.0));
+        kept->loss[k].assign(B, INFINITY);
+    }
+    std::vector<floatX> current(n);
+    std::vector<double> loss;
     for (int it = 0; it <= c.latent_opt_steps; it++) {
         const bool last = it == c.latent_opt_steps;
-        set_context();
+        context_from_latent(m, w, e->opt_latent, B, st);
         demo_loss(m, w, s, B, e->context, !last, &loss, st);
         copy_to_host(current.data(), e->opt_latent, n * sizeof(floatX));
-        for (int b = 0; b < B; b++)
-            if (loss[b] < best_loss[b]) {
-                best_loss[b] = loss[b];
-                std::copy(current.begin() + (size_t)b * L, current.begin() + (size_t)(b + 1) * L, best.begin() + (size_t)b * L);
+        for (int b = 0; b < B; b++) {
+            const int k = loss[b] < kept->loss[0][b] ? 0 : loss[b] < kept->loss[1][b] ? 1 : 2;
+            if (k == 2) continue;
+            auto row = [&](std::vector<floatX>& v) { return v.begin() + (size_t)b * L; };
+            if (k == 0) {                                          // the best moves down to second
+                std::copy(row(kept->latent[0]), row(kept->latent[0]) + L, row(kept->latent[1]));
+                kept->loss[1][b] = kept->loss[0][b];
             }
+            std::copy(row(current), row(current) + L, row(kept->latent[k]));
+            kept->loss[k][b] = loss[b];
+        }
         if (it == 0) *loss_before = std::accumulate(loss.begin(), loss.end(), 0.0);
         if (last) break;
-        const floatX* grad = e->opt_d_context;
-        if (projected) {
-            matmul_backward(e->opt_grad, nullptr, nullptr, e->opt_d_context, e->opt_latent, w.latent_proj, B, d.D, d.P * d.D, false, st);
-            grad = e->opt_grad;
-        }
-        convert_to_floatS(e->opt_grad_s, grad, n, st);
+        convert_to_floatS(e->opt_grad_s, latent_gradient(m, w, B, st), n, st);
         adam_update(e->opt_latent, e->opt_master, e->opt_grad_s, e->opt_m, e->opt_v, n, c.latent_opt_lr, 0.9f, 0.999f,
                     1e-8f, 0.0f, 1.0f, it + 1, false, st);
     }
-    *loss_after = std::accumulate(best_loss.begin(), best_loss.end(), 0.0);
-    copy_to_device(e->opt_latent, best.data(), n * sizeof(floatX));
-    set_context();
+    *loss_after = std::accumulate(kept->loss[0].begin(), kept->loss[0].end(), 0.0);
+}
+
+// enc.context from kept latent k.
+static void use_kept_latent(Model* m, const ModelTensors<floatX>& w, const KeptLatents& kept, int k, int B, Stream st) {
+    copy_to_device(m->acts.enc.opt_latent, kept.latent[k].data(), kept.latent[k].size() * sizeof(floatX));
+    context_from_latent(m, w, m->acts.enc.opt_latent, B, st);
+}
+
+// LPN's Grad-N training (latent_inner_steps = N > 0; DESIGN decision 4's optional inner steps). After the encoder,
+// each sample's latent l_0 (the one latent_optimise refines) takes N gradient steps on its own demonstrations' loss
+// (demo_loss, with the training weights):
+//     l_{i+1} = l_i - latent_inner_lr * d demo_loss(l_i) / d l_i,
+// and the query is decoded from l_N. As in LPN the steps enter as a constant shift, l_N = l_0 + stop_gradient(l_N - l_0):
+// the training gradient reaches the encoder through l_0 with d L / d l_0 = d L / d l_N (first order: no second
+// derivatives through the decoder). latent_inner_shift computes the shift (B, L), latent_shift_apply adds it to the
+// encoder's latent and recomputes the context; encoder_backward then needs nothing else, since the latent buffer
+// (whose values latent_proj's weight gradient reads) holds l_N. The demos' queries overwrite the query arrays:
+// re-upload them afterwards.
+static void latent_inner_shift(Model* m, const ModelTensors<floatX>& w, const Sample* s, int B, std::vector<double>* shift,
+                               Stream st) {
+    const Dims& d = m->d;
+    EncoderActs* e = &m->acts.enc;
+    const size_t n = (size_t)B * latent_width(d);
+    std::vector<floatX> start(n), grad(n), step(n);
+    copy_to_host(start.data(), encoder_latent(m), n * sizeof(floatX));
+    std::vector<double> latent(n), loss;
+    for (size_t i = 0; i < n; i++) latent[i] = to_float(start[i]);
+    for (int it = 0; it < m->cfg.latent_inner_steps; it++) {
+        for (size_t i = 0; i < n; i++) step[i] = from_float<floatX>(latent[i]);
+        copy_to_device(e->opt_latent, step.data(), n * sizeof(floatX));
+        context_from_latent(m, w, e->opt_latent, B, st);
+        demo_loss(m, w, s, B, e->context, true, &loss, st);
+        copy_to_host(grad.data(), latent_gradient(m, w, B, st), n * sizeof(floatX));
+        for (size_t i = 0; i < n; i++) latent[i] -= m->cfg.latent_inner_lr * to_float(grad[i]);
+    }
+    shift->resize(n);
+    for (size_t i = 0; i < n; i++) (*shift)[i] = latent[i] - to_float(start[i]);
+}
+
+static void latent_shift_apply(Model* m, const ModelTensors<floatX>& w, const std::vector<double>& shift, int B, Stream st) {
+    floatX* latent = encoder_latent(m);
+    std::vector<floatX> v(shift.size());
+    copy_to_host(v.data(), latent, v.size() * sizeof(floatX));
+    for (size_t i = 0; i < v.size(); i++) v[i] = from_float<floatX>(to_float(v[i]) + shift[i]);
+    copy_to_device(latent, v.data(), v.size() * sizeof(floatX));
+    context_from_latent(m, w, latent, B, st);
 }
 
 typedef struct {
     std::vector<uint8_t> cells;
     int rows, cols, votes;
-    double q_sum;
+    double q_sum, loss_sum;     // sigmoid(q_halt) and (latent_opt_steps) the demo loss of the latents that voted
 } Candidate;
 
 typedef struct {
@@ -1178,6 +1268,7 @@ static uint64_t grid_hash(const uint8_t* cells, int rows, int cols) {
 
 static bool candidate_before(const Candidate& a, const Candidate& b) {
     if (a.votes != b.votes) return a.votes > b.votes;
+    if (a.loss_sum / a.votes != b.loss_sum / b.votes) return a.loss_sum / a.votes < b.loss_sum / b.votes;
     return a.q_sum / a.votes > b.q_sum / b.votes;
 }
 
@@ -1205,51 +1296,59 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     std::vector<int> preds((size_t)B * d.S), n_valid(B), n_correct(B);
     std::vector<floatS> lm_loss(B);
     std::vector<floatX> q((size_t)B * d.Q_pad);
+    KeptLatents kept;
     int real;
     while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
         const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
         latent_noise(m, d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
         if (d.enc != ENC_NONE) encoder_forward(m, w, B, Nd, Stream());
-        if (m->cfg.latent_opt_steps > 0) {
+        const bool optimise = m->cfg.latent_opt_steps > 0;
+        if (optimise) {
             double before = 0, after = 0;
-            latent_optimise(m, w, batch.data(), B, &before, &after, Stream());
-            upload_micro_batch(m, batch.data(), B, 0, 1);               // the queries again
+            latent_optimise(m, w, batch.data(), B, &kept, &before, &after, Stream());
+            upload_sample_queries(m, batch.data(), B);                      // the queries again
             r.opt_loss_before += before;
             r.opt_loss_after += after;
             for (int b = 0; b < real; b++) r.n_optimised += batch[b].n_demos > 0;
         }
-        input_embedding_forward(m, w, B, a->enc.context, Stream());     // the same for all ACT steps
-        // a fresh carry: every slot starts halted, i.e. from H_init / L_init, and runs halt_max_steps steps
-        device_memset(a->eval_halted, 1, B);
-        act_reset(a->eval_z_H, a->eval_z_L, w.H_init, w.L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
-        for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, a->eval_z_H, a->eval_z_L, B, false, Stream());
-        loss_forward(m, B, Stream());
-        copy_to_host(preds.data(), a->preds, preds.size() * sizeof(int));
-        copy_to_host(n_valid.data(), a->n_valid, B * sizeof(int));
-        copy_to_host(n_correct.data(), a->n_correct, B * sizeof(int));
-        copy_to_host(lm_loss.data(), a->lm_loss, B * sizeof(floatS));
-        copy_to_host(q.data(), a->q, q.size() * sizeof(floatX));
-        for (int b = 0; b < real; b++) {
-            const Sample& s = batch[b];
-            const double q_halt = to_float(q[(size_t)b * d.Q_pad]);
-            const bool exact = n_correct[b] == n_valid[b];
-            r.n_samples++;
-            if (n_valid[b] > 0) {
-                r.n_labelled++;
-                r.lm_loss += lm_loss[b];
-                r.token_acc += (double)n_correct[b] / n_valid[b];
-                r.exact_acc += exact;
-                r.q_halt_acc += (q_halt >= 0) == exact;
+        for (int k = 0; k < (optimise ? 2 : 1); k++) {                    // the best latent, then the second
+            if (optimise) use_kept_latent(m, w, kept, k, B, Stream());
+            input_embedding_forward(m, w, B, a->enc.context, Stream()); // the same for all ACT steps
+            // a fresh carry: every slot starts halted, i.e. from H_init / L_init, and runs halt_max_steps steps
+            device_memset(a->eval_halted, 1, B);
+            act_reset(a->eval_z_H, a->eval_z_L, w.H_init, w.L_init, a->eval_steps, a->eval_halted, B, d.T, d.D, Stream());
+            for (int s = 0; s < m->cfg.halt_max_steps; s++) decoder_forward(m, w, a->eval_z_H, a->eval_z_L, B, false, Stream());
+            loss_forward(m, B, Stream());
+            copy_to_host(preds.data(), a->preds, preds.size() * sizeof(int));
+            copy_to_host(n_valid.data(), a->n_valid, B * sizeof(int));
+            copy_to_host(n_correct.data(), a->n_correct, B * sizeof(int));
+            copy_to_host(lm_loss.data(), a->lm_loss, B * sizeof(floatS));
+            copy_to_host(q.data(), a->q, q.size() * sizeof(floatX));
+            for (int b = 0; b < real; b++) {
+                const Sample& s = batch[b];
+                const double q_halt = to_float(q[(size_t)b * d.Q_pad]);
+                const bool exact = n_correct[b] == n_valid[b];
+                if (k == 0) {                                             // the metrics: the best latent's answer
+                    r.n_samples++;
+                    if (n_valid[b] > 0) {
+                        r.n_labelled++;
+                        r.lm_loss += lm_loss[b];
+                        r.token_acc += (double)n_correct[b] / n_valid[b];
+                        r.exact_acc += exact;
+                        r.q_halt_acc += (q_halt >= 0) == exact;
+                    }
+                }
+                uint8_t crop[ARC_MAX_SIDE * ARC_MAX_SIDE], grid[ARC_MAX_SIDE * ARC_MAX_SIDE];
+                int cr, cc, gr = 0, gc = 0;
+                std::vector<int32_t> tokens(preds.begin() + (size_t)b * d.S, preds.begin() + (size_t)(b + 1) * d.S);
+                grid_crop_tokens(tokens.data(), d.canvas, crop, &cr, &cc);
+                if (cr * cc > 0) grid_unaugment(crop, cr, cc, dl->tasks[s.task].augs[s.aug], grid, &gr, &gc);
+                Candidate& cand = table[{s.task, s.pair}][grid_hash(grid, gr, gc)];
+                if (cand.votes == 0) { cand.cells.assign(grid, grid + gr * gc); cand.rows = gr; cand.cols = gc; }
+                cand.votes++;
+                cand.q_sum += 1.0 / (1.0 + exp(-q_halt));
+                if (optimise) cand.loss_sum += kept.loss[k][b];
             }
-            uint8_t crop[ARC_MAX_SIDE * ARC_MAX_SIDE], grid[ARC_MAX_SIDE * ARC_MAX_SIDE];
-            int cr, cc, gr = 0, gc = 0;
-            std::vector<int32_t> tokens(preds.begin() + (size_t)b * d.S, preds.begin() + (size_t)(b + 1) * d.S);
-            grid_crop_tokens(tokens.data(), d.canvas, crop, &cr, &cc);
-            if (cr * cc > 0) grid_unaugment(crop, cr, cc, dl->tasks[s.task].augs[s.aug], grid, &gr, &gc);
-            Candidate& cand = table[{s.task, s.pair}][grid_hash(grid, gr, gc)];
-            if (cand.votes == 0) { cand.cells.assign(grid, grid + gr * gc); cand.rows = gr; cand.cols = gc; }
-            cand.votes++;
-            cand.q_sum += 1.0 / (1.0 + exp(-q_halt));
         }
     }
     // rank the answers of every (task, test input), and score the tasks with known outputs
@@ -1683,6 +1782,7 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
     double kl_sum = 0;
     std::vector<floatS> lm(B), ql(B), kl((size_t)B * std::max(d.K, 1));
     std::vector<floatX> context;
+    std::vector<double> inner_shift;
     std::vector<int> n_valid(B), n_correct(B), steps(B);
     std::vector<floatX> q((size_t)B * d.Q_pad);
     std::vector<uint8_t> halted(B);
@@ -1700,6 +1800,11 @@ static StepMetrics train_step(Model* m, DataLoader* dl, TrainState* ts, DebugCap
         latent_noise(m, latent_rows, true, step);
         act_reset(z_H, z_L, m->w.H_init, m->w.L_init, m->steps + b0, m->halted + b0, B, d.T, d.D, Stream());
         if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
+        if (c.latent_inner_steps > 0) {
+            latent_inner_shift(m, m->w, &ts->carry[b0], B, &inner_shift, Stream());
+            latent_shift_apply(m, m->w, inner_shift, B, Stream());
+            upload_sample_queries(m, &ts->carry[b0], B);
+        }
         input_embedding_forward(m, m->w, B, a->enc.context, Stream());
         decoder_forward(m, m->w, z_H, z_L, B, true, Stream());
         loss_forward(m, B, Stream());

@@ -44,6 +44,9 @@ static std::vector<Sample> random_batch(const Model& m, Rng* rng) {
     return batch;
 }
 
+// latent_inner_steps: the shift of the latents the trainer computed, held constant (stop-gradient) in act_step_loss.
+static const std::vector<double>* g_inner_shift = nullptr;
+
 // One ACT step from the carry in m (reset where halted) through the loss; returns L (see the top).
 static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_out) {
     const Dims& d = m->d;
@@ -52,6 +55,7 @@ static double act_step_loss(Model* m, const std::vector<Sample>& batch, int* Nd_
     latent_noise(m, rows, true, 1);
     act_reset(m->z_H, m->z_L, m->w.H_init, m->w.L_init, m->steps, m->halted, B, d.T, d.D, Stream());
     if (d.enc != ENC_NONE) encoder_forward(m, m->w, B, Nd, Stream());
+    if (g_inner_shift) latent_shift_apply(m, m->w, *g_inner_shift, B, Stream());
     input_embedding_forward(m, m->w, B, m->acts.enc.context, Stream());
     decoder_forward(m, m->w, m->z_H, m->z_L, B, true, Stream());
     loss_forward(m, B, Stream());
@@ -255,11 +259,76 @@ static void test_latent_optimisation(const char* encoder, bool ema) {
     check(worst < 1e-5 && gmax > 0, name, "max rel error %.3g (largest gradient %.3g)", worst, gmax);
     std::copy(context.begin(), context.end(), e->context);
     double before = 0, after = 0;
-    latent_optimise(&m, w, batch.data(), B, &before, &after, Stream());
+    KeptLatents kept;
+    latent_optimise(&m, w, batch.data(), B, &kept, &before, &after, Stream());
     snprintf(name, sizeof name, "latent optimisation lowers the demonstrations' loss (%s, %s)", encoder, weights);
     check(after < before, name, "encoder's latent %.6g, kept %.6g", before, after);
+    // the two kept latents are the two lowest losses, each reproduced by a fresh demo_loss of its latent
+    bool ordered = true;
+    double reproduced = 0;
+    for (int k = 0; k < 2; k++) {
+        use_kept_latent(&m, w, kept, k, B, Stream());
+        demo_loss(&m, w, batch.data(), B, e->context, false, &loss, Stream());
+        for (int b = 0; b < B; b++) {
+            ordered &= kept.loss[0][b] <= kept.loss[1][b] && (batch[b].n_demos == 0 || kept.latent[0] != kept.latent[1]);
+            reproduced = std::max(reproduced, fabs(loss[b] - kept.loss[k][b]) / (fabs(loss[b]) + 1e-12));
+        }
+    }
+    snprintf(name, sizeof name, "latent optimisation keeps the best two latents with their losses (%s, %s)", encoder, weights);
+    check(ordered && reproduced < 1e-12, name, "ordered %d, worst relative loss difference %.3g", ordered, reproduced);
     snprintf(name, sizeof name, "latent optimisation leaves the training gradients untouched (%s, %s)", encoder, weights);
     check(std::equal(grads_before.begin(), grads_before.end(), m.p.grads), name, "the gradient buffer changed");
+}
+
+// LPN's Grad-N training (latent_inner_steps): with one step, the shift of each latent is -latent_inner_lr times
+// d(demo loss)/d(latent) (central differences); it lowers the demos' loss; and the training gradient with the shift
+// held constant (stop-gradient) matches central differences of the loss decoded from the encoder's latent plus that
+// shift (latent_proj's weight gradient must read the shifted latent, the context must not alias the set encoder's
+// normed output that its backward reads).
+static void test_latent_inner_steps(const char* encoder) {
+    Config c = tiny_config(encoder);
+    c.latent_inner_steps = 1;
+    c.latent_inner_lr = 0.3f;
+    Rng rng = rng_make(17);
+    Model m;
+    std::vector<Sample> batch = random_model(&m, c, &rng);
+    const Carry carry = save_carry(m);
+    const int Nd = upload_micro_batch(&m, batch.data(), B, 0, 1);
+    latent_noise(&m, m.d.enc == ENC_LPN_VARIATIONAL ? Nd : B, true, 1);
+    encoder_forward(&m, m.w, B, Nd, Stream());
+    std::vector<double> shift, loss;
+    latent_inner_shift(&m, m.w, batch.data(), B, &shift, Stream());
+    const size_t n = shift.size();
+    const std::vector<double> start(encoder_latent(&m), encoder_latent(&m) + n);
+    EncoderActs* e = &m.acts.enc;
+    auto total = [&](const std::vector<double>& latent) {
+        std::copy(latent.begin(), latent.end(), e->opt_latent);
+        context_from_latent(&m, m.w, e->opt_latent, B, Stream());
+        demo_loss(&m, m.w, batch.data(), B, e->context, false, &loss, Stream());
+        return std::accumulate(loss.begin(), loss.end(), 0.0);
+    };
+    double worst = 0, smax = 0;
+    for (double v : shift) smax = std::max(smax, fabs(v));
+    for (int k = 0; k < 24; k++) {
+        const size_t i = rng_u64(&rng) % n;
+        const double h = 1e-4;
+        std::vector<double> l = start;
+        double L[4];
+        const double offsets[4] = {-2 * h, -h, h, 2 * h};
+        for (int j = 0; j < 4; j++) { l[i] = start[i] + offsets[j]; L[j] = total(l); }
+        const double fd = (L[0] - 8 * L[1] + 8 * L[2] - L[3]) / (12 * h);
+        worst = std::max(worst, fabs(-c.latent_inner_lr * fd - shift[i]) / (fabs(shift[i]) + 1e-3 * smax + 1e-12));
+    }
+    check(worst < 1e-5 && smax > 0, fmt("latent_inner_steps: shift == -lr * d demo loss / d latent (%s)", encoder).c_str(),
+          "max rel error %.3g (largest shift %.3g)", worst, smax);
+    std::vector<double> shifted = start;
+    for (size_t i = 0; i < n; i++) shifted[i] += shift[i];
+    const double before = total(start), after = total(shifted);
+    check(after < before, fmt("latent_inner_steps: the step lowers the demos' loss (%s)", encoder).c_str(),
+          "%.6g -> %.6g", before, after);
+    g_inner_shift = &shift;
+    gradcheck(&m, batch, carry, fmt("ETRM %s with a latent_inner_steps shift (stop-gradient)", encoder).c_str(), &rng);
+    g_inner_shift = nullptr;
 }
 
 // The heads' output widths are 16-byte multiples in bf16 (cuBLASLt's tensor-core algorithms need that of the
@@ -316,5 +385,10 @@ int main() {
     test_latent_optimisation("lpn_standard", false);
     test_latent_optimisation("standard", true);
     test_latent_optimisation("lpn_variational", true);
+    test_latent_inner_steps("standard");
+    test_latent_inner_steps("hybrid_standard");
+    test_latent_inner_steps("hybrid_variational");
+    test_latent_inner_steps("lpn_standard");
+    test_latent_inner_steps("lpn_variational");
     return test_summary();
 }
