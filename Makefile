@@ -227,7 +227,7 @@ test: train_etrm_cpu train_jepa_cpu train_cvae_cpu $(TEST_BINS) $(GPU_TARGETS) $
 		"./build/test_layers" "./build/test_vq" "./build/test_relational" "./build/test_jepa_data" "./build/test_jepa_model" \
 		"./build/test_transformer" "./build/test_lm_ops" "./build/test_cvae_model" "./build/test_cvae_objective" "./build/test_huggingface" "./build/test_tokenizer" "$(PYTHON) test/test_tokenizer.py" "$(PYTHON) test/test_data.py" "$(PYTHON) test/test_synth_oracle.py" "$(PYTHON) test/test_tools.py" "$(PYTHON) test/test_train.py" \
 		"$(PYTHON) test/test_learning.py" "$(PYTHON) test/test_jepa.py" "$(PYTHON) test/test_mpi.py" \
-		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" "$(PYTHON) test/test_cvae_torch.py" "$(PYTHON) test/test_hf_files.py" "$(PYTHON) test/test_cvae.py" "$(PYTHON) test/test_cvae_sweep.py" $(GPU_TESTS)
+		"$(PYTHON) test/test_gpu_check.py" "$(PYTHON) test/test_compile.py" "$(PYTHON) test/test_hostile.py" "$(PYTHON) test/test_strategies.py" "$(PYTHON) test/test_cvae_torch.py" "$(PYTHON) test/test_hf_files.py" "$(PYTHON) test/test_cvae.py" "$(PYTHON) test/test_cvae_sweep.py" "$(PYTHON) test/test_generalise.py" $(GPU_TESTS)
 
 test-gpu: train_etrm_cpu train_jepa_cpu train_cvae_cpu $(GPU_TARGETS) $(SYNTH)/train.bin
 	@test -n "$(NVCC_PATH)" || { echo "make test-gpu needs nvcc"; exit 1; }
