@@ -11,6 +11,8 @@ Checks, on the synthetic data, for train_etrm.cu:
   - GPU FP32 build == CPU backend from the same initial weights and batches: the first step's debug state
     (logits, q logits, losses and every parameter gradient) for TRM and every encoder, then 5 training steps
     (each step's losses, and the weights after the last): within 1e-4 relative (of each tensor's largest value);
+  - the same for 5 steps with latent_inner_steps=2 (standard, lpn_variational), and every number of the evaluation
+    after them with latent_opt_steps=3 and the best-two vote;
   - the GPU trainer (BF16 build) is deterministic: the same seed twice gives identical losses and checkpoints;
   - resume on the GPU is bit-identical (3 steps + resume + 3 steps == 6 steps, every byte of the checkpoint);
   - micro-batches on the GPU give the losses of one batch (FP32 build).
@@ -249,6 +251,36 @@ def test_gpu_matches_cpu(tmp, encoders=ENCODERS):
                                       [s for s in a if s.endswith(".weights")])
         check(diff <= TOLERANCE, f"GPU FP32 == CPU: weights after 5 steps within {TOLERANCE} ({enc})",
               f"relative difference {diff:.3g}")
+
+
+def eval_numbers(stdout):
+    """[(line, key, printed value)] of train_etrm's eval lines (every number but the seconds)."""
+    return [(f"eval step={f['step']} set={f['set']}", k, v) for line in stdout.splitlines() if line.startswith("eval ")
+            for f in [dict(kv.split("=", 1) for kv in line.split()[1:])] for k, v in f.items()
+            if k not in ("step", "set", "seconds")]
+
+
+def test_latent_steps_gpu_match_cpu(tmp):
+    """LPN's latent steps: 5 training steps with latent_inner_steps=2 (losses, weights) and the evaluation after them
+    with latent_opt_steps=3 and the best-two vote (every number of the eval lines: pass@K, demo losses)."""
+    for enc in ("standard", "lpn_variational"):
+        common = [f"encoder_type={enc}", "kl_weight=0.1", "max_steps=5", "latent_inner_steps=2", "latent_inner_lr=0.5",
+                  "latent_opt_steps=3", "latent_opt_lr=0.1", f"data_paths_test={SYNTH}/eval.bin"]
+        a = train(CPU_BIN, ETRM_TINY, f"{tmp}/cpu_inner_{enc}", *common)
+        b = train(GPU_FP32_BIN, ETRM_TINY, f"{tmp}/gpu_inner_{enc}", *common)
+        la, lb = losses(a), losses(b)
+        worst_loss = max((abs(x - y) / max(abs(x), 1e-3) for ra, rb in zip(la, lb) for x, y in zip(ra, rb)), default=0.0)
+        weights = test_train.read_sections(f"{tmp}/cpu_inner_{enc}/ckpt_00000005.bin")
+        diff, _ = sections_difference(weights, test_train.read_sections(f"{tmp}/gpu_inner_{enc}/ckpt_00000005.bin"),
+                                      [s for s in weights if s.endswith(".weights")])
+        check(len(la) == 5 and len(lb) == 5 and worst_loss <= TOLERANCE and diff <= TOLERANCE,
+              f"GPU FP32 == CPU: 5 steps with latent_inner_steps=2, losses and weights within {TOLERANCE} ({enc})",
+              f"losses {worst_loss:.3g}, weights {diff:.3g}")
+        ea, eb = eval_numbers(b), eval_numbers(a)
+        worst, where = logged_difference(ea, eb)
+        check(len(eb) > 5 and any(k == "demo_loss_optimised" for _, k, _ in eb) and worst <= TOLERANCE,
+              f"GPU FP32 == CPU: evaluation with latent_opt_steps=3 and the best-two vote within {TOLERANCE} ({enc})",
+              f"{worst:.3g} at {where}")
 
 
 def test_jepa_gpu_matches_cpu(tmp, configs=JEPA_CONFIGS):
@@ -523,6 +555,7 @@ def main():
     # head size 16 (D=32, 2 heads): the BF16 build then takes the tensor-core attention path
     etrm_tiny = ["hidden_size=32" if a.startswith("hidden_size=") else a for a in test_train.TINY]
     etrm = [("GPU FP32 == CPU backend", lambda tmp: test_gpu_matches_cpu(tmp, encoders)),
+            ("GPU FP32 == CPU backend, latent steps", test_latent_steps_gpu_match_cpu),
             ("GPU determinism", on_gpu(test_train, GPU_BIN, test_train.test_determinism, "gpu", etrm_tiny)),
             ("GPU resume", on_gpu(test_train, GPU_BIN, test_train.test_resume, "gpu", etrm_tiny)),
             ("GPU micro-batches", on_gpu(test_train, GPU_FP32_BIN, test_train.test_micro_batches, "gpu", etrm_tiny))]

@@ -72,10 +72,14 @@ def losses(stdout):
 
 
 def test_matches_one_process(tmp):
-    for enc in ("none", "standard", "hybrid_variational", "lpn_variational"):
-        extra = [f"encoder_type={enc}", "kl_weight=0.1", "max_steps=6"]
-        _, one, _ = run(1, f"{tmp}/one_{enc}", *extra)
-        _, two, _ = run(2, f"{tmp}/two_{enc}", *extra)
+    # the last variant: LPN's latent steps in training (latent_inner_steps), per sample, so rank-independent too
+    for enc, inner in (("none", 0), ("standard", 0), ("hybrid_variational", 0), ("lpn_variational", 0), ("lpn_variational", 1)):
+        extra = [f"encoder_type={enc}", "kl_weight=0.1", "max_steps=6", f"latent_inner_steps={inner}"]
+        tag = f"{enc}_inner{inner}"
+        if inner:
+            enc = f"{enc}, latent_inner_steps={inner}"
+        _, one, _ = run(1, f"{tmp}/one_{tag}", *extra)
+        _, two, _ = run(2, f"{tmp}/two_{tag}", *extra)
         l1, l2 = test_train.train_lines(one), test_train.train_lines(two)
         check(len(l1) == 6 and len(l2) == 6 and l1[0] == l2[0],
               f"mpirun -np 2: the first step's losses and metrics equal one process's bit for bit ({enc})",
@@ -83,8 +87,8 @@ def test_matches_one_process(tmp):
         worst = max((abs(x - y) / abs(x) for x, y in zip(losses(one), losses(two))), default=1.0)
         check(worst <= TOLERANCE, f"mpirun -np 2: 6 steps' losses equal one process's within {TOLERANCE} ({enc})",
               f"largest relative difference {worst:.3g}")
-        a = test_train.read_sections(f"{tmp}/one_{enc}/ckpt_00000006.bin")
-        b = test_train.read_sections(f"{tmp}/two_{enc}/ckpt_00000006.bin")
+        a = test_train.read_sections(f"{tmp}/one_{tag}/ckpt_00000006.bin")
+        b = test_train.read_sections(f"{tmp}/two_{tag}/ckpt_00000006.bin")
         diff = relative_difference(weights(b), weights(a))
         check(diff <= TOLERANCE and a["carry_samples"] == b["carry_samples"] and a["carry_halted"] == b["carry_halted"],
               f"mpirun -np 2: weights after 6 steps within {TOLERANCE}, the same ACT carry ({enc})",

@@ -111,10 +111,10 @@ def test_determinism(tmp):
 
 
 def test_resume(tmp):
-    for enc in ("standard", "lpn_variational", "none"):
+    for enc in ("standard", "lpn_variational", "none", "lpn_standard"):
         full, part = f"{tmp}/res_full_{enc}", f"{tmp}/res_part_{enc}"
         common = [f"encoder_type={enc}", "checkpoint_every=3", "max_steps=6", f"data_paths_test={SYNTH}/eval.bin",
-                  "eval_interval=0"]
+                  "eval_interval=0"] + (["latent_inner_steps=1"] if enc == "lpn_standard" else [])
         train(full, *common)
         # the interrupted run: stop after its step-3 checkpoint by resuming from a copy of it
         os.makedirs(part)
@@ -136,6 +136,14 @@ def test_micro_batches(tmp):
     vb = [float(re.search(r" loss=(\S+)", l).group(1)) for l in train_lines(b)]
     close = len(va) == 3 and all(abs(x - y) <= 2e-4 * abs(x) for x, y in zip(va, vb))
     check(close, "micro_batch_size=2 gives the losses of one batch of 8", f"{va} vs {vb}")
+    inner = ["encoder_type=lpn_variational", "max_steps=3", "latent_inner_steps=1", "latent_inner_lr=0.5"]
+    a = train(f"{tmp}/mb_inner_a", *inner)
+    b = train(f"{tmp}/mb_inner_b", *inner, "micro_batch_size=2")
+    c = train(f"{tmp}/mb_inner_c", "encoder_type=lpn_variational", "max_steps=3")
+    va, vb, vc = ([float(re.search(r" loss=(\S+)", l).group(1)) for l in train_lines(x)] for x in (a, b, c))
+    close = len(va) == 3 and all(abs(x - y) <= 2e-4 * abs(x) for x, y in zip(va, vb))
+    check(close and va[1:] != vc[1:], "latent_inner_steps=1: micro_batch_size=2 gives the losses of one batch of 8, "
+          "and other losses than without the steps", f"{va} vs {vb} (without: {vc})")
 
 
 def test_debug_state(tmp):
