@@ -115,7 +115,7 @@ typedef struct {
     std::string optimizer;
     // data
     std::string data_paths, data_paths_test;
-    int canvas, num_aug, max_train_groups, max_eval_groups, eval_num_aug;
+    int canvas, num_aug, max_train_groups, max_eval_groups, eval_num_aug, eval_shuffle_demos;
     // run control
     std::string checkpoint_path, load_checkpoint, load_decoder, debug_state;
     int resume, checkpoint_every, checkpoint_keep, save_safetensors, eval_only, log_every;
@@ -136,7 +136,7 @@ static Config config_defaults() {
     c.encoder_lr_scale = 0.0f; c.freeze_decoder_steps = 0; c.puzzle_emb_lr = 1e-2f; c.puzzle_emb_weight_decay = 0.1f;
     c.ema = 1; c.ema_rate = 0.999f; c.seed = 0;
     c.data_paths = ""; c.data_paths_test = ""; c.canvas = 0; c.num_aug = 1000; c.max_train_groups = 0;
-    c.max_eval_groups = 0; c.eval_num_aug = 0;
+    c.max_eval_groups = 0; c.eval_num_aug = 0; c.eval_shuffle_demos = 0;
     c.checkpoint_path = "out"; c.load_checkpoint = ""; c.load_decoder = ""; c.debug_state = "";
     c.resume = 0; c.checkpoint_every = 0; c.checkpoint_keep = 3; c.save_safetensors = 1; c.eval_only = 0; c.log_every = 1;
     return c;
@@ -205,6 +205,7 @@ static std::vector<ArgSpec> config_specs(Config* c) {
         {"max_train_groups", ARG_INT, &c->max_train_groups, "train on the first N tasks only (0: all)", nullptr},
         {"max_eval_groups", ARG_INT, &c->max_eval_groups, "evaluate the first N tasks of each file only (0: all)", nullptr},
         {"eval_num_aug", ARG_INT, &c->eval_num_aug, "augmentations voted per test input (0: the whole table)", nullptr},
+        {"eval_shuffle_demos", ARG_INT, &c->eval_shuffle_demos, "evaluate every test input with another task's demonstrations (the control for whether the answers use them)", nullptr},
         // run control
         {"checkpoint_path", ARG_STRING, &c->checkpoint_path, "directory for the log, checkpoints, predictions", nullptr},
         {"load_checkpoint", ARG_STRING, &c->load_checkpoint, "start from weights: an arc.cu checkpoint (.bin) or a safetensors file", nullptr},
@@ -278,7 +279,7 @@ static Dims make_dims(const Config& c, int canvas) {
 #define ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps|encoder_type|encoder_num_layers|" \
     "encoder_set_layers|encoder_norm_style|encoder_pooling_method|set_encoder_final_norm"
 #define DECODER_ARCH_KEYS "hidden_size|num_heads|expansion|L_layers|rope_theta|rms_norm_eps"
-#define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|eval_interval_steps|data_paths_test|max_eval_groups|eval_num_aug|checkpoint_path|" \
+#define RUN_CONTROL_KEYS "epochs|max_steps|eval_interval|eval_interval_steps|data_paths_test|max_eval_groups|eval_num_aug|eval_shuffle_demos|checkpoint_path|" \
     "load_checkpoint|load_decoder|debug_state|resume|checkpoint_every|checkpoint_keep|save_safetensors|eval_only|log_every"
 
 // Checks that need the whole configuration; every message names the key and the value.
@@ -307,6 +308,8 @@ static void config_validate(const Config& c) {
     non_negative("latent_opt_steps", c.latent_opt_steps); non_negative("latent_opt_lr", c.latent_opt_lr);
     if (c.latent_opt_steps > 0 && c.encoder_type == "none") fatal("latent_opt_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_opt_steps);
     non_negative("latent_inner_steps", c.latent_inner_steps); non_negative("latent_inner_lr", c.latent_inner_lr);
+    if (c.eval_shuffle_demos != 0 && c.eval_shuffle_demos != 1) fatal("eval_shuffle_demos=%d: expected 0 or 1", c.eval_shuffle_demos);
+    if (c.eval_shuffle_demos && c.encoder_type == "none") fatal("eval_shuffle_demos=1 needs an encoder (encoder_type=none reads no demonstrations)");
     if (c.latent_inner_steps > 0 && c.encoder_type == "none") fatal("latent_inner_steps=%d needs an encoder (encoder_type=none has no latent)", c.latent_inner_steps);
     if (c.latent_inner_steps > 0 && !c.debug_state.empty()) fatal("debug_state: the PyTorch replay has no latent_inner_steps; set latent_inner_steps=0");
     if (!(c.expansion > 0) || !(c.rope_theta > 0) || !(c.rms_norm_eps > 0) || !(c.adam_eps > 0))
@@ -1282,6 +1285,23 @@ static void json_grid(FILE* f, const uint8_t* cells, int rows, int cols) {
     fprintf(f, "]");
 }
 
+// eval_shuffle_demos=1: each of the first `real` samples takes the demonstrations of the next sample of the batch
+// (cyclically) that belongs to another task. Tasks follow one another in the batch and the synthetic sets deal
+// their tasks round-robin over the families, so that is usually another family's rule.
+static void shuffle_demos(std::vector<Sample>* batch, int real) {
+    const std::vector<Sample> original(batch->begin(), batch->begin() + real);
+    for (int b = 0; b < real; b++)
+        for (int k = 1; k < real; k++) {
+            const Sample& other = original[(b + k) % real];
+            if (other.task == original[b].task) continue;
+            Sample& s = (*batch)[b];
+            s.demo_inputs = other.demo_inputs;
+            s.demo_labels = other.demo_labels;
+            s.n_demos = other.n_demos;
+            break;
+        }
+}
+
 // Evaluates one set with the given weights; fills the voting table `votes[(task, pair)]`.
 static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTensors<floatX>& w,
                                std::map<std::pair<int, int>, std::vector<Candidate>>* votes) {
@@ -1299,6 +1319,7 @@ static EvalResult evaluate_set(Model* m, DataLoader* dl, int set, const ModelTen
     KeptLatents kept;
     int real;
     while ((real = loader_next_eval_batch(*dl, &cursor, B, m->cfg.eval_num_aug, &batch)) > 0) {
+        if (m->cfg.eval_shuffle_demos) shuffle_demos(&batch, real);
         const int Nd = upload_micro_batch(m, batch.data(), B, 0, 1);
         latent_noise(m, d.enc == ENC_LPN_VARIATIONAL ? Nd : B, false, 0);
         if (d.enc != ENC_NONE) encoder_forward(m, w, B, Nd, Stream());
@@ -1942,7 +1963,7 @@ static std::vector<EvalResult> evaluate(Model* m, DataLoader* dl, int step, Logg
         const double t0 = wall_time();
         std::map<std::pair<int, int>, std::vector<Candidate>> votes;
         EvalResult r = evaluate_set(m, dl, set, w, &votes);
-        const std::string label = set_label(r.set);
+        const std::string label = set_label(r.set) + (m->cfg.eval_shuffle_demos ? "_shuffled_demos" : "");
         char opt[96] = "";
         if (m->cfg.latent_opt_steps > 0)
             snprintf(opt, sizeof opt, " demo_loss_encoder=%.4f demo_loss_optimised=%.4f", r.opt_loss_before, r.opt_loss_after);
