@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The ETRM generalisation study (issue 15): which demonstration encoder, training recipe and test-time search let
 ETRM solve new tasks from their demonstrations. Trains one row per recipe on the synthetic benchmark, evaluates
+every row with an encoder with its own and with another task's demonstrations (the demo control), evaluates
 chosen rows with test-time latent optimisation, and tabulates it all.
 
 Usage (paths in the configuration are relative to the repository root, where every command runs):
@@ -15,12 +16,14 @@ CONFIG (dev/sweeps/generalise_cpu.json):
      "data": {"dir": "data/generalise", "tasks": 20000, "eval_tasks": 240, "heldout_tasks": 90},  # ("seed": N)
      "common": {"hidden_size": 64, ...},        # the trainer flags of every row
      "rows": [{"name": "standard", "flags": {}}, {"name": "standard_seed1", "flags": {"seed": 1}}, ...],
+     "demo_control": {"max_eval_groups": 240},  # optional (max_eval_groups: 0, all, when not given)
      "latent_opt": {"rows": ["standard"], "steps": [0, 10, 50], "lr": 0.01, "max_eval_groups": 48}}   # optional
 A row's flags override common's. Flag values are written as dev/cvae_sweep.py writes them (numbers as Python
 writes them, true/false as 1/0, a list joined by commas). The study sets data_paths, data_paths_test,
 checkpoint_path, resume, eval_only and load_checkpoint itself: a configuration that sets them, an unknown key, a
 row name that is not a plain folder name (or given twice), a latent_opt row that is not a row or has no latent
-(encoder_type=none) to optimise with a K > 0, are errors: one line, exit 1.
+(encoder_type=none) to optimise with a K > 0, are errors: one line, exit 1. (The demo-control and latent_opt runs
+set eval_shuffle_demos, latent_opt_steps, latent_opt_lr and max_eval_groups themselves, over the row's.)
 
 run:
  1. the data: data/synth.py DIR --tasks .. --eval-tasks .. --heldout-tasks .. --sequences 0 --val-sequences 0,
@@ -34,21 +37,32 @@ run:
     end exit=N" line. A row is done when its log.txt has a `timing` line (or the trainer's "nothing to do" line);
     done rows are skipped, a row with a ckpt_ file resumes from its newest checkpoint (resume=1), and a row that
     a live process is training (a process started with its checkpoint_path) is left to it;
- 4. latent_opt: for each listed row that is done and each K of steps (again --jobs at once):
+ 4. demo_control (when configured): for each done row whose encoder_type is not none, two evaluations (again
+    --jobs at once), with the task's own demonstrations (D=0, demos_true) and with another task's of its batch
+    (D=1, demos_shuffled; the trainer labels its sets eval_shuffled_demos and heldout_shuffled_demos):
+        OUT/bin/<trainer> <the row's flags> data_paths_test=DIR/eval.bin,DIR/heldout.bin eval_only=1
+            load_checkpoint=OUT/<row>/<newest model_*.safetensors, else newest ckpt_*.bin> eval_shuffle_demos=D
+            max_eval_groups=N checkpoint_path=OUT/<row>/demos_true (D=0) or OUT/<row>/demos_shuffled (D=1)
+    a run is done (and skipped) when its log has the eval lines of both sets, and one that a live process is
+    running (a process started with its checkpoint_path) is left to it;
+ 5. latent_opt: for each listed row that is done and each K of steps (again --jobs at once):
         OUT/bin/<trainer> <the row's flags> data_paths_test=DIR/eval.bin,DIR/heldout.bin eval_only=1
             load_checkpoint=OUT/<row>/<newest model_*.safetensors, else newest ckpt_*.bin> latent_opt_steps=K
             latent_opt_lr=LR max_eval_groups=N checkpoint_path=OUT/<row>/latent_opt_K<K>
-    done (and skipped) when its log has the eval lines of both sets;
- 5. the report. Exit 0 when every row and latent_opt run is done, 1 otherwise. A second `run` of the same OUT
-    while one is alive is refused. --dry-run prints the commands and writes nothing.
+    done, skipped and left to a live process as the demo-control runs;
+ 6. the report. Exit 0 when every row, demo-control and latent_opt run is done, 1 otherwise. A second `run` of the
+    same OUT while one is alive is refused. --dry-run prints the commands and writes nothing.
 
 report reads OUT/<row>/log.txt (lines `train step=..`, `eval step=.. set=..`, `timing ..`, `progress ..`; malformed
 ones skipped and counted, a resumed run's later line of a step wins) and the newest predictions_step*_<set>.json,
-and writes OUT/results.md, OUT/results.json and, with matplotlib, fig_eval_pass2.png, fig_heldout_pass2.png and
-fig_eval_token_acc.png (without it one message, no figures). OUT_OR_CONFIG is the configuration, or OUT holding
-config.json, or an OUT that a configuration of dev/sweeps/ writes. A row's status: done, running (pid), failed
-(the reason: the last `error` line, or the signal), stopped (no end line: its runner was stopped), not started.
-Rows whose names differ only by a `_seedN` suffix are summarised together (their done rows' last evaluations).
+and writes OUT/results.md, OUT/results.json and, with matplotlib, fig_eval_pass2.png, fig_heldout_pass2.png,
+fig_eval_token_acc.png and, with demo_control, fig_demo_gap.png (without it one message, no figures). The demo
+gap of a row: token_acc(own demos) - token_acc(shuffled demos) and lm_loss(shuffled) - lm_loss(own) of its two
+demo-control runs, per set; positive when the answers depend on the task's own demonstrations. OUT_OR_CONFIG is
+the configuration, or OUT holding config.json, or an OUT that a configuration of dev/sweeps/ writes (OUT's
+config.json is the one its last `run` started with). A row's status: done, running (pid), failed (the reason: the
+last `error` line, or the signal), stopped (no end line: its runner was stopped), not started. Rows whose names
+differ only by a `_seedN` suffix are summarised together (their done rows' last evaluations, demo gaps included).
 Standard library only (matplotlib optional).
 """
 import argparse
@@ -72,14 +86,17 @@ import cvae_sweep  # noqa: E402  (flag_text, write_text/json, now, commit, durat
 import plot  # noqa: E402  (dev/plot.py: parse_line, load_pyplot)
 from cvae_sweep import SweepError, now  # noqa: E402  (SweepError: one line for the user)
 
-TOP_KEYS = ("name", "comment", "out", "trainer", "data", "common", "rows", "latent_opt")
+TOP_KEYS = ("name", "comment", "out", "trainer", "data", "common", "rows", "demo_control", "latent_opt")
 DATA_KEYS = ("dir", "tasks", "eval_tasks", "heldout_tasks", "seed")
 ROW_KEYS = ("name", "flags", "comment")
 LATENT_KEYS = ("rows", "steps", "lr", "max_eval_groups")
+DEMO_KEYS = ("max_eval_groups",)
+DEMOS = (("true", "0"), ("shuffled", "1"))      # the demo-control runs: (name, eval_shuffle_demos)
+SHUFFLED = "_shuffled_demos"                     # the trainer's suffix of a set label with eval_shuffle_demos=1
 RESERVED = ("data_paths", "data_paths_test", "checkpoint_path", "resume", "eval_only", "load_checkpoint")
 SETS = ("train", "eval", "heldout")
 FAMILY_SETS = ("eval", "heldout")
-LATENT_SETS = ("eval", "heldout")
+ONLY_SETS = ("eval", "heldout")        # the sets of the eval-only runs (demo control, latent_opt)
 CURVE_KEYS = ("pass@1", "pass@2", "token_acc")
 LAST_TRAIN = 5          # train lines averaged for the diagnostics
 SEED_RE = re.compile(r"^(.+)_seed(\d+)$")
@@ -87,6 +104,8 @@ START, END = "==== generalise.py start", "==== generalise.py end"
 FIGURES = (("fig_eval_pass2.png", "eval", "pass@2", "eval set (new tasks of the training families): pass@2"),
            ("fig_heldout_pass2.png", "heldout", "pass@2", "held-out families: pass@2"),
            ("fig_eval_token_acc.png", "eval", "token_acc", "eval set: token accuracy"))
+DEMO_FIGURE = ("fig_demo_gap.png", "demo gap: token accuracy with the task's own demonstrations minus with "
+               "another task's")
 STYLES = ("-", "--", ":", "-.")
 
 
@@ -155,9 +174,19 @@ def parse_config(config, source):
         own = flag_texts(row.get("flags", {}), f"{where} ({name}).flags")
         rows.append({"name": name, "flags": dict(common, **own), "own": own})
     study = {"name": config["name"], "out": config["out"], "trainer": config["trainer"], "data": data,
-             "common": common, "rows": rows, "latent": parse_latent(config.get("latent_opt"), rows, source),
-             "config": config}
+             "common": common, "rows": rows, "demo": parse_demo(config.get("demo_control"), source),
+             "latent": parse_latent(config.get("latent_opt"), rows, source), "config": config}
     return study
+
+
+def parse_demo(obj, source):
+    if obj is None:
+        return None
+    where = f"{source}: demo_control"
+    if not isinstance(obj, dict):
+        raise SweepError(f"{where}: expected an object: max_eval_groups")
+    unknown_key(obj, DEMO_KEYS, where)
+    return {"max_eval_groups": whole(obj.get("max_eval_groups", 0), f"{where}.max_eval_groups", 0)}
 
 
 def parse_latent(obj, rows, source):
@@ -238,6 +267,14 @@ def latent_folder(study, name, k):
     return os.path.join(ROOT, study["out"], name, f"latent_opt_K{k}")
 
 
+def demo_folder(study, name, demos):
+    return os.path.join(ROOT, study["out"], name, f"demos_{demos}")
+
+
+def has_encoder(row):
+    return row["flags"].get("encoder_type", "standard") != "none"
+
+
 def set_paths(study, sets):
     return ",".join(os.path.join(study["data"]["dir"], s + ".bin") for s in sets)
 
@@ -252,10 +289,18 @@ def row_flags(study, row):
 
 def latent_flags(study, row, k, weights):
     flags = row_flags(study, row)
-    flags.update(data_paths_test=set_paths(study, LATENT_SETS), eval_only="1", load_checkpoint=weights,
+    flags.update(data_paths_test=set_paths(study, ONLY_SETS), eval_only="1", load_checkpoint=weights,
                  latent_opt_steps=str(k), latent_opt_lr=study["latent"]["lr"],
                  max_eval_groups=str(study["latent"]["max_eval_groups"]),
                  checkpoint_path=os.path.join(study["out"], row["name"], f"latent_opt_K{k}"))
+    return flags
+
+
+def demo_flags(study, row, demos, weights):
+    flags = row_flags(study, row)
+    flags.update(data_paths_test=set_paths(study, ONLY_SETS), eval_only="1", load_checkpoint=weights,
+                 eval_shuffle_demos=dict(DEMOS)[demos], max_eval_groups=str(study["demo"]["max_eval_groups"]),
+                 checkpoint_path=os.path.join(study["out"], row["name"], f"demos_{demos}"))
     return flags
 
 
@@ -409,8 +454,9 @@ def row_done(parsed):
     return parsed["timing"] is not None or parsed["nothing_to_do"]
 
 
-def latent_done(parsed):
-    return all(parsed["eval"].get(s) for s in LATENT_SETS)
+def labels_done(parsed, labels):
+    """Whether an eval-only run's log has the eval lines of every set ({set: its label in the log})."""
+    return all(parsed["eval"].get(label) for label in labels.values())
 
 
 def last_attempt(text):
@@ -426,8 +472,9 @@ def last_attempt(text):
     return "\n".join(output), end
 
 
-def run_state(folder, parsed, done, live):
-    """(status, reason) of a run folder: done, running, failed, stopped or not started."""
+def run_state(folder, parsed, done, live, lacks="a timing line"):
+    """(status, reason) of a run folder: done, running, failed, stopped or not started; lacks: what a run that
+    exited 0 without being done lacks."""
     if done:
         return "done", ""
     pid = live.get(os.path.realpath(folder))
@@ -442,7 +489,7 @@ def run_state(folder, parsed, done, live):
         if sig is not None or (code is not None and code != 0):
             return "failed", cvae_sweep.failure_reason(output, None if code is None else int(code),
                                                        None if sig is None else int(sig))
-        return "failed", "exited 0 without " + ("its eval lines" if "latent_opt_K" in folder else "a timing line")
+        return "failed", "exited 0 without " + lacks
     errors = [line.strip() for line in output.splitlines() if line.lower().startswith("error")]
     if errors:
         return "failed", errors[-1][:400]
@@ -513,20 +560,20 @@ def run_row(study, row, trainer, live):
     return f"{head}: {status}" + (f" ({reason})" if reason else "")
 
 
-def run_latent(study, row, k, trainer, live):
-    folder = latent_folder(study, row["name"], k)
-    head = f"latent_opt {row['name']} K={k}"
-    if latent_done(parse_log(read_text(os.path.join(folder, "log.txt")))):
+def run_eval_job(study, job, trainer, live):
+    """Runs one eval-only job of eval_jobs (unless it is done, being run, or its row is not done)."""
+    folder, head = job["folder"], job["head"]
+    if labels_done(parse_log(read_text(os.path.join(folder, "log.txt"))), job["labels"]):
         return f"{head}: done before, skipped"
     if os.path.realpath(folder) in live:
         return f"{head}: running in pid {live[os.path.realpath(folder)]}, left to it"
-    row_log = parse_log(read_text(os.path.join(row_folder(study, row["name"]), "log.txt")))
-    weights = row_weights(study, row["name"])
+    row_log = parse_log(read_text(os.path.join(row_folder(study, job["row"]["name"]), "log.txt")))
+    weights = row_weights(study, job["row"]["name"])
     if not row_done(row_log) or weights is None:
         return f"{head}: skipped, the row is not done"
-    execute(command(trainer, latent_flags(study, row, k, weights)), folder)
+    execute(command(trainer, job["flags"](weights)), folder)
     parsed = parse_log(read_text(os.path.join(folder, "log.txt")))
-    status, reason = run_state(folder, parsed, latent_done(parsed), {})
+    status, reason = run_state(folder, parsed, labels_done(parsed, job["labels"]), {}, "its eval lines")
     return f"{head}: {status}" + (f" ({reason})" if reason else "")
 
 
@@ -535,6 +582,31 @@ def latent_jobs(study):
         return []
     rows = {r["name"]: r for r in study["rows"]}
     return [(rows[n], k) for n in study["latent"]["rows"] for k in study["latent"]["steps"]]
+
+
+def demo_jobs(study):
+    if study["demo"] is None:
+        return []
+    return [(row, demos) for row in study["rows"] if has_encoder(row) for demos, _ in DEMOS]
+
+
+def eval_jobs(study):
+    """The eval-only runs in the order they run, the demo control (cheap) first, then latent_opt: [{"kind"
+    ("demo_control" or "latent_opt"), "row", "demos" or "steps", "head", "folder", "labels" ({set: its label in the
+    log}), "flags" (weights -> the trainer's flags)}]."""
+    jobs = []
+    for row, demos in demo_jobs(study):
+        suffix = SHUFFLED if demos == "shuffled" else ""
+        jobs.append({"kind": "demo_control", "row": row, "demos": demos,
+                     "head": f"demo_control {row['name']} {demos} demos",
+                     "folder": demo_folder(study, row["name"], demos),
+                     "labels": {s: s + suffix for s in ONLY_SETS},
+                     "flags": lambda w, row=row, demos=demos: demo_flags(study, row, demos, w)})
+    for row, k in latent_jobs(study):
+        jobs.append({"kind": "latent_opt", "row": row, "steps": k, "head": f"latent_opt {row['name']} K={k}",
+                     "folder": latent_folder(study, row["name"], k), "labels": {s: s for s in ONLY_SETS},
+                     "flags": lambda w, row=row, k=k: latent_flags(study, row, k, w)})
+    return jobs
 
 
 def dry_run(study, jobs, live):
@@ -558,19 +630,22 @@ def dry_run(study, jobs, live):
             flags["resume"] = "1"
         print(f"{head}{' (resuming)' if 'resume' in flags else ''} -> {os.path.join(folder, 'stdout.txt')}")
         print("OMP_NUM_THREADS=1 " + shlex.join(command(trainer, flags)))
-    for row, k in latent_jobs(study):
-        folder = latent_folder(study, row["name"], k)
-        head = f"# latent_opt {row['name']} K={k}"
-        if latent_done(parse_log(read_text(os.path.join(folder, "log.txt")))):
+    for job in eval_jobs(study):
+        folder, name = job["folder"], job["row"]["name"]
+        head = f"# {job['head']}"
+        if labels_done(parse_log(read_text(os.path.join(folder, "log.txt"))), job["labels"]):
             print(f"{head}: done, skipped")
             continue
-        weights = row_weights(study, row["name"])
-        done = row_done(parse_log(read_text(os.path.join(row_folder(study, row["name"]), "log.txt"))))
+        if os.path.realpath(folder) in live:
+            print(f"{head}: running in pid {live[os.path.realpath(folder)]}, left to it")
+            continue
+        weights = row_weights(study, name)
+        done = row_done(parse_log(read_text(os.path.join(row_folder(study, name), "log.txt"))))
         if not done or weights is None:
-            weights = os.path.join(study["out"], row["name"], "model_XXXXXXXX.safetensors")
+            weights = os.path.join(study["out"], name, "model_XXXXXXXX.safetensors")
         print(f"{head}{'' if done else ' (once the row is done; model_XXXXXXXX: its newest weights)'} -> "
               f"{os.path.join(folder, 'stdout.txt')}")
-        print("OMP_NUM_THREADS=1 " + shlex.join(command(trainer, latent_flags(study, row, k, weights))))
+        print("OMP_NUM_THREADS=1 " + shlex.join(command(trainer, job["flags"](weights))))
     return 0
 
 
@@ -594,14 +669,14 @@ def run_study(config_path, jobs, dry):
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         for line in pool.map(lambda r: run_row(study, r, trainer, live), study["rows"]):
             print(line, flush=True)
-        for line in pool.map(lambda job: run_latent(study, job[0], job[1], trainer, live), latent_jobs(study)):
+        for line in pool.map(lambda job: run_eval_job(study, job, trainer, live), eval_jobs(study)):
             print(line, flush=True)
     report = write_report(study)
-    rows_done = sum(r["status"] == "done" for r in report["rows"])
-    latent = sum(r["status"] == "done" for r in report["latent_opt"])
-    print(f"{rows_done} of {len(report['rows'])} rows done, {latent} of {len(report['latent_opt'])} latent_opt runs "
-          f"done: see {os.path.join(study['out'], 'results.md')}")
-    return 0 if rows_done == len(report["rows"]) and latent == len(report["latent_opt"]) else 1
+    kinds = (("rows", "rows"), ("demo_control", "demo-control runs"), ("latent_opt", "latent_opt runs"))
+    counts = [(sum(r["status"] == "done" for r in report[key]), len(report[key]), what) for key, what in kinds]
+    print(", ".join(f"{n} of {total} {what} done" for n, total, what in counts if total or what == "rows") +
+          f": see {os.path.join(study['out'], 'results.md')}")
+    return 0 if all(n == total for n, total, _ in counts) else 1
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -704,7 +779,7 @@ def row_result(study, row, live, truths):
         enc, dec = value(f, "grad_norm_enc"), value(f, "grad_norm_dec")
         if enc is not None and dec is not None and enc * enc + dec * dec > 0:
             shares.append(enc * enc / (enc * enc + dec * dec))
-    encoder = row["flags"].get("encoder_type", "standard") != "none"
+    encoder = has_encoder(row)
     at = last_eval_step(parsed, SETS)
     sets = {s: set_summary(parsed["eval"].get(s, {}).get(at)) for s in SETS}
     done = status == "done"
@@ -724,36 +799,58 @@ def row_result(study, row, live, truths):
             "encoder_grad_share": mean(shares) if encoder else None, "train_lines_averaged": len(recent),
             "ms_per_step": value(timing, "ms_per_step") if done else mean(value(f, "ms") for f in recent),
             "wall_seconds": wall, "resumed": parsed["resumed"], "malformed_lines": parsed["malformed"],
-            "families": row_families(folder, truths), "curves": curves}
+            "families": row_families(folder, truths), "curves": curves, "demo_gap": None}
 
 
-def latent_result(study, row, k, row_status, live):
-    folder = latent_folder(study, row["name"], k)
+def eval_result(job, row_status, live):
+    """An eval-only run of eval_jobs: {"row", "demos" or "steps", "status", "reason", "folder", "sets": {set:
+    summary}} (the sets by their plain names, eval and heldout, whatever their labels in the log)."""
+    folder, labels = job["folder"], job["labels"]
     parsed = parse_log(read_text(os.path.join(folder, "log.txt")))
-    status, reason = run_state(folder, parsed, latent_done(parsed), live)
+    status, reason = run_state(folder, parsed, labels_done(parsed, labels), live, "its eval lines")
     if status == "not started" and row_status != "done":
         reason = f"waits for the row ({row_status})"
-    at = last_eval_step(parsed, LATENT_SETS)
-    return {"row": row["name"], "steps": k, "status": status, "reason": reason, "folder": folder,
-            "sets": {s: set_summary(parsed["eval"].get(s, {}).get(at)) for s in LATENT_SETS}}
+    at = last_eval_step(parsed, list(labels.values()))
+    which = {"demos": job["demos"]} if job["kind"] == "demo_control" else {"steps": job["steps"]}
+    return dict({"row": job["row"]["name"]}, **which, status=status, reason=reason, folder=folder,
+                sets={s: set_summary(parsed["eval"].get(label, {}).get(at)) for s, label in labels.items()})
 
 
-def spread(values):
-    """Seeds' values as text: "a / b (mean m)" for two, "m ± sd (n seeds)" for more (percent)."""
+def demo_gap(true, shuffled):
+    """{set: {"token_acc": own - shuffled, "lm_loss": shuffled - own}} of a row's two demo-control results (None
+    where a value is missing): positive when the answers depend on the task's own demonstrations."""
+    gap = {}
+    for s in ONLY_SETS:
+        t, f = (true or {}).get("sets", {}).get(s) or {}, (shuffled or {}).get("sets", {}).get(s) or {}
+        acc = None if t.get("token_acc") is None or f.get("token_acc") is None else t["token_acc"] - f["token_acc"]
+        loss = None if t.get("lm_loss") is None or f.get("lm_loss") is None else f["lm_loss"] - t["lm_loss"]
+        gap[s] = {"token_acc": acc, "lm_loss": loss}
+    return gap
+
+
+def spread(values, text=None):
+    """Seeds' values as text: "a / b (mean m)" for two, "m ± sd (n seeds)" for more (text: the value's, percent
+    by default)."""
+    text = text or pct
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{pct(values[0])} (one seed)"
+        return f"{text(values[0])} (one seed)"
     m = sum(values) / len(values)
     if len(values) == 2:
-        return f"{pct(values[0])} / {pct(values[1])} (mean {pct(m)})"
+        return f"{text(values[0])} / {text(values[1])} (mean {text(m)})"
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{pct(m)} ± {pct(sd)} (mean ± sample std of {len(values)} seeds)"
+    return f"{text(m)} ± {text(sd)} (mean ± sample std of {len(values)} seeds)"
 
 
 SEED_METRICS = (("eval", "pass@1"), ("eval", "pass@2"), ("heldout", "pass@2"), ("eval", "token_acc"),
                 ("heldout", "token_acc"))
+SEED_GAPS = (("eval", "token_acc"), ("eval", "lm_loss"), ("heldout", "token_acc"))   # as "<set> demo gap <key>"
+
+
+def loss_text(v):
+    return "-" if v is None else f"{v:.3f}"
 
 
 def seed_groups(results):
@@ -770,6 +867,8 @@ def seed_groups(results):
         g = {"base": base, "rows": [r["name"] for r in rows], "done": [r["name"] for r in done]}
         for s, k in SEED_METRICS:
             g[f"{s} {k}"] = [(r["sets"][s] or {}).get(k) for r in done]
+        for s, k in SEED_GAPS:
+            g[f"{s} demo gap {k}"] = [(r["demo_gap"] or {}).get(s, {}).get(k) for r in done]
         out.append(g)
     return out
 
@@ -792,13 +891,24 @@ def status_text(r):
     return r["status"]
 
 
+def gap_cells(r):
+    """The main table's demo-gap cells of a row: eval token acc (points), eval lm_loss, heldout token acc."""
+    if not r["encoder"]:
+        return ["n/a"] * 3
+    g = r["demo_gap"] or {}
+    acc = [(g.get(s) or {}).get("token_acc") for s in ONLY_SETS]
+    loss = (g.get("eval") or {}).get("lm_loss")
+    signed = ["-" if v is None else f"{100 * v:+.1f}" for v in acc]
+    return [signed[0], "-" if loss is None else f"{loss:+.3f}", signed[1]]
+
+
 def demo_loss(summary):
     if not summary or summary.get("demo_loss_encoder") is None:
         return "-"
     return f"{summary['demo_loss_encoder']:.4f} → {cvae_sweep.fmt(summary.get('demo_loss_optimised'), '.4f')}"
 
 
-def markdown(study, results, groups, latent, figures_note, out_arg):
+def markdown(study, results, groups, demo, latent, figures_note, out_arg):
     lines = [f"# ETRM generalisation study {study['name']}", ""]
     rev = cvae_sweep.commit()
     d = study["data"]
@@ -814,6 +924,9 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
     head = ["row", "status", "flags", "steps", "last eval", "train pass@1 / @2", "eval pass@1 / @2",
             "heldout pass@1 / @2", "eval token acc", "heldout token acc", "cross-sample var", "enc grad share",
             "eval q_halt acc", "ms/step", "wall", "eval s/task"]
+    gaps = study["demo"] is not None
+    if gaps:
+        head[10:10] = ["eval demo gap: token acc", "eval demo gap: lm_loss", "heldout demo gap: token acc"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s = r["sets"]
@@ -828,6 +941,8 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
                cvae_sweep.fmt(r["encoder_grad_share"], ".3f") if r["encoder"] else "n/a",
                pct((s["eval"] or {}).get("q_halt_acc")), cvae_sweep.fmt(r["ms_per_step"], ".1f"), wall,
                cvae_sweep.fmt((s["eval"] or {}).get("seconds_per_task"), ".3g")]
+        if gaps:
+            row[10:10] = gap_cells(r)
         lines.append("| " + " | ".join(str(x) for x in row) + " |")
     lines += ["", "Pass@K and accuracies in percent, from the eval lines of the last step evaluated on every set "
               "(pass@K: the true output among the top K answers, a task scoring the fraction of its test inputs). "
@@ -837,6 +952,13 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
               "q_halt acc: the eval line's. ms/step: the timing line's average (done rows), else the mean of the "
               "last train lines' ms. wall: the timing line's elapsed (of the last attempt when a row was resumed), "
               "so far: the last progress line's. eval s/task: the eval line's seconds / tasks."]
+    if gaps:
+        lines[-1] += (" **Demo gap** (the demo control below): the row's final weights evaluated with each test "
+                      "input's own task's demonstrations and with another task's (`eval_shuffle_demos=1`); token acc: "
+                      "token accuracy with its own minus with another task's (percentage points), lm_loss: the loss "
+                      "with another task's minus with its own. A positive gap: the answers depend on the task's own "
+                      "demonstrations; about 0: the encoder's latent is ignored, or carries nothing of the task "
+                      "(n/a: encoder_type=none reads no demonstrations).")
     odd = [f"{r['name']} {r['malformed_lines']}" for r in results if r["malformed_lines"]]
     resumed = [r["name"] for r in results if r["resumed"]]
     if odd:
@@ -845,9 +967,13 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
         lines.append(f"Resumed: {', '.join(resumed)}.")
     if groups:
         lines += ["", "## Seeds", "", "Rows whose names differ only by a `_seedN` suffix, over their done rows' last "
-                  "evaluations (percent)."]
+                  "evaluations (percent" + ("; demo gaps: token acc in percentage points, lm_loss as a loss "
+                                           "difference" if gaps else "") + ")."]
         for g in groups:
             parts = [f"{key} {spread(g[key])}" for key in (f"{s} {k}" for s, k in SEED_METRICS)]
+            if gaps:
+                parts += [f"{key} {spread(g[key], loss_text if k == 'lm_loss' else None)}"
+                          for key, k in ((f"{s} demo gap {k}", k) for s, k in SEED_GAPS)]
             lines.append(f"- **{g['base']}** ({', '.join(g['rows'])}; {len(g['done'])} of {len(g['rows'])} done): "
                          + "; ".join(parts))
     lines += ["", "## Per family", "", "pass@2 in percent per rule family, from each row's newest "
@@ -878,6 +1004,40 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
             lines += ["", "(n): the family's tasks in the file."]
         if notes:
             lines.append("Not readable: " + cvae_sweep.md_escape("; ".join(notes)) + ".")
+    if gaps:
+        n = study["demo"]["max_eval_groups"]
+        lines += ["", "## Demo control", "",
+                  f"`eval_only=1` from the newest weights of every row with an encoder, `max_eval_groups={n}` on eval "
+                  f"and heldout ({f'at most the first {n} tasks of each' if n else 'all their tasks'}), twice: with "
+                  "each test input's own task's demonstrations (own: `eval_shuffle_demos=0`, folder demos_true) and "
+                  "with those of another task of its batch (shuffled: `eval_shuffle_demos=1`, folder demos_shuffled). "
+                  "Token accuracy in percent; gap: own minus shuffled (token acc, points) and shuffled minus own "
+                  "(lm_loss).", ""]
+        head = ["row", "status", "eval token acc own / shuffled", "gap", "eval lm_loss own / shuffled", "gap",
+                "heldout token acc own / shuffled", "gap", "heldout lm_loss own / shuffled", "gap",
+                "eval pass@2 own / shuffled"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        by_row = {}
+        for j in demo:
+            by_row.setdefault(j["row"], {})[j["demos"]] = j
+        gap_of = {r["name"]: r["demo_gap"] for r in results}
+        for name, pair_ in by_row.items():
+            t, f = pair_.get("true"), pair_.get("shuffled")
+            if t["status"] == f["status"] and t["reason"] == f["reason"]:
+                state = status_text(t)
+            else:
+                state = f"own: {status_text(t)}; shuffled: {status_text(f)}"
+            cells = [name, state]
+            for s in ONLY_SETS:
+                a, b = t["sets"][s] or {}, f["sets"][s] or {}
+                g = (gap_of.get(name) or {}).get(s) or {}
+                cells += [f"{pct(a.get('token_acc'))} / {pct(b.get('token_acc'))}",
+                          "-" if g.get("token_acc") is None else f"{100 * g['token_acc']:+.1f}",
+                          f"{loss_text(a.get('lm_loss'))} / {loss_text(b.get('lm_loss'))}",
+                          "-" if g.get("lm_loss") is None else f"{g['lm_loss']:+.3f}"]
+            e_t, e_f = t["sets"]["eval"] or {}, f["sets"]["eval"] or {}
+            cells.append(f"{pct(e_t.get('pass@2'))} / {pct(e_f.get('pass@2'))}")
+            lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     if study["latent"] is not None:
         lt = study["latent"]
         lines += ["", "## Test-time latent optimisation", "",
@@ -898,9 +1058,14 @@ def markdown(study, results, groups, latent, figures_note, out_arg):
     if figures_note:
         lines.append(figures_note)
     else:
-        for name, _, _, title in FIGURES:
+        for name, title in figure_list(study):
             lines.append(f"![{title}]({name})")
     return "\n".join(lines) + "\n"
+
+
+def figure_list(study):
+    """[(file name, title)] of the report's figures."""
+    return [(f[0], f[3]) for f in FIGURES] + ([DEMO_FIGURE] if study["demo"] is not None else [])
 
 
 def figure(path, study, results, set_name, key, title, plt):
@@ -921,6 +1086,33 @@ def figure(path, study, results, set_name, key, title, plt):
     cvae_sweep.save_figure(fig, path, plt)
 
 
+def demo_figure(path, study, results, plt):
+    """Horizontal bars per row with an encoder: its demo gap of token accuracy on eval and heldout (points)."""
+    rows = [r for r in results if r["encoder"]]
+    fig, axes = plt.subplots(1, 1, figsize=(8, 2.0 + 0.45 * max(len(rows), 1)), squeeze=False)
+    ax = axes[0][0]
+    drawn = False
+    for j, (s, label) in enumerate((("eval", "eval (new tasks of the training families)"),
+                                    ("heldout", "heldout (held-out families)"))):
+        points = [(i, ((r["demo_gap"] or {}).get(s) or {}).get("token_acc")) for i, r in enumerate(rows)]
+        points = [(i, 100 * v) for i, v in points if v is not None]
+        if points:
+            ax.barh([i - 0.2 + 0.4 * j for i, _ in points], [v for _, v in points], height=0.38, color=f"C{j}",
+                    label=label)
+            drawn = True
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["name"] for r in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("token accuracy, own demonstrations minus another task's (percentage points)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    if not drawn:
+        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+    cvae_sweep.figure_legend(fig, axes, f"{study['name']}: {DEMO_FIGURE[1]}")
+    cvae_sweep.save_figure(fig, path, plt)
+
+
 def write_report(study, out_arg=None, quiet=False):
     """Writes results.md, results.json and the figures into OUT; returns results.json's object."""
     out = out_dir(study)
@@ -930,7 +1122,16 @@ def write_report(study, out_arg=None, quiet=False):
     truths = read_truths(study)
     results = [row_result(study, row, live, truths) for row in study["rows"]]
     status = {r["name"]: r["status"] for r in results}
-    latent = [latent_result(study, row, k, status[row["name"]], live) for row, k in latent_jobs(study)]
+    jobs = [(j, eval_result(j, status[j["row"]["name"]], live)) for j in eval_jobs(study)]
+    demo = [r for j, r in jobs if j["kind"] == "demo_control"]
+    latent = [r for j, r in jobs if j["kind"] == "latent_opt"]
+    if study["demo"] is not None:
+        pairs = {}
+        for j in demo:
+            pairs.setdefault(j["row"], {})[j["demos"]] = j
+        for r in results:
+            if r["name"] in pairs:
+                r["demo_gap"] = demo_gap(pairs[r["name"]].get("true"), pairs[r["name"]].get("shuffled"))
     groups = seed_groups(results)
     plt = plot.load_pyplot()
     note = None
@@ -940,14 +1141,17 @@ def write_report(study, out_arg=None, quiet=False):
     else:
         for name, set_name, key, title in FIGURES:
             figure(os.path.join(out, name), study, results, set_name, key, title, plt)
+        if study["demo"] is not None:
+            demo_figure(os.path.join(out, DEMO_FIGURE[0]), study, results, plt)
     cvae_sweep.write_text(os.path.join(out, "results.md"),
-                          markdown(study, results, groups, latent, note, out_arg or study["out"]))
+                          markdown(study, results, groups, demo, latent, note, out_arg or study["out"]))
+    figures = [] if plt is None else [f[0] for f in figure_list(study)]
     obj = {"name": study["name"], "written": now(), "commit": cvae_sweep.commit(), "out": study["out"],
-           "common": study["common"], "rows": results, "seed_groups": groups, "latent_opt": latent,
-           "figures": [] if plt is None else [f[0] for f in FIGURES]}
+           "common": study["common"], "rows": results, "seed_groups": groups, "demo_control": demo,
+           "latent_opt": latent, "figures": figures}
     cvae_sweep.write_json(os.path.join(out, "results.json"), obj)
     if not quiet:
-        wrote = ["results.md", "results.json"] + ([] if plt is None else [f[0] for f in FIGURES])
+        wrote = ["results.md", "results.json"] + figures
         print(f"wrote {', '.join(os.path.join(study['out'], w) for w in wrote)}")
     if note:
         print(note, file=sys.stderr)
@@ -959,7 +1163,8 @@ def main(argv):
     ap = argparse.ArgumentParser(prog="generalise.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="train the rows and the latent_opt evaluations (skipping done ones), then report")
+    r = sub.add_parser("run", help="train the rows, run the demo-control and latent_opt evaluations (skipping done "
+                                   "ones), then report")
     r.add_argument("config", metavar="CONFIG.json")
     r.add_argument("--jobs", type=int, default=2, help="runs at once (default 2), each with one OpenMP thread")
     r.add_argument("--dry-run", action="store_true", help="print the commands, run and write nothing")

@@ -12,14 +12,17 @@ The predictions are those of a rule the test knows: test input j of the task at 
 first max_eval_groups tasks) has its true output ranked first when (i + j + shift) % 3 == 0, second when it is 1,
 not among the candidates when it is 2, where shift = seed + latent_opt_steps; the eval line's pass@1 / pass@2 are
 that rule's. With latent_opt_steps=K > 0 the eval lines also carry demo_loss_encoder=2.0000 and
-demo_loss_optimised=2 - 0.01 K. encoder_type=none logs grad_norm_enc=0 and encoder_cross_sample_var=0, the
+demo_loss_optimised=2 - 0.01 K. eval_shuffle_demos=1 (refused with encoder_type=none, as by the real trainer)
+labels every set <name>_shuffled_demos (eval lines and predictions files) and lowers its token_acc by
+0.1 + 0.01 seed (0.02 on a file named heldout.bin) and raises its lm_loss by 3 times that; the predictions are
+unchanged. encoder_type=none logs grad_norm_enc=0 and encoder_cross_sample_var=0, the
 others grad_norm_enc=0.3 and grad_norm_dec=0.4 (encoder share 0.36). The task files are read with
 data/arc_format.py from the working directory's data/ (the study runs its trainer in the repository root).
 
 Flags it reads: checkpoint_path (required), resume (0/1/true/false, as the real trainer: anything else is an
 error), max_steps (20), eval_interval_steps (0: the end only), log_every (1), data_paths_test, max_eval_groups
-(0: all), seed, encoder_type, eval_only, load_checkpoint, latent_opt_steps; others are accepted and ignored; a key
-given twice is an error, as the real trainer's.
+(0: all), seed, encoder_type, eval_only, load_checkpoint, latent_opt_steps, eval_shuffle_demos (0/1); others are
+accepted and ignored; a key given twice is an error, as the real trainer's.
 Environment (set by the test, so that a rerun has the same flags):
   FAKE_FAIL=SUBSTR        a run whose checkpoint_path contains SUBSTR prints "error: step 3: ..." and exits 1 at
                           step 3 (before any checkpoint when eval_interval_steps > 3)
@@ -91,6 +94,7 @@ def main(argv):
         flags[k] = v
     cp = flags.get("checkpoint_path") or fail("checkpoint_path is required")
     resume, eval_only = boolean(flags, "resume"), boolean(flags, "eval_only")
+    shuffled = boolean(flags, "eval_shuffle_demos")
     if eval_only and not os.path.isfile(flags.get("load_checkpoint", "")):
         fail(f"eval_only=1 needs weights: load_checkpoint={flags.get('load_checkpoint', '')} is not a file")
     max_steps, log_every = int(flags.get("max_steps", 20)), int(flags.get("log_every", 1))
@@ -98,6 +102,8 @@ def main(argv):
     limit, opt_steps = int(flags.get("max_eval_groups", 0)), int(flags.get("latent_opt_steps", 0))
     shift = int(flags.get("seed", 0)) + opt_steps
     encoder = flags.get("encoder_type", "standard") != "none"
+    if shuffled and not encoder:
+        fail("eval_shuffle_demos=1 needs an encoder (encoder_type=none reads no demonstrations)")
     test_paths = [p for p in flags.get("data_paths_test", "").split(",") if p]
     fail_on = os.environ.get("FAKE_FAIL", "")
     kill = os.environ.get("FAKE_KILL", "")
@@ -118,8 +124,12 @@ def main(argv):
         for path in test_paths:
             label, n, p1, p2, predictions = evaluate(path, limit, shift)
             opt = (f" demo_loss_encoder=2.0000 demo_loss_optimised={2 - 0.01 * opt_steps:.4f}" if opt_steps else "")
-            out(f"eval step={step} set={label} tasks={n} samples={n} lm_loss=1.5000 "
-                f"token_acc={0.5 + 0.4 * step / max_steps:.4f} exact_acc={p1:.4f} q_halt_acc=0.7500 "
+            gap = 0.0
+            if shuffled:
+                gap = 0.02 if label == "heldout" else 0.1 + 0.01 * int(flags.get("seed", 0))
+                label += "_shuffled_demos"
+            out(f"eval step={step} set={label} tasks={n} samples={n} lm_loss={1.5 + 3 * gap:.4f} "
+                f"token_acc={0.5 + 0.4 * step / max_steps - gap:.4f} exact_acc={p1:.4f} q_halt_acc=0.7500 "
                 f"pass@1={p1:.4f} pass@2={p2:.4f} pass@5={p2:.4f}{opt} seconds={0.1 * n:.1f}")
             with open(os.path.join(cp, f"predictions_step{step:08d}_{label}.json"), "w") as f:
                 json.dump({"step": step, "set": label, "tasks": predictions}, f)

@@ -7,17 +7,20 @@ Prints "PASS name" / "FAIL name: why" / "SKIP name: why" per check, then "<N> pa
 anything failed. The studies run in a temporary folder as `python3 dev/generalise.py` subprocesses with matplotlib
 hidden (a stand-in package first on PYTHONPATH), except the check of the figures, which is SKIP where this python
 has no matplotlib. The data is a tiny real benchmark that the runner makes with data/synth.py (24 / 12 / 6 tasks).
-Checks: --dry-run prints the data, row and latent_opt commands and writes nothing; a first run where one row fails
-and one is killed by SIGKILL mid-run (the rows get OMP_NUM_THREADS=1, the copied trainer, their flags; the failures
-are reported with their reasons; latent_opt runs for the done row only); a rerun skips done rows and latent_opt
-runs, resumes the killed row with resume=1 (the trainer refuses anything but 0/1) and runs its latent_opt; the
+Checks: --dry-run prints the data, row, demo-control and latent_opt commands (a demo-control run that a live
+process runs is left to it) and writes nothing; a first run where one row fails and one is killed by SIGKILL mid-run
+(the rows get OMP_NUM_THREADS=1, the copied trainer, their flags; the failures are reported with their reasons;
+demo-control and latent_opt runs for the done rows only); a rerun skips done rows, demo-control and latent_opt runs,
+resumes the killed row with resume=1 (the trainer refuses anything but 0/1) and runs its evaluations; the
 latent_opt commands (eval_only, the newest weights, the row's flags, eval and heldout only) and their table; the
+demo-control commands (eval_shuffle_demos=0 / 1 in demos_true / demos_shuffled, no row with encoder_type=none) and
+the demo gaps of the fake trainer's eval lines in the tables, results.json and the seed summary; the
 table, the seed summary and the per-family pass@2 of the run against the rule the fake trainer answers by; a study
 of hand-written logs: exact table values (pass@K, the encoder gradient share, means over the last train lines,
 ms/step, wall, eval s/task), malformed and resumed log lines, an unreadable predictions file, rows running (a live
 process), failed (error line, signal), stopped and not started, three seeds' mean ± std; a second runner of the
 same folder is refused while the first is alive (which the report shows as running); bad configurations are one
-error line; the figures; dev/sweeps/generalise_cpu.json.
+error line; the figures (fig_demo_gap.png with demo_control); dev/sweeps/generalise_cpu.json.
 """
 import importlib.util
 import json
@@ -59,6 +62,7 @@ def config(**changes):
          "rows": [{"name": "std_seed1", "flags": {"seed": 1}}, {"name": "std_seed2", "flags": {"seed": 2}},
                   {"name": "trm", "flags": {"encoder_type": "none"}}, {"name": "fails", "flags": {}},
                   {"name": "killed", "flags": {"lr": 0.002}}],
+         "demo_control": {"max_eval_groups": 6},
          "latent_opt": {"rows": ["std_seed1", "killed"], "steps": [0, 4], "lr": 0.05, "max_eval_groups": 4}}
     c.update(changes)
     return c
@@ -133,7 +137,13 @@ def make_matplotlib_stand_in():
 
 def check_dry_run():
     cfg = write_config("study.json", config())
-    rc, out, err = study("run", cfg, "--dry-run")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                "checkpoint_path=" + path("out", "std_seed2", "demos_shuffled")])
+    try:
+        rc, out, err = study("run", cfg, "--dry-run")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert rc == 0, f"exit {rc}: {err}"
     lines = out.splitlines()
     data = lines[lines.index("# the data:") + 1]
@@ -141,7 +151,8 @@ def check_dry_run():
                                      "--eval-tasks", "12", "--heldout-tasks", "6", "--sequences", "0",
                                      "--val-sequences", "0"], data
     commands = [shlex.split(line) for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
-    assert len(commands) == 5 + 4, f"{len(commands)} commands (want 5 rows + 2 x 2 latent_opt):\n{out}"
+    assert len(commands) == 5 + 7 + 4, f"{len(commands)} commands (want 5 rows + 4 x 2 - 1 demo + 2 x 2 latent):\n{out}"
+    assert f"# demo_control std_seed2 shuffled demos: running in pid {sleeper.pid}, left to it" in out, out
     copy = path("out", "bin", "fake_train_etrm.py")
     assert all(c[1] == copy for c in commands), commands[0]
     f = flags_of(commands[0][2:])
@@ -149,7 +160,13 @@ def check_dry_run():
                  "max_eval_groups": "8", "lr": "0.001", "seed": "1", "data_paths": path("data", "train.bin"),
                  "data_paths_test": ",".join(path("data", s + ".bin") for s in ("train", "eval", "heldout")),
                  "checkpoint_path": path("out", "std_seed1")}, f
-    latent = flags_of(commands[5 + 1][2:])
+    demo = [flags_of(c[2:]) for c in commands[5:12]]
+    assert [(d["checkpoint_path"], d["eval_shuffle_demos"]) for d in demo[:3]] == [
+        (path("out", "std_seed1", "demos_true"), "0"), (path("out", "std_seed1", "demos_shuffled"), "1"),
+        (path("out", "std_seed2", "demos_true"), "0")], demo
+    assert all("latent_opt_steps" not in d and d["eval_only"] == "1" and d["max_eval_groups"] == "6" for d in demo)
+    assert not any("trm" in d["checkpoint_path"] for d in demo), "a demo control for encoder_type=none"
+    latent = flags_of(commands[12 + 1][2:])
     assert latent["load_checkpoint"] == path("out", "std_seed1", "model_XXXXXXXX.safetensors"), latent
     assert latent["latent_opt_steps"] == "4" and latent["eval_only"] == "1" and "resume" not in latent, latent
     assert "# latent_opt std_seed1 K=4 (once the row is done" in out, out
@@ -166,7 +183,10 @@ def check_first_run():
     assert "row killed: failed (killed by signal 9 (out of memory?))" in out, out
     assert "latent_opt std_seed1 K=0: done" in out and "latent_opt std_seed1 K=4: done" in out, out
     assert "latent_opt killed K=0: skipped, the row is not done" in out, out
-    assert "3 of 5 rows done, 2 of 4 latent_opt runs done" in out, out
+    assert "demo_control std_seed2 shuffled demos: done" in out, out
+    assert "demo_control killed true demos: skipped, the row is not done" in out and "demo_control trm" not in out, out
+    assert out.index("demo_control killed shuffled") < out.index("latent_opt std_seed1 K=0"), "demo control first"
+    assert "3 of 5 rows done, 4 of 8 demo-control runs done, 2 of 4 latent_opt runs done" in out, out
     (first,) = runs("out", "std_seed1")
     assert first["exe"] == path("out", "bin", "fake_train_etrm.py") and first["omp"] == "1", first
     f = flags_of(first["argv"])
@@ -183,6 +203,7 @@ def check_first_run():
     assert "| fails | failed: error: step 3: the loss is nan" in md, md
     assert "| killed | failed: killed by signal 9 (out of memory?) | lr=0.002 | 10/20 | 10 |" in md, md
     assert "| killed | 0 | not started: waits for the row (failed) |" in md, md
+    assert "| killed | not started: waits for the row (failed) | - / - | - |" in md, md
     assert "Figures skipped: matplotlib is not installed" in md and err.count("matplotlib is not installed") == 1, err
 
 
@@ -197,9 +218,12 @@ def check_rerun():
     assert rc == 0, f"exit {rc}: {err}\n{out}"
     assert "row std_seed1: done before, skipped" in out and "row killed (resumed): done" in out, out
     assert "row fails: done" in out and "latent_opt std_seed1 K=4: done before, skipped" in out, out
-    assert "latent_opt killed K=4: done" in out and "5 of 5 rows done, 4 of 4 latent_opt runs done" in out, out
+    assert "latent_opt killed K=4: done" in out and "demo_control killed shuffled demos: done" in out, out
+    assert "demo_control std_seed1 true demos: done before, skipped" in out, out
+    assert "5 of 5 rows done, 8 of 8 demo-control runs done, 4 of 4 latent_opt runs done" in out, out
     assert [len(runs("out", n)) for n in ROWS] == [1, 1, 1, 2, 2], "which rows ran again"
     assert len(runs("out", "std_seed1", "latent_opt_K4")) == 1, "a done latent_opt run ran again"
+    assert len(runs("out", "std_seed1", "demos_shuffled")) == 1, "a done demo-control run ran again"
     killed = [flags_of(r["argv"]) for r in runs("out", "killed")]
     assert "resume" not in killed[0] and killed[1]["resume"] == "1", killed
     assert "resume" not in flags_of(runs("out", "fails")[1]["argv"]), "resume=1 without a checkpoint"
@@ -230,6 +254,46 @@ def check_latent_opt():
             (k, cells)
 
 
+def check_demo_control():
+    """The demo-control runs' commands and the demo gaps of the fake trainer's lines (shuffled demos: token_acc
+    0.1 + 0.01 seed lower, 0.02 on heldout; lm_loss 3 times that higher)."""
+    for demos, d in (("true", "0"), ("shuffled", "1")):
+        (run,) = runs("out", "std_seed1", f"demos_{demos}")
+        f = flags_of(run["argv"])
+        want = {"eval_only": "1", "load_checkpoint": path("out", "std_seed1", "model_00000020.safetensors"),
+                "eval_shuffle_demos": d, "max_eval_groups": "6", "seed": "1", "hidden_size": "64",
+                "checkpoint_path": path("out", "std_seed1", f"demos_{demos}"),
+                "data_paths_test": path("data", "eval.bin") + "," + path("data", "heldout.bin")}
+        assert {k: f.get(k) for k in want} == want and run["omp"] == "1", f
+        assert "resume" not in f and "latent_opt_steps" not in f, f
+    assert flags_of(runs("out", "killed", "demos_shuffled")[0]["argv"])["lr"] == "0.002", "the row's own flags"
+    shuffled = path("out", "std_seed1", "demos_shuffled", "predictions_step00000000_eval_shuffled_demos.json")
+    assert os.path.isfile(shuffled), "the shuffled run's predictions file"
+    assert not os.path.exists(path("out", "trm", "demos_true")), "a demo control for encoder_type=none"
+    res = json.loads(read("out", "results.json"))
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["trm"]["demo_gap"] is None, rows["trm"]["demo_gap"]
+    for name, seed in (("std_seed1", 1), ("std_seed2", 2), ("killed", 0)):
+        g = rows[name]["demo_gap"]
+        want = {"eval": (0.1 + 0.01 * seed, 0.3 + 0.03 * seed), "heldout": (0.02, 0.06)}
+        for s, (acc, loss) in want.items():
+            assert abs(g[s]["token_acc"] - acc) < 1e-9 and abs(g[s]["lm_loss"] - loss) < 1e-9, (name, g)
+    demo = res["demo_control"]
+    assert [(d["row"], d["demos"], d["status"]) for d in demo] == [
+        (n, k, "done") for n in ("std_seed1", "std_seed2", "fails", "killed") for k in ("true", "shuffled")], demo
+    assert demo[1]["sets"]["eval"]["token_acc"] == 0.39 and demo[1]["sets"]["heldout"]["lm_loss"] == 1.56, demo[1]
+    (group,) = res["seed_groups"]
+    assert [round(v, 9) for v in group["eval demo gap token_acc"]] == [0.11, 0.12], group
+    md = read("out", "results.md")
+    assert "**Demo gap**" in md and "## Demo control" in md, md
+    cells = [c for c in rows_of(md)["std_seed2"] if c[1] == "done" and "/" in c[2]]
+    assert cells == [["std_seed2", "done", "50.0 / 38.0", "+12.0", "1.500 / 1.860", "+0.360", "50.0 / 48.0", "+2.0",
+                      "1.500 / 1.560", "+0.060", cells[0][-1]]], cells
+    line = next(line for line in md.splitlines() if line.startswith("- **std**"))
+    assert "eval demo gap token_acc 11.0 / 12.0 (mean 11.5); eval demo gap lm_loss 0.330 / 0.360 (mean 0.345); " \
+           "heldout demo gap token_acc 2.0 / 2.0 (mean 2.0)" in line, line
+
+
 def check_run_table():
     """The table of the fake run: values of the fake trainer's lines and its predictions against the truths."""
     md = read("out", "results.md")
@@ -242,8 +306,9 @@ def check_run_table():
     fam_h, (h1, h2) = expected_pass(h[:8], 1)
     row = table["std_seed1"][0]
     assert row == ["std_seed1", "done", "seed=1", "20/20", "20", f"{pct(t1)} / {pct(t2)}", f"{pct(e1)} / {pct(e2)}",
-                   f"{pct(h1)} / {pct(h2)}", "90.0", "90.0", "0.125", "0.360", "75.0", "12.5", "65 s", "0.1"], row
-    assert table["trm"][0][10:12] == ["n/a", "n/a"], table["trm"][0]
+                   f"{pct(h1)} / {pct(h2)}", "90.0", "90.0", "+11.0", "+0.330", "+2.0", "0.125", "0.360", "75.0",
+                   "12.5", "65 s", "0.1"], row
+    assert table["trm"][0][10:15] == ["n/a"] * 5, table["trm"][0]
     res = {r["name"]: r for r in json.loads(read("out", "results.json"))["rows"]}
     fams = res["std_seed1"]["families"]
     assert fams["eval"]["file"] == "predictions_step00000020_eval.json", fams["eval"]
@@ -285,7 +350,7 @@ def write_file(text, *parts):
 def check_hand_logs():
     names = ["hand", "absent", "busy", "broken", "oom", "halted", "s_seed1", "s_seed2", "s_seed3"]
     cfg = config(out=path("hand"), rows=[{"name": n, "flags": {"lr": 0.002} if n == "hand" else {}} for n in names])
-    del cfg["latent_opt"]
+    del cfg["latent_opt"], cfg["demo_control"]        # and so no demo-gap columns
     write_file(json.dumps(cfg), "hand", "config.json")
     write_file(hand_log(
         "arc.cu train_etrm (CPU backend on the host, FP32, 1 process)  model=ETRM standard",
@@ -370,7 +435,10 @@ def check_bad_configs():
              "latent row": (dict(good, latent_opt={"rows": ["nope"], "steps": [0]}), "latent_opt.rows: nope is not"),
              "latent trm": (dict(good, latent_opt={"rows": ["trm"], "steps": [0, 10]}), "trm has encoder_type=none"),
              "latent steps": (dict(good, latent_opt={"rows": ["std_seed1"], "steps": [-1]}), "latent_opt.steps: -1"),
-             "latent lr": (dict(good, latent_opt={"rows": ["std_seed1"], "steps": [1], "lr": 0}), "lr: 0 is not")}
+             "latent lr": (dict(good, latent_opt={"rows": ["std_seed1"], "steps": [1], "lr": 0}), "lr: 0 is not"),
+             "demo type": (dict(good, demo_control=[240]), "demo_control: expected an object: max_eval_groups"),
+             "demo key": (dict(good, demo_control={"rows": []}), "demo_control: unknown key 'rows'"),
+             "demo groups": (dict(good, demo_control={"max_eval_groups": -1}), "max_eval_groups: -1 is not")}
     for name, (cfg, want) in cases.items():
         try:
             generalise.parse_config(cfg, "x.json")
@@ -398,12 +466,13 @@ def check_report_figures():
         raise Skip(f"matplotlib is not installed for {sys.executable}")
     rc, out, err = study("report", path("out"), matplotlib=True, timeout=120)
     assert rc == 0 and "matplotlib" not in err, f"exit {rc}: {err}"
-    for name, _, _, _ in generalise.FIGURES:
+    names = [f[0] for f in generalise.FIGURES] + ["fig_demo_gap.png"]
+    for name in names:
         with open(path("out", name), "rb") as f:
             data = f.read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f"{name}: {len(data)} bytes, not a PNG"
         assert f"]({name})" in read("out", "results.md"), name
-    assert json.loads(read("out", "results.json"))["figures"] == [f[0] for f in generalise.FIGURES]
+    assert json.loads(read("out", "results.json"))["figures"] == names
 
 
 def check_parsers():
@@ -425,18 +494,29 @@ def check_shipped_config():
     f = generalise.latent_flags(s, s["rows"][0], 10, "out/generalise/standard/model_00001000.safetensors")
     assert f["checkpoint_path"] == "out/generalise/standard/latent_opt_K10" and f["eval_only"] == "1", f
     assert f["data_paths_test"] == "data/generalise/eval.bin,data/generalise/heldout.bin", f
+    assert s["demo"] == {"max_eval_groups": 240}, s["demo"]
+    jobs = generalise.eval_jobs(s)
+    kinds = [j["kind"] for j in jobs]
+    assert kinds == ["demo_control"] * 2 * (len(names) - 1) + ["latent_opt"] * len(kinds[2 * len(names) - 2:]), kinds
+    assert not any(j["row"]["name"] == "trm_puzzle_emb" for j in jobs if j["kind"] == "demo_control"), "trm"
+    f = jobs[1]["flags"]("out/generalise/standard/model_00001000.safetensors")
+    assert f["checkpoint_path"] == "out/generalise/standard/demos_shuffled" and f["eval_shuffle_demos"] == "1", f
+    assert f["max_eval_groups"] == "240" and f["eval_only"] == "1" and "latent_opt_steps" not in f, f
 
 
 def main():
     global TMP
     with tempfile.TemporaryDirectory(prefix="test_generalise_") as TMP:
         make_matplotlib_stand_in()
-        check("generalise: --dry-run prints the data, row and latent_opt commands and writes nothing", check_dry_run)
-        check("generalise: a failing and a killed row are reported with their reasons; latent_opt of done rows",
+        check("generalise: --dry-run prints the data, row, demo-control and latent_opt commands, writes nothing",
+              check_dry_run)
+        check("generalise: a failing and a killed row are reported with their reasons; evaluations of done rows",
               check_first_run)
-        check("generalise: a rerun skips done rows and latent_opt runs, resumes the killed row (resume=1)", check_rerun)
+        check("generalise: a rerun skips done rows and evaluations, resumes the killed row (resume=1)", check_rerun)
         check("generalise: latent_opt commands (eval_only, newest weights, the row's flags) and their table",
               check_latent_opt)
+        check("generalise: demo-control commands (eval_shuffle_demos, folders, no encoder_type=none) and demo gaps",
+              check_demo_control)
         check("generalise: the table, the seed summary and per-family pass@2 of a run against the task file",
               check_run_table)
         check("generalise: hand-written logs: exact values, malformed lines, running / failed / stopped rows, seeds",
@@ -444,7 +524,7 @@ def main():
         check("generalise: a second runner of the same folder is refused while the first is alive",
               check_second_runner)
         check("generalise: bad configurations and arguments are one error line", check_bad_configs)
-        check("generalise: report draws the three figures", check_report_figures)
+        check("generalise: report draws the four figures", check_report_figures)
         check("generalise: log, duration and attempt parsers", check_parsers)
         check("generalise: dev/sweeps/generalise_cpu.json", check_shipped_config)
     finish()
