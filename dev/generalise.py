@@ -30,7 +30,8 @@ run:
     unless DIR/heldout.bin exists;
  2. the trainer copied to OUT/bin/ (rebuilding it meanwhile cannot touch the runs), the configuration to
     OUT/config.json;
- 3. the rows, --jobs (default 2) at once, each with OMP_NUM_THREADS=1:
+ 3. the rows, --jobs (default 2) at once, each with OMP_NUM_THREADS = cores / jobs (at least 1; the CPU trainer's
+    results do not depend on it):
         OUT/bin/<trainer> <common + row flags> data_paths=DIR/train.bin
             data_paths_test=DIR/train.bin,DIR/eval.bin,DIR/heldout.bin checkpoint_path=OUT/<row> [resume=1]
     its output appended to OUT/<row>/stdout.txt between a "==== generalise.py start" and an "==== generalise.py
@@ -522,11 +523,16 @@ def snapshot_trainer(study):
     return copy
 
 
-def execute(cmd, folder):
-    """Runs cmd in the root with OMP_NUM_THREADS=1, its output appended to folder/stdout.txt between a start and an
-    end line; returns (exit status or None, signal or None, seconds)."""
+def threads_per_job(jobs):
+    """The cores shared out among the jobs run at once (the CPU trainer's results do not depend on it)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def execute(cmd, folder, threads):
+    """Runs cmd in the root with OMP_NUM_THREADS=threads, its output appended to folder/stdout.txt between a start
+    and an end line; returns (exit status or None, signal or None, seconds)."""
     os.makedirs(folder, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.monotonic()
     with open(os.path.join(folder, "stdout.txt"), "ab") as out:
         out.write(f"{START} {now()}: {shlex.join(cmd)}\n".encode())
@@ -553,7 +559,7 @@ def run_row(study, row, trainer, live):
     flags = row_flags(study, row)
     if newest(folder, "ckpt_", ".bin"):
         flags["resume"] = "1"
-    execute(command(trainer, flags), folder)
+    execute(command(trainer, flags), folder, study["threads"])
     parsed = parse_log(read_text(os.path.join(folder, "log.txt")))
     status, reason = run_state(folder, parsed, row_done(parsed), {})
     head = f"row {row['name']}{' (resumed)' if 'resume' in flags else ''}"
@@ -571,7 +577,7 @@ def run_eval_job(study, job, trainer, live):
     weights = row_weights(study, job["row"]["name"])
     if not row_done(row_log) or weights is None:
         return f"{head}: skipped, the row is not done"
-    execute(command(trainer, job["flags"](weights)), folder)
+    execute(command(trainer, job["flags"](weights)), folder, study["threads"])
     parsed = parse_log(read_text(os.path.join(folder, "log.txt")))
     status, reason = run_state(folder, parsed, labels_done(parsed, job["labels"]), {}, "its eval lines")
     return f"{head}: {status}" + (f" ({reason})" if reason else "")
@@ -611,7 +617,7 @@ def eval_jobs(study):
 
 def dry_run(study, jobs, live):
     trainer = trainer_copy(study)
-    print(f"# in {ROOT}, OMP_NUM_THREADS=1, {jobs} at once; each run's output appended to its folder's stdout.txt")
+    print(f"# in {ROOT}, OMP_NUM_THREADS={threads_per_job(jobs)}, {jobs} at once; each run's output appended to its folder's stdout.txt")
     if not data_ready(study):
         print("# the data:")
         print(shlex.join(data_command(study)))
@@ -629,7 +635,7 @@ def dry_run(study, jobs, live):
         if newest(folder, "ckpt_", ".bin"):
             flags["resume"] = "1"
         print(f"{head}{' (resuming)' if 'resume' in flags else ''} -> {os.path.join(folder, 'stdout.txt')}")
-        print("OMP_NUM_THREADS=1 " + shlex.join(command(trainer, flags)))
+        print(f"OMP_NUM_THREADS={threads_per_job(jobs)} " + shlex.join(command(trainer, flags)))
     for job in eval_jobs(study):
         folder, name = job["folder"], job["row"]["name"]
         head = f"# {job['head']}"
@@ -645,7 +651,7 @@ def dry_run(study, jobs, live):
             weights = os.path.join(study["out"], name, "model_XXXXXXXX.safetensors")
         print(f"{head}{'' if done else ' (once the row is done; model_XXXXXXXX: its newest weights)'} -> "
               f"{os.path.join(folder, 'stdout.txt')}")
-        print("OMP_NUM_THREADS=1 " + shlex.join(command(trainer, job["flags"](weights))))
+        print(f"OMP_NUM_THREADS={threads_per_job(jobs)} " + shlex.join(command(trainer, job["flags"](weights))))
     return 0
 
 
@@ -665,6 +671,7 @@ def run_study(config_path, jobs, dry):
         if subprocess.run(data_command(study), cwd=ROOT).returncode != 0:
             raise SweepError(f"data/synth.py failed: no data in {study['data']['dir']}")
     trainer = snapshot_trainer(study)
+    study["threads"] = threads_per_job(jobs)
     cvae_sweep.write_json(os.path.join(out_dir(study), "config.json"), study["config"])
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         for line in pool.map(lambda r: run_row(study, r, trainer, live), study["rows"]):

@@ -9,7 +9,7 @@ hidden (a stand-in package first on PYTHONPATH), except the check of the figures
 has no matplotlib. The data is a tiny real benchmark that the runner makes with data/synth.py (24 / 12 / 6 tasks).
 Checks: --dry-run prints the data, row, demo-control and latent_opt commands (a demo-control run that a live
 process runs is left to it) and writes nothing; a first run where one row fails and one is killed by SIGKILL mid-run
-(the rows get OMP_NUM_THREADS=1, the copied trainer, their flags; the failures are reported with their reasons;
+(the rows get OMP_NUM_THREADS = cores / jobs, the copied trainer, their flags; the failures are reported with their reasons;
 demo-control and latent_opt runs for the done rows only); a rerun skips done rows, demo-control and latent_opt runs,
 resumes the killed row with resume=1 (the trainer refuses anything but 0/1) and runs its evaluations; the
 latent_opt commands (eval_only, the newest weights, the row's flags, eval and heldout only) and their table; the
@@ -85,6 +85,10 @@ def study(*args, env=None, matplotlib=False, timeout=60):
     return p.returncode, p.stdout, p.stderr
 
 
+# OMP_NUM_THREADS of each run under the default --jobs 2: the cores shared out
+OMP = str(max(1, (os.cpu_count() or 1) // 2))
+
+
 def runs(*parts):
     """The invocations the fake trainer recorded in a folder: [{"exe", "argv", "omp"}]."""
     try:
@@ -150,7 +154,7 @@ def check_dry_run():
     assert shlex.split(data)[1:] == [os.path.join(ROOT, "data", "synth.py"), path("data"), "--tasks", "24",
                                      "--eval-tasks", "12", "--heldout-tasks", "6", "--sequences", "0",
                                      "--val-sequences", "0"], data
-    commands = [shlex.split(line) for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
+    commands = [shlex.split(line) for line in lines if line.startswith(f"OMP_NUM_THREADS={OMP} ")]
     assert len(commands) == 5 + 7 + 4, f"{len(commands)} commands (want 5 rows + 4 x 2 - 1 demo + 2 x 2 latent):\n{out}"
     assert f"# demo_control std_seed2 shuffled demos: running in pid {sleeper.pid}, left to it" in out, out
     copy = path("out", "bin", "fake_train_etrm.py")
@@ -188,7 +192,7 @@ def check_first_run():
     assert out.index("demo_control killed shuffled") < out.index("latent_opt std_seed1 K=0"), "demo control first"
     assert "3 of 5 rows done, 4 of 8 demo-control runs done, 2 of 4 latent_opt runs done" in out, out
     (first,) = runs("out", "std_seed1")
-    assert first["exe"] == path("out", "bin", "fake_train_etrm.py") and first["omp"] == "1", first
+    assert first["exe"] == path("out", "bin", "fake_train_etrm.py") and first["omp"] == OMP, first
     f = flags_of(first["argv"])
     assert f["seed"] == "1" and f["checkpoint_path"] == path("out", "std_seed1") and "resume" not in f, f
     std = read("out", "killed", "stdout.txt")
@@ -241,7 +245,7 @@ def check_latent_opt():
             "latent_opt_steps": "4", "latent_opt_lr": "0.05", "max_eval_groups": "4", "seed": "1",
             "checkpoint_path": path("out", "std_seed1", "latent_opt_K4"), "hidden_size": "64",
             "data_paths_test": path("data", "eval.bin") + "," + path("data", "heldout.bin")}
-    assert {k: f.get(k) for k in want} == want and "resume" not in f and run["omp"] == "1", f
+    assert {k: f.get(k) for k in want} == want and "resume" not in f and run["omp"] == OMP, f
     assert flags_of(runs("out", "killed", "latent_opt_K0")[0]["argv"])["lr"] == "0.002", "the row's own flags"
     table = rows_of(read("out", "results.md"))
     e, _ = arc_format.read_tasks(path("data", "eval.bin"))
@@ -264,7 +268,7 @@ def check_demo_control():
                 "eval_shuffle_demos": d, "max_eval_groups": "6", "seed": "1", "hidden_size": "64",
                 "checkpoint_path": path("out", "std_seed1", f"demos_{demos}"),
                 "data_paths_test": path("data", "eval.bin") + "," + path("data", "heldout.bin")}
-        assert {k: f.get(k) for k in want} == want and run["omp"] == "1", f
+        assert {k: f.get(k) for k in want} == want and run["omp"] == OMP, f
         assert "resume" not in f and "latent_opt_steps" not in f, f
     assert flags_of(runs("out", "killed", "demos_shuffled")[0]["argv"])["lr"] == "0.002", "the row's own flags"
     shuffled = path("out", "std_seed1", "demos_shuffled", "predictions_step00000000_eval_shuffled_demos.json")
