@@ -4,7 +4,8 @@
 #   train_etrm, train_jepa, train_cvae               with nvcc: the CUDA backend (PRECISION=BF16 by default)
 # Options: PRECISION=BF16|FP32 (GPU build; default BF16), GPU_COMPUTE_CAPABILITY="80 90" (GPU archs),
 #          NO_OMP=1 (CPU build without OpenMP), NO_USE_MPI=1 (single-process builds), NO_MULTI_GPU=1 (no NCCL).
-# Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-jepa (train a small JEPA), run-cvae (a
+# Targets: all, run (train + evaluate a small ETRM on the synthetic data), run-generalise (the generalisation study's
+#          best recipe on new synthetic tasks), run-jepa (train a small JEPA), run-cvae (a
 #          small Qwen2 language model on the strategy-sequence tasks), test (the CPU suite; builds the CUDA
 #          targets and reports the GPU tests as skipped when there is no GPU), test-gpu (GPU tests; needs a GPU),
 #          asan (sanitizer builds of the CPU trainers), fuzz-asan (the hostile-input suite through them),
@@ -79,7 +80,7 @@ LAB_SOURCES := $(wildcard dev/cuda/*.cu)
 LABS := $(patsubst dev/cuda/%.cu,build/lab_%,$(LAB_SOURCES))
 GPU_TARGETS := $(if $(NVCC_PATH),train_etrm train_etrm_fp32 train_jepa train_jepa_fp32 train_cvae train_cvae_fp32 build/test_kernels build/test_kernels_fp32 $(LABS))
 
-.PHONY: all run run-jepa run-cvae test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan tokenizer-qwen test-tokenizer
+.PHONY: all run run-generalise run-jepa run-cvae test test-gpu labs bench gpu-check shared-copy clean features asan fuzz-asan tokenizer-qwen test-tokenizer
 all: features train_etrm_cpu train_jepa_cpu train_cvae_cpu $(if $(NVCC_PATH),train_etrm train_jepa train_cvae)
 
 features:
@@ -132,6 +133,13 @@ RUN_ARGS ?= data_paths=$(SYNTH)/train.bin data_paths_test=$(SYNTH)/train.bin,$(S
 	max_eval_groups=32 max_demos=5 num_aug=0 ema_rate=0.95 eval_interval=400 log_every=50 checkpoint_path=out/run
 run: train_etrm_cpu $(SYNTH)/train.bin
 	./train_etrm_cpu $(RUN_ARGS)
+
+# The generalisation study's best recipe, end to end (dev/results/generalise_cpu.md): the benchmark data in
+# data/generalise/ (20000 synthetic training tasks, 240 new tasks of the same families, 90 of held-out families), one
+# run of the recipe, the shuffled-demonstrations control and test-time latent optimisation; table in
+# out/run_generalise/results.md. The whole study: python3 dev/generalise.py run dev/sweeps/generalise_cpu.json
+run-generalise: train_etrm_cpu
+	$(PYTHON) dev/generalise.py run dev/sweeps/generalise_best.json --jobs 1
 
 # A small JEPA (D=64, 2 relational blocks, K=128 codes) on the synthetic input -> output pairs, with the
 # diagnostics every 50 steps; README shows its output and the reference configurations.

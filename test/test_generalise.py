@@ -20,7 +20,8 @@ of hand-written logs: exact table values (pass@K, the encoder gradient share, me
 ms/step, wall, eval s/task), malformed and resumed log lines, an unreadable predictions file, rows running (a live
 process), failed (error line, signal), stopped and not started, three seeds' mean ± std; a second runner of the
 same folder is refused while the first is alive (which the report shows as running); bad configurations are one
-error line; the figures (fig_demo_gap.png with demo_control); dev/sweeps/generalise_cpu.json.
+error line; the figures (fig_demo_gap.png with demo_control); dev/sweeps/generalise_cpu.json, and
+generalise_best.json (make run-generalise) is the same recipe as one of its rows.
 """
 import importlib.util
 import json
@@ -503,6 +504,11 @@ def check_shipped_config():
     kinds = [j["kind"] for j in jobs]
     assert kinds == ["demo_control"] * 2 * (len(names) - 1) + ["latent_opt"] * len(kinds[2 * len(names) - 2:]), kinds
     assert not any(j["row"]["name"] == "trm_puzzle_emb" for j in jobs if j["kind"] == "demo_control"), "trm"
+    # make run-generalise: the study's row `standard` (same data, flags and seed), so it reproduces that row
+    best = generalise.load_config(os.path.join(ROOT, "dev", "sweeps", "generalise_best.json"))
+    (row,) = best["rows"]
+    assert best["data"] == s["data"] and generalise.row_flags(best, row) == dict(
+        generalise.row_flags(s, s["rows"][names.index(row["name"])]), checkpoint_path=f"out/run_generalise/{row['name']}")
     f = jobs[1]["flags"]("out/generalise/standard/model_00001000.safetensors")
     assert f["checkpoint_path"] == "out/generalise/standard/demos_shuffled" and f["eval_shuffle_demos"] == "1", f
     assert f["max_eval_groups"] == "240" and f["eval_only"] == "1" and "latent_opt_steps" not in f, f
@@ -530,7 +536,7 @@ def main():
         check("generalise: bad configurations and arguments are one error line", check_bad_configs)
         check("generalise: report draws the four figures", check_report_figures)
         check("generalise: log, duration and attempt parsers", check_parsers)
-        check("generalise: dev/sweeps/generalise_cpu.json", check_shipped_config)
+        check("generalise: dev/sweeps/generalise_cpu.json, and generalise_best.json is one of its rows", check_shipped_config)
     finish()
 
 
