@@ -706,10 +706,20 @@ def family(name):
     return name.rsplit("_", 1)[0] if "_" in name else name
 
 
+def cell_accuracy(grid, want):
+    """The fraction of want's cells that grid gets right; 0 when grid is missing or of another shape."""
+    if not isinstance(grid, list) or len(grid) != len(want) or any(
+            not isinstance(row, list) or len(row) != len(w) for row, w in zip(grid, want)):
+        return 0.0
+    cells = sum(len(w) for w in want)
+    return sum(a == b for row, w in zip(grid, want) for a, b in zip(row, w)) / cells if cells else 0.0
+
+
 def family_pass(path, truth):
-    """{"step", "families": {family: {"pass@1", "pass@2", "tasks"}}, "all": {...}} of a predictions file against
-    the true outputs, or {"error": why}. A task scores the fraction of its test inputs whose truth is among the
-    top 1 / 2 candidates; families average their tasks."""
+    """{"step", "families": {family: {"pass@1", "pass@2", "cells", "tasks"}}, "all": {...}} of a predictions file
+    against the true outputs, or {"error": why}. A task scores the fraction of its test inputs whose truth is among
+    the top 1 / 2 candidates, and (cells) the mean fraction of the true output's cells the top candidate gets right
+    (0 when its shape differs); families average their tasks."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -724,20 +734,21 @@ def family_pass(path, truth):
         if not outputs or not isinstance(inputs, list):
             unknown += 1
             continue
-        hits = [0, 0]
+        hits = [0, 0, 0.0]
         for i, want in enumerate(outputs):
             cands = inputs[i] if i < len(inputs) and isinstance(inputs[i], list) else []
             grids = [c.get("grid") for c in cands[:2] if isinstance(c, dict)]
             hits[0] += bool(grids[:1]) and grids[0] == want
             hits[1] += want in grids
-        acc = sums.setdefault(family(name), [0.0, 0.0, 0])
-        acc[0] += hits[0] / len(outputs)
-        acc[1] += hits[1] / len(outputs)
-        acc[2] += 1
-    fams = {f: {"pass@1": a[0] / a[2], "pass@2": a[1] / a[2], "tasks": a[2]} for f, a in sums.items()}
-    n = sum(a[2] for a in sums.values())
-    overall = {"pass@1": sum(a[0] for a in sums.values()) / n if n else None,
-               "pass@2": sum(a[1] for a in sums.values()) / n if n else None, "tasks": n}
+            hits[2] += cell_accuracy(grids[0] if grids else None, want)
+        acc = sums.setdefault(family(name), [0.0, 0.0, 0.0, 0])
+        for k in range(3):
+            acc[k] += hits[k] / len(outputs)
+        acc[3] += 1
+    keys = ("pass@1", "pass@2", "cells")
+    fams = {f: dict({k: a[i] / a[3] for i, k in enumerate(keys)}, tasks=a[3]) for f, a in sums.items()}
+    n = sum(a[3] for a in sums.values())
+    overall = dict({k: sum(a[i] for a in sums.values()) / n if n else None for i, k in enumerate(keys)}, tasks=n)
     return {"step": obj.get("step"), "families": fams, "all": overall, "unknown_tasks": unknown}
 
 
@@ -985,7 +996,8 @@ def markdown(study, results, groups, demo, latent, figures_note, out_arg):
                          + "; ".join(parts))
     lines += ["", "## Per family", "", "pass@2 in percent per rule family, from each row's newest "
               "predictions_step*_<set>.json against the true outputs of the task file (all: over the tasks of the "
-              "file, as the eval line's pass@2)."]
+              "file, as the eval line's pass@2), then the percentage of the true output's cells that the top answer "
+              "gets right (0 for an answer of another shape)."]
     for s in FAMILY_SETS:
         fams = []
         for r in results:
@@ -1003,12 +1015,13 @@ def markdown(study, results, groups, demo, latent, figures_note, out_arg):
             fp = r["families"].get(s)
             if not fp or fp.get("error"):
                 continue
-            cells = [pct(fp["families"][f]["pass@2"]) + f" ({fp['families'][f]['tasks']})" if f in fp["families"]
-                     else "-" for f in fams]
+            cells = [pct(fp["families"][f]["pass@2"]) + " / " + pct(fp["families"][f].get("cells"))
+                     + f" ({fp['families'][f]['tasks']})" if f in fp["families"] else "-" for f in fams]
             step = fp.get("step") if isinstance(fp.get("step"), int) else "-"
-            lines.append(f"| {r['name']} | {step} | " + " | ".join(cells) + f" | {pct(fp['all']['pass@2'])} |")
+            lines.append(f"| {r['name']} | {step} | " + " | ".join(cells)
+                         + f" | {pct(fp['all']['pass@2'])} / {pct(fp['all'].get('cells'))} |")
         if fams:
-            lines += ["", "(n): the family's tasks in the file."]
+            lines += ["", "pass@2 / cells (n): n is the family's tasks in the file."]
         if notes:
             lines.append("Not readable: " + cvae_sweep.md_escape("; ".join(notes)) + ".")
     if gaps:

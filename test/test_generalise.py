@@ -323,8 +323,13 @@ def check_run_table():
     assert abs(fams["eval"]["all"]["pass@2"] - e2) < 1e-12, "per-family total vs the eval line"
     eval_rows = rows_of(md.split("### eval")[1].split("###")[0])
     first = next(iter(fam_e))
-    assert eval_rows["std_seed1"][0][2] == f"{pct(fam_e[first][1])} ({fam_e[first][2]})", eval_rows["std_seed1"]
-    assert eval_rows["std_seed1"][0][-1] == pct(e2), eval_rows["std_seed1"]
+    cell, last = eval_rows["std_seed1"][0][2], eval_rows["std_seed1"][0][-1]
+    assert cell.startswith(f"{pct(fam_e[first][1])} / ") and cell.endswith(f" ({fam_e[first][2]})"), cell
+    assert last == f"{pct(e2)} / {pct(fams['eval']['all']['cells'])}", last
+    # the top answer's cell accuracy: the fraction of the true cells it gets right, 0 for another shape
+    assert generalise.cell_accuracy([[1, 2], [3, 4]], [[1, 2], [3, 0]]) == 0.75
+    assert generalise.cell_accuracy([[1, 2]], [[1, 2], [3, 0]]) == 0.0 == generalise.cell_accuracy(None, [[1]])
+    assert generalise.cell_accuracy([[1, 2], [3]], [[1, 2], [3, 0]]) == 0.0
     a2 = expected_pass(e[:8], 1)[1][1], expected_pass(e[:8], 2)[1][1]
     line = next(line for line in md.splitlines() if line.startswith("- **std**"))
     assert "(std_seed1, std_seed2; 2 of 2 done)" in line, line
