@@ -1065,12 +1065,13 @@ def markdown(study, results, groups, demo, latent, figures_note, out_arg):
                   f"max_eval_groups={lt['max_eval_groups']}` on eval and heldout (the first "
                   f"{lt['max_eval_groups'] or 'all'} tasks of each; K=0 is the same evaluation without it). Demo loss: "
                   "the demonstrations' loss per sample with the encoder's latent → the optimised one.", ""]
-        head = ["row", "K", "status", "eval pass@1 / @2", "heldout pass@1 / @2", "eval demo loss", "heldout demo loss",
-                "eval s/task", "heldout s/task"]
+        head = ["row", "K", "status", "eval pass@1 / @2", "heldout pass@1 / @2", "eval token acc", "heldout token acc",
+                "eval demo loss", "heldout demo loss", "eval s/task", "heldout s/task"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for j in latent:
             e, h = j["sets"]["eval"], j["sets"]["heldout"]
-            row = [j["row"], j["steps"], status_text(j), pair(e), pair(h), demo_loss(e), demo_loss(h),
+            row = [j["row"], j["steps"], status_text(j), pair(e), pair(h), pct((e or {}).get("token_acc")),
+                   pct((h or {}).get("token_acc")), demo_loss(e), demo_loss(h),
                    cvae_sweep.fmt((e or {}).get("seconds_per_task"), ".3g"),
                    cvae_sweep.fmt((h or {}).get("seconds_per_task"), ".3g")]
             lines.append("| " + " | ".join(str(x) for x in row) + " |")

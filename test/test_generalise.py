@@ -255,8 +255,11 @@ def check_latent_opt():
         _, (e1, e2) = expected_pass(e[:4], 1 + k)
         _, (h1, h2) = expected_pass(h[:4], 1 + k)
         (cells,) = [c for c in table["std_seed1"] if c[1] == str(k)]
-        assert cells[2:] == ["done", f"{pct(e1)} / {pct(e2)}", f"{pct(h1)} / {pct(h2)}", demo, demo, "0.1", "0.1"], \
-            (k, cells)
+        log = read("out", "std_seed1", f"latent_opt_K{k}", "log.txt")
+        acc = {f["set"]: pct(float(f["token_acc"])) for f in (dict(kv.split("=", 1) for kv in line.split()[1:])
+                                                             for line in log.splitlines() if line.startswith("eval "))}
+        assert cells[2:] == ["done", f"{pct(e1)} / {pct(e2)}", f"{pct(h1)} / {pct(h2)}", acc["eval"], acc["heldout"],
+                             demo, demo, "0.1", "0.1"], (k, cells)
 
 
 def check_demo_control():
