@@ -830,7 +830,7 @@ def eval_result(job, row_status, live):
         reason = f"waits for the row ({row_status})"
     at = last_eval_step(parsed, list(labels.values()))
     which = {"demos": job["demos"]} if job["kind"] == "demo_control" else {"steps": job["steps"]}
-    return dict({"row": job["row"]["name"]}, **which, status=status, reason=reason, folder=folder,
+    return dict({"row": job["row"]["name"]}, **which, status=status, reason=reason, folder=os.path.relpath(folder, ROOT),
                 sets={s: set_summary(parsed["eval"].get(label, {}).get(at)) for s, label in labels.items()})
 
 
@@ -1090,7 +1090,7 @@ def figure_list(study):
 
 
 def figure(path, study, results, set_name, key, title, plt):
-    fig, axes = plt.subplots(1, 1, figsize=(8, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, 1, figsize=(12, 5.2), squeeze=False)     # room for 6 legend columns of row names
     ax = axes[0][0]
     for i, r in enumerate(results):
         pts = r["curves"][set_name][key]
