@@ -207,15 +207,19 @@ def parse_sweep(config, source):
     return sweep
 
 
-def load_sweep(path):
+def read_config(path):
+    """The JSON object of a configuration file, or SweepError naming the file (dev/generalise.py uses it too)."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise SweepError(f"{path}: cannot read: {e.strerror}")
     except ValueError as e:
         raise SweepError(f"{path}: not JSON: {e}")
-    return parse_sweep(config, path)
+
+
+def load_sweep(path):
+    return parse_sweep(read_config(path), path)
 
 
 def safe(text):
@@ -779,6 +783,15 @@ def markdown(sweep, out, status, results, means, figures_note):
     return "\n".join(lines) + "\n"
 
 
+def pyplot_or_note():
+    """(matplotlib.pyplot, None), or (None, the report's line on why there are no figures)."""
+    plt = plot.load_pyplot()
+    if plt is not None:
+        return plt, None
+    return None, (f"Figures skipped: matplotlib is not installed for {sys.executable} "
+                  f"(apt-get install python3-matplotlib, or pip install matplotlib).")
+
+
 def write_report(out, quiet=False):
     """Writes results.md, results.json and the figures of the sweep in `out`; returns results.json's object."""
     path = os.path.join(out, "sweep.json")
@@ -790,12 +803,8 @@ def write_report(out, quiet=False):
     pairs = [cell_result(out, c, cells.get(c["id"], {})) for c in sweep["cells"]]
     results = [r for r, _ in pairs]
     means = setting_means(results)
-    plt = plot.load_pyplot()
-    note = None
-    if plt is None:
-        note = (f"Figures skipped: matplotlib is not installed for {sys.executable} "
-                f"(apt-get install python3-matplotlib, or pip install matplotlib).")
-    else:
+    plt, note = pyplot_or_note()
+    if plt is not None:
         figures(out, sweep, pairs, plt)
     write_text(os.path.join(out, "results.md"), markdown(sweep, out, status, results, means, note))
     obj = {"name": sweep["name"], "written": now(), "phase1": status.get("phase1"), "cells": results,
@@ -973,15 +982,23 @@ def main(argv):
     p = sub.add_parser("report", help="(re)write results.md, results.json and the figures of a sweep folder")
     p.add_argument("dir", metavar="DIR")
     args = ap.parse_args(argv)
-    try:
-        if args.command == "run":
-            return run_sweep(args.sweep, args.trainer, args.mpirun, args.out, args.dry_run)
+    if args.command == "run":
+        return guarded(ap.prog, lambda: run_sweep(args.sweep, args.trainer, args.mpirun, args.out, args.dry_run))
+    def report():
         write_report(args.dir)
         return 0
+    return guarded(ap.prog, report)
+
+
+def guarded(prog, action):
+    """The exit status of action(); a SweepError is one error line and 1, as is a closed stdout (--dry-run | head).
+    dev/generalise.py's main uses it too."""
+    try:
+        return action()
     except SweepError as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:          # e.g. --dry-run | head
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 

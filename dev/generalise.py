@@ -222,14 +222,7 @@ def parse_latent(obj, rows, source):
 
 
 def load_config(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except OSError as e:
-        raise SweepError(f"{path}: cannot read: {e.strerror}")
-    except ValueError as e:
-        raise SweepError(f"{path}: not JSON: {e}")
-    return parse_config(config, path)
+    return parse_config(cvae_sweep.read_config(path), path)
 
 
 def find_config(arg):
@@ -1154,12 +1147,8 @@ def write_report(study, out_arg=None, quiet=False):
             if r["name"] in pairs:
                 r["demo_gap"] = demo_gap(pairs[r["name"]].get("true"), pairs[r["name"]].get("shuffled"))
     groups = seed_groups(results)
-    plt = plot.load_pyplot()
-    note = None
-    if plt is None:
-        note = (f"Figures skipped: matplotlib is not installed for {sys.executable} "
-                f"(apt-get install python3-matplotlib, or pip install matplotlib).")
-    else:
+    plt, note = cvae_sweep.pyplot_or_note()
+    if plt is not None:
         for name, set_name, key, title in FIGURES:
             figure(os.path.join(out, name), study, results, set_name, key, title, plt)
         if study["demo"] is not None:
@@ -1192,17 +1181,12 @@ def main(argv):
     p = sub.add_parser("report", help="(re)write results.md, results.json and the figures of a study")
     p.add_argument("target", metavar="OUT_OR_CONFIG")
     args = ap.parse_args(argv)
-    try:
-        if args.command == "run":
-            return run_study(args.config, args.jobs, args.dry_run)
+    if args.command == "run":
+        return cvae_sweep.guarded(ap.prog, lambda: run_study(args.config, args.jobs, args.dry_run))
+    def report():
         write_report(find_config(args.target), args.target)
         return 0
-    except SweepError as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:          # e.g. --dry-run | head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return cvae_sweep.guarded(ap.prog, report)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def fail(message):
     sys.exit(1)
 
 
-def main(argv):
+def parse_flags(argv):
+    """{key: value} of key=value arguments, as the trainers read them (test/fake_train_etrm.py uses it too)."""
     flags = {}
     for a in argv:
         if "=" not in a:
@@ -40,6 +41,11 @@ def main(argv):
         if k in flags:
             fail(f"{k} is given twice")
         flags[k] = v
+    return flags
+
+
+def main(argv):
+    flags = parse_flags(argv)
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
     cp = flags.get("checkpoint_path") or fail("checkpoint_path is required")
     mode = flags.get("mode", "lm")

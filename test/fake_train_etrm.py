@@ -35,13 +35,11 @@ import signal
 import sys
 import time
 
+# run from the repository root (dev/generalise.py runs a copy of this file from its study folder)
 sys.path.insert(0, os.path.join(os.getcwd(), "data"))
+sys.path.insert(0, os.path.join(os.getcwd(), "test"))
 import arc_format  # noqa: E402
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+from fake_train_cvae import fail, parse_flags  # noqa: E402
 
 
 def boolean(flags, key):
@@ -84,14 +82,7 @@ def evaluate(path, limit, shift):
 
 
 def main(argv):
-    flags = {}
-    for a in argv:
-        if "=" not in a:
-            fail(f"{a!r}: expected key=value")
-        k, v = a.split("=", 1)
-        if k in flags:
-            fail(f"{k} is given twice")
-        flags[k] = v
+    flags = parse_flags(argv)
     cp = flags.get("checkpoint_path") or fail("checkpoint_path is required")
     resume, eval_only = boolean(flags, "resume"), boolean(flags, "eval_only")
     shuffled = boolean(flags, "eval_shuffle_demos")
