@@ -84,7 +84,7 @@ sys.path.insert(0, os.path.join(ROOT, "data"))
 import arc_format  # noqa: E402  (data/arc_format.py: read_tasks)
 import cvae_sweep  # noqa: E402  (flag_text, write_text/json, now, commit, duration, md_escape, fmt,
 #                                            failure_reason, figure_legend, save_figure)
-import plot  # noqa: E402  (dev/plot.py: parse_line, load_pyplot)
+import plot  # noqa: E402  (dev/plot.py: parse_line)
 from cvae_sweep import SweepError, now  # noqa: E402  (SweepError: one line for the user)
 
 TOP_KEYS = ("name", "comment", "out", "trainer", "data", "common", "rows", "demo_control", "latent_opt")
